@@ -1,0 +1,242 @@
+//! The agent's handle: `store_memory` / `retrieve_memory` and the tool, metric and
+//! execution calls, over whichever backend the configuration picks.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::backend::{self, MemoryBackend};
+use crate::config::AgentConfig;
+use crate::error::{Error, Result};
+use crate::record::{AgentId, Execution, Memory, Metric, Tool};
+
+/// One agent's memory, tools, metrics and execution history.
+///
+/// Cheap to clone; clones share the backend. Many handles (one per agent) can share one
+/// backend through [`AgentMemory::with_backend`].
+///
+/// When the configuration says `memory_enabled = false`, the handle opens no database:
+/// every store, register, record and log call succeeds without storing anything, and
+/// every read finds nothing.
+///
+/// ```no_run
+/// # async fn demo() -> agent_memory::Result<()> {
+/// use agent_memory::{AgentConfig, AgentMemory};
+///
+/// let memory = AgentMemory::open(&AgentConfig::from_env("operational_crawler")?).await?;
+/// memory.store_memory("last_query", &serde_json::json!({"q": "pricing"})).await?;
+/// let back: Option<serde_json::Value> = memory.retrieve_memory("last_query").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct AgentMemory {
+    agent: AgentId,
+    backend: Option<Arc<dyn MemoryBackend>>,
+}
+
+impl AgentMemory {
+    /// Opens the backend `config` selects for agent `config.name`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a name that cannot be an agent id; configuration,
+    /// connection and schema errors from [`backend::open`].
+    pub async fn open(config: &AgentConfig) -> Result<Self> {
+        let agent = AgentId::new(config.name.clone())?;
+        if !config.memory_enabled {
+            return Ok(AgentMemory::disabled(agent));
+        }
+        Ok(AgentMemory::with_backend(agent, backend::open(config).await?))
+    }
+
+    /// A handle for `agent` over an existing backend.
+    pub fn with_backend(agent: AgentId, backend: Arc<dyn MemoryBackend>) -> Self {
+        AgentMemory {
+            agent,
+            backend: Some(backend),
+        }
+    }
+
+    /// A handle that stores nothing and finds nothing.
+    pub fn disabled(agent: AgentId) -> Self {
+        AgentMemory {
+            agent,
+            backend: None,
+        }
+    }
+
+    /// The agent this handle is for.
+    pub fn agent(&self) -> &AgentId {
+        &self.agent
+    }
+
+    /// The backend, or `None` when memory is disabled.
+    pub fn backend(&self) -> Option<&Arc<dyn MemoryBackend>> {
+        self.backend.as_ref()
+    }
+
+    /// Stores `data` (anything `Serialize`) under `key`, replacing what was there.
+    ///
+    /// # Errors
+    /// [`Error::Json`] when `data` cannot be serialized; backend errors.
+    pub async fn store_memory(&self, key: &str, data: impl Serialize) -> Result<()> {
+        if self.backend.is_none() {
+            return Ok(());
+        }
+        let content = self.to_json(data, || format!("memory {key:?}"))?;
+        self.store(Memory::new(key, content)).await.map(drop)
+    }
+
+    /// Stores a full [`Memory`] (with metadata or an embedding) and returns it as stored.
+    /// With memory disabled, returns `memory` unchanged without storing it.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub async fn store(&self, memory: Memory) -> Result<Memory> {
+        match &self.backend {
+            Some(backend) => backend.put_memory(&self.agent, &memory).await,
+            None => Ok(memory),
+        }
+    }
+
+    /// The value stored under `key`, read back as `T`, or `None` when there is none.
+    ///
+    /// # Errors
+    /// [`Error::Json`] when the stored value is not a `T`; backend errors.
+    pub async fn retrieve_memory<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        let Some(memory) = self.memory(key).await? else {
+            return Ok(None);
+        };
+        serde_json::from_value(memory.content)
+            .map(Some)
+            .map_err(|source| Error::Json {
+                context: format!("memory {key:?} of agent {:?}", self.agent),
+                source,
+            })
+    }
+
+    /// The full [`Memory`] under `key`, with its metadata, embedding and times.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub async fn memory(&self, key: &str) -> Result<Option<Memory>> {
+        match &self.backend {
+            Some(backend) => backend.get_memory(&self.agent, key).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Deletes the memory under `key`; returns whether there was one.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub async fn delete_memory(&self, key: &str) -> Result<bool> {
+        match &self.backend {
+            Some(backend) => backend.delete_memory(&self.agent, key).await,
+            None => Ok(false),
+        }
+    }
+
+    /// Every stored key, in byte order.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub async fn memory_keys(&self) -> Result<Vec<String>> {
+        match &self.backend {
+            Some(backend) => backend.memory_keys(&self.agent).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Registers a tool under `name` with `definition` (anything `Serialize`), replacing
+    /// an earlier definition, and returns it as stored.
+    ///
+    /// # Errors
+    /// [`Error::Json`] when `definition` cannot be serialized; backend errors.
+    pub async fn register_tool(&self, name: &str, definition: impl Serialize) -> Result<Tool> {
+        let content = self.to_json(definition, || format!("tool {name:?}"))?;
+        let tool = Tool::new(name, content);
+        match &self.backend {
+            Some(backend) => backend.put_tool(&self.agent, &tool).await,
+            None => Ok(tool),
+        }
+    }
+
+    /// The tool registered under `name`.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub async fn tool(&self, name: &str) -> Result<Option<Tool>> {
+        match &self.backend {
+            Some(backend) => backend.get_tool(&self.agent, name).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Every registered tool, in byte order of name.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub async fn tools(&self) -> Result<Vec<Tool>> {
+        match &self.backend {
+            Some(backend) => backend.list_tools(&self.agent).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Records a measurement `name` = `value`, with `details` (anything `Serialize`).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for NaN; [`Error::Json`]; backend errors.
+    pub async fn record_metric(&self, name: &str, value: f64, details: impl Serialize) -> Result<()> {
+        let mut metric = Metric::new(name, Some(value));
+        metric.content = self.to_json(details, || format!("metric {name:?}"))?;
+        match &self.backend {
+            Some(backend) => backend.record_metric(&self.agent, &metric).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Every recorded measurement, oldest first.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub async fn metrics(&self) -> Result<Vec<Metric>> {
+        match &self.backend {
+            Some(backend) => backend.list_metrics(&self.agent).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Logs an execution with `status` and `details` (anything `Serialize`).
+    ///
+    /// # Errors
+    /// [`Error::Json`]; backend errors.
+    pub async fn log_execution(&self, status: &str, details: impl Serialize) -> Result<()> {
+        let content = self.to_json(details, || "execution details".to_string())?;
+        let execution = Execution::new(Some(status.to_string()), content);
+        match &self.backend {
+            Some(backend) => backend.log_execution(&self.agent, &execution).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Every logged execution, oldest first.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub async fn executions(&self) -> Result<Vec<Execution>> {
+        match &self.backend {
+            Some(backend) => backend.list_executions(&self.agent).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn to_json(&self, data: impl Serialize, what: impl FnOnce() -> String) -> Result<Value> {
+        serde_json::to_value(data).map_err(|source| Error::Json {
+            context: format!("{} of agent {:?}", what(), self.agent),
+            source,
+        })
+    }
+}

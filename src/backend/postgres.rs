@@ -1,0 +1,414 @@
+//! The shared backend: the contract tables in PostgreSQL (with pgvector), one database
+//! for many agents.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pgvector::Vector;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::types::Json;
+use sqlx::Row;
+
+use super::MemoryBackend;
+use super::codec::{json_text, parse_json};
+use crate::error::{Error, Result, redact_url, scrub, url_secrets};
+use crate::record::{AgentId, Execution, Memory, Metadata, Metric, Tool};
+use crate::schema::check_schema;
+
+/// Settings of the PostgreSQL backend's connection pool.
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// Most connections the pool opens.
+    pub max_connections: u32,
+    /// How long to wait for a connection before failing.
+    pub connect_timeout: Duration,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        PostgresOptions {
+            max_connections: 10,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Agent memory in the PostgreSQL contract tables (`agents`, `agent_memories`,
+/// `agent_tools`, `agent_metrics`, `agent_executions`).
+///
+/// The tables come from the shipped migrations ([`crate::migrate`]) or from the admin
+/// application's Prisma schema; this backend never creates them. [`connect`](Self::connect)
+/// checks that they are there and names what is missing. An agent's `agents` row is made
+/// on its first write.
+pub struct PostgresBackend {
+    pool: PgPool,
+    target: String,
+    secrets: Vec<String>,
+    known_agents: Mutex<HashSet<AgentId>>,
+}
+
+impl std::fmt::Debug for PostgresBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresBackend")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresBackend {
+    /// Connects to `url` with default pool settings and checks the schema.
+    ///
+    /// # Errors
+    /// As [`connect_with`](Self::connect_with).
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with(url, PostgresOptions::default()).await
+    }
+
+    /// Connects to `url`, then checks that the contract tables and the `vector`
+    /// extension are there.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a malformed URL, [`Error::Connect`] when the server cannot
+    /// be reached or refuses the login, [`Error::SchemaMissing`] naming every missing
+    /// table, column, key or extension. No message shows the URL's password.
+    pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self> {
+        let pool = connect_pool(url, &options).await?;
+        let backend = PostgresBackend {
+            pool,
+            target: redact_url(url),
+            secrets: url_secrets(url),
+            known_agents: Mutex::new(HashSet::new()),
+        };
+        check_schema(&backend.pool, &backend.target).await?;
+        Ok(backend)
+    }
+
+    /// The connection pool, for callers that run their own statements.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Closes the pool, waiting for running statements to finish.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    fn fail<'a>(
+        &'a self,
+        operation: impl FnOnce() -> String + 'a,
+    ) -> impl FnOnce(sqlx::Error) -> Error + 'a {
+        move |e| Error::Database {
+            backend: "postgres",
+            operation: operation(),
+            source: scrub(e, &self.secrets),
+        }
+    }
+
+    /// Makes the agent's `agents` row (the contract tables reference it) once per process.
+    async fn ensure_agent(&self, agent: &AgentId) -> Result<()> {
+        if self.lock_known().contains(agent) {
+            return Ok(());
+        }
+        sqlx::query(
+            "insert into agents (id, name, created_at, updated_at)
+             values ($1, $1, now(), now()) on conflict do nothing",
+        )
+        .bind(agent.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(self.fail(|| format!("register agent {agent:?}")))?;
+        self.lock_known().insert(agent.clone());
+        Ok(())
+    }
+
+    fn lock_known(&self) -> std::sync::MutexGuard<'_, HashSet<AgentId>> {
+        // The set only caches inserts that already happened; a poisoned one is still valid.
+        self.known_agents
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Opens a pool to `url`, with errors that never show its password.
+pub(crate) async fn connect_pool(url: &str, options: &PostgresOptions) -> Result<PgPool> {
+    let secrets = url_secrets(url);
+    let connect = PgConnectOptions::from_str(url).map_err(|e| {
+        Error::config(format!(
+            "{} is not a valid PostgreSQL URL: {}",
+            redact_url(url),
+            scrub(e, &secrets)
+        ))
+    })?;
+    PgPoolOptions::new()
+        .max_connections(options.max_connections.max(1))
+        .acquire_timeout(options.connect_timeout)
+        .connect_with(connect)
+        .await
+        .map_err(|e| Error::Connect {
+            target: redact_url(url),
+            source: scrub(e, &secrets),
+        })
+}
+
+fn metadata_of(row: &PgRow) -> Metadata {
+    row.get::<Json<Metadata>, _>("metadata").0
+}
+
+fn memory_from_row(row: &PgRow, agent: &AgentId) -> Result<Memory> {
+    let key: Option<String> = row.get("key");
+    Ok(Memory {
+        id: row.get("id"),
+        content: parse_json(row.get("content"), || {
+            format!("memory {key:?} of agent {agent:?}")
+        })?,
+        metadata: metadata_of(row),
+        embedding: row
+            .get::<Option<Vector>, _>("embedding")
+            .map(|v| v.to_vec()),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+        key,
+    })
+}
+
+fn tool_from_row(row: &PgRow, agent: &AgentId) -> Result<Tool> {
+    let name: String = row.get("name");
+    Ok(Tool {
+        id: row.get("id"),
+        content: parse_json(row.get("content"), || {
+            format!("tool {name:?} of agent {agent:?}")
+        })?,
+        metadata: metadata_of(row),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+        name,
+    })
+}
+
+fn metric_from_row(row: &PgRow, agent: &AgentId) -> Result<Metric> {
+    let name: String = row.get("name");
+    Ok(Metric {
+        id: row.get("id"),
+        value: row.get("value"),
+        content: parse_json(row.get("content"), || {
+            format!("metric {name:?} of agent {agent:?}")
+        })?,
+        metadata: metadata_of(row),
+        created_at: row.get("created_at"),
+        name,
+    })
+}
+
+fn execution_from_row(row: &PgRow, agent: &AgentId) -> Result<Execution> {
+    let id: uuid::Uuid = row.get("id");
+    Ok(Execution {
+        id,
+        status: row.get("status"),
+        content: parse_json(row.get("content"), || {
+            format!("execution {id} of agent {agent:?}")
+        })?,
+        metadata: metadata_of(row),
+        created_at: row.get("created_at"),
+    })
+}
+
+#[async_trait]
+impl MemoryBackend for PostgresBackend {
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn put_memory(&self, agent: &AgentId, memory: &Memory) -> Result<Memory> {
+        memory.validate()?;
+        self.ensure_agent(agent).await?;
+        let key = memory.key.as_deref().unwrap_or_default();
+        let row = sqlx::query(
+            "insert into agent_memories
+                 (id, agent_id, key, content, metadata, embedding, created_at, updated_at)
+             values ($1, $2, $3, $4, $5, $6, $7, $8)
+             on conflict (agent_id, key) do update set
+                 content = excluded.content, metadata = excluded.metadata,
+                 embedding = excluded.embedding, updated_at = excluded.updated_at
+             returning id, created_at",
+        )
+        .bind(memory.id)
+        .bind(agent.as_str())
+        .bind(key)
+        .bind(json_text(&memory.content))
+        .bind(Json(&memory.metadata))
+        .bind(memory.embedding.clone().map(Vector::from))
+        .bind(memory.created_at)
+        .bind(memory.updated_at)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(self.fail(|| format!("store memory {key:?} of agent {agent:?}")))?;
+        Ok(Memory {
+            id: row.get("id"),
+            created_at: row.get("created_at"),
+            ..memory.clone()
+        })
+    }
+
+    async fn get_memory(&self, agent: &AgentId, key: &str) -> Result<Option<Memory>> {
+        sqlx::query(
+            "select id, key, content, metadata, embedding, created_at, updated_at
+             from agent_memories where agent_id = $1 and key = $2",
+        )
+        .bind(agent.as_str())
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.fail(|| format!("retrieve memory {key:?} of agent {agent:?}")))?
+        .map(|row| memory_from_row(&row, agent))
+        .transpose()
+    }
+
+    async fn delete_memory(&self, agent: &AgentId, key: &str) -> Result<bool> {
+        let done = sqlx::query("delete from agent_memories where agent_id = $1 and key = $2")
+            .bind(agent.as_str())
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(self.fail(|| format!("delete memory {key:?} of agent {agent:?}")))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn memory_keys(&self, agent: &AgentId) -> Result<Vec<String>> {
+        // collate "C": byte order, the same as SQLite's, whatever the database's locale.
+        sqlx::query_scalar(
+            r#"select key from agent_memories where agent_id = $1 and key is not null
+               order by key collate "C""#,
+        )
+        .bind(agent.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.fail(|| format!("list memory keys of agent {agent:?}")))
+    }
+
+    async fn put_tool(&self, agent: &AgentId, tool: &Tool) -> Result<Tool> {
+        tool.validate()?;
+        self.ensure_agent(agent).await?;
+        let row = sqlx::query(
+            "insert into agent_tools
+                 (id, agent_id, name, content, metadata, created_at, updated_at)
+             values ($1, $2, $3, $4, $5, $6, $7)
+             on conflict (agent_id, name) do update set
+                 content = excluded.content, metadata = excluded.metadata,
+                 updated_at = excluded.updated_at
+             returning id, created_at",
+        )
+        .bind(tool.id)
+        .bind(agent.as_str())
+        .bind(&tool.name)
+        .bind(json_text(&tool.content))
+        .bind(Json(&tool.metadata))
+        .bind(tool.created_at)
+        .bind(tool.updated_at)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(self.fail(|| format!("register tool {:?} of agent {agent:?}", tool.name)))?;
+        Ok(Tool {
+            id: row.get("id"),
+            created_at: row.get("created_at"),
+            ..tool.clone()
+        })
+    }
+
+    async fn get_tool(&self, agent: &AgentId, name: &str) -> Result<Option<Tool>> {
+        sqlx::query(
+            "select id, name, content, metadata, created_at, updated_at
+             from agent_tools where agent_id = $1 and name = $2",
+        )
+        .bind(agent.as_str())
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.fail(|| format!("get tool {name:?} of agent {agent:?}")))?
+        .map(|row| tool_from_row(&row, agent))
+        .transpose()
+    }
+
+    async fn list_tools(&self, agent: &AgentId) -> Result<Vec<Tool>> {
+        sqlx::query(
+            r#"select id, name, content, metadata, created_at, updated_at
+               from agent_tools where agent_id = $1 order by name collate "C""#,
+        )
+        .bind(agent.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.fail(|| format!("list tools of agent {agent:?}")))?
+        .iter()
+        .map(|row| tool_from_row(row, agent))
+        .collect()
+    }
+
+    async fn record_metric(&self, agent: &AgentId, metric: &Metric) -> Result<()> {
+        metric.validate()?;
+        self.ensure_agent(agent).await?;
+        sqlx::query(
+            "insert into agent_metrics (id, agent_id, name, value, content, metadata, created_at)
+             values ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(metric.id)
+        .bind(agent.as_str())
+        .bind(&metric.name)
+        .bind(metric.value)
+        .bind(json_text(&metric.content))
+        .bind(Json(&metric.metadata))
+        .bind(metric.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(self.fail(|| format!("record metric {:?} of agent {agent:?}", metric.name)))?;
+        Ok(())
+    }
+
+    async fn list_metrics(&self, agent: &AgentId) -> Result<Vec<Metric>> {
+        sqlx::query(
+            "select id, name, value, content, metadata, created_at
+             from agent_metrics where agent_id = $1 order by created_at, id",
+        )
+        .bind(agent.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.fail(|| format!("list metrics of agent {agent:?}")))?
+        .iter()
+        .map(|row| metric_from_row(row, agent))
+        .collect()
+    }
+
+    async fn log_execution(&self, agent: &AgentId, execution: &Execution) -> Result<()> {
+        execution.validate()?;
+        self.ensure_agent(agent).await?;
+        sqlx::query(
+            "insert into agent_executions (id, agent_id, status, content, metadata, created_at)
+             values ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(execution.id)
+        .bind(agent.as_str())
+        .bind(&execution.status)
+        .bind(json_text(&execution.content))
+        .bind(Json(&execution.metadata))
+        .bind(execution.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(self.fail(|| format!("log execution of agent {agent:?}")))?;
+        Ok(())
+    }
+
+    async fn list_executions(&self, agent: &AgentId) -> Result<Vec<Execution>> {
+        sqlx::query(
+            "select id, status, content, metadata, created_at
+             from agent_executions where agent_id = $1 order by created_at, id",
+        )
+        .bind(agent.as_str())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.fail(|| format!("list executions of agent {agent:?}")))?
+        .iter()
+        .map(|row| execution_from_row(row, agent))
+        .collect()
+    }
+}

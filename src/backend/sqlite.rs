@@ -1,0 +1,467 @@
+//! The embedded backend: one SQLite file per agent at `<agents path>/<agent>/memory.db`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::Row;
+use tokio::sync::OnceCell;
+
+use super::MemoryBackend;
+use super::codec::{
+    bytes_embedding, embedding_bytes, json_text, parse_json, parse_metadata, parse_time,
+    time_text,
+};
+use crate::error::{Error, Result};
+use crate::record::{AgentId, Execution, Memory, Metric, Tool};
+use crate::schema::migrate_sqlite;
+
+/// The file name of an agent's database inside its folder.
+pub const MEMORY_FILE: &str = "memory.db";
+
+/// Settings of the SQLite backend.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// How long a statement waits for another connection's lock before failing.
+    pub busy_timeout: Duration,
+    /// Connections per agent file (one writer at a time; the rest read concurrently).
+    pub max_connections: u32,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            busy_timeout: Duration::from_secs(30),
+            max_connections: 4,
+        }
+    }
+}
+
+/// Agent memory in SQLite files: `<agents path>/<agent>/memory.db`, one per agent.
+///
+/// Files are opened on first use, in WAL mode with a busy timeout so concurrent agents,
+/// readers and a running backfill wait for each other instead of failing with "database
+/// is locked", and with `synchronous = FULL` so an acknowledged write survives a power
+/// loss. The schema of `migrations/sqlite` is applied when a file is opened. Reading an
+/// agent that has no file yet finds nothing and creates nothing.
+#[derive(Debug)]
+pub struct SqliteBackend {
+    root: PathBuf,
+    options: SqliteOptions,
+    pools: Mutex<HashMap<AgentId, Arc<OnceCell<SqlitePool>>>>,
+}
+
+impl SqliteBackend {
+    /// A backend keeping agent folders under `agents_path`. Nothing is opened until an
+    /// agent is used.
+    pub fn new(agents_path: impl AsRef<Path>) -> Self {
+        Self::with_options(agents_path, SqliteOptions::default())
+    }
+
+    /// Like [`new`](Self::new), with explicit settings.
+    pub fn with_options(agents_path: impl AsRef<Path>, options: SqliteOptions) -> Self {
+        SqliteBackend {
+            root: agents_path.as_ref().to_path_buf(),
+            options,
+            pools: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The folder holding the agent folders.
+    pub fn agents_path(&self) -> &Path {
+        &self.root
+    }
+
+    /// The database file of `agent`.
+    pub fn file_of(&self, agent: &AgentId) -> PathBuf {
+        self.root.join(agent.as_str()).join(MEMORY_FILE)
+    }
+
+    /// Closes every open file, waiting for running statements to finish.
+    pub async fn close(&self) {
+        let cells: Vec<_> = self.lock_pools().drain().map(|(_, cell)| cell).collect();
+        for cell in cells {
+            if let Some(pool) = cell.get() {
+                pool.close().await;
+            }
+        }
+    }
+
+    fn lock_pools(&self) -> std::sync::MutexGuard<'_, HashMap<AgentId, Arc<OnceCell<SqlitePool>>>> {
+        // A panic while holding this lock cannot leave the map half-changed.
+        self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The agent's pool for writing, opening (and creating) its file on first use.
+    async fn writer(&self, agent: &AgentId) -> Result<SqlitePool> {
+        let cell = self.lock_pools().entry(agent.clone()).or_default().clone();
+        let path = self.file_of(agent);
+        cell.get_or_try_init(|| open_file(path, &self.options))
+            .await
+            .cloned()
+    }
+
+    /// The agent's pool for reading, or `None` when the agent has no file yet.
+    async fn reader(&self, agent: &AgentId) -> Result<Option<SqlitePool>> {
+        let open = self.lock_pools().get(agent).and_then(|c| c.get().cloned());
+        if open.is_some() {
+            return Ok(open);
+        }
+        if !self.file_of(agent).exists() {
+            return Ok(None);
+        }
+        self.writer(agent).await.map(Some)
+    }
+}
+
+/// Opens (creating if needed) one agent file and brings its schema up to date.
+async fn open_file(path: PathBuf, options: &SqliteOptions) -> Result<SqlitePool> {
+    let file_error = |problem: &str, source: crate::error::BoxError| Error::SqliteFile {
+        path: path.clone(),
+        problem: problem.to_string(),
+        source,
+    };
+    if let Some(folder) = path.parent() {
+        std::fs::create_dir_all(folder).map_err(|e| {
+            file_error(
+                "cannot create the agent's folder; check that the agents path is a writable folder",
+                Box::new(e),
+            )
+        })?;
+    }
+    if path.is_dir() {
+        return Err(file_error(
+            "is a directory; the agent's database must be a SQLite file",
+            Box::new(std::io::Error::from(std::io::ErrorKind::IsADirectory)),
+        ));
+    }
+    let connect = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(options.busy_timeout);
+    let opened = async {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(options.max_connections.max(1))
+            .min_connections(0)
+            .idle_timeout(Duration::from_secs(300))
+            .connect_with(connect)
+            .await?;
+        let mut conn = pool.acquire().await?;
+        migrate_sqlite(&mut conn).await?;
+        drop(conn);
+        Ok::<_, sqlx::Error>(pool)
+    };
+    let pool = opened
+        .await
+        .map_err(|e| file_error(open_problem(&e), Box::new(e)))?;
+    tracing::debug!(path = %path.display(), "opened agent SQLite file");
+    Ok(pool)
+}
+
+/// Says, for a failed open, what is wrong with the file and what to do.
+fn open_problem(err: &sqlx::Error) -> &'static str {
+    let code = match err {
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|c| c.parse::<i64>().ok())
+            .map(|c| c & 0xff),
+        _ => None,
+    };
+    match code {
+        Some(11) | Some(26) => {
+            "is not a SQLite database or is corrupt; move it aside or restore it from a backup"
+        }
+        Some(8) => "is read-only; make the file and its folder writable",
+        Some(14) => "cannot be opened; check that its folder exists and is writable",
+        Some(5) | Some(6) => "stayed locked by another process past the busy timeout",
+        _ => "cannot be opened as an agent database",
+    }
+}
+
+impl SqliteBackend {
+    fn fail<'a>(
+        &'a self,
+        operation: impl FnOnce() -> String + 'a,
+    ) -> impl FnOnce(sqlx::Error) -> Error + 'a {
+        move |e| Error::Database {
+            backend: "sqlite",
+            operation: operation(),
+            source: Box::new(e),
+        }
+    }
+}
+
+fn memory_from_row(row: &SqliteRow, agent: &AgentId) -> Result<Memory> {
+    let key: Option<String> = row.get("key");
+    let what = || format!("memory {key:?} of agent {agent:?}");
+    Ok(Memory {
+        id: parse_id(row.get("id"), what)?,
+        content: parse_json(row.get("content"), what)?,
+        metadata: parse_metadata(row.get("metadata"), what)?,
+        embedding: row
+            .get::<Option<Vec<u8>>, _>("embedding")
+            .map(|b| bytes_embedding(&b, what))
+            .transpose()?,
+        created_at: parse_time(row.get("created_at"), what)?,
+        updated_at: parse_time(row.get("updated_at"), what)?,
+        key,
+    })
+}
+
+fn parse_id(text: &str, what: impl FnOnce() -> String) -> Result<uuid::Uuid> {
+    text.parse()
+        .map_err(|e| Error::invalid("stored id", format!("{}: {e}", what())))
+}
+
+fn tool_from_row(row: &SqliteRow, agent: &AgentId) -> Result<Tool> {
+    let name: String = row.get("name");
+    let what = || format!("tool {name:?} of agent {agent:?}");
+    Ok(Tool {
+        id: parse_id(row.get("id"), what)?,
+        content: parse_json(row.get("content"), what)?,
+        metadata: parse_metadata(row.get("metadata"), what)?,
+        created_at: parse_time(row.get("created_at"), what)?,
+        updated_at: parse_time(row.get("updated_at"), what)?,
+        name,
+    })
+}
+
+fn metric_from_row(row: &SqliteRow, agent: &AgentId) -> Result<Metric> {
+    let name: String = row.get("name");
+    let what = || format!("metric {name:?} of agent {agent:?}");
+    Ok(Metric {
+        id: parse_id(row.get("id"), what)?,
+        value: row.get("value"),
+        content: parse_json(row.get("content"), what)?,
+        metadata: parse_metadata(row.get("metadata"), what)?,
+        created_at: parse_time(row.get("created_at"), what)?,
+        name,
+    })
+}
+
+fn execution_from_row(row: &SqliteRow, agent: &AgentId) -> Result<Execution> {
+    let id: String = row.get("id");
+    let what = || format!("execution {id} of agent {agent:?}");
+    Ok(Execution {
+        id: parse_id(&id, what)?,
+        status: row.get("status"),
+        content: parse_json(row.get("content"), what)?,
+        metadata: parse_metadata(row.get("metadata"), what)?,
+        created_at: parse_time(row.get("created_at"), what)?,
+    })
+}
+
+#[async_trait]
+impl MemoryBackend for SqliteBackend {
+    fn name(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn put_memory(&self, agent: &AgentId, memory: &Memory) -> Result<Memory> {
+        memory.validate()?;
+        let pool = self.writer(agent).await?;
+        let key = memory.key.as_deref().unwrap_or_default();
+        // One statement: an upsert never needs a read-then-write transaction, which
+        // SQLite could only upgrade to a write lock by failing with "database is locked".
+        let row = sqlx::query(
+            "insert into agent_memories
+                 (id, key, content, metadata, embedding, created_at, updated_at)
+             values (?, ?, ?, ?, ?, ?, ?)
+             on conflict (key) do update set
+                 content = excluded.content, metadata = excluded.metadata,
+                 embedding = excluded.embedding, updated_at = excluded.updated_at
+             returning id, created_at",
+        )
+        .bind(memory.id.to_string())
+        .bind(key)
+        .bind(json_text(&memory.content))
+        .bind(serde_json::Value::Object(memory.metadata.clone()).to_string())
+        .bind(memory.embedding.as_deref().map(embedding_bytes))
+        .bind(time_text(&memory.created_at))
+        .bind(time_text(&memory.updated_at))
+        .fetch_one(&pool)
+        .await
+        .map_err(self.fail(|| format!("store memory {key:?} of agent {agent:?}")))?;
+        let what = || format!("memory {key:?} of agent {agent:?}");
+        Ok(Memory {
+            id: parse_id(row.get("id"), what)?,
+            created_at: parse_time(row.get("created_at"), what)?,
+            ..memory.clone()
+        })
+    }
+
+    async fn get_memory(&self, agent: &AgentId, key: &str) -> Result<Option<Memory>> {
+        let Some(pool) = self.reader(agent).await? else {
+            return Ok(None);
+        };
+        sqlx::query(
+            "select id, key, content, metadata, embedding, created_at, updated_at
+             from agent_memories where key = ?",
+        )
+        .bind(key)
+        .fetch_optional(&pool)
+        .await
+        .map_err(self.fail(|| format!("retrieve memory {key:?} of agent {agent:?}")))?
+        .map(|row| memory_from_row(&row, agent))
+        .transpose()
+    }
+
+    async fn delete_memory(&self, agent: &AgentId, key: &str) -> Result<bool> {
+        let Some(pool) = self.reader(agent).await? else {
+            return Ok(false);
+        };
+        let done = sqlx::query("delete from agent_memories where key = ?")
+            .bind(key)
+            .execute(&pool)
+            .await
+            .map_err(self.fail(|| format!("delete memory {key:?} of agent {agent:?}")))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn memory_keys(&self, agent: &AgentId) -> Result<Vec<String>> {
+        let Some(pool) = self.reader(agent).await? else {
+            return Ok(Vec::new());
+        };
+        sqlx::query_scalar("select key from agent_memories where key is not null order by key")
+            .fetch_all(&pool)
+            .await
+            .map_err(self.fail(|| format!("list memory keys of agent {agent:?}")))
+    }
+
+    async fn put_tool(&self, agent: &AgentId, tool: &Tool) -> Result<Tool> {
+        tool.validate()?;
+        let pool = self.writer(agent).await?;
+        let row = sqlx::query(
+            "insert into agent_tools (id, name, content, metadata, created_at, updated_at)
+             values (?, ?, ?, ?, ?, ?)
+             on conflict (name) do update set
+                 content = excluded.content, metadata = excluded.metadata,
+                 updated_at = excluded.updated_at
+             returning id, created_at",
+        )
+        .bind(tool.id.to_string())
+        .bind(&tool.name)
+        .bind(json_text(&tool.content))
+        .bind(serde_json::Value::Object(tool.metadata.clone()).to_string())
+        .bind(time_text(&tool.created_at))
+        .bind(time_text(&tool.updated_at))
+        .fetch_one(&pool)
+        .await
+        .map_err(self.fail(|| format!("register tool {:?} of agent {agent:?}", tool.name)))?;
+        let what = || format!("tool {:?} of agent {agent:?}", tool.name);
+        Ok(Tool {
+            id: parse_id(row.get("id"), what)?,
+            created_at: parse_time(row.get("created_at"), what)?,
+            ..tool.clone()
+        })
+    }
+
+    async fn get_tool(&self, agent: &AgentId, name: &str) -> Result<Option<Tool>> {
+        let Some(pool) = self.reader(agent).await? else {
+            return Ok(None);
+        };
+        sqlx::query(
+            "select id, name, content, metadata, created_at, updated_at
+             from agent_tools where name = ?",
+        )
+        .bind(name)
+        .fetch_optional(&pool)
+        .await
+        .map_err(self.fail(|| format!("get tool {name:?} of agent {agent:?}")))?
+        .map(|row| tool_from_row(&row, agent))
+        .transpose()
+    }
+
+    async fn list_tools(&self, agent: &AgentId) -> Result<Vec<Tool>> {
+        let Some(pool) = self.reader(agent).await? else {
+            return Ok(Vec::new());
+        };
+        sqlx::query(
+            "select id, name, content, metadata, created_at, updated_at
+             from agent_tools order by name",
+        )
+        .fetch_all(&pool)
+        .await
+        .map_err(self.fail(|| format!("list tools of agent {agent:?}")))?
+        .iter()
+        .map(|row| tool_from_row(row, agent))
+        .collect()
+    }
+
+    async fn record_metric(&self, agent: &AgentId, metric: &Metric) -> Result<()> {
+        metric.validate()?;
+        let pool = self.writer(agent).await?;
+        sqlx::query(
+            "insert into agent_metrics (id, name, value, content, metadata, created_at)
+             values (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(metric.id.to_string())
+        .bind(&metric.name)
+        .bind(metric.value)
+        .bind(json_text(&metric.content))
+        .bind(serde_json::Value::Object(metric.metadata.clone()).to_string())
+        .bind(time_text(&metric.created_at))
+        .execute(&pool)
+        .await
+        .map_err(self.fail(|| format!("record metric {:?} of agent {agent:?}", metric.name)))?;
+        Ok(())
+    }
+
+    async fn list_metrics(&self, agent: &AgentId) -> Result<Vec<Metric>> {
+        let Some(pool) = self.reader(agent).await? else {
+            return Ok(Vec::new());
+        };
+        sqlx::query(
+            "select id, name, value, content, metadata, created_at
+             from agent_metrics order by created_at, id",
+        )
+        .fetch_all(&pool)
+        .await
+        .map_err(self.fail(|| format!("list metrics of agent {agent:?}")))?
+        .iter()
+        .map(|row| metric_from_row(row, agent))
+        .collect()
+    }
+
+    async fn log_execution(&self, agent: &AgentId, execution: &Execution) -> Result<()> {
+        execution.validate()?;
+        let pool = self.writer(agent).await?;
+        sqlx::query(
+            "insert into agent_executions (id, status, content, metadata, created_at)
+             values (?, ?, ?, ?, ?)",
+        )
+        .bind(execution.id.to_string())
+        .bind(&execution.status)
+        .bind(json_text(&execution.content))
+        .bind(serde_json::Value::Object(execution.metadata.clone()).to_string())
+        .bind(time_text(&execution.created_at))
+        .execute(&pool)
+        .await
+        .map_err(self.fail(|| format!("log execution of agent {agent:?}")))?;
+        Ok(())
+    }
+
+    async fn list_executions(&self, agent: &AgentId) -> Result<Vec<Execution>> {
+        let Some(pool) = self.reader(agent).await? else {
+            return Ok(Vec::new());
+        };
+        sqlx::query(
+            "select id, status, content, metadata, created_at
+             from agent_executions order by created_at, id",
+        )
+        .fetch_all(&pool)
+        .await
+        .map_err(self.fail(|| format!("list executions of agent {agent:?}")))?
+        .iter()
+        .map(|row| execution_from_row(row, agent))
+        .collect()
+    }
+}

@@ -1,0 +1,266 @@
+//! Agent configuration: which backend, where its data lives, read from code or the
+//! environment.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result, redact_url};
+
+/// Which storage an agent's memory lives in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum BackendKind {
+    /// One embedded SQLite file per agent under the agents path. The default: no server.
+    #[default]
+    Sqlite,
+    /// Shared PostgreSQL (with pgvector) at `database_url`.
+    Postgres,
+}
+
+impl BackendKind {
+    /// Every kind, in the order they are listed in messages.
+    pub const ALL: [BackendKind; 2] = [BackendKind::Sqlite, BackendKind::Postgres];
+
+    /// The name used in configuration (`MEMORY_BACKEND`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Sqlite => "sqlite",
+            BackendKind::Postgres => "postgres",
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = Error;
+
+    /// Parses a backend name, ignoring case and surrounding spaces.
+    fn from_str(s: &str) -> Result<Self> {
+        let wanted = s.trim().to_ascii_lowercase();
+        BackendKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == wanted)
+            .ok_or_else(|| {
+                let valid: Vec<_> = BackendKind::ALL.iter().map(|k| k.as_str()).collect();
+                Error::config(format!(
+                    "unknown memory backend {s:?}; valid backends are: {}",
+                    valid.join(", ")
+                ))
+            })
+    }
+}
+
+/// How an agent's memory is configured.
+///
+/// Build it in code (`AgentConfig { name: "crawler".into(), ..Default::default() }`) or
+/// from the environment with [`AgentConfig::from_env`]. `Debug` shows the database URL
+/// with its password replaced by `***`; the type is deliberately not `Serialize`, so the
+/// URL cannot end up in a written file by accident.
+#[derive(Clone, Deserialize)]
+#[serde(default)]
+pub struct AgentConfig {
+    /// The agent's name: its id in PostgreSQL and its folder under `agents_path`.
+    pub name: String,
+    /// When false, the agent keeps no memory: no database is opened, every store,
+    /// register, record and log call does nothing, and every read finds nothing.
+    pub memory_enabled: bool,
+    /// Which backend to use.
+    pub memory_backend: BackendKind,
+    /// PostgreSQL URL, required by the `postgres` backend.
+    pub database_url: Option<String>,
+    /// Folder holding one sub-folder per agent for the `sqlite` backend.
+    pub agents_path: PathBuf,
+    /// Most connections the PostgreSQL pool opens.
+    pub max_connections: u32,
+    /// How long to wait for a PostgreSQL connection before failing.
+    #[serde(with = "secs")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            name: String::new(),
+            memory_enabled: true,
+            memory_backend: BackendKind::Sqlite,
+            database_url: None,
+            agents_path: PathBuf::from(DEFAULT_AGENTS_PATH),
+            max_connections: 10,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Where SQLite agents live unless `AGENTS_PATH` says otherwise.
+pub const DEFAULT_AGENTS_PATH: &str = "./agents";
+
+impl AgentConfig {
+    /// Configuration for agent `name` with every other setting at its default.
+    pub fn new(name: impl Into<String>) -> Self {
+        AgentConfig {
+            name: name.into(),
+            ..AgentConfig::default()
+        }
+    }
+
+    /// Reads the configuration of agent `name` from the environment:
+    ///
+    /// | variable | meaning | default |
+    /// |---|---|---|
+    /// | `MEMORY_BACKEND` | `sqlite` or `postgres` | `sqlite` |
+    /// | `DATABASE_URL` | PostgreSQL URL | none |
+    /// | `AGENTS_PATH` | folder of agent folders | `./agents` |
+    /// | `MEMORY_ENABLED` | `true`/`false` (also `1`/`0`, `yes`/`no`) | `true` |
+    ///
+    /// # Errors
+    /// [`Error::Config`] for an unknown backend name (listing the valid ones) or an
+    /// unreadable `MEMORY_ENABLED`.
+    pub fn from_env(name: impl Into<String>) -> Result<Self> {
+        Self::from_lookup(name, |var| std::env::var(var).ok())
+    }
+
+    /// Like [`from_env`](Self::from_env), reading variables through `lookup`.
+    ///
+    /// # Errors
+    /// As [`from_env`](Self::from_env).
+    pub fn from_lookup(
+        name: impl Into<String>,
+        lookup: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self> {
+        let mut config = AgentConfig::new(name);
+        let get = |var: &str| lookup(var).filter(|v| !v.trim().is_empty());
+        if let Some(kind) = get("MEMORY_BACKEND") {
+            config.memory_backend = kind.parse().map_err(|e| match e {
+                Error::Config { message } => Error::config(format!("MEMORY_BACKEND: {message}")),
+                other => other,
+            })?;
+        }
+        config.database_url = get("DATABASE_URL");
+        if let Some(path) = get("AGENTS_PATH") {
+            config.agents_path = PathBuf::from(path);
+        }
+        if let Some(flag) = get("MEMORY_ENABLED") {
+            config.memory_enabled = match flag.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => {
+                    return Err(Error::config(format!(
+                        "MEMORY_ENABLED: {flag:?} is not a boolean; use true or false"
+                    )));
+                }
+            };
+        }
+        Ok(config)
+    }
+
+    /// The PostgreSQL URL, or a configuration error saying how to supply one.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when `database_url` is unset.
+    pub fn require_database_url(&self) -> Result<&str> {
+        self.database_url.as_deref().ok_or_else(|| {
+            Error::config(format!(
+                "the {} backend needs a PostgreSQL URL: set DATABASE_URL or AgentConfig::database_url",
+                self.memory_backend
+            ))
+        })
+    }
+}
+
+impl fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("name", &self.name)
+            .field("memory_enabled", &self.memory_enabled)
+            .field("memory_backend", &self.memory_backend)
+            .field("database_url", &self.database_url.as_deref().map(redact_url))
+            .field("agents_path", &self.agents_path)
+            .field("max_connections", &self.max_connections)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+mod secs {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn defaults_to_embedded_sqlite_under_agents() {
+        let c = AgentConfig::from_lookup("a", env(&[])).unwrap();
+        assert_eq!(c.memory_backend, BackendKind::Sqlite);
+        assert_eq!(c.agents_path, PathBuf::from("./agents"));
+        assert!(c.memory_enabled);
+        assert!(c.database_url.is_none());
+    }
+
+    #[test]
+    fn reads_every_variable() {
+        let c = AgentConfig::from_lookup(
+            "a",
+            env(&[
+                ("MEMORY_BACKEND", " Postgres "),
+                ("DATABASE_URL", "postgres://u:pw@h/d"),
+                ("AGENTS_PATH", "/srv/agents"),
+                ("MEMORY_ENABLED", "false"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.memory_backend, BackendKind::Postgres);
+        assert_eq!(c.database_url.as_deref(), Some("postgres://u:pw@h/d"));
+        assert_eq!(c.agents_path, PathBuf::from("/srv/agents"));
+        assert!(!c.memory_enabled);
+    }
+
+    #[test]
+    fn unknown_backend_lists_the_valid_ones() {
+        let err = AgentConfig::from_lookup("a", env(&[("MEMORY_BACKEND", "mongo")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("MEMORY_BACKEND"), "{err}");
+        assert!(err.contains("\"mongo\""), "{err}");
+        assert!(err.contains("sqlite, postgres"), "{err}");
+        let err = AgentConfig::from_lookup("a", env(&[("MEMORY_ENABLED", "maybe")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("MEMORY_ENABLED"), "{err}");
+    }
+
+    #[test]
+    fn debug_never_shows_the_password() {
+        let mut c = AgentConfig::new("a");
+        c.database_url = Some("postgres://app:hunter2@db/agents".into());
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("postgres://app:***@db/agents"), "{shown}");
+    }
+}

@@ -1,0 +1,61 @@
+//! agent-memory: one memory API for AI agents, over embedded SQLite or shared
+//! PostgreSQL with pgvector.
+//!
+//! Agents call [`AgentMemory::store_memory`] and [`AgentMemory::retrieve_memory`]; the
+//! configuration (`memory_backend = sqlite | postgres`, see [`AgentConfig`]) decides where
+//! the data lives. Every backend implements [`MemoryBackend`], whose `# Contract` section
+//! lists what all of them guarantee.
+//!
+//! ```no_run
+//! # async fn demo() -> agent_memory::Result<()> {
+//! use agent_memory::{AgentConfig, AgentMemory};
+//!
+//! // MEMORY_BACKEND, DATABASE_URL and AGENTS_PATH; by default SQLite under ./agents.
+//! let config = AgentConfig::from_env("operational_crawler")?;
+//! let memory = AgentMemory::open(&config).await?;
+//! memory.store_memory("key", &serde_json::json!({"seen": 3})).await?;
+//! let data: Option<serde_json::Value> = memory.retrieve_memory("key").await?;
+//! # Ok(()) }
+//! ```
+//!
+//! The PostgreSQL tables are those of the data contract, shared with an admin
+//! application; [`migrate`] creates them when asked, and [`PostgresBackend::connect`]
+//! checks that they are there.
+
+#![warn(missing_docs)]
+
+pub mod agent;
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod record;
+pub mod schema;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use agent::AgentMemory;
+pub use backend::{MemoryBackend, PostgresBackend, PostgresOptions, SqliteBackend, SqliteOptions};
+pub use config::{AgentConfig, BackendKind};
+pub use error::{Chain, Error, Result, redact_url};
+pub use record::{AgentId, Execution, Memory, Metadata, Metric, Tool};
+pub use schema::{migrate, missing_schema};
+
+/// Connects to `url` and applies the shipped PostgreSQL migrations (see [`migrate`]),
+/// returning the versions applied.
+///
+/// # Errors
+/// Connection errors (never showing the password) and migration errors.
+pub async fn migrate_url(url: &str) -> Result<Vec<i64>> {
+    let pool = backend::postgres::connect_pool(
+        url,
+        &PostgresOptions {
+            max_connections: 1,
+            ..PostgresOptions::default()
+        },
+    )
+    .await?;
+    let applied = migrate(&pool).await;
+    pool.close().await;
+    applied
+}

@@ -1,0 +1,242 @@
+//! The shipped schemas: embedded migrations for both databases, the migrators that apply
+//! them, and the start-up check that PostgreSQL has what the library needs.
+
+use sqlx::{Connection, PgPool, Row, SqliteConnection};
+
+use crate::error::{Error, Result};
+
+/// One schema step, embedded from `migrations/<database>/`.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    /// Applied in increasing order; recorded once applied.
+    pub version: i64,
+    /// The file's name without version and extension.
+    pub name: &'static str,
+    /// The statements.
+    pub sql: &'static str,
+}
+
+/// PostgreSQL migrations: the contract tables, the `vector` extension and the library's
+/// own `agent_memory` schema.
+pub const POSTGRES_MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "contract_tables",
+    sql: include_str!("../migrations/postgres/0001_contract_tables.sql"),
+}];
+
+/// SQLite migrations, applied to every agent file when it is opened.
+pub const SQLITE_MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "agent_memory",
+    sql: include_str!("../migrations/sqlite/0001_agent_memory.sql"),
+}];
+
+/// The schema, outside `public`, where the library keeps its own bookkeeping.
+pub const BOOKKEEPING_SCHEMA: &str = "agent_memory";
+
+/// Serialises concurrent migrators on one PostgreSQL database.
+const MIGRATE_LOCK: i64 = 0x6167_656e_745f_6d65; // "agent_me"
+
+const HINT: &str = "apply the shipped schema with agent_memory::migrate (memctl migrate), \
+                    or run the admin app's prisma db push";
+
+/// Applies the shipped PostgreSQL migrations that `pool`'s database has not had yet, in
+/// one transaction, and returns the versions it applied.
+///
+/// Safe to run concurrently and repeatedly: migrators take an advisory lock, and every
+/// statement is idempotent over tables the admin application created itself.
+///
+/// # Errors
+/// [`Error::Database`] when a statement fails (for example `permission denied to create
+/// extension "vector"`); nothing is applied then.
+pub async fn migrate(pool: &PgPool) -> Result<Vec<i64>> {
+    let fail = |step: String| {
+        move |e: sqlx::Error| Error::Database {
+            backend: "postgres",
+            operation: step,
+            source: Box::new(e),
+        }
+    };
+    let mut tx = pool.begin().await.map_err(fail("begin migration".into()))?;
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(MIGRATE_LOCK)
+        .execute(&mut *tx)
+        .await
+        .map_err(fail("take the migration lock".into()))?;
+    sqlx::raw_sql(
+        "create schema if not exists agent_memory;
+         create table if not exists agent_memory.schema_migrations (
+             version    bigint primary key,
+             name       text not null,
+             applied_at timestamptz not null default now()
+         );",
+    )
+    .execute(&mut *tx)
+    .await
+    .map_err(fail("create the agent_memory schema".into()))?;
+    let done: Vec<i64> = sqlx::query_scalar("select version from agent_memory.schema_migrations")
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(fail("read applied migrations".into()))?;
+    let mut applied = Vec::new();
+    for m in POSTGRES_MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
+        let step = format!("migration {:04}_{}", m.version, m.name);
+        sqlx::raw_sql(m.sql)
+            .execute(&mut *tx)
+            .await
+            .map_err(fail(step.clone()))?;
+        sqlx::query("insert into agent_memory.schema_migrations (version, name) values ($1, $2)")
+            .bind(m.version)
+            .bind(m.name)
+            .execute(&mut *tx)
+            .await
+            .map_err(fail(step))?;
+        applied.push(m.version);
+    }
+    tx.commit().await.map_err(fail("commit migration".into()))?;
+    if !applied.is_empty() {
+        tracing::info!(?applied, "applied PostgreSQL migrations");
+    }
+    Ok(applied)
+}
+
+/// Applies the SQLite migrations a freshly opened agent file lacks, under an immediate
+/// transaction so two processes opening the same file do not race.
+pub(crate) async fn migrate_sqlite(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    let mut tx = conn.begin_with("begin immediate").await?;
+    sqlx::raw_sql(
+        "create table if not exists agent_memory_schema (
+             version    integer primary key,
+             name       text not null,
+             applied_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+         )",
+    )
+    .execute(&mut *tx)
+    .await?;
+    let done: Vec<i64> = sqlx::query_scalar("select version from agent_memory_schema")
+        .fetch_all(&mut *tx)
+        .await?;
+    for m in SQLITE_MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
+        sqlx::raw_sql(m.sql).execute(&mut *tx).await?;
+        sqlx::query("insert into agent_memory_schema (version, name) values (?, ?)")
+            .bind(m.version)
+            .bind(m.name)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}
+
+/// What the library reads and writes in each contract table.
+const REQUIRED_COLUMNS: &[(&str, &[&str])] = &[
+    ("agents", &["id", "name", "created_at", "updated_at"]),
+    (
+        "agent_memories",
+        &["id", "agent_id", "key", "content", "metadata", "embedding", "created_at", "updated_at"],
+    ),
+    (
+        "agent_tools",
+        &["id", "agent_id", "name", "content", "metadata", "created_at", "updated_at"],
+    ),
+    (
+        "agent_metrics",
+        &["id", "agent_id", "name", "value", "content", "metadata", "created_at"],
+    ),
+    (
+        "agent_executions",
+        &["id", "agent_id", "status", "content", "metadata", "created_at"],
+    ),
+];
+
+/// The unique keys the upserts rely on.
+const REQUIRED_UNIQUE: &[(&str, &[&str])] = &[
+    ("agent_memories", &["agent_id", "key"]),
+    ("agent_tools", &["agent_id", "name"]),
+];
+
+/// Lists what the library needs that `pool`'s database lacks: the `vector` extension,
+/// contract tables, their columns and the unique keys upserts rely on. Empty when all is
+/// there.
+///
+/// # Errors
+/// [`Error::Database`] when the catalog cannot be read.
+pub async fn missing_schema(pool: &PgPool) -> Result<Vec<String>> {
+    let fail = |e: sqlx::Error| Error::Database {
+        backend: "postgres",
+        operation: "check the schema".into(),
+        source: Box::new(e),
+    };
+    let mut missing = Vec::new();
+    let has_vector: bool =
+        sqlx::query_scalar("select exists (select 1 from pg_extension where extname = 'vector')")
+            .fetch_one(pool)
+            .await
+            .map_err(fail)?;
+    if !has_vector {
+        missing.push("extension vector".to_string());
+    }
+    let tables: Vec<&str> = REQUIRED_COLUMNS.iter().map(|(t, _)| *t).collect();
+    let rows = sqlx::query(
+        "select table_name::text, column_name::text from information_schema.columns
+         where table_schema = current_schema() and table_name = any($1)",
+    )
+    .bind(&tables)
+    .fetch_all(pool)
+    .await
+    .map_err(fail)?;
+    let present: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
+        .collect();
+    for (table, columns) in REQUIRED_COLUMNS {
+        if !present.iter().any(|(t, _)| t == table) {
+            missing.push(format!("table {table}"));
+            continue;
+        }
+        for column in *columns {
+            if !present.iter().any(|(t, c)| t == table && c == column) {
+                missing.push(format!("column {table}.{column}"));
+            }
+        }
+    }
+    let uniques: Vec<(String, Vec<String>)> = sqlx::query(
+        "select t.relname::text,
+                array(select a.attname::text from pg_attribute a
+                      where a.attrelid = t.oid and a.attnum = any(i.indkey)
+                      order by a.attname)
+         from pg_index i join pg_class t on t.oid = i.indrelid
+         where i.indisunique and t.relnamespace = current_schema()::regnamespace
+           and t.relname = any($1)",
+    )
+    .bind(REQUIRED_UNIQUE.iter().map(|(t, _)| *t).collect::<Vec<_>>())
+    .fetch_all(pool)
+    .await
+    .map_err(fail)?
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect();
+    for (table, columns) in REQUIRED_UNIQUE {
+        if missing.contains(&format!("table {table}")) {
+            continue;
+        }
+        let mut wanted: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
+        wanted.sort();
+        if !uniques.iter().any(|(t, cols)| t == table && *cols == wanted) {
+            missing.push(format!("unique ({}) on {table}", columns.join(", ")));
+        }
+    }
+    Ok(missing)
+}
+
+/// Fails with [`Error::SchemaMissing`] unless [`missing_schema`] finds nothing.
+pub(crate) async fn check_schema(pool: &PgPool, target: &str) -> Result<()> {
+    let missing = missing_schema(pool).await?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::SchemaMissing {
+        target: target.to_string(),
+        missing,
+        hint: HINT,
+    })
+}

@@ -1,0 +1,51 @@
+//! Test support (feature `testing`): the conformance scenarios every backend runs, and
+//! throwaway PostgreSQL databases for tests.
+//!
+//! A backend (or a wrapper around one) gets the whole suite with one macro call:
+//!
+//! ```ignore
+//! async fn fixture() -> (Arc<dyn MemoryBackend>, impl Sized) { /* backend, guard */ }
+//! agent_memory::conformance_suite!(fixture);
+//! ```
+
+pub mod postgres;
+pub mod scenarios;
+
+use crate::record::AgentId;
+
+/// A fresh agent id no other test uses: `<prefix>_<random>`.
+pub fn unique_agent(prefix: &str) -> AgentId {
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    AgentId::new(format!("{prefix}_{}", &suffix[..12])).expect("generated agent ids are valid")
+}
+
+/// Stamps out one `#[tokio::test]` per conformance scenario for a backend.
+///
+/// `$fixture` is an async fn returning `(Arc<dyn MemoryBackend>, guard)`; the guard (a
+/// temporary folder, a test database) lives until the scenario ends.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($fixture:path) => {
+        $crate::conformance_suite!(@each $fixture;
+            round_trip_awkward_values,
+            overwrite_replaces_value_keeps_identity,
+            delete_is_final,
+            missing_keys_read_as_absent,
+            agents_are_isolated,
+            concurrent_writers_one_agent,
+            concurrent_writers_many_agents,
+            tools_register_get_list,
+            metrics_and_executions_keep_order,
+            unstorable_values_are_refused
+        );
+    };
+    (@each $fixture:path; $($scenario:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $scenario() {
+                let (backend, _guard) = $fixture().await;
+                $crate::testing::scenarios::$scenario(&*backend).await;
+            }
+        )*
+    };
+}
