@@ -47,7 +47,10 @@ impl AgentMemory {
         if !config.memory_enabled {
             return Ok(AgentMemory::disabled(agent));
         }
-        Ok(AgentMemory::with_backend(agent, backend::open(config).await?))
+        Ok(AgentMemory::with_backend(
+            agent,
+            backend::open(config).await?,
+        ))
     }
 
     /// A handle for `agent` over an existing backend.
@@ -189,7 +192,12 @@ impl AgentMemory {
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for NaN; [`Error::Json`]; backend errors.
-    pub async fn record_metric(&self, name: &str, value: f64, details: impl Serialize) -> Result<()> {
+    pub async fn record_metric(
+        &self,
+        name: &str,
+        value: f64,
+        details: impl Serialize,
+    ) -> Result<()> {
         let mut metric = Metric::new(name, Some(value));
         metric.content = self.to_json(details, || format!("metric {name:?}"))?;
         match &self.backend {

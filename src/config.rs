@@ -163,15 +163,15 @@ impl AgentConfig {
         Ok(config)
     }
 
-    /// The PostgreSQL URL, or a configuration error saying how to supply one.
+    /// The PostgreSQL URL, or a configuration error saying that `purpose` needs one and
+    /// how to supply it.
     ///
     /// # Errors
     /// [`Error::Config`] when `database_url` is unset.
-    pub fn require_database_url(&self) -> Result<&str> {
+    pub fn require_database_url(&self, purpose: &str) -> Result<&str> {
         self.database_url.as_deref().ok_or_else(|| {
             Error::config(format!(
-                "the {} backend needs a PostgreSQL URL: set DATABASE_URL or AgentConfig::database_url",
-                self.memory_backend
+                "{purpose} needs a PostgreSQL URL: set DATABASE_URL (or AgentConfig::database_url)"
             ))
         })
     }
@@ -183,7 +183,10 @@ impl fmt::Debug for AgentConfig {
             .field("name", &self.name)
             .field("memory_enabled", &self.memory_enabled)
             .field("memory_backend", &self.memory_backend)
-            .field("database_url", &self.database_url.as_deref().map(redact_url))
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(redact_url),
+            )
             .field("agents_path", &self.agents_path)
             .field("max_connections", &self.max_connections)
             .field("connect_timeout", &self.connect_timeout)

@@ -85,7 +85,7 @@ pub enum Error {
     },
 
     /// A stored or supplied value is not the JSON its reader expects.
-    #[error("{context}: not the expected JSON")]
+    #[error("{context}: invalid JSON for its type")]
     Json {
         /// Which value, e.g. `memory "k" of agent "a"`.
         context: String,
@@ -114,9 +114,8 @@ impl Error {
     pub fn is_connection(&self) -> bool {
         match self {
             Error::Connect { .. } => true,
-            Error::Database { source, .. } => source
-                .downcast_ref::<sqlx::Error>()
-                .is_some_and(|e| {
+            Error::Database { source, .. } => {
+                source.downcast_ref::<sqlx::Error>().is_some_and(|e| {
                     matches!(
                         e,
                         sqlx::Error::Io(_)
@@ -124,7 +123,8 @@ impl Error {
                             | sqlx::Error::PoolClosed
                             | sqlx::Error::Tls(_)
                     )
-                }),
+                })
+            }
             _ => false,
         }
     }
@@ -141,10 +141,16 @@ pub struct Chain<'a>(pub &'a (dyn StdError + 'static));
 
 impl fmt::Display for Chain<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)?;
+        let mut shown = self.0.to_string();
+        f.write_str(&shown)?;
         let mut next = self.0.source();
         while let Some(cause) = next {
-            write!(f, ": {cause}")?;
+            let text = cause.to_string();
+            // Many errors repeat their source in their own message; say it once.
+            if !shown.ends_with(&text) {
+                write!(f, ": {text}")?;
+            }
+            shown = text;
             next = cause.source();
         }
         Ok(())
@@ -199,12 +205,14 @@ pub(crate) fn url_secrets(url: &str) -> Vec<String> {
     let mut secrets = Vec::new();
     if let Some(rest) = url.split_once("://").map(|(_, rest)| rest) {
         let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-        if let Some((userinfo, _)) = authority.rsplit_once('@') {
-            if let Some((_, password)) = userinfo.split_once(':') {
-                secrets.push(password.to_string());
-                if let Ok(decoded) = percent_decode(password) {
-                    secrets.push(decoded);
-                }
+        let password = authority
+            .rsplit_once('@')
+            .and_then(|(userinfo, _)| userinfo.split_once(':'))
+            .map(|(_, password)| password);
+        if let Some(password) = password {
+            secrets.push(password.to_string());
+            if let Ok(decoded) = percent_decode(password) {
+                secrets.push(decoded);
             }
         }
     }

@@ -59,3 +59,8 @@ pub async fn migrate_url(url: &str) -> Result<Vec<i64>> {
     pool.close().await;
     applied
 }
+
+/// The README's Rust examples, compiled as doctests so they cannot drift from the code.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -151,7 +151,10 @@ impl Memory {
             if let Some(i) = embedding.iter().position(|x| !x.is_finite()) {
                 return Err(Error::invalid(
                     "embedding",
-                    format!("element {i} is {} (only finite numbers can be stored)", embedding[i]),
+                    format!(
+                        "element {i} is {} (only finite numbers can be stored)",
+                        embedding[i]
+                    ),
                 ));
             }
         }
@@ -337,8 +340,18 @@ mod tests {
         assert!(Memory::new("a\0", Value::Null).validate().is_err());
         let mut meta = Metadata::new();
         meta.insert("k".into(), serde_json::json!(["ok", "n\0ul"]));
-        assert!(Memory::new("k", Value::Null).with_metadata(meta).validate().is_err());
-        assert!(Memory::new("k", Value::Null).with_embedding(vec![]).validate().is_err());
+        assert!(
+            Memory::new("k", Value::Null)
+                .with_metadata(meta)
+                .validate()
+                .is_err()
+        );
+        assert!(
+            Memory::new("k", Value::Null)
+                .with_embedding(vec![])
+                .validate()
+                .is_err()
+        );
         assert!(
             Memory::new("k", Value::Null)
                 .with_embedding(vec![1.0, f32::NAN])
@@ -348,6 +361,10 @@ mod tests {
         assert!(Metric::new("m", Some(f64::NAN)).validate().is_err());
         assert!(Metric::new("m", Some(f64::INFINITY)).validate().is_ok());
         // NUL inside the stored value itself is fine: JSON text escapes it.
-        assert!(Memory::new("k", Value::String("a\0b".into())).validate().is_ok());
+        assert!(
+            Memory::new("k", Value::String("a\0b".into()))
+                .validate()
+                .is_ok()
+        );
     }
 }

@@ -79,7 +79,10 @@ pub async fn migrate(pool: &PgPool) -> Result<Vec<i64>> {
         .await
         .map_err(fail("read applied migrations".into()))?;
     let mut applied = Vec::new();
-    for m in POSTGRES_MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
+    for m in POSTGRES_MIGRATIONS
+        .iter()
+        .filter(|m| !done.contains(&m.version))
+    {
         let step = format!("migration {:04}_{}", m.version, m.name);
         sqlx::raw_sql(m.sql)
             .execute(&mut *tx)
@@ -116,7 +119,10 @@ pub(crate) async fn migrate_sqlite(conn: &mut SqliteConnection) -> Result<(), sq
     let done: Vec<i64> = sqlx::query_scalar("select version from agent_memory_schema")
         .fetch_all(&mut *tx)
         .await?;
-    for m in SQLITE_MIGRATIONS.iter().filter(|m| !done.contains(&m.version)) {
+    for m in SQLITE_MIGRATIONS
+        .iter()
+        .filter(|m| !done.contains(&m.version))
+    {
         sqlx::raw_sql(m.sql).execute(&mut *tx).await?;
         sqlx::query("insert into agent_memory_schema (version, name) values (?, ?)")
             .bind(m.version)
@@ -132,19 +138,51 @@ const REQUIRED_COLUMNS: &[(&str, &[&str])] = &[
     ("agents", &["id", "name", "created_at", "updated_at"]),
     (
         "agent_memories",
-        &["id", "agent_id", "key", "content", "metadata", "embedding", "created_at", "updated_at"],
+        &[
+            "id",
+            "agent_id",
+            "key",
+            "content",
+            "metadata",
+            "embedding",
+            "created_at",
+            "updated_at",
+        ],
     ),
     (
         "agent_tools",
-        &["id", "agent_id", "name", "content", "metadata", "created_at", "updated_at"],
+        &[
+            "id",
+            "agent_id",
+            "name",
+            "content",
+            "metadata",
+            "created_at",
+            "updated_at",
+        ],
     ),
     (
         "agent_metrics",
-        &["id", "agent_id", "name", "value", "content", "metadata", "created_at"],
+        &[
+            "id",
+            "agent_id",
+            "name",
+            "value",
+            "content",
+            "metadata",
+            "created_at",
+        ],
     ),
     (
         "agent_executions",
-        &["id", "agent_id", "status", "content", "metadata", "created_at"],
+        &[
+            "id",
+            "agent_id",
+            "status",
+            "content",
+            "metadata",
+            "created_at",
+        ],
     ),
 ];
 
@@ -221,7 +259,10 @@ pub async fn missing_schema(pool: &PgPool) -> Result<Vec<String>> {
         }
         let mut wanted: Vec<String> = columns.iter().map(|c| c.to_string()).collect();
         wanted.sort();
-        if !uniques.iter().any(|(t, cols)| t == table && *cols == wanted) {
+        if !uniques
+            .iter()
+            .any(|(t, cols)| t == table && *cols == wanted)
+        {
             missing.push(format!("unique ({}) on {table}", columns.join(", ")));
         }
     }

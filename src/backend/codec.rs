@@ -47,10 +47,14 @@ pub(crate) fn embedding_bytes(embedding: &[f32]) -> Vec<u8> {
 
 /// Reads little-endian f32 bytes back into an embedding.
 pub(crate) fn bytes_embedding(bytes: &[u8], what: impl FnOnce() -> String) -> Result<Vec<f32>> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(Error::invalid(
             "stored embedding",
-            format!("{}: {} bytes is not a whole number of f32", what(), bytes.len()),
+            format!(
+                "{}: {} bytes is not a whole number of f32",
+                what(),
+                bytes.len()
+            ),
         ));
     }
     Ok(bytes
@@ -74,7 +78,10 @@ mod tests {
     #[test]
     fn embeddings_round_trip_through_bytes() {
         let v = vec![0.0, -1.5, f32::MIN_POSITIVE, 3.25e10];
-        assert_eq!(bytes_embedding(&embedding_bytes(&v), String::new).unwrap(), v);
+        assert_eq!(
+            bytes_embedding(&embedding_bytes(&v), String::new).unwrap(),
+            v
+        );
         assert!(bytes_embedding(&[1, 2, 3], String::new).is_err());
     }
 }

@@ -136,7 +136,13 @@ pub async fn open(config: &AgentConfig) -> Result<Arc<dyn MemoryBackend>> {
                 max_connections: config.max_connections,
                 connect_timeout: config.connect_timeout,
             };
-            Arc::new(PostgresBackend::connect_with(config.require_database_url()?, options).await?)
+            Arc::new(
+                PostgresBackend::connect_with(
+                    config.require_database_url("memory_backend = postgres")?,
+                    options,
+                )
+                .await?,
+            )
         }
     })
 }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use pgvector::Vector;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Json;
-use sqlx::Row;
+use sqlx::{Connection, PgConnection, Row};
 
 use super::MemoryBackend;
 use super::codec::{json_text, parse_json};
@@ -133,6 +133,10 @@ impl PostgresBackend {
 }
 
 /// Opens a pool to `url`, with errors that never show its password.
+///
+/// One connection is made first, outside the pool, so that a refused connection or a
+/// failed login is reported at once with its real cause; a pool would retry until its
+/// timeout and report only that it timed out.
 pub(crate) async fn connect_pool(url: &str, options: &PostgresOptions) -> Result<PgPool> {
     let secrets = url_secrets(url);
     let connect = PgConnectOptions::from_str(url).map_err(|e| {
@@ -142,15 +146,28 @@ pub(crate) async fn connect_pool(url: &str, options: &PostgresOptions) -> Result
             scrub(e, &secrets)
         ))
     })?;
-    PgPoolOptions::new()
+    let failed = |source| Error::Connect {
+        target: redact_url(url),
+        source,
+    };
+    let probe = tokio::time::timeout(
+        options.connect_timeout,
+        PgConnection::connect_with(&connect),
+    )
+    .await
+    .map_err(|_| {
+        failed(Box::new(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {:?}", options.connect_timeout),
+        )))
+    })?
+    .map_err(|e| failed(scrub(e, &secrets)))?;
+    // The probe only proves the server answers; closing it cleanly is a courtesy.
+    let _ = probe.close().await;
+    Ok(PgPoolOptions::new()
         .max_connections(options.max_connections.max(1))
         .acquire_timeout(options.connect_timeout)
-        .connect_with(connect)
-        .await
-        .map_err(|e| Error::Connect {
-            target: redact_url(url),
-            source: scrub(e, &secrets),
-        })
+        .connect_lazy_with(connect))
 }
 
 fn metadata_of(row: &PgRow) -> Metadata {

@@ -6,17 +6,16 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::Row;
 use tokio::sync::OnceCell;
 
 use super::MemoryBackend;
 use super::codec::{
-    bytes_embedding, embedding_bytes, json_text, parse_json, parse_metadata, parse_time,
-    time_text,
+    bytes_embedding, embedding_bytes, json_text, parse_json, parse_metadata, parse_time, time_text,
 };
 use crate::error::{Error, Result};
 use crate::record::{AgentId, Execution, Memory, Metric, Tool};
@@ -95,7 +94,9 @@ impl SqliteBackend {
 
     fn lock_pools(&self) -> std::sync::MutexGuard<'_, HashMap<AgentId, Arc<OnceCell<SqlitePool>>>> {
         // A panic while holding this lock cannot leave the map half-changed.
-        self.pools.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.pools
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The agent's pool for writing, opening (and creating) its file on first use.

@@ -3,7 +3,7 @@
 //!
 //! A backend (or a wrapper around one) gets the whole suite with one macro call:
 //!
-//! ```ignore
+//! ```text
 //! async fn fixture() -> (Arc<dyn MemoryBackend>, impl Sized) { /* backend, guard */ }
 //! agent_memory::conformance_suite!(fixture);
 //! ```

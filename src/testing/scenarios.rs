@@ -16,35 +16,53 @@ fn value(text: &str) -> Value {
 
 fn nested(depth: usize) -> Value {
     (0..depth).fold(json!("bottom"), |inner, i| {
-        if i % 2 == 0 { json!([inner, i]) } else { json!({ "level": i, "inner": inner }) }
+        if i % 2 == 0 {
+            json!([inner, i])
+        } else {
+            json!({ "level": i, "inner": inner })
+        }
     })
 }
 
 /// The awkward values every backend must give back unchanged, by key.
 pub fn awkward_values() -> Vec<(String, Value)> {
     let big_text: String = "agent memory ✓ ".repeat(140_000);
-    let many: Vec<Value> = (0..20_000).map(|i| json!({"i": i, "s": format!("row {i}")})).collect();
+    let many: Vec<Value> = (0..20_000)
+        .map(|i| json!({"i": i, "s": format!("row {i}")}))
+        .collect();
     vec![
-        ("numbers".into(), value(
-            r#"{"beyond_u64": 123456789012345678901234567890, "i64_max": 9223372036854775807,
+        (
+            "numbers".into(),
+            value(
+                r#"{"beyond_u64": 123456789012345678901234567890, "i64_max": 9223372036854775807,
                 "i64_min": -9223372036854775808, "u64_max": 18446744073709551615,
                 "above_2_53": 9007199254740993, "tenth": 0.1, "tiny": 1.5e-300,
                 "huge": 1.7976931348623157e308, "neg_zero": -0.0, "float_one": 1.0,
                 "long_fraction": 3.14159265358979323846264338327950288}"#,
-        )),
-        ("unicode".into(), json!({
-            "latin": "héllo wörld", "cyrillic": "привет", "arabic": "مرحبا بالعالم",
-            "cjk": "記憶の移行", "emoji": "👩‍👩‍👧‍👦🚀", "combining": "e\u{301}",
-            "zero_width": "a\u{200b}b", "nul": "before\u{0}after", "quotes": "'\"`\\",
-            "newlines": "line1\nline2\r\n\ttabbed", "keys are ünïcode too ✓": true
-        })),
+            ),
+        ),
+        (
+            "unicode".into(),
+            json!({
+                "latin": "héllo wörld", "cyrillic": "привет", "arabic": "مرحبا بالعالم",
+                "cjk": "記憶の移行", "emoji": "👩‍👩‍👧‍👦🚀", "combining": "e\u{301}",
+                "zero_width": "a\u{200b}b", "nul": "before\u{0}after", "quotes": "'\"`\\",
+                "newlines": "line1\nline2\r\n\ttabbed", "keys are ünïcode too ✓": true
+            }),
+        ),
         ("empty string".into(), json!("")),
-        ("empties".into(), json!({"s": "", "a": [], "o": {}, "n": null, "f": false})),
+        (
+            "empties".into(),
+            json!({"s": "", "a": [], "o": {}, "n": null, "f": false}),
+        ),
         ("null".into(), Value::Null),
         ("nested".into(), nested(100)),
         ("big text".into(), Value::String(big_text)),
         ("many objects".into(), Value::Array(many)),
-        ("key order".into(), value(r#"{"z": 1, "a": 2, "m": {"y": 1, "b": 2}}"#)),
+        (
+            "key order".into(),
+            value(r#"{"z": 1, "a": 2, "m": {"y": 1, "b": 2}}"#),
+        ),
         (String::new(), json!("the empty key")),
         ("ключ/with\\slashes 'and' \"quotes\" %_".into(), json!(42)),
         ("🔑".repeat(1000), json!("a long unicode key")),
@@ -57,14 +75,20 @@ pub async fn round_trip_awkward_values(backend: &dyn MemoryBackend) {
     let agent = unique_agent("roundtrip");
     let mut metadata = Metadata::new();
     metadata.insert("source".into(), json!("scenario"));
-    metadata.insert("nested".into(), json!({"tags": ["α", "β"], "score": 0.5, "n": 12345678901234567_i64}));
+    metadata.insert(
+        "nested".into(),
+        json!({"tags": ["α", "β"], "score": 0.5, "n": 12345678901234567_i64}),
+    );
     let embedding = vec![0.1_f32, -1e-30, 3.4e38, 0.0, -0.5];
     for (key, content) in awkward_values() {
         let memory = Memory::new(key.clone(), content.clone())
             .with_metadata(metadata.clone())
             .with_embedding(embedding.clone());
         let stored = backend.put_memory(&agent, &memory).await.expect("store");
-        assert_eq!(stored, memory, "put_memory returns what it stored, key {key:?}");
+        assert_eq!(
+            stored, memory,
+            "put_memory returns what it stored, key {key:?}"
+        );
         let got = backend
             .get_memory(&agent, &key)
             .await
@@ -76,44 +100,90 @@ pub async fn round_trip_awkward_values(backend: &dyn MemoryBackend) {
             "{}: value of {key:?} changed on the way",
             backend.name()
         );
-        assert_eq!(got, memory, "{}: memory {key:?} changed on the way", backend.name());
+        assert_eq!(
+            got,
+            memory,
+            "{}: memory {key:?} changed on the way",
+            backend.name()
+        );
     }
     let mut keys: Vec<String> = awkward_values().into_iter().map(|(k, _)| k).collect();
     keys.sort();
-    assert_eq!(backend.memory_keys(&agent).await.unwrap(), keys, "keys in byte order");
+    assert_eq!(
+        backend.memory_keys(&agent).await.unwrap(),
+        keys,
+        "keys in byte order"
+    );
 }
 
 /// Storing over a key replaces its value and keeps its id and `created_at`.
 pub async fn overwrite_replaces_value_keeps_identity(backend: &dyn MemoryBackend) {
     let agent = unique_agent("overwrite");
     let first = backend
-        .put_memory(&agent, &Memory::new("k", json!({"v": 1})).with_embedding(vec![1.0, 2.0]))
+        .put_memory(
+            &agent,
+            &Memory::new("k", json!({"v": 1})).with_embedding(vec![1.0, 2.0]),
+        )
         .await
         .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     let second = Memory::new("k", json!({"v": 2}));
     let stored = backend.put_memory(&agent, &second).await.unwrap();
     assert_eq!(stored.id, first.id, "overwrite keeps the id");
-    assert_eq!(stored.created_at, first.created_at, "overwrite keeps created_at");
-    assert!(stored.updated_at > first.updated_at, "overwrite moves updated_at");
+    assert_eq!(
+        stored.created_at, first.created_at,
+        "overwrite keeps created_at"
+    );
+    assert!(
+        stored.updated_at > first.updated_at,
+        "overwrite moves updated_at"
+    );
     let got = backend.get_memory(&agent, "k").await.unwrap().unwrap();
     assert_eq!(got, stored);
     assert_eq!(got.content, json!({"v": 2}));
     assert_eq!(got.embedding, None, "overwrite replaces the embedding too");
-    assert_eq!(backend.memory_keys(&agent).await.unwrap(), vec!["k".to_string()]);
+    assert_eq!(
+        backend.memory_keys(&agent).await.unwrap(),
+        vec!["k".to_string()]
+    );
 }
 
 /// A deleted key reads as absent, and can be stored again.
 pub async fn delete_is_final(backend: &dyn MemoryBackend) {
     let agent = unique_agent("delete");
-    backend.put_memory(&agent, &Memory::new("gone", json!(1))).await.unwrap();
-    backend.put_memory(&agent, &Memory::new("kept", json!(2))).await.unwrap();
-    assert!(backend.delete_memory(&agent, "gone").await.unwrap(), "delete reports the key existed");
-    assert_eq!(backend.get_memory(&agent, "gone").await.unwrap(), None, "deleted key still readable");
-    assert!(!backend.delete_memory(&agent, "gone").await.unwrap(), "second delete finds nothing");
-    assert_eq!(backend.memory_keys(&agent).await.unwrap(), vec!["kept".to_string()]);
-    let again = backend.put_memory(&agent, &Memory::new("gone", json!(3))).await.unwrap();
-    assert_eq!(backend.get_memory(&agent, "gone").await.unwrap(), Some(again));
+    backend
+        .put_memory(&agent, &Memory::new("gone", json!(1)))
+        .await
+        .unwrap();
+    backend
+        .put_memory(&agent, &Memory::new("kept", json!(2)))
+        .await
+        .unwrap();
+    assert!(
+        backend.delete_memory(&agent, "gone").await.unwrap(),
+        "delete reports the key existed"
+    );
+    assert_eq!(
+        backend.get_memory(&agent, "gone").await.unwrap(),
+        None,
+        "deleted key still readable"
+    );
+    assert!(
+        !backend.delete_memory(&agent, "gone").await.unwrap(),
+        "second delete finds nothing"
+    );
+    assert_eq!(
+        backend.memory_keys(&agent).await.unwrap(),
+        vec!["kept".to_string()]
+    );
+    let again = backend
+        .put_memory(&agent, &Memory::new("gone", json!(3)))
+        .await
+        .unwrap();
+    assert_eq!(
+        backend.get_memory(&agent, "gone").await.unwrap(),
+        Some(again)
+    );
 }
 
 /// Keys and agents never written read as absent, and deleting them is not an error.
@@ -127,29 +197,87 @@ pub async fn missing_keys_read_as_absent(backend: &dyn MemoryBackend) {
     assert!(backend.list_metrics(&never).await.unwrap().is_empty());
     assert!(backend.list_executions(&never).await.unwrap().is_empty());
     let agent = unique_agent("missing");
-    backend.put_memory(&agent, &Memory::new("present", json!(1))).await.unwrap();
+    backend
+        .put_memory(&agent, &Memory::new("present", json!(1)))
+        .await
+        .unwrap();
     assert_eq!(backend.get_memory(&agent, "absent").await.unwrap(), None);
-    assert_eq!(backend.get_memory(&agent, "Present").await.unwrap(), None, "keys are case-sensitive");
+    assert_eq!(
+        backend.get_memory(&agent, "Present").await.unwrap(),
+        None,
+        "keys are case-sensitive"
+    );
 }
 
 /// One agent's writes and deletes never show in another's data.
 pub async fn agents_are_isolated(backend: &dyn MemoryBackend) {
     let a = unique_agent("iso_a");
     let b = unique_agent("iso_b");
-    backend.put_memory(&a, &Memory::new("shared", json!("A"))).await.unwrap();
-    backend.put_memory(&b, &Memory::new("shared", json!("B"))).await.unwrap();
-    backend.put_memory(&a, &Memory::new("only_a", json!(1))).await.unwrap();
-    backend.put_tool(&a, &Tool::new("search", json!({"for": "A"}))).await.unwrap();
-    backend.record_metric(&a, &Metric::new("latency", Some(1.0))).await.unwrap();
-    backend.log_execution(&a, &Execution::new(Some("ok".into()), json!({}))).await.unwrap();
-    assert_eq!(backend.get_memory(&b, "shared").await.unwrap().unwrap().content, json!("B"));
-    assert_eq!(backend.get_memory(&b, "only_a").await.unwrap(), None, "B sees A's key");
-    assert_eq!(backend.memory_keys(&b).await.unwrap(), vec!["shared".to_string()]);
-    assert!(backend.get_tool(&b, "search").await.unwrap().is_none(), "B sees A's tool");
-    assert!(backend.list_metrics(&b).await.unwrap().is_empty(), "B sees A's metric");
-    assert!(backend.list_executions(&b).await.unwrap().is_empty(), "B sees A's execution");
+    backend
+        .put_memory(&a, &Memory::new("shared", json!("A")))
+        .await
+        .unwrap();
+    backend
+        .put_memory(&b, &Memory::new("shared", json!("B")))
+        .await
+        .unwrap();
+    backend
+        .put_memory(&a, &Memory::new("only_a", json!(1)))
+        .await
+        .unwrap();
+    backend
+        .put_tool(&a, &Tool::new("search", json!({"for": "A"})))
+        .await
+        .unwrap();
+    backend
+        .record_metric(&a, &Metric::new("latency", Some(1.0)))
+        .await
+        .unwrap();
+    backend
+        .log_execution(&a, &Execution::new(Some("ok".into()), json!({})))
+        .await
+        .unwrap();
+    assert_eq!(
+        backend
+            .get_memory(&b, "shared")
+            .await
+            .unwrap()
+            .unwrap()
+            .content,
+        json!("B")
+    );
+    assert_eq!(
+        backend.get_memory(&b, "only_a").await.unwrap(),
+        None,
+        "B sees A's key"
+    );
+    assert_eq!(
+        backend.memory_keys(&b).await.unwrap(),
+        vec!["shared".to_string()]
+    );
+    assert!(
+        backend.get_tool(&b, "search").await.unwrap().is_none(),
+        "B sees A's tool"
+    );
+    assert!(
+        backend.list_metrics(&b).await.unwrap().is_empty(),
+        "B sees A's metric"
+    );
+    assert!(
+        backend.list_executions(&b).await.unwrap().is_empty(),
+        "B sees A's execution"
+    );
     assert!(backend.delete_memory(&b, "shared").await.unwrap());
-    assert_eq!(backend.get_memory(&a, "shared").await.unwrap().unwrap().content, json!("A"), "B's delete reached A");
+    assert_eq!(
+        backend
+            .get_memory(&a, "shared")
+            .await
+            .unwrap()
+            .unwrap()
+            .content,
+        json!("A"),
+        "B's delete reached A"
+    );
 }
 
 const TASKS: usize = 16;
@@ -164,10 +292,23 @@ pub async fn concurrent_writers_one_agent(backend: &dyn MemoryBackend) {
             async move {
                 for i in 0..KEYS_PER_TASK {
                     let key = format!("t{task:02}_k{i:02}");
-                    backend.put_memory(&agent, &Memory::new(key.clone(), json!({"task": task, "i": i}))).await?;
-                    backend.put_memory(&agent, &Memory::new("shared", json!({"task": task, "i": i}))).await?;
+                    backend
+                        .put_memory(
+                            &agent,
+                            &Memory::new(key.clone(), json!({"task": task, "i": i})),
+                        )
+                        .await?;
+                    backend
+                        .put_memory(
+                            &agent,
+                            &Memory::new("shared", json!({"task": task, "i": i})),
+                        )
+                        .await?;
                     let read = backend.get_memory(&agent, &key).await?;
-                    assert!(read.is_some(), "a task cannot read its own acknowledged write {key}");
+                    assert!(
+                        read.is_some(),
+                        "a task cannot read its own acknowledged write {key}"
+                    );
                 }
                 Ok::<_, Error>(())
             }
@@ -177,15 +318,32 @@ pub async fn concurrent_writers_one_agent(backend: &dyn MemoryBackend) {
         result.expect("no concurrent write fails");
     }
     let keys = backend.memory_keys(&agent).await.unwrap();
-    assert_eq!(keys.len(), TASKS * KEYS_PER_TASK + 1, "writes lost under concurrency");
+    assert_eq!(
+        keys.len(),
+        TASKS * KEYS_PER_TASK + 1,
+        "writes lost under concurrency"
+    );
     for task in 0..TASKS {
         for i in 0..KEYS_PER_TASK {
-            let got = backend.get_memory(&agent, &format!("t{task:02}_k{i:02}")).await.unwrap().unwrap();
+            let got = backend
+                .get_memory(&agent, &format!("t{task:02}_k{i:02}"))
+                .await
+                .unwrap()
+                .unwrap();
             assert_eq!(got.content, json!({"task": task, "i": i}));
         }
     }
-    let shared = backend.get_memory(&agent, "shared").await.unwrap().unwrap().content;
-    assert_eq!(shared["i"], json!(KEYS_PER_TASK - 1), "the shared key holds some task's last write");
+    let shared = backend
+        .get_memory(&agent, "shared")
+        .await
+        .unwrap()
+        .unwrap()
+        .content;
+    assert_eq!(
+        shared["i"],
+        json!(KEYS_PER_TASK - 1),
+        "the shared key holds some task's last write"
+    );
 }
 
 /// Many agents written at once each end with exactly their own data.
@@ -196,10 +354,15 @@ pub async fn concurrent_writers_many_agents(backend: &dyn MemoryBackend) {
         .flat_map(|agent| (0..3).map(move |task| (agent.clone(), task)))
         .map(|(agent, task)| async move {
             for i in 0..15 {
-                let memory = Memory::new(format!("k{task}_{i:02}"), json!({"agent": agent.as_str(), "i": i}));
+                let memory = Memory::new(
+                    format!("k{task}_{i:02}"),
+                    json!({"agent": agent.as_str(), "i": i}),
+                );
                 backend.put_memory(&agent, &memory).await?;
             }
-            backend.record_metric(&agent, &Metric::new("done", Some(task as f64))).await
+            backend
+                .record_metric(&agent, &Metric::new("done", Some(task as f64)))
+                .await
         })
         .collect();
     for result in futures_join_all(work).await {
@@ -210,7 +373,11 @@ pub async fn concurrent_writers_many_agents(backend: &dyn MemoryBackend) {
         assert_eq!(keys.len(), 45, "agent {agent} lost writes");
         for key in keys {
             let got = backend.get_memory(agent, &key).await.unwrap().unwrap();
-            assert_eq!(got.content["agent"], json!(agent.as_str()), "agent {agent} holds another's value");
+            assert_eq!(
+                got.content["agent"],
+                json!(agent.as_str()),
+                "agent {agent} holds another's value"
+            );
         }
         assert_eq!(backend.list_metrics(agent).await.unwrap().len(), 3);
     }
@@ -219,26 +386,69 @@ pub async fn concurrent_writers_many_agents(backend: &dyn MemoryBackend) {
 /// Tools register by name, re-register in place, and list in byte order of name.
 pub async fn tools_register_get_list(backend: &dyn MemoryBackend) {
     let agent = unique_agent("tools");
-    let definition = value(r#"{"type": "function", "parameters": {"q": {"type": "string"}}, "limit": 18446744073709551615}"#);
-    let first = backend.put_tool(&agent, &Tool::new("web_search", definition.clone())).await.unwrap();
-    backend.put_tool(&agent, &Tool::new("Calculator", json!({"ops": ["+", "-"]}))).await.unwrap();
-    backend.put_tool(&agent, &Tool::new("ätsch", json!(null))).await.unwrap();
-    let got = backend.get_tool(&agent, "web_search").await.unwrap().unwrap();
+    let definition = value(
+        r#"{"type": "function", "parameters": {"q": {"type": "string"}}, "limit": 18446744073709551615}"#,
+    );
+    let first = backend
+        .put_tool(&agent, &Tool::new("web_search", definition.clone()))
+        .await
+        .unwrap();
+    backend
+        .put_tool(&agent, &Tool::new("Calculator", json!({"ops": ["+", "-"]})))
+        .await
+        .unwrap();
+    backend
+        .put_tool(&agent, &Tool::new("ätsch", json!(null)))
+        .await
+        .unwrap();
+    let got = backend
+        .get_tool(&agent, "web_search")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(got, first);
     assert_eq!(got.content.to_string(), definition.to_string());
-    let updated = backend.put_tool(&agent, &Tool::new("web_search", json!({"v": 2}))).await.unwrap();
+    let updated = backend
+        .put_tool(&agent, &Tool::new("web_search", json!({"v": 2})))
+        .await
+        .unwrap();
     assert_eq!(updated.id, first.id, "re-registering keeps the tool's id");
     assert_eq!(updated.created_at, first.created_at);
-    assert_eq!(backend.get_tool(&agent, "web_search").await.unwrap().unwrap().content, json!({"v": 2}));
-    let names: Vec<String> = backend.list_tools(&agent).await.unwrap().into_iter().map(|t| t.name).collect();
-    assert_eq!(names, ["Calculator", "web_search", "ätsch"], "tools in byte order of name");
+    assert_eq!(
+        backend
+            .get_tool(&agent, "web_search")
+            .await
+            .unwrap()
+            .unwrap()
+            .content,
+        json!({"v": 2})
+    );
+    let names: Vec<String> = backend
+        .list_tools(&agent)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name)
+        .collect();
+    assert_eq!(
+        names,
+        ["Calculator", "web_search", "ätsch"],
+        "tools in byte order of name"
+    );
     assert!(backend.get_tool(&agent, "missing").await.unwrap().is_none());
 }
 
 /// Metrics and executions come back complete and oldest first.
 pub async fn metrics_and_executions_keep_order(backend: &dyn MemoryBackend) {
     let agent = unique_agent("history");
-    let values = [Some(1.5), None, Some(-0.25), Some(f64::INFINITY), Some(f64::NEG_INFINITY), Some(1e308)];
+    let values = [
+        Some(1.5),
+        None,
+        Some(-0.25),
+        Some(f64::INFINITY),
+        Some(f64::NEG_INFINITY),
+        Some(1e308),
+    ];
     let mut metrics = Vec::new();
     for (i, v) in values.iter().enumerate() {
         let mut metric = Metric::new(format!("m{}", i % 2), *v);
@@ -250,7 +460,10 @@ pub async fn metrics_and_executions_keep_order(backend: &dyn MemoryBackend) {
     assert_eq!(backend.list_metrics(&agent).await.unwrap(), metrics);
     let mut executions = Vec::new();
     for (i, status) in [Some("ok"), None, Some("failed")].into_iter().enumerate() {
-        let execution = Execution::new(status.map(String::from), json!({"task": i, "output": "x".repeat(i * 1000)}));
+        let execution = Execution::new(
+            status.map(String::from),
+            json!({"task": i, "output": "x".repeat(i * 1000)}),
+        );
         backend.log_execution(&agent, &execution).await.unwrap();
         executions.push(execution);
     }
@@ -262,15 +475,57 @@ pub async fn unstorable_values_are_refused(backend: &dyn MemoryBackend) {
     let agent = unique_agent("refused");
     let refused = |result: Result<_, Error>, what: &str| match result {
         Err(Error::InvalidInput { .. }) => {}
-        other => panic!("{}: {what} was not refused as invalid input: {other:?}", backend.name()),
+        other => panic!(
+            "{}: {what} was not refused as invalid input: {other:?}",
+            backend.name()
+        ),
     };
-    refused(backend.put_memory(&agent, &Memory::new("nul\0key", json!(1))).await.map(drop), "a NUL in a key");
+    refused(
+        backend
+            .put_memory(&agent, &Memory::new("nul\0key", json!(1)))
+            .await
+            .map(drop),
+        "a NUL in a key",
+    );
     let mut meta = Metadata::new();
     meta.insert("note".into(), json!("nul\u{0}inside"));
-    refused(backend.put_memory(&agent, &Memory::new("k", json!(1)).with_metadata(meta)).await.map(drop), "a NUL in metadata");
-    refused(backend.put_memory(&agent, &Memory::new("k", json!(1)).with_embedding(vec![f32::NAN])).await.map(drop), "a NaN embedding");
-    refused(backend.record_metric(&agent, &Metric::new("m", Some(f64::NAN))).await.map(drop), "a NaN metric");
-    refused(backend.put_tool(&agent, &Tool::new("t\0", json!(1))).await.map(drop), "a NUL in a tool name");
-    assert!(backend.memory_keys(&agent).await.unwrap().is_empty(), "a refused write left a key");
-    assert!(backend.list_metrics(&agent).await.unwrap().is_empty(), "a refused write left a metric");
+    refused(
+        backend
+            .put_memory(&agent, &Memory::new("k", json!(1)).with_metadata(meta))
+            .await
+            .map(drop),
+        "a NUL in metadata",
+    );
+    refused(
+        backend
+            .put_memory(
+                &agent,
+                &Memory::new("k", json!(1)).with_embedding(vec![f32::NAN]),
+            )
+            .await
+            .map(drop),
+        "a NaN embedding",
+    );
+    refused(
+        backend
+            .record_metric(&agent, &Metric::new("m", Some(f64::NAN)))
+            .await
+            .map(drop),
+        "a NaN metric",
+    );
+    refused(
+        backend
+            .put_tool(&agent, &Tool::new("t\0", json!(1)))
+            .await
+            .map(drop),
+        "a NUL in a tool name",
+    );
+    assert!(
+        backend.memory_keys(&agent).await.unwrap().is_empty(),
+        "a refused write left a key"
+    );
+    assert!(
+        backend.list_metrics(&agent).await.unwrap().is_empty(),
+        "a refused write left a metric"
+    );
 }

@@ -1,0 +1,156 @@
+//! An operator's view of an agent's memory from the shell.
+//!
+//! ```text
+//! cargo run --example memctl -- --agent NAME store KEY JSON
+//! cargo run --example memctl -- --agent NAME get KEY      # prints the JSON value
+//! cargo run --example memctl -- --agent NAME delete KEY
+//! cargo run --example memctl -- --agent NAME keys
+//! cargo run --example memctl -- migrate                   # shipped schema -> DATABASE_URL
+//! ```
+//!
+//! Reads `MEMORY_BACKEND` (`sqlite` or `postgres`, default `sqlite`), `DATABASE_URL` and
+//! `AGENTS_PATH` (default `./agents`), like the agents do; the flags below override them.
+//! `RUST_LOG` sets the log level (default `warn`).
+//!
+//! Exit status: 0 on success; 1 when `get` or `delete` finds no such key; 2 on an error,
+//! whose whole chain is printed.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use agent_memory::{AgentConfig, AgentMemory, BackendKind, Chain, Error};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "memctl", about = "Read and write an agent's memory")]
+struct Cli {
+    /// The agent whose memory to use (its folder name / PostgreSQL agent id).
+    #[arg(long, global = true)]
+    agent: Option<String>,
+    /// Backend: sqlite or postgres [default: $MEMORY_BACKEND, else sqlite].
+    #[arg(long, global = true)]
+    backend: Option<BackendKind>,
+    /// PostgreSQL URL [default: $DATABASE_URL].
+    #[arg(long, global = true, hide_env_values = true)]
+    database_url: Option<String>,
+    /// Folder of agent folders for sqlite [default: $AGENTS_PATH, else ./agents].
+    #[arg(long, global = true)]
+    agents_path: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Store a JSON value under KEY, replacing what was there.
+    Store {
+        /// The key.
+        key: String,
+        /// The value, as JSON text (e.g. '{"x":1}' or '"text"').
+        json: String,
+    },
+    /// Print the JSON value stored under KEY.
+    Get {
+        /// The key.
+        key: String,
+    },
+    /// Delete the value stored under KEY.
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// List the agent's keys, one per line.
+    Keys,
+    /// Apply the shipped PostgreSQL schema to the database (needs a PostgreSQL URL).
+    Migrate,
+}
+
+/// What a successful command reports through the exit status.
+enum Outcome {
+    Done,
+    NotFound,
+}
+
+async fn run(cli: Cli) -> Result<Outcome, Error> {
+    let mut config = AgentConfig::from_env(cli.agent.clone().unwrap_or_default())?;
+    if let Some(kind) = cli.backend {
+        config.memory_backend = kind;
+    }
+    if let Some(url) = cli.database_url {
+        config.database_url = Some(url);
+    }
+    if let Some(path) = cli.agents_path {
+        config.agents_path = path;
+    }
+    if let Command::Migrate = cli.command {
+        let applied =
+            agent_memory::migrate_url(config.require_database_url("memctl migrate")?).await?;
+        match applied.as_slice() {
+            [] => println!("schema already up to date"),
+            versions => println!("applied migrations {versions:?}"),
+        }
+        return Ok(Outcome::Done);
+    }
+    if cli.agent.is_none() {
+        return Err(agent_memory::Error::InvalidInput {
+            what: "arguments",
+            reason: "--agent NAME is required for this command".into(),
+        });
+    }
+    let memory = AgentMemory::open(&config).await?;
+    match cli.command {
+        Command::Store { key, json } => {
+            let value: serde_json::Value =
+                serde_json::from_str(&json).map_err(|source| Error::Json {
+                    context: format!("the value given for key {key:?}"),
+                    source,
+                })?;
+            memory.store_memory(&key, &value).await?;
+        }
+        Command::Get { key } => match memory.retrieve_memory::<serde_json::Value>(&key).await? {
+            Some(value) => println!("{value}"),
+            None => {
+                eprintln!(
+                    "memctl: agent {:?} has no memory under key {key:?}",
+                    memory.agent()
+                );
+                return Ok(Outcome::NotFound);
+            }
+        },
+        Command::Delete { key } => {
+            if !memory.delete_memory(&key).await? {
+                eprintln!(
+                    "memctl: agent {:?} has no memory under key {key:?}",
+                    memory.agent()
+                );
+                return Ok(Outcome::NotFound);
+            }
+        }
+        Command::Keys => {
+            for key in memory.memory_keys().await? {
+                println!("{key}");
+            }
+        }
+        Command::Migrate => unreachable!("handled above"),
+    }
+    Ok(Outcome::Done)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()).await {
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::NotFound) => ExitCode::from(1),
+        Err(err) => {
+            eprintln!("memctl: {}", Chain(&err));
+            ExitCode::from(2)
+        }
+    }
+}

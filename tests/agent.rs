@@ -1,0 +1,247 @@
+//! The agent's handle and the operator CLI, end to end on both backends, chosen by
+//! configuration the way agents choose them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use agent_memory::testing::postgres::TestDatabase;
+use agent_memory::{AgentConfig, AgentMemory, BackendKind, Error};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Conversation {
+    topic: String,
+    turns: u64,
+    scores: Vec<f64>,
+}
+
+async fn typed_round_trip(config: AgentConfig) {
+    let memory = AgentMemory::open(&config)
+        .await
+        .expect("open the configured backend");
+    let conversation = Conversation {
+        topic: "pricing ✓".into(),
+        turns: u64::MAX,
+        scores: vec![0.1, -2.5e-10],
+    };
+    memory
+        .store_memory("conversation", &conversation)
+        .await
+        .unwrap();
+    let back: Option<Conversation> = memory.retrieve_memory("conversation").await.unwrap();
+    assert_eq!(back, Some(conversation), "{}", config.memory_backend);
+    let missing: Option<Conversation> = memory.retrieve_memory("nothing here").await.unwrap();
+    assert_eq!(missing, None);
+
+    // A value of another shape is a clear error that names the key, not a panic.
+    memory.store_memory("count", 3).await.unwrap();
+    match memory.retrieve_memory::<Conversation>("count").await {
+        Err(err @ Error::Json { .. }) => assert!(err.to_string().contains("\"count\""), "{err}"),
+        other => panic!("expected a JSON error, got {other:?}"),
+    }
+
+    let tool = memory
+        .register_tool("search", json!({"k": 5}))
+        .await
+        .unwrap();
+    assert_eq!(memory.tool("search").await.unwrap(), Some(tool));
+    memory
+        .record_metric("latency", 0.25, json!({"unit": "s"}))
+        .await
+        .unwrap();
+    memory
+        .log_execution("ok", json!({"task": "t"}))
+        .await
+        .unwrap();
+    let metrics = memory.metrics().await.unwrap();
+    assert_eq!((metrics.len(), metrics[0].value), (1, Some(0.25)));
+    assert_eq!(
+        memory.executions().await.unwrap()[0].status.as_deref(),
+        Some("ok")
+    );
+    assert_eq!(
+        memory.memory_keys().await.unwrap(),
+        ["conversation", "count"]
+    );
+}
+
+#[tokio::test]
+async fn sqlite_is_the_default_and_round_trips_typed_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = AgentConfig {
+        name: "typed".into(),
+        agents_path: dir.path().to_path_buf(),
+        ..AgentConfig::default()
+    };
+    assert_eq!(config.memory_backend, BackendKind::Sqlite);
+    typed_round_trip(config).await;
+    assert!(
+        dir.path().join("typed").join("memory.db").is_file(),
+        "the agent's file is <agents>/<agent>/memory.db"
+    );
+}
+
+#[tokio::test]
+async fn postgres_config_switch_round_trips_typed_values() {
+    let db = TestDatabase::migrated().await;
+    let config = AgentConfig::from_lookup("typed", |var| match var {
+        "MEMORY_BACKEND" => Some("postgres".into()),
+        "DATABASE_URL" => Some(db.url.clone()),
+        _ => None,
+    })
+    .unwrap();
+    typed_round_trip(config).await;
+}
+
+#[tokio::test]
+async fn disabled_memory_stores_nothing_and_opens_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = AgentConfig {
+        name: "forgetful".into(),
+        memory_enabled: false,
+        agents_path: dir.path().to_path_buf(),
+        // Would fail to connect if anything were opened.
+        memory_backend: BackendKind::Postgres,
+        ..AgentConfig::default()
+    };
+    let memory = AgentMemory::open(&config)
+        .await
+        .expect("disabled memory opens nothing");
+    memory.store_memory("k", json!(1)).await.unwrap();
+    assert_eq!(
+        memory
+            .retrieve_memory::<serde_json::Value>("k")
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(memory.memory_keys().await.unwrap().is_empty());
+    memory.register_tool("t", json!({})).await.unwrap();
+    assert!(memory.tools().await.unwrap().is_empty());
+    memory.record_metric("m", 1.0, json!({})).await.unwrap();
+    assert!(memory.metrics().await.unwrap().is_empty());
+    assert!(!memory.delete_memory("k").await.unwrap());
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "disabled memory wrote files"
+    );
+}
+
+/// The memctl example binary, which `cargo test` builds beside the test binaries.
+fn memctl_path() -> PathBuf {
+    let deps = std::env::current_exe().unwrap();
+    let path = deps
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join("examples")
+        .join("memctl");
+    assert!(
+        path.is_file(),
+        "{} is missing: run the tests with cargo test, which builds the examples",
+        path.display()
+    );
+    path
+}
+
+fn memctl(env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut command = Command::new(memctl_path());
+    command
+        .args(args)
+        .env_remove("MEMORY_BACKEND")
+        .env_remove("DATABASE_URL")
+        .env_remove("AGENTS_PATH");
+    command.envs(env.iter().copied());
+    command.output().expect("run memctl")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn memctl_session(env: &[(&str, &str)]) {
+    let stored = memctl(env, &["--agent", "a", "store", "k", r#"{"x":1}"#]);
+    assert!(
+        stored.status.success(),
+        "store failed: {}",
+        String::from_utf8_lossy(&stored.stderr)
+    );
+    let got = memctl(env, &["--agent", "a", "get", "k"]);
+    assert_eq!(
+        (got.status.code(), stdout(&got).as_str()),
+        (Some(0), "{\"x\":1}\n")
+    );
+    let absent = memctl(env, &["--agent", "a", "get", "nope"]);
+    assert_eq!(
+        absent.status.code(),
+        Some(1),
+        "get of a missing key exits 1"
+    );
+    assert!(String::from_utf8_lossy(&absent.stderr).contains("\"nope\""));
+    memctl(env, &["--agent", "a", "store", "j", "[1, 2.50, \"three\"]"]);
+    assert_eq!(stdout(&memctl(env, &["--agent", "a", "keys"])), "j\nk\n");
+    assert_eq!(
+        stdout(&memctl(env, &["--agent", "a", "get", "j"])),
+        "[1,2.50,\"three\"]\n"
+    );
+    assert_eq!(
+        memctl(env, &["--agent", "a", "delete", "k"]).status.code(),
+        Some(0)
+    );
+    assert_eq!(
+        memctl(env, &["--agent", "a", "get", "k"]).status.code(),
+        Some(1)
+    );
+    assert_eq!(
+        memctl(env, &["--agent", "a", "delete", "k"]).status.code(),
+        Some(1)
+    );
+    let bad = memctl(env, &["--agent", "a", "store", "k", "{not json"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid JSON"));
+}
+
+#[test]
+fn memctl_store_get_delete_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let agents = dir.path().to_str().unwrap();
+    memctl_session(&[("AGENTS_PATH", agents)]);
+    assert!(dir.path().join("a/memory.db").is_file());
+}
+
+#[tokio::test]
+async fn memctl_migrates_then_stores_on_postgres() {
+    let db = TestDatabase::empty().await;
+    let env = [
+        ("MEMORY_BACKEND", "postgres"),
+        ("DATABASE_URL", db.url.as_str()),
+    ];
+    let before = memctl(&env, &["--agent", "a", "keys"]);
+    assert_eq!(
+        before.status.code(),
+        Some(2),
+        "an unmigrated database is an error"
+    );
+    let message = String::from_utf8_lossy(&before.stderr);
+    assert!(
+        message.contains("table agent_memories") && message.contains("memctl migrate"),
+        "{message}"
+    );
+    let migrated = memctl(&env, &["migrate"]);
+    assert_eq!(stdout(&migrated), "applied migrations [1]\n");
+    assert_eq!(
+        stdout(&memctl(&env, &["migrate"])),
+        "schema already up to date\n"
+    );
+    memctl_session(&env);
+}
+
+#[test]
+fn memctl_unknown_backend_lists_the_valid_ones() {
+    let out = memctl(&[("MEMORY_BACKEND", "mongo")], &["--agent", "a", "keys"]);
+    assert_eq!(out.status.code(), Some(2));
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert!(message.contains("sqlite, postgres"), "{message}");
+}
