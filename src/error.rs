@@ -109,21 +109,23 @@ impl Error {
         }
     }
 
-    /// True when the cause is a lost or refused connection, the kind of failure that
-    /// a retry after the database comes back can cure.
+    /// True when the cause is a lost, refused or timed-out connection: the kind of
+    /// failure that a retry after the database comes back can cure. A refused login or a
+    /// missing database is not.
     pub fn is_connection(&self) -> bool {
         match self {
-            Error::Connect { .. } => true,
-            Error::Database { source, .. } => {
-                source.downcast_ref::<sqlx::Error>().is_some_and(|e| {
-                    matches!(
+            Error::Connect { source, .. } | Error::Database { source, .. } => {
+                match source.downcast_ref::<sqlx::Error>() {
+                    Some(e) => matches!(
                         e,
                         sqlx::Error::Io(_)
                             | sqlx::Error::PoolTimedOut
                             | sqlx::Error::PoolClosed
                             | sqlx::Error::Tls(_)
-                    )
-                })
+                    ),
+                    // The probe's own timeout, or an injected fault.
+                    None => source.downcast_ref::<std::io::Error>().is_some(),
+                }
             }
             _ => false,
         }
