@@ -20,18 +20,107 @@ pub enum BackendKind {
     Sqlite,
     /// Shared PostgreSQL (with pgvector) at `database_url`.
     Postgres,
+    /// Both, stepping from SQLite to PostgreSQL through the [`Stage`]s.
+    Dual,
 }
 
 impl BackendKind {
     /// Every kind, in the order they are listed in messages.
-    pub const ALL: [BackendKind; 2] = [BackendKind::Sqlite, BackendKind::Postgres];
+    pub const ALL: [BackendKind; 3] = [
+        BackendKind::Sqlite,
+        BackendKind::Postgres,
+        BackendKind::Dual,
+    ];
 
     /// The name used in configuration (`MEMORY_BACKEND`).
     pub fn as_str(self) -> &'static str {
         match self {
             BackendKind::Sqlite => "sqlite",
             BackendKind::Postgres => "postgres",
+            BackendKind::Dual => "dual",
         }
+    }
+}
+
+/// A migration stage of the dual backend: which side takes writes, which serves reads,
+/// which is authoritative. Each step forward or back loses nothing an agent was told
+/// was stored.
+///
+/// | stage | writes | reads | authoritative |
+/// |---|---|---|---|
+/// | `sqlite` | SQLite (PostgreSQL's copy is owed) | SQLite | SQLite |
+/// | `dualwrite` | both | SQLite | SQLite |
+/// | `shadow` | both | both, compared; SQLite's answer returned | SQLite |
+/// | `live` | both | PostgreSQL, falling back to SQLite on a miss (lazy copy); compared | PostgreSQL |
+/// | `rampdown` | both | PostgreSQL | PostgreSQL |
+/// | `postgres` | PostgreSQL (SQLite's copy is owed) | PostgreSQL | PostgreSQL |
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// SQLite only; writes owed to PostgreSQL are journaled.
+    Sqlite,
+    /// Writes go to both; reads from SQLite.
+    #[default]
+    DualWrite,
+    /// Writes go to both; reads from both, compared, SQLite's answer returned.
+    Shadow,
+    /// Writes go to both, PostgreSQL first; reads from PostgreSQL, falling back to (and
+    /// copying from) SQLite on a miss.
+    Live,
+    /// Writes go to both, PostgreSQL first; reads from PostgreSQL only.
+    RampDown,
+    /// PostgreSQL only; writes owed to SQLite are journaled.
+    Postgres,
+}
+
+impl Stage {
+    /// Every stage, in migration order.
+    pub const ALL: [Stage; 6] = [
+        Stage::Sqlite,
+        Stage::DualWrite,
+        Stage::Shadow,
+        Stage::Live,
+        Stage::RampDown,
+        Stage::Postgres,
+    ];
+
+    /// The name used in configuration (`MEMORY_STAGE`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Sqlite => "sqlite",
+            Stage::DualWrite => "dualwrite",
+            Stage::Shadow => "shadow",
+            Stage::Live => "live",
+            Stage::RampDown => "rampdown",
+            Stage::Postgres => "postgres",
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Stage {
+    type Err = Error;
+
+    /// Parses a stage name, ignoring case and surrounding spaces.
+    fn from_str(s: &str) -> Result<Self> {
+        let wanted = s.trim().to_ascii_lowercase();
+        Stage::ALL
+            .into_iter()
+            .find(|stage| stage.as_str() == wanted)
+            .ok_or_else(|| {
+                let valid: Vec<_> = Stage::ALL.iter().map(|k| k.as_str()).collect();
+                Error::config(format!(
+                    "unknown migration stage {s:?}; valid stages are: {}",
+                    valid.join(", ")
+                ))
+            })
     }
 }
 
@@ -76,7 +165,9 @@ pub struct AgentConfig {
     pub memory_enabled: bool,
     /// Which backend to use.
     pub memory_backend: BackendKind,
-    /// PostgreSQL URL, required by the `postgres` backend.
+    /// The dual backend's stage (ignored by the others).
+    pub memory_stage: Stage,
+    /// PostgreSQL URL, required by the `postgres` and `dual` backends.
     pub database_url: Option<String>,
     /// Folder holding one sub-folder per agent for the `sqlite` backend.
     pub agents_path: PathBuf,
@@ -93,6 +184,7 @@ impl Default for AgentConfig {
             name: String::new(),
             memory_enabled: true,
             memory_backend: BackendKind::Sqlite,
+            memory_stage: Stage::default(),
             database_url: None,
             agents_path: PathBuf::from(DEFAULT_AGENTS_PATH),
             max_connections: 10,
@@ -117,14 +209,15 @@ impl AgentConfig {
     ///
     /// | variable | meaning | default |
     /// |---|---|---|
-    /// | `MEMORY_BACKEND` | `sqlite` or `postgres` | `sqlite` |
+    /// | `MEMORY_BACKEND` | `sqlite`, `postgres` or `dual` | `sqlite` |
+    /// | `MEMORY_STAGE` | the dual backend's [`Stage`] | `dualwrite` |
     /// | `DATABASE_URL` | PostgreSQL URL | none |
     /// | `AGENTS_PATH` | folder of agent folders | `./agents` |
     /// | `MEMORY_ENABLED` | `true`/`false` (also `1`/`0`, `yes`/`no`) | `true` |
     ///
     /// # Errors
-    /// [`Error::Config`] for an unknown backend name (listing the valid ones) or an
-    /// unreadable `MEMORY_ENABLED`.
+    /// [`Error::Config`] for an unknown backend or stage name (listing the valid ones)
+    /// or an unreadable `MEMORY_ENABLED`.
     pub fn from_env(name: impl Into<String>) -> Result<Self> {
         Self::from_lookup(name, |var| std::env::var(var).ok())
     }
@@ -142,6 +235,12 @@ impl AgentConfig {
         if let Some(kind) = get("MEMORY_BACKEND") {
             config.memory_backend = kind.parse().map_err(|e| match e {
                 Error::Config { message } => Error::config(format!("MEMORY_BACKEND: {message}")),
+                other => other,
+            })?;
+        }
+        if let Some(stage) = get("MEMORY_STAGE") {
+            config.memory_stage = stage.parse().map_err(|e| match e {
+                Error::Config { message } => Error::config(format!("MEMORY_STAGE: {message}")),
                 other => other,
             })?;
         }
@@ -183,6 +282,7 @@ impl fmt::Debug for AgentConfig {
             .field("name", &self.name)
             .field("memory_enabled", &self.memory_enabled)
             .field("memory_backend", &self.memory_backend)
+            .field("memory_stage", &self.memory_stage)
             .field(
                 "database_url",
                 &self.database_url.as_deref().map(redact_url),
@@ -235,9 +335,11 @@ mod tests {
                 ("DATABASE_URL", "postgres://u:pw@h/d"),
                 ("AGENTS_PATH", "/srv/agents"),
                 ("MEMORY_ENABLED", "false"),
+                ("MEMORY_STAGE", "Live"),
             ]),
         )
         .unwrap();
+        assert_eq!(c.memory_stage, Stage::Live);
         assert_eq!(c.memory_backend, BackendKind::Postgres);
         assert_eq!(c.database_url.as_deref(), Some("postgres://u:pw@h/d"));
         assert_eq!(c.agents_path, PathBuf::from("/srv/agents"));
@@ -251,7 +353,15 @@ mod tests {
             .to_string();
         assert!(err.contains("MEMORY_BACKEND"), "{err}");
         assert!(err.contains("\"mongo\""), "{err}");
-        assert!(err.contains("sqlite, postgres"), "{err}");
+        assert!(err.contains("sqlite, postgres, dual"), "{err}");
+        let err = AgentConfig::from_lookup("a", env(&[("MEMORY_STAGE", "halfway")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("MEMORY_STAGE"), "{err}");
+        assert!(
+            err.contains("sqlite, dualwrite, shadow, live, rampdown, postgres"),
+            "{err}"
+        );
         let err = AgentConfig::from_lookup("a", env(&[("MEMORY_ENABLED", "maybe")]))
             .unwrap_err()
             .to_string();

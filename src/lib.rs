@@ -38,7 +38,7 @@ pub use agent::AgentMemory;
 pub use backend::{MemoryBackend, PostgresBackend, PostgresOptions, SqliteBackend, SqliteOptions};
 pub use config::{AgentConfig, BackendKind};
 pub use error::{Chain, Error, Result, redact_url};
-pub use record::{AgentId, Execution, Memory, Metadata, Metric, Tool};
+pub use record::{AgentId, Execution, Memory, Metadata, Metric, OwedWrite, Tool};
 pub use schema::{migrate, missing_schema};
 
 /// Connects to `url` and applies the shipped PostgreSQL migrations (see [`migrate`]),

@@ -1,6 +1,7 @@
 //! The data every backend stores: agent ids, memories, tools, metrics and executions.
 
 use std::fmt;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
@@ -14,8 +15,23 @@ pub type Metadata = serde_json::Map<String, Value>;
 
 /// The current time at the precision both databases keep (microseconds), so a time
 /// reads back the same from SQLite and PostgreSQL.
+///
+/// Strictly increasing within a process: two writes never share a time, so "the newer
+/// write wins" always has one answer, the same on both sides of a dual backend.
 pub fn now() -> DateTime<Utc> {
-    Utc::now().trunc_subsecs(6)
+    static LAST: AtomicI64 = AtomicI64::new(i64::MIN);
+    let wall = Utc::now().timestamp_micros();
+    let mut last = LAST.load(Ordering::Relaxed);
+    loop {
+        let next = wall.max(last.saturating_add(1));
+        match LAST.compare_exchange_weak(last, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => {
+                return DateTime::from_timestamp_micros(next)
+                    .unwrap_or_else(|| Utc::now().trunc_subsecs(6));
+            }
+            Err(seen) => last = seen,
+        }
+    }
 }
 
 /// A validated agent id: the name an agent is configured with, which is also its folder
@@ -289,6 +305,57 @@ impl Execution {
     }
 }
 
+/// A write one side of a dual backend missed, kept in the other side's journal until
+/// repair replays it. Replaying is idempotent: memories and tools apply only over older
+/// versions, deletes only over older values, metrics and executions only when their id
+/// is absent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum OwedWrite {
+    /// A stored memory.
+    PutMemory {
+        /// The memory as written.
+        memory: Memory,
+    },
+    /// A deleted key.
+    DeleteMemory {
+        /// The key.
+        key: String,
+        /// When it was deleted.
+        at: DateTime<Utc>,
+    },
+    /// A registered tool.
+    PutTool {
+        /// The tool as written.
+        tool: Tool,
+    },
+    /// A recorded metric.
+    Metric {
+        /// The metric as written.
+        metric: Metric,
+    },
+    /// A logged execution.
+    Execution {
+        /// The execution as written.
+        execution: Execution,
+    },
+}
+
+impl OwedWrite {
+    /// The key, tool name or id the write is about, for messages.
+    pub fn subject(&self) -> String {
+        match self {
+            OwedWrite::PutMemory { memory } => {
+                format!("memory {:?}", memory.key.as_deref().unwrap_or_default())
+            }
+            OwedWrite::DeleteMemory { key, .. } => format!("delete of memory {key:?}"),
+            OwedWrite::PutTool { tool } => format!("tool {:?}", tool.name),
+            OwedWrite::Metric { metric } => format!("metric {}", metric.id),
+            OwedWrite::Execution { execution } => format!("execution {}", execution.id),
+        }
+    }
+}
+
 /// PostgreSQL text cannot hold NUL; refuse it everywhere so both backends agree.
 fn check_text(what: &'static str, text: &str) -> Result<()> {
     if text.contains('\0') {
@@ -322,6 +389,13 @@ fn check_metadata(metadata: &Metadata) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn now_never_repeats_and_keeps_microseconds() {
+        let times: Vec<_> = (0..10_000).map(|_| now()).collect();
+        assert!(times.windows(2).all(|w| w[0] < w[1]));
+        assert!(times.iter().all(|t| t.timestamp_subsec_nanos() % 1000 == 0));
+    }
 
     #[test]
     fn agent_ids_that_cannot_be_folders_are_refused() {

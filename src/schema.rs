@@ -25,11 +25,22 @@ pub const POSTGRES_MIGRATIONS: &[Migration] = &[Migration {
 }];
 
 /// SQLite migrations, applied to every agent file when it is opened.
-pub const SQLITE_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "agent_memory",
-    sql: include_str!("../migrations/sqlite/0001_agent_memory.sql"),
-}];
+pub const SQLITE_MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "agent_memory",
+        sql: include_str!("../migrations/sqlite/0001_agent_memory.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "replication",
+        sql: include_str!("../migrations/sqlite/0002_replication.sql"),
+    },
+];
+
+/// The library's bookkeeping in PostgreSQL (schema `agent_memory`): applied migrations,
+/// memory tombstones and writes owed to SQLite. Created at connect, never in `public`.
+const BOOKKEEPING_SQL: &str = include_str!("../migrations/postgres/bookkeeping.sql");
 
 /// The schema, outside `public`, where the library keeps its own bookkeeping.
 pub const BOOKKEEPING_SCHEMA: &str = "agent_memory";
@@ -63,17 +74,10 @@ pub async fn migrate(pool: &PgPool) -> Result<Vec<i64>> {
         .execute(&mut *tx)
         .await
         .map_err(fail("take the migration lock".into()))?;
-    sqlx::raw_sql(
-        "create schema if not exists agent_memory;
-         create table if not exists agent_memory.schema_migrations (
-             version    bigint primary key,
-             name       text not null,
-             applied_at timestamptz not null default now()
-         );",
-    )
-    .execute(&mut *tx)
-    .await
-    .map_err(fail("create the agent_memory schema".into()))?;
+    sqlx::raw_sql(BOOKKEEPING_SQL)
+        .execute(&mut *tx)
+        .await
+        .map_err(fail("create the agent_memory schema".into()))?;
     let done: Vec<i64> = sqlx::query_scalar("select version from agent_memory.schema_migrations")
         .fetch_all(&mut *tx)
         .await
@@ -101,6 +105,43 @@ pub async fn migrate(pool: &PgPool) -> Result<Vec<i64>> {
         tracing::info!(?applied, "applied PostgreSQL migrations");
     }
     Ok(applied)
+}
+
+/// Creates the library's bookkeeping schema (`agent_memory`) where it is missing. It
+/// never touches the contract tables.
+///
+/// # Errors
+/// [`Error::Database`], e.g. when the user may not create a schema; the message says so.
+pub async fn ensure_bookkeeping(pool: &PgPool) -> Result<()> {
+    let fail = |e: sqlx::Error| Error::Database {
+        backend: "postgres",
+        operation: "create the library's bookkeeping schema agent_memory (needs the CREATE \
+                    privilege on the database once; or apply the shipped migrations)"
+            .into(),
+        source: Box::new(e),
+    };
+    let present: bool = sqlx::query_scalar(
+        "select count(*) = 3 from information_schema.tables
+         where table_schema = 'agent_memory'
+           and table_name in ('schema_migrations', 'memory_tombstones', 'owed_writes')",
+    )
+    .fetch_one(pool)
+    .await
+    .map_err(fail)?;
+    if present {
+        return Ok(());
+    }
+    let mut tx = pool.begin().await.map_err(fail)?;
+    sqlx::query("select pg_advisory_xact_lock($1)")
+        .bind(MIGRATE_LOCK)
+        .execute(&mut *tx)
+        .await
+        .map_err(fail)?;
+    sqlx::raw_sql(BOOKKEEPING_SQL)
+        .execute(&mut *tx)
+        .await
+        .map_err(fail)?;
+    tx.commit().await.map_err(fail)
 }
 
 /// Applies the SQLite migrations a freshly opened agent file lacks, under an immediate

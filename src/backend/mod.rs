@@ -7,12 +7,16 @@ use async_trait::async_trait;
 
 use crate::config::{AgentConfig, BackendKind};
 use crate::error::Result;
-use crate::record::{AgentId, Execution, Memory, Metric, Tool};
+use chrono::{DateTime, Utc};
+
+use crate::record::{AgentId, Execution, Memory, Metric, OwedWrite, Tool};
 
 mod codec;
+pub mod dual;
 pub mod postgres;
 pub mod sqlite;
 
+pub use dual::DualBackend;
 pub use postgres::{PostgresBackend, PostgresOptions};
 pub use sqlite::{SqliteBackend, SqliteOptions};
 
@@ -64,7 +68,8 @@ pub trait MemoryBackend: Send + Sync + std::fmt::Debug {
     /// Database errors, or a stored value that is not valid JSON.
     async fn get_memory(&self, agent: &AgentId, key: &str) -> Result<Option<Memory>>;
 
-    /// Deletes the memory under `key`; returns whether there was one.
+    /// Deletes the memory under `key` now, recording the delete (see
+    /// [`apply_memory_delete`](Self::apply_memory_delete)); returns whether there was one.
     ///
     /// # Errors
     /// Database errors.
@@ -96,7 +101,8 @@ pub trait MemoryBackend: Send + Sync + std::fmt::Debug {
     /// Database errors.
     async fn list_tools(&self, agent: &AgentId) -> Result<Vec<Tool>>;
 
-    /// Records one measurement.
+    /// Records one measurement. Recording a metric whose id is already there does
+    /// nothing, so a replayed write is never doubled.
     ///
     /// # Errors
     /// [`InvalidInput`](crate::Error::InvalidInput) for values [`Metric::validate`]
@@ -109,7 +115,7 @@ pub trait MemoryBackend: Send + Sync + std::fmt::Debug {
     /// Database errors.
     async fn list_metrics(&self, agent: &AgentId) -> Result<Vec<Metric>>;
 
-    /// Logs one execution.
+    /// Logs one execution. Logging an execution whose id is already there does nothing.
     ///
     /// # Errors
     /// [`InvalidInput`](crate::Error::InvalidInput) for values
@@ -121,6 +127,70 @@ pub trait MemoryBackend: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// Database errors.
     async fn list_executions(&self, agent: &AgentId) -> Result<Vec<Execution>>;
+
+    // Replication: what the dual backend, lazy migration and repair build on. Every
+    // conditional write compares versions by `updated_at` (deletes by their time), so
+    // replays in any order, on either side, end in the same state: the newest write.
+
+    /// Stores `memory` unless this backend holds a version of its key at least as new:
+    /// a value with `updated_at >= memory.updated_at`, or a delete recorded at or after
+    /// it. Returns the memory as now stored (an existing key keeps its id and
+    /// `created_at`), or `None` when a newer version kept it out.
+    ///
+    /// # Errors
+    /// As [`put_memory`](Self::put_memory).
+    async fn apply_memory(&self, agent: &AgentId, memory: &Memory) -> Result<Option<Memory>>;
+
+    /// Deletes the memory under `key` unless its value is newer than `at`, and records a
+    /// tombstone at `at` so that no older copy of the key is stored again. Returns
+    /// whether a value was deleted.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn apply_memory_delete(
+        &self,
+        agent: &AgentId,
+        key: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool>;
+
+    /// When `key` was last deleted, if this backend recorded a delete of it.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn memory_tombstone(&self, agent: &AgentId, key: &str) -> Result<Option<DateTime<Utc>>>;
+
+    /// Registers `tool` unless a version at least as new is registered. Returns whether
+    /// it was stored.
+    ///
+    /// # Errors
+    /// As [`put_tool`](Self::put_tool).
+    async fn apply_tool(&self, agent: &AgentId, tool: &Tool) -> Result<bool>;
+
+    /// Records, durably, a write the other side of a dual backend missed.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn push_owed(&self, agent: &AgentId, write: &OwedWrite) -> Result<()>;
+
+    /// Up to `limit` of the agent's owed writes, oldest first, with their sequence
+    /// numbers.
+    ///
+    /// # Errors
+    /// Database errors, or a journal entry that cannot be read.
+    async fn owed_writes(&self, agent: &AgentId, limit: usize) -> Result<Vec<(i64, OwedWrite)>>;
+
+    /// Removes replayed owed writes by sequence number.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn clear_owed(&self, agent: &AgentId, seqs: &[i64]) -> Result<()>;
+
+    /// Every agent with owed writes in this backend's journal, with how many.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn owed_agents(&self) -> Result<Vec<(AgentId, u64)>>;
 }
 
 /// Opens the backend `config` selects.
@@ -132,17 +202,45 @@ pub async fn open(config: &AgentConfig) -> Result<Arc<dyn MemoryBackend>> {
     Ok(match config.memory_backend {
         BackendKind::Sqlite => Arc::new(SqliteBackend::new(&config.agents_path)),
         BackendKind::Postgres => {
-            let options = PostgresOptions {
-                max_connections: config.max_connections,
-                connect_timeout: config.connect_timeout,
+            Arc::new(connect_postgres(config, "memory_backend = postgres").await?)
+        }
+        BackendKind::Dual => {
+            let postgres = match connect_postgres(config, "memory_backend = dual").await {
+                Ok(backend) => backend,
+                // While SQLite is authoritative the agent works without PostgreSQL; its
+                // writes are journaled for repair once the server is back.
+                Err(err)
+                    if err.is_connection()
+                        && config.memory_stage.authoritative() == dual::Side::Sqlite =>
+                {
+                    tracing::warn!(error = %crate::Chain(&err), "PostgreSQL unreachable; starting on SQLite, writes journaled for repair");
+                    PostgresBackend::connect_lazy(
+                        config.require_database_url("memory_backend = dual")?,
+                        postgres_options(config),
+                    )?
+                }
+                Err(err) => return Err(err),
             };
-            Arc::new(
-                PostgresBackend::connect_with(
-                    config.require_database_url("memory_backend = postgres")?,
-                    options,
-                )
-                .await?,
-            )
+            Arc::new(DualBackend::new(
+                Arc::new(SqliteBackend::new(&config.agents_path)),
+                Arc::new(postgres),
+                config.memory_stage,
+            ))
         }
     })
+}
+
+fn postgres_options(config: &AgentConfig) -> PostgresOptions {
+    PostgresOptions {
+        max_connections: config.max_connections,
+        connect_timeout: config.connect_timeout,
+    }
+}
+
+async fn connect_postgres(config: &AgentConfig, purpose: &str) -> Result<PostgresBackend> {
+    PostgresBackend::connect_with(
+        config.require_database_url(purpose)?,
+        postgres_options(config),
+    )
+    .await
 }

@@ -7,6 +7,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use pgvector::Vector;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Json;
@@ -14,9 +15,10 @@ use sqlx::{Connection, PgConnection, Row};
 
 use super::MemoryBackend;
 use super::codec::{json_text, parse_json};
+use super::sqlite::decode_owed;
 use crate::error::{Error, Result, redact_url, scrub, url_secrets};
-use crate::record::{AgentId, Execution, Memory, Metadata, Metric, Tool};
-use crate::schema::check_schema;
+use crate::record::{AgentId, Execution, Memory, Metadata, Metric, OwedWrite, Tool, now};
+use crate::schema::{check_schema, ensure_bookkeeping};
 
 /// Settings of the PostgreSQL backend's connection pool.
 #[derive(Debug, Clone)]
@@ -83,7 +85,28 @@ impl PostgresBackend {
             known_agents: Mutex::new(HashSet::new()),
         };
         check_schema(&backend.pool, &backend.target).await?;
+        ensure_bookkeeping(&backend.pool).await?;
         Ok(backend)
+    }
+
+    /// A backend whose pool connects on first use, for when the server may be down at
+    /// start (the dual backend's SQLite-authoritative stages keep working then). The
+    /// schema is not checked; a missing table shows as an error on first use.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a malformed URL.
+    pub fn connect_lazy(url: &str, options: PostgresOptions) -> Result<Self> {
+        let secrets = url_secrets(url);
+        let connect = parse_url(url, &secrets)?;
+        Ok(PostgresBackend {
+            pool: PgPoolOptions::new()
+                .max_connections(options.max_connections.max(1))
+                .acquire_timeout(options.connect_timeout)
+                .connect_lazy_with(connect),
+            target: redact_url(url),
+            secrets,
+            known_agents: Mutex::new(HashSet::new()),
+        })
     }
 
     /// The connection pool, for callers that run their own statements.
@@ -139,13 +162,7 @@ impl PostgresBackend {
 /// timeout and report only that it timed out.
 pub(crate) async fn connect_pool(url: &str, options: &PostgresOptions) -> Result<PgPool> {
     let secrets = url_secrets(url);
-    let connect = PgConnectOptions::from_str(url).map_err(|e| {
-        Error::config(format!(
-            "{} is not a valid PostgreSQL URL: {}",
-            redact_url(url),
-            scrub(e, &secrets)
-        ))
-    })?;
+    let connect = parse_url(url, &secrets)?;
     let failed = |source| Error::Connect {
         target: redact_url(url),
         source,
@@ -168,6 +185,16 @@ pub(crate) async fn connect_pool(url: &str, options: &PostgresOptions) -> Result
         .max_connections(options.max_connections.max(1))
         .acquire_timeout(options.connect_timeout)
         .connect_lazy_with(connect))
+}
+
+fn parse_url(url: &str, secrets: &[String]) -> Result<PgConnectOptions> {
+    PgConnectOptions::from_str(url).map_err(|e| {
+        Error::config(format!(
+            "{} is not a valid PostgreSQL URL: {}",
+            redact_url(url),
+            scrub(e, secrets)
+        ))
+    })
 }
 
 fn metadata_of(row: &PgRow) -> Metadata {
@@ -284,13 +311,7 @@ impl MemoryBackend for PostgresBackend {
     }
 
     async fn delete_memory(&self, agent: &AgentId, key: &str) -> Result<bool> {
-        let done = sqlx::query("delete from agent_memories where agent_id = $1 and key = $2")
-            .bind(agent.as_str())
-            .bind(key)
-            .execute(&self.pool)
-            .await
-            .map_err(self.fail(|| format!("delete memory {key:?} of agent {agent:?}")))?;
-        Ok(done.rows_affected() > 0)
+        self.apply_memory_delete(agent, key, now()).await
     }
 
     async fn memory_keys(&self, agent: &AgentId) -> Result<Vec<String>> {
@@ -367,7 +388,7 @@ impl MemoryBackend for PostgresBackend {
         self.ensure_agent(agent).await?;
         sqlx::query(
             "insert into agent_metrics (id, agent_id, name, value, content, metadata, created_at)
-             values ($1, $2, $3, $4, $5, $6, $7)",
+             values ($1, $2, $3, $4, $5, $6, $7) on conflict (id) do nothing",
         )
         .bind(metric.id)
         .bind(agent.as_str())
@@ -401,7 +422,7 @@ impl MemoryBackend for PostgresBackend {
         self.ensure_agent(agent).await?;
         sqlx::query(
             "insert into agent_executions (id, agent_id, status, content, metadata, created_at)
-             values ($1, $2, $3, $4, $5, $6)",
+             values ($1, $2, $3, $4, $5, $6) on conflict (id) do nothing",
         )
         .bind(execution.id)
         .bind(agent.as_str())
@@ -427,5 +448,182 @@ impl MemoryBackend for PostgresBackend {
         .iter()
         .map(|row| execution_from_row(row, agent))
         .collect()
+    }
+
+    async fn apply_memory(&self, agent: &AgentId, memory: &Memory) -> Result<Option<Memory>> {
+        memory.validate()?;
+        self.ensure_agent(agent).await?;
+        let key = memory.key.as_deref().unwrap_or_default();
+        let fail = || format!("apply memory {key:?} of agent {agent:?}");
+        // The select's WHERE skips keys deleted at or after this version; the upsert's
+        // WHERE skips newer values.
+        let done = sqlx::query(
+            "insert into agent_memories
+                 (id, agent_id, key, content, metadata, embedding, created_at, updated_at)
+             select $1, $2, $3, $4, $5, $6, $7, $8
+             where not exists (select 1 from agent_memory.memory_tombstones
+                               where agent_id = $2 and key = $3 and deleted_at >= $8)
+             on conflict (agent_id, key) do update set
+                 content = excluded.content, metadata = excluded.metadata,
+                 embedding = excluded.embedding, updated_at = excluded.updated_at
+             where agent_memories.updated_at < excluded.updated_at
+             returning id, created_at",
+        )
+        .bind(memory.id)
+        .bind(agent.as_str())
+        .bind(key)
+        .bind(json_text(&memory.content))
+        .bind(Json(&memory.metadata))
+        .bind(memory.embedding.clone().map(Vector::from))
+        .bind(memory.created_at)
+        .bind(memory.updated_at)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.fail(fail))?;
+        let Some(row) = done else {
+            return Ok(None);
+        };
+        // A delete committed while the insert ran is invisible to the insert's snapshot,
+        // and the delete's own snapshot may not see the new row. Checking again in a new
+        // statement, which sees every committed tombstone, closes that window: see
+        // apply_memory_delete, which records the tombstone before deleting.
+        let undone = sqlx::query(
+            "delete from agent_memories m using agent_memory.memory_tombstones t
+             where m.agent_id = $1 and m.key = $2 and t.agent_id = $1 and t.key = $2
+               and m.updated_at <= t.deleted_at",
+        )
+        .bind(agent.as_str())
+        .bind(key)
+        .execute(&self.pool)
+        .await
+        .map_err(self.fail(fail))?;
+        if undone.rows_affected() > 0 {
+            return Ok(None);
+        }
+        Ok(Some(Memory {
+            id: row.get("id"),
+            created_at: row.get("created_at"),
+            ..memory.clone()
+        }))
+    }
+
+    async fn apply_memory_delete(
+        &self,
+        agent: &AgentId,
+        key: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let fail = || format!("delete memory {key:?} of agent {agent:?}");
+        // The tombstone commits first, so any apply_memory that started before it sees
+        // it in its closing check, and any that starts after it sees it at once.
+        sqlx::query(
+            "insert into agent_memory.memory_tombstones (agent_id, key, deleted_at)
+             values ($1, $2, $3)
+             on conflict (agent_id, key) do update
+             set deleted_at = greatest(memory_tombstones.deleted_at, excluded.deleted_at)",
+        )
+        .bind(agent.as_str())
+        .bind(key)
+        .bind(at)
+        .execute(&self.pool)
+        .await
+        .map_err(self.fail(fail))?;
+        let done = sqlx::query(
+            "delete from agent_memories where agent_id = $1 and key = $2 and updated_at <= $3",
+        )
+        .bind(agent.as_str())
+        .bind(key)
+        .bind(at)
+        .execute(&self.pool)
+        .await
+        .map_err(self.fail(fail))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn memory_tombstone(&self, agent: &AgentId, key: &str) -> Result<Option<DateTime<Utc>>> {
+        sqlx::query_scalar(
+            "select deleted_at from agent_memory.memory_tombstones
+             where agent_id = $1 and key = $2",
+        )
+        .bind(agent.as_str())
+        .bind(key)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.fail(|| format!("read tombstone of {key:?} of agent {agent:?}")))
+    }
+
+    async fn apply_tool(&self, agent: &AgentId, tool: &Tool) -> Result<bool> {
+        tool.validate()?;
+        self.ensure_agent(agent).await?;
+        let done = sqlx::query(
+            "insert into agent_tools
+                 (id, agent_id, name, content, metadata, created_at, updated_at)
+             values ($1, $2, $3, $4, $5, $6, $7)
+             on conflict (agent_id, name) do update set
+                 content = excluded.content, metadata = excluded.metadata,
+                 updated_at = excluded.updated_at
+             where agent_tools.updated_at < excluded.updated_at",
+        )
+        .bind(tool.id)
+        .bind(agent.as_str())
+        .bind(&tool.name)
+        .bind(json_text(&tool.content))
+        .bind(Json(&tool.metadata))
+        .bind(tool.created_at)
+        .bind(tool.updated_at)
+        .execute(&self.pool)
+        .await
+        .map_err(self.fail(|| format!("apply tool {:?} of agent {agent:?}", tool.name)))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn push_owed(&self, agent: &AgentId, write: &OwedWrite) -> Result<()> {
+        let op = serde_json::to_string(write).map_err(|source| Error::Json {
+            context: format!("owed {} of agent {agent:?}", write.subject()),
+            source,
+        })?;
+        sqlx::query("insert into agent_memory.owed_writes (agent_id, op) values ($1, $2)")
+            .bind(agent.as_str())
+            .bind(op)
+            .execute(&self.pool)
+            .await
+            .map_err(self.fail(|| format!("record owed {} of agent {agent:?}", write.subject())))?;
+        Ok(())
+    }
+
+    async fn owed_writes(&self, agent: &AgentId, limit: usize) -> Result<Vec<(i64, OwedWrite)>> {
+        let rows: Vec<(i64, String)> = sqlx::query_as(
+            "select seq, op from agent_memory.owed_writes where agent_id = $1
+             order by seq limit $2",
+        )
+        .bind(agent.as_str())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.fail(|| format!("read owed writes of agent {agent:?}")))?;
+        decode_owed(rows, agent)
+    }
+
+    async fn clear_owed(&self, agent: &AgentId, seqs: &[i64]) -> Result<()> {
+        sqlx::query("delete from agent_memory.owed_writes where agent_id = $1 and seq = any($2)")
+            .bind(agent.as_str())
+            .bind(seqs)
+            .execute(&self.pool)
+            .await
+            .map_err(self.fail(|| format!("clear owed writes of agent {agent:?}")))?;
+        Ok(())
+    }
+
+    async fn owed_agents(&self) -> Result<Vec<(AgentId, u64)>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "select agent_id, count(*) from agent_memory.owed_writes
+             group by agent_id order by agent_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.fail(|| "list agents with owed writes".to_string()))?;
+        rows.into_iter()
+            .map(|(agent, n)| Ok((AgentId::new(agent)?, n.unsigned_abs())))
+            .collect()
     }
 }

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -18,7 +19,7 @@ use super::codec::{
     bytes_embedding, embedding_bytes, json_text, parse_json, parse_metadata, parse_time, time_text,
 };
 use crate::error::{Error, Result};
-use crate::record::{AgentId, Execution, Memory, Metric, Tool};
+use crate::record::{AgentId, Execution, Memory, Metric, OwedWrite, Tool, now};
 use crate::schema::migrate_sqlite;
 
 /// The file name of an agent's database inside its folder.
@@ -80,6 +81,31 @@ impl SqliteBackend {
     /// The database file of `agent`.
     pub fn file_of(&self, agent: &AgentId) -> PathBuf {
         self.root.join(agent.as_str()).join(MEMORY_FILE)
+    }
+
+    /// Every agent with a database file under the agents path, in name order.
+    ///
+    /// # Errors
+    /// [`Error::SqliteFile`] when the agents path cannot be listed.
+    pub fn agents(&self) -> Result<Vec<AgentId>> {
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(Error::SqliteFile {
+                    path: self.root.clone(),
+                    problem: "cannot list the agents path".into(),
+                    source: Box::new(e),
+                });
+            }
+        };
+        let mut agents: Vec<AgentId> = entries
+            .filter_map(|entry| entry.ok())
+            .filter(|entry| entry.path().join(MEMORY_FILE).is_file())
+            .filter_map(|entry| AgentId::new(entry.file_name().to_string_lossy()).ok())
+            .collect();
+        agents.sort();
+        Ok(agents)
     }
 
     /// Closes every open file, waiting for running statements to finish.
@@ -217,6 +243,16 @@ fn memory_from_row(row: &SqliteRow, agent: &AgentId) -> Result<Memory> {
     })
 }
 
+/// `memory` with the id and `created_at` an upsert returned: those of the existing key.
+fn stored_identity(row: &SqliteRow, memory: &Memory, agent: &AgentId) -> Result<Memory> {
+    let what = || format!("memory {:?} of agent {agent:?}", memory.key);
+    Ok(Memory {
+        id: parse_id(row.get("id"), what)?,
+        created_at: parse_time(row.get("created_at"), what)?,
+        ..memory.clone()
+    })
+}
+
 fn parse_id(text: &str, what: impl FnOnce() -> String) -> Result<uuid::Uuid> {
     text.parse()
         .map_err(|e| Error::invalid("stored id", format!("{}: {e}", what())))
@@ -291,12 +327,7 @@ impl MemoryBackend for SqliteBackend {
         .fetch_one(&pool)
         .await
         .map_err(self.fail(|| format!("store memory {key:?} of agent {agent:?}")))?;
-        let what = || format!("memory {key:?} of agent {agent:?}");
-        Ok(Memory {
-            id: parse_id(row.get("id"), what)?,
-            created_at: parse_time(row.get("created_at"), what)?,
-            ..memory.clone()
-        })
+        stored_identity(&row, memory, agent)
     }
 
     async fn get_memory(&self, agent: &AgentId, key: &str) -> Result<Option<Memory>> {
@@ -316,15 +347,7 @@ impl MemoryBackend for SqliteBackend {
     }
 
     async fn delete_memory(&self, agent: &AgentId, key: &str) -> Result<bool> {
-        let Some(pool) = self.reader(agent).await? else {
-            return Ok(false);
-        };
-        let done = sqlx::query("delete from agent_memories where key = ?")
-            .bind(key)
-            .execute(&pool)
-            .await
-            .map_err(self.fail(|| format!("delete memory {key:?} of agent {agent:?}")))?;
-        Ok(done.rows_affected() > 0)
+        self.apply_memory_delete(agent, key, now()).await
     }
 
     async fn memory_keys(&self, agent: &AgentId) -> Result<Vec<String>> {
@@ -402,7 +425,7 @@ impl MemoryBackend for SqliteBackend {
         let pool = self.writer(agent).await?;
         sqlx::query(
             "insert into agent_metrics (id, name, value, content, metadata, created_at)
-             values (?, ?, ?, ?, ?, ?)",
+             values (?, ?, ?, ?, ?, ?) on conflict (id) do nothing",
         )
         .bind(metric.id.to_string())
         .bind(&metric.name)
@@ -437,7 +460,7 @@ impl MemoryBackend for SqliteBackend {
         let pool = self.writer(agent).await?;
         sqlx::query(
             "insert into agent_executions (id, status, content, metadata, created_at)
-             values (?, ?, ?, ?, ?)",
+             values (?, ?, ?, ?, ?) on conflict (id) do nothing",
         )
         .bind(execution.id.to_string())
         .bind(&execution.status)
@@ -465,4 +488,183 @@ impl MemoryBackend for SqliteBackend {
         .map(|row| execution_from_row(row, agent))
         .collect()
     }
+
+    async fn apply_memory(&self, agent: &AgentId, memory: &Memory) -> Result<Option<Memory>> {
+        memory.validate()?;
+        let pool = self.writer(agent).await?;
+        let key = memory.key.as_deref().unwrap_or_default();
+        let updated_at = time_text(&memory.updated_at);
+        // Fixed-width time text compares in time order. The select's WHERE skips keys
+        // deleted at or after this version; the upsert's WHERE skips newer values.
+        let done = sqlx::query(
+            "insert into agent_memories
+                 (id, key, content, metadata, embedding, created_at, updated_at)
+             select ?1, ?2, ?3, ?4, ?5, ?6, ?7
+             where not exists (select 1 from agent_memory_tombstones
+                               where key = ?2 and deleted_at >= ?7)
+             on conflict (key) do update set
+                 content = excluded.content, metadata = excluded.metadata,
+                 embedding = excluded.embedding, updated_at = excluded.updated_at
+             where agent_memories.updated_at < excluded.updated_at
+             returning id, created_at",
+        )
+        .bind(memory.id.to_string())
+        .bind(key)
+        .bind(json_text(&memory.content))
+        .bind(serde_json::Value::Object(memory.metadata.clone()).to_string())
+        .bind(memory.embedding.as_deref().map(embedding_bytes))
+        .bind(time_text(&memory.created_at))
+        .bind(&updated_at)
+        .fetch_optional(&pool)
+        .await
+        .map_err(self.fail(|| format!("apply memory {key:?} of agent {agent:?}")))?;
+        done.map(|row| stored_identity(&row, memory, agent))
+            .transpose()
+    }
+
+    async fn apply_memory_delete(
+        &self,
+        agent: &AgentId,
+        key: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let Some(pool) = self.reader(agent).await? else {
+            // Nothing stored, nothing to copy back: no file needs creating for this.
+            return Ok(false);
+        };
+        let at = time_text(&at);
+        let fail = self.fail(|| format!("delete memory {key:?} of agent {agent:?}"));
+        let deleted = async {
+            // The first statement writes, so the deferred transaction takes the write
+            // lock at once (waiting out the busy timeout), never failing on an upgrade.
+            let mut tx = pool.begin().await?;
+            let done = sqlx::query("delete from agent_memories where key = ? and updated_at <= ?")
+                .bind(key)
+                .bind(&at)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "insert into agent_memory_tombstones (key, deleted_at) values (?, ?)
+                 on conflict (key) do update set deleted_at = max(deleted_at, excluded.deleted_at)",
+            )
+            .bind(key)
+            .bind(&at)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok::<_, sqlx::Error>(done.rows_affected() > 0)
+        };
+        deleted.await.map_err(fail)
+    }
+
+    async fn memory_tombstone(&self, agent: &AgentId, key: &str) -> Result<Option<DateTime<Utc>>> {
+        let Some(pool) = self.reader(agent).await? else {
+            return Ok(None);
+        };
+        let at: Option<String> =
+            sqlx::query_scalar("select deleted_at from agent_memory_tombstones where key = ?")
+                .bind(key)
+                .fetch_optional(&pool)
+                .await
+                .map_err(self.fail(|| format!("read tombstone of {key:?} of agent {agent:?}")))?;
+        at.map(|t| parse_time(&t, || format!("tombstone of {key:?} of agent {agent:?}")))
+            .transpose()
+    }
+
+    async fn apply_tool(&self, agent: &AgentId, tool: &Tool) -> Result<bool> {
+        tool.validate()?;
+        let pool = self.writer(agent).await?;
+        let done = sqlx::query(
+            "insert into agent_tools (id, name, content, metadata, created_at, updated_at)
+             values (?, ?, ?, ?, ?, ?)
+             on conflict (name) do update set
+                 content = excluded.content, metadata = excluded.metadata,
+                 updated_at = excluded.updated_at
+             where agent_tools.updated_at < excluded.updated_at",
+        )
+        .bind(tool.id.to_string())
+        .bind(&tool.name)
+        .bind(json_text(&tool.content))
+        .bind(serde_json::Value::Object(tool.metadata.clone()).to_string())
+        .bind(time_text(&tool.created_at))
+        .bind(time_text(&tool.updated_at))
+        .execute(&pool)
+        .await
+        .map_err(self.fail(|| format!("apply tool {:?} of agent {agent:?}", tool.name)))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn push_owed(&self, agent: &AgentId, write: &OwedWrite) -> Result<()> {
+        let pool = self.writer(agent).await?;
+        let op = serde_json::to_string(write).map_err(|source| Error::Json {
+            context: format!("owed {} of agent {agent:?}", write.subject()),
+            source,
+        })?;
+        sqlx::query("insert into agent_memory_owed (op) values (?)")
+            .bind(op)
+            .execute(&pool)
+            .await
+            .map_err(self.fail(|| format!("record owed {} of agent {agent:?}", write.subject())))?;
+        Ok(())
+    }
+
+    async fn owed_writes(&self, agent: &AgentId, limit: usize) -> Result<Vec<(i64, OwedWrite)>> {
+        let Some(pool) = self.reader(agent).await? else {
+            return Ok(Vec::new());
+        };
+        let rows: Vec<(i64, String)> =
+            sqlx::query_as("select seq, op from agent_memory_owed order by seq limit ?")
+                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                .fetch_all(&pool)
+                .await
+                .map_err(self.fail(|| format!("read owed writes of agent {agent:?}")))?;
+        decode_owed(rows, agent)
+    }
+
+    async fn clear_owed(&self, agent: &AgentId, seqs: &[i64]) -> Result<()> {
+        let Some(pool) = self.reader(agent).await? else {
+            return Ok(());
+        };
+        let list = serde_json::Value::from(seqs.to_vec()).to_string();
+        sqlx::query("delete from agent_memory_owed where seq in (select value from json_each(?))")
+            .bind(list)
+            .execute(&pool)
+            .await
+            .map_err(self.fail(|| format!("clear owed writes of agent {agent:?}")))?;
+        Ok(())
+    }
+
+    async fn owed_agents(&self) -> Result<Vec<(AgentId, u64)>> {
+        let mut owed = Vec::new();
+        for agent in self.agents()? {
+            let Some(pool) = self.reader(&agent).await? else {
+                continue;
+            };
+            let count: i64 = sqlx::query_scalar("select count(*) from agent_memory_owed")
+                .fetch_one(&pool)
+                .await
+                .map_err(self.fail(|| format!("count owed writes of agent {agent:?}")))?;
+            if count > 0 {
+                owed.push((agent, count.unsigned_abs()));
+            }
+        }
+        Ok(owed)
+    }
+}
+
+/// Decodes journal rows; shared by both backends.
+pub(crate) fn decode_owed(
+    rows: Vec<(i64, String)>,
+    agent: &AgentId,
+) -> Result<Vec<(i64, OwedWrite)>> {
+    rows.into_iter()
+        .map(|(seq, op)| {
+            serde_json::from_str(&op)
+                .map(|write| (seq, write))
+                .map_err(|source| Error::Json {
+                    context: format!("owed write {seq} of agent {agent:?}"),
+                    source,
+                })
+        })
+        .collect()
 }

@@ -8,6 +8,7 @@
 //! agent_memory::conformance_suite!(fixture);
 //! ```
 
+pub mod faulty;
 pub mod postgres;
 pub mod scenarios;
 
