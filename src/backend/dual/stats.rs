@@ -15,7 +15,8 @@ pub(crate) struct Histogram {
 }
 
 const SUB_BUCKETS: u32 = 8;
-const BUCKETS: usize = 64 * SUB_BUCKETS as usize;
+/// Powers of two from 2^3 to 2^63, 8 buckets each, after 8 single-value buckets.
+const BUCKETS: usize = 62 * SUB_BUCKETS as usize;
 
 impl Histogram {
     pub(crate) fn new() -> Self {
@@ -41,7 +42,8 @@ impl Histogram {
         }
         let power = index / u64::from(SUB_BUCKETS) + 2;
         let sub = index % u64::from(SUB_BUCKETS);
-        ((u64::from(SUB_BUCKETS) + sub + 1) << (power - 3)) - 1
+        let upper = (u128::from(u64::from(SUB_BUCKETS) + sub + 1) << (power - 3)) - 1;
+        u64::try_from(upper).unwrap_or(u64::MAX)
     }
 
     pub(crate) fn record(&self, took: Duration) {
