@@ -6,11 +6,15 @@
 //! cargo run --example memctl -- --agent NAME delete KEY
 //! cargo run --example memctl -- --agent NAME keys
 //! cargo run --example memctl -- migrate                   # shipped schema -> DATABASE_URL
+//! cargo run --example memctl -- [--agent NAME] repair     # replay owed dual writes
+//! cargo run --example memctl -- [--agent NAME] stats      # journals, and both sides compared
 //! ```
 //!
-//! Reads `MEMORY_BACKEND` (`sqlite` or `postgres`, default `sqlite`), `DATABASE_URL` and
+//! Reads `MEMORY_BACKEND` (`sqlite`, `postgres` or `dual`, default `sqlite`),
+//! `MEMORY_STAGE` (the dual backend's stage, default `dualwrite`), `DATABASE_URL` and
 //! `AGENTS_PATH` (default `./agents`), like the agents do; the flags below override them.
-//! `RUST_LOG` sets the log level (default `warn`).
+//! `repair` and `stats` always work on both sides (they need `DATABASE_URL` and the
+//! agents path). `RUST_LOG` sets the log level (default `warn`).
 //!
 //! Exit status: 0 on success; 1 when `get` or `delete` finds no such key; 2 on an error,
 //! whose whole chain is printed.
@@ -18,7 +22,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use agent_memory::{AgentConfig, AgentMemory, BackendKind, Chain, Error};
+use agent_memory::config::Stage;
+use agent_memory::{AgentConfig, AgentId, AgentMemory, BackendKind, Chain, Error, backend};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -27,9 +32,13 @@ struct Cli {
     /// The agent whose memory to use (its folder name / PostgreSQL agent id).
     #[arg(long, global = true)]
     agent: Option<String>,
-    /// Backend: sqlite or postgres [default: $MEMORY_BACKEND, else sqlite].
+    /// Backend: sqlite, postgres or dual [default: $MEMORY_BACKEND, else sqlite].
     #[arg(long, global = true)]
     backend: Option<BackendKind>,
+    /// The dual backend's stage: sqlite, dualwrite, shadow, live, rampdown, postgres
+    /// [default: $MEMORY_STAGE, else dualwrite].
+    #[arg(long, global = true)]
+    stage: Option<Stage>,
     /// PostgreSQL URL [default: $DATABASE_URL].
     #[arg(long, global = true, hide_env_values = true)]
     database_url: Option<String>,
@@ -63,6 +72,10 @@ enum Command {
     Keys,
     /// Apply the shipped PostgreSQL schema to the database (needs a PostgreSQL URL).
     Migrate,
+    /// Replay the writes one side of the dual backend missed, for --agent or for all.
+    Repair,
+    /// Print the owed-write journals and, with --agent, how the two sides compare (JSON).
+    Stats,
 }
 
 /// What a successful command reports through the exit status.
@@ -75,6 +88,9 @@ async fn run(cli: Cli) -> Result<Outcome, Error> {
     let mut config = AgentConfig::from_env(cli.agent.clone().unwrap_or_default())?;
     if let Some(kind) = cli.backend {
         config.memory_backend = kind;
+    }
+    if let Some(stage) = cli.stage {
+        config.memory_stage = stage;
     }
     if let Some(url) = cli.database_url {
         config.database_url = Some(url);
@@ -90,6 +106,9 @@ async fn run(cli: Cli) -> Result<Outcome, Error> {
             versions => println!("applied migrations {versions:?}"),
         }
         return Ok(Outcome::Done);
+    }
+    if let Command::Repair | Command::Stats = cli.command {
+        return both_sides(&cli.command, cli.agent.as_deref(), &config).await;
     }
     if cli.agent.is_none() {
         return Err(agent_memory::Error::InvalidInput {
@@ -131,7 +150,38 @@ async fn run(cli: Cli) -> Result<Outcome, Error> {
                 println!("{key}");
             }
         }
-        Command::Migrate => unreachable!("handled above"),
+        Command::Migrate | Command::Repair | Command::Stats => unreachable!("handled above"),
+    }
+    Ok(Outcome::Done)
+}
+
+/// `repair` and `stats`: the dual backend's view of both sides.
+async fn both_sides(
+    command: &Command,
+    agent: Option<&str>,
+    config: &AgentConfig,
+) -> Result<Outcome, Error> {
+    let dual = backend::open_dual(config).await?;
+    let agent = agent.map(AgentId::new).transpose()?;
+    match (command, agent) {
+        (Command::Repair, Some(agent)) => {
+            let report = dual.repair(&agent).await?;
+            println!("{}", serde_json::json!({ agent.as_str(): report }));
+        }
+        (Command::Repair, None) => {
+            println!("{}", serde_json::json!(dual.repair_all().await?));
+        }
+        (_, agent) => {
+            let mut out = serde_json::json!({
+                "stage": config.memory_stage,
+                "owed_pending": dual.owed_pending().await?,
+            });
+            if let Some(agent) = agent {
+                out["agent"] = agent.as_str().into();
+                out["comparison"] = serde_json::json!(dual.compare(&agent).await?);
+            }
+            println!("{out}");
+        }
     }
     Ok(Outcome::Done)
 }

@@ -54,6 +54,12 @@ pub trait MemoryBackend: Send + Sync + std::fmt::Debug {
     /// The backend's name in messages and statistics: `sqlite`, `postgres`, ...
     fn name(&self) -> &'static str;
 
+    /// Checks that the backend can be reached now (one cheap round trip).
+    ///
+    /// # Errors
+    /// The connection error.
+    async fn ping(&self) -> Result<()>;
+
     /// Stores `memory` under its key, replacing the value of an existing key, and returns
     /// the memory as now stored.
     ///
@@ -204,30 +210,43 @@ pub async fn open(config: &AgentConfig) -> Result<Arc<dyn MemoryBackend>> {
         BackendKind::Postgres => {
             Arc::new(connect_postgres(config, "memory_backend = postgres").await?)
         }
-        BackendKind::Dual => {
-            let postgres = match connect_postgres(config, "memory_backend = dual").await {
-                Ok(backend) => backend,
-                // While SQLite is authoritative the agent works without PostgreSQL; its
-                // writes are journaled for repair once the server is back.
-                Err(err)
-                    if err.is_connection()
-                        && config.memory_stage.authoritative() == dual::Side::Sqlite =>
-                {
-                    tracing::warn!(error = %crate::Chain(&err), "PostgreSQL unreachable; starting on SQLite, writes journaled for repair");
-                    PostgresBackend::connect_lazy(
-                        config.require_database_url("memory_backend = dual")?,
-                        postgres_options(config),
-                    )?
-                }
-                Err(err) => return Err(err),
-            };
-            Arc::new(DualBackend::new(
-                Arc::new(SqliteBackend::new(&config.agents_path)),
-                Arc::new(postgres),
-                config.memory_stage,
-            ))
-        }
+        BackendKind::Dual => Arc::new(open_dual(config).await?),
     })
+}
+
+/// Opens the dual backend over `config`'s agents path and database, at its stage.
+///
+/// An unreachable PostgreSQL does not stop the agent from starting: the backend starts
+/// with PostgreSQL marked down and pings it in the background. Until it answers, the
+/// stage's rules decide: while SQLite is authoritative the agent works and PostgreSQL's
+/// writes are journaled for repair; in `live` reads fall back to SQLite and writes fail.
+///
+/// # Errors
+/// [`Error::Config`](crate::Error::Config) without a URL or with a malformed one; a
+/// refused login; schema errors when PostgreSQL answers.
+pub async fn open_dual(config: &AgentConfig) -> Result<DualBackend> {
+    let purpose = "memory_backend = dual";
+    let sqlite = Arc::new(SqliteBackend::new(&config.agents_path));
+    match connect_postgres(config, purpose).await {
+        Ok(postgres) => Ok(DualBackend::new(
+            sqlite,
+            Arc::new(postgres),
+            config.memory_stage,
+        )),
+        Err(err) if err.is_connection() => {
+            tracing::warn!(
+                error = %crate::Chain(&err),
+                stage = %config.memory_stage,
+                "PostgreSQL unreachable; starting without it until it answers"
+            );
+            let url = config.require_database_url(purpose)?;
+            let postgres = PostgresBackend::connect_lazy(url, postgres_options(config))?;
+            let dual = DualBackend::new(sqlite, Arc::new(postgres), config.memory_stage);
+            dual.start_without(dual::Side::Postgres);
+            Ok(dual)
+        }
+        Err(err) => Err(err),
+    }
 }
 
 fn postgres_options(config: &AgentConfig) -> PostgresOptions {

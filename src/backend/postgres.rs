@@ -265,6 +265,14 @@ impl MemoryBackend for PostgresBackend {
         "postgres"
     }
 
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("select 1")
+            .execute(&self.pool)
+            .await
+            .map_err(self.fail(|| "ping".to_string()))?;
+        Ok(())
+    }
+
     async fn put_memory(&self, agent: &AgentId, memory: &Memory) -> Result<Memory> {
         memory.validate()?;
         self.ensure_agent(agent).await?;

@@ -302,6 +302,11 @@ impl MemoryBackend for SqliteBackend {
         "sqlite"
     }
 
+    async fn ping(&self) -> Result<()> {
+        // Embedded: reachable whenever the process runs; a bad file shows on its agent.
+        Ok(())
+    }
+
     async fn put_memory(&self, agent: &AgentId, memory: &Memory) -> Result<Memory> {
         memory.validate()?;
         let pool = self.writer(agent).await?;

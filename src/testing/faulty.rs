@@ -78,6 +78,9 @@ impl MemoryBackend for FaultyBackend {
     fn name(&self) -> &'static str {
         self.inner.name()
     }
+    async fn ping(&self) -> Result<()> {
+        forward!(self, false, ping())
+    }
     async fn put_memory(&self, agent: &AgentId, memory: &Memory) -> Result<Memory> {
         forward!(self, true, put_memory(agent, memory))
     }

@@ -2,6 +2,7 @@
 //! [`Stage`]s with dual writes, read fallback, lazy migration and repair of missed writes.
 
 mod compare;
+mod health;
 mod stats;
 
 use std::collections::{BTreeMap, HashSet};
@@ -14,8 +15,10 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 pub use compare::{same_json, same_memory, same_tool};
+pub use health::DualOptions;
 pub use stats::{DualStats, Latency, SideStats};
 
+use self::health::{Health, unreachable};
 use self::stats::{Counters, bump};
 use super::MemoryBackend;
 use crate::config::Stage;
@@ -116,6 +119,8 @@ pub struct DualBackend {
 
 struct Inner {
     sides: [Arc<dyn MemoryBackend>; 2],
+    health: [Health; 2],
+    options: DualOptions,
     stage: AtomicU8,
     counters: Counters,
     /// Agents that may have owed writes; repaired on their next successful dual write.
@@ -148,9 +153,21 @@ impl DualBackend {
         postgres: Arc<dyn MemoryBackend>,
         stage: Stage,
     ) -> Self {
+        Self::with_options(sqlite, postgres, stage, DualOptions::default())
+    }
+
+    /// Like [`new`](Self::new), with explicit settings.
+    pub fn with_options(
+        sqlite: Arc<dyn MemoryBackend>,
+        postgres: Arc<dyn MemoryBackend>,
+        stage: Stage,
+        options: DualOptions,
+    ) -> Self {
         DualBackend {
             inner: Arc::new(Inner {
                 sides: [sqlite, postgres],
+                health: [Health::default(), Health::default()],
+                options,
                 stage: AtomicU8::new(stage as u8),
                 counters: Counters::new(),
                 owing: Mutex::new(HashSet::new()),
@@ -218,9 +235,19 @@ impl DualBackend {
         write: bool,
         call: impl Future<Output = Result<T>>,
     ) -> Result<T> {
-        let started = Instant::now();
-        let result = call.await;
         let counters = &self.inner.counters.sides[side.index()];
+        if let Some(refused) = self.inner.health[side.index()].refuse(side) {
+            bump(&counters.errors);
+            return Err(refused);
+        }
+        let started = Instant::now();
+        let result = match tokio::time::timeout(self.inner.options.side_timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(unreachable(side, "no answer within the side timeout")),
+        };
+        if matches!(&result, Err(err) if err.is_connection()) {
+            self.side_down(side);
+        }
         let histogram = if write {
             &counters.write_latency
         } else {
@@ -233,6 +260,42 @@ impl DualBackend {
             Err(_) => bump(&counters.errors),
         }
         result
+    }
+
+    /// Starts with `side` marked unreachable (it failed to connect at start).
+    pub(crate) fn start_without(&self, side: Side) {
+        self.side_down(side);
+    }
+
+    /// Marks `side` unreachable and, if it was up, pings it in the background until it
+    /// answers; then repairs the agents that owe it writes.
+    fn side_down(&self, side: Side) {
+        if !self.inner.health[side.index()].mark_down() {
+            return;
+        }
+        tracing::warn!(
+            ?side,
+            "side unreachable; skipping it and journaling its writes until it answers"
+        );
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(this.inner.options.retry_after).await;
+                let ping = this.side(side).ping();
+                if matches!(
+                    tokio::time::timeout(this.inner.options.side_timeout, ping).await,
+                    Ok(Ok(()))
+                ) {
+                    break;
+                }
+            }
+            this.inner.health[side.index()].mark_up();
+            tracing::info!(?side, "side reachable again; repairing owed writes");
+            let owing: Vec<AgentId> = lock(&this.inner.owing).iter().cloned().collect();
+            for agent in owing {
+                this.repair_in_background(&agent);
+            }
+        });
     }
 
     /// Performs `write` on one side; returns whether it changed anything there.
@@ -358,6 +421,12 @@ impl DualBackend {
     /// The first failure of the side being written (it is probably still down); what
     /// was replayed before it stays replayed.
     pub async fn repair(&self, agent: &AgentId) -> Result<RepairReport> {
+        // An explicit repair asks the sides for real rather than trusting a stale mark.
+        for side in [Side::Sqlite, Side::Postgres] {
+            if self.inner.health[side.index()].is_down() && self.side(side).ping().await.is_ok() {
+                self.inner.health[side.index()].mark_up();
+            }
+        }
         let mut report = RepairReport::default();
         for from in [Side::Sqlite, Side::Postgres] {
             loop {
@@ -559,6 +628,10 @@ fn merge_by_id<T: Clone>(
 impl MemoryBackend for DualBackend {
     fn name(&self) -> &'static str {
         "dual"
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.side(self.stage().authoritative()).ping().await
     }
 
     async fn put_memory(&self, agent: &AgentId, memory: &Memory) -> Result<Memory> {
