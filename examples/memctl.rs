@@ -22,6 +22,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use agent_memory::backend::dual::Side;
 use agent_memory::config::Stage;
 use agent_memory::{AgentConfig, AgentId, AgentMemory, BackendKind, Chain, Error, backend};
 use clap::{Parser, Subcommand};
@@ -172,13 +173,21 @@ async fn both_sides(
             println!("{}", serde_json::json!(dual.repair_all().await?));
         }
         (_, agent) => {
+            // Each part is reported on its own, so a side that is down still leaves
+            // the rest of the picture (and says why it is missing).
+            let report = |result: Result<serde_json::Value, Error>| match result {
+                Ok(value) => value,
+                Err(err) => serde_json::json!({ "error": Chain(&err).to_string() }),
+            };
             let mut out = serde_json::json!({
                 "stage": config.memory_stage,
-                "owed_pending": dual.owed_pending().await?,
+                "owed_to_postgres": report(dual.owed_journaled_on(Side::Sqlite).await.map(Into::into)),
+                "owed_to_sqlite": report(dual.owed_journaled_on(Side::Postgres).await.map(Into::into)),
             });
             if let Some(agent) = agent {
                 out["agent"] = agent.as_str().into();
-                out["comparison"] = serde_json::json!(dual.compare(&agent).await?);
+                out["comparison"] =
+                    report(dual.compare(&agent).await.map(|c| serde_json::json!(c)));
             }
             println!("{out}");
         }

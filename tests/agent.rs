@@ -1,11 +1,11 @@
 //! The agent's handle and the operator CLI, end to end on both backends, chosen by
 //! configuration the way agents choose them.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
 use agent_memory::testing::postgres::TestDatabase;
 use agent_memory::{AgentConfig, AgentMemory, BackendKind, Error};
+use common::{memctl, stdout};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -127,38 +127,6 @@ async fn disabled_memory_stores_nothing_and_opens_nothing() {
         0,
         "disabled memory wrote files"
     );
-}
-
-/// The memctl example binary, which `cargo test` builds beside the test binaries.
-fn memctl_path() -> PathBuf {
-    let deps = std::env::current_exe().unwrap();
-    let path = deps
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join("examples")
-        .join("memctl");
-    assert!(
-        path.is_file(),
-        "{} is missing: run the tests with cargo test, which builds the examples",
-        path.display()
-    );
-    path
-}
-
-fn memctl(env: &[(&str, &str)], args: &[&str]) -> Output {
-    let mut command = Command::new(memctl_path());
-    command
-        .args(args)
-        .env_remove("MEMORY_BACKEND")
-        .env_remove("DATABASE_URL")
-        .env_remove("AGENTS_PATH");
-    command.envs(env.iter().copied());
-    command.output().expect("run memctl")
-}
-
-fn stdout(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 fn memctl_session(env: &[(&str, &str)]) {

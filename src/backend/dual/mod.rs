@@ -215,17 +215,20 @@ impl DualBackend {
     /// # Errors
     /// When a journal cannot be read.
     pub async fn owed_pending(&self) -> Result<u64> {
-        let mut total = 0;
-        for side in [Side::Sqlite, Side::Postgres] {
-            total += self
-                .side(side)
-                .owed_agents()
-                .await?
-                .iter()
-                .map(|(_, n)| n)
-                .sum::<u64>();
-        }
-        Ok(total)
+        Ok(self.owed_journaled_on(Side::Sqlite).await?
+            + self.owed_journaled_on(Side::Postgres).await?)
+    }
+
+    /// Owed writes waiting in the journal kept on `side` (writes the other side missed),
+    /// for every agent.
+    ///
+    /// # Errors
+    /// When the journal cannot be read (for example, `side` is unreachable).
+    pub async fn owed_journaled_on(&self, side: Side) -> Result<u64> {
+        let agents = self
+            .timed(side, false, self.side(side).owed_agents())
+            .await?;
+        Ok(agents.iter().map(|(_, n)| n).sum())
     }
 
     /// Times `call` on `side`, counting its errors.
