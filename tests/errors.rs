@@ -678,3 +678,75 @@ async fn sqlite_reads_of_an_unknown_agent_create_nothing() {
         "a read created a file or folder"
     );
 }
+
+/// Log lines written while `work` runs on this thread (a current-thread runtime runs
+/// spawned tasks here too).
+async fn captured_logs<F: std::future::Future<Output = ()>>(work: F) -> String {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let sink = Sink::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    work.await;
+    drop(guard);
+    String::from_utf8(sink.0.lock().unwrap().clone()).unwrap()
+}
+
+#[tokio::test]
+async fn logs_never_show_a_password() {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    let port = closed_port();
+    let logs = captured_logs(async {
+        // A dual backend whose PostgreSQL is down logs the connection failure, the
+        // skipped side and each journaled write, all naming the database.
+        let config = AgentConfig {
+            name: "logged".into(),
+            memory_backend: BackendKind::Dual,
+            database_url: Some(format!(
+                "postgres://agent:{WRONG_PASSWORD}@127.0.0.1:{port}/db"
+            )),
+            agents_path: dir.path().to_path_buf(),
+            connect_timeout: Duration::from_secs(1),
+            ..AgentConfig::default()
+        };
+        let memory = AgentMemory::open(&config)
+            .await
+            .expect("dual starts without PostgreSQL");
+        memory
+            .store_memory("k", json!({"v": 1}))
+            .await
+            .expect("dualwrite works without PostgreSQL");
+        tokio::time::sleep(Duration::from_millis(1500)).await; // let the background ping log
+        // And a refused login against the real server, through the migration path.
+        let db = TestDatabase::empty().await;
+        let _ = migrate_url(&with_password(&db.url, WRONG_PASSWORD)).await;
+    })
+    .await;
+    assert!(
+        logs.contains("postgres://agent:***@127.0.0.1"),
+        "the database is named, redacted:\n{logs}"
+    );
+    assert!(
+        !logs.contains(WRONG_PASSWORD),
+        "a password reached the logs:\n{logs}"
+    );
+    assert!(
+        !logs.contains(&real_password()),
+        "the server's password reached the logs"
+    );
+}
