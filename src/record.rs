@@ -309,7 +309,7 @@ impl Execution {
 /// repair replays it. Replaying is idempotent: memories and tools apply only over older
 /// versions, deletes only over older values, metrics and executions only when their id
 /// is absent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum OwedWrite {
     /// A stored memory.
@@ -339,6 +339,62 @@ pub enum OwedWrite {
         /// The execution as written.
         execution: Execution,
     },
+}
+
+// Not derived: a derived internally tagged enum buffers its fields first, and that
+// buffer cannot hold serde_json's arbitrary-precision numbers, so a journaled metric
+// value (f64) or embedding (f32) could not be read back. A plain struct reads them
+// directly from the text.
+impl<'de> Deserialize<'de> for OwedWrite {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Fields {
+            op: String,
+            memory: Option<Memory>,
+            key: Option<String>,
+            at: Option<DateTime<Utc>>,
+            tool: Option<Tool>,
+            metric: Option<Metric>,
+            execution: Option<Execution>,
+        }
+        let f = Fields::deserialize(deserializer)?;
+        let need = |field: &'static str| D::Error::missing_field(field);
+        Ok(match f.op.as_str() {
+            "put_memory" => OwedWrite::PutMemory {
+                memory: f.memory.ok_or_else(|| need("memory"))?,
+            },
+            "delete_memory" => OwedWrite::DeleteMemory {
+                key: f.key.ok_or_else(|| need("key"))?,
+                at: f.at.ok_or_else(|| need("at"))?,
+            },
+            "put_tool" => OwedWrite::PutTool {
+                tool: f.tool.ok_or_else(|| need("tool"))?,
+            },
+            "metric" => OwedWrite::Metric {
+                metric: f.metric.ok_or_else(|| need("metric"))?,
+            },
+            "execution" => OwedWrite::Execution {
+                execution: f.execution.ok_or_else(|| need("execution"))?,
+            },
+            other => {
+                return Err(D::Error::unknown_variant(
+                    other,
+                    &[
+                        "put_memory",
+                        "delete_memory",
+                        "put_tool",
+                        "metric",
+                        "execution",
+                    ],
+                ));
+            }
+        })
+    }
 }
 
 impl OwedWrite {
@@ -389,6 +445,38 @@ fn check_metadata(metadata: &Metadata) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owed_writes_read_back_exactly() {
+        let content: Value =
+            serde_json::from_str(r#"{"n": 1.50, "big": 123456789012345678901234567890}"#).unwrap();
+        let writes = [
+            OwedWrite::PutMemory {
+                memory: Memory::new("k", content.clone()).with_embedding(vec![0.1, -1e-30, 3.4e38]),
+            },
+            OwedWrite::DeleteMemory {
+                key: "k".into(),
+                at: now(),
+            },
+            OwedWrite::PutTool {
+                tool: Tool::new("t", content.clone()),
+            },
+            OwedWrite::Metric {
+                metric: Metric::new("m", Some(12.5)),
+            },
+            OwedWrite::Execution {
+                execution: Execution::new(Some("ok".into()), content),
+            },
+        ];
+        for write in writes {
+            let text = serde_json::to_string(&write).unwrap();
+            let back: OwedWrite = serde_json::from_str(&text).expect(&text);
+            assert_eq!(back, write);
+            assert_eq!(serde_json::to_string(&back).unwrap(), text);
+        }
+        assert!(serde_json::from_str::<OwedWrite>(r#"{"op": "metric"}"#).is_err());
+        assert!(serde_json::from_str::<OwedWrite>(r#"{"op": "nope"}"#).is_err());
+    }
 
     #[test]
     fn now_never_repeats_and_keeps_microseconds() {

@@ -7,8 +7,11 @@ use std::collections::BTreeMap;
 use agent_memory::testing::postgres::TestDatabase;
 use sqlx::{Connection, PgConnection, Row};
 
-/// (column, type, nullable) per table, as the contract states them.
-const CONTRACT: &[(&str, &[(&str, &str, bool)])] = &[
+/// A column as the contract states it: (name, type, nullable).
+type Column = (&'static str, &'static str, bool);
+
+/// Each contract table's columns.
+const CONTRACT: &[(&str, &[Column])] = &[
     (
         "agents",
         &[
