@@ -352,6 +352,11 @@ impl MemoryBackend for SqliteBackend {
     }
 
     async fn delete_memory(&self, agent: &AgentId, key: &str) -> Result<bool> {
+        // Without a file there is nothing to delete and no replay to guard against, so a
+        // delete of an unknown agent creates nothing (replicated deletes do record one).
+        if self.reader(agent).await?.is_none() {
+            return Ok(false);
+        }
         self.apply_memory_delete(agent, key, now()).await
     }
 
@@ -533,10 +538,9 @@ impl MemoryBackend for SqliteBackend {
         key: &str,
         at: DateTime<Utc>,
     ) -> Result<bool> {
-        let Some(pool) = self.reader(agent).await? else {
-            // Nothing stored, nothing to copy back: no file needs creating for this.
-            return Ok(false);
-        };
+        // The tombstone is needed even when nothing is stored yet: an older store still
+        // owed to this side (in a dual backend's journal) may be replayed after it.
+        let pool = self.writer(agent).await?;
         let at = time_text(&at);
         let fail = self.fail(|| format!("delete memory {key:?} of agent {agent:?}"));
         let deleted = async {

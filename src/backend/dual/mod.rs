@@ -351,6 +351,17 @@ impl DualBackend {
         write: OwedWrite,
         authoritative: impl Future<Output = Result<T>>,
     ) -> Result<T> {
+        Ok(self.write_both(agent, write, authoritative).await?.0)
+    }
+
+    /// As [`write`](Self::write), also returning whether the write changed anything on
+    /// the other side (`None` when that side was not written).
+    async fn write_both<T>(
+        &self,
+        agent: &AgentId,
+        write: OwedWrite,
+        authoritative: impl Future<Output = Result<T>>,
+    ) -> Result<(T, Option<bool>)> {
         let stage = self.stage();
         let first = stage.authoritative();
         self.check_journals(agent, stage);
@@ -359,19 +370,22 @@ impl DualBackend {
         let out = self.timed(first, true, authoritative).await?;
         if !stage.writes_both() {
             self.owe(first, agent, &write).await;
-            return Ok(out);
+            return Ok((out, None));
         }
         match self.apply(first.other(), agent, &write).await {
-            Ok(_) => self.repair_in_background(agent),
+            Ok(changed) => {
+                self.repair_in_background(agent);
+                Ok((out, Some(changed)))
+            }
             Err(err) => {
                 tracing::warn!(
                     agent = %agent, write = %write.subject(), side = ?first.other(),
                     error = %crate::Chain(&err), "write missed one side; journaled for repair"
                 );
                 self.owe(first, agent, &write).await;
+                Ok((out, None))
             }
         }
-        Ok(out)
     }
 
     /// On an agent's first use in this process, looks for writes owed from an earlier
@@ -699,16 +713,21 @@ impl MemoryBackend for DualBackend {
 
     async fn delete_memory(&self, agent: &AgentId, key: &str) -> Result<bool> {
         let at = now();
-        let first = self.side(self.stage().authoritative());
-        self.write(
-            agent,
-            OwedWrite::DeleteMemory {
-                key: key.to_string(),
-                at,
-            },
-            first.apply_memory_delete(agent, key, at),
-        )
-        .await
+        let stage = self.stage();
+        let first = self.side(stage.authoritative());
+        let (existed, on_sqlite) = self
+            .write_both(
+                agent,
+                OwedWrite::DeleteMemory {
+                    key: key.to_string(),
+                    at,
+                },
+                first.apply_memory_delete(agent, key, at),
+            )
+            .await?;
+        // In `live` a key only SQLite held was readable (through the fallback), so it
+        // existed for the agent even though PostgreSQL had no row to delete.
+        Ok(existed || (stage == Stage::Live && on_sqlite == Some(true)))
     }
 
     async fn memory_keys(&self, agent: &AgentId) -> Result<Vec<String>> {

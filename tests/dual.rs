@@ -1,0 +1,799 @@
+//! The dual backend under faults and concurrency: a side down or refusing writes, lazy
+//! copies racing stores, deletes that must stay deleted, every stage under concurrent
+//! load, and stepping through the stages. Faults come from `FaultyBackend`, so these tests
+//! run in parallel on the shared test server.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agent_memory::backend::DualBackend;
+use agent_memory::backend::dual::DualOptions;
+use agent_memory::config::Stage;
+use agent_memory::testing::faulty::FaultyBackend;
+use agent_memory::testing::postgres::TestDatabase;
+use agent_memory::testing::unique_agent;
+use agent_memory::{
+    AgentId, Execution, Memory, MemoryBackend, Metric, OwedWrite, SqliteBackend, Tool,
+};
+use serde_json::{Value, json};
+
+// ---------------------------------------------------------------------------------------
+// Fixture and helpers
+// ---------------------------------------------------------------------------------------
+
+/// A dual backend whose two sides can be broken on command, with direct handles on
+/// each side's real backend to check what it holds.
+struct Fixture {
+    dual: DualBackend,
+    /// Fault switches of the SQLite side.
+    sqlite_faults: Arc<FaultyBackend>,
+    /// Fault switches of the PostgreSQL side.
+    postgres_faults: Arc<FaultyBackend>,
+    /// The SQLite side itself, read past the fault switch.
+    sqlite: Arc<dyn MemoryBackend>,
+    /// The PostgreSQL side itself, read past the fault switch.
+    postgres: Arc<dyn MemoryBackend>,
+    agent: AgentId,
+    dir: tempfile::TempDir,
+    _db: TestDatabase,
+}
+
+impl Fixture {
+    /// A fixture whose dual backend pings a side it found unreachable every 50 ms.
+    async fn new(stage: Stage) -> Self {
+        Self::with_retry(stage, Duration::from_millis(50)).await
+    }
+
+    /// A fixture whose dual backend pings an unreachable side every `retry_after`.
+    async fn with_retry(stage: Stage, retry_after: Duration) -> Self {
+        let dir = tempfile::tempdir().expect("temporary agents folder");
+        let db = TestDatabase::migrated().await;
+        let sqlite: Arc<dyn MemoryBackend> = Arc::new(SqliteBackend::new(dir.path()));
+        let postgres: Arc<dyn MemoryBackend> = Arc::new(db.backend().await);
+        let sqlite_faults = Arc::new(FaultyBackend::new(sqlite.clone()));
+        let postgres_faults = Arc::new(FaultyBackend::new(postgres.clone()));
+        let options = DualOptions {
+            retry_after,
+            ..DualOptions::default()
+        };
+        let dual = DualBackend::with_options(
+            sqlite_faults.clone(),
+            postgres_faults.clone(),
+            stage,
+            options,
+        );
+        Fixture {
+            dual,
+            sqlite_faults,
+            postgres_faults,
+            sqlite,
+            postgres,
+            agent: unique_agent("dual"),
+            dir,
+            _db: db,
+        }
+    }
+
+    /// Stores `content` under `key` through the dual backend.
+    async fn try_put(&self, key: &str, content: Value) -> agent_memory::Result<Memory> {
+        let memory = Memory::new(key, content);
+        self.dual.put_memory(&self.agent, &memory).await
+    }
+
+    /// Stores `content` under `key` through the dual backend; the write must succeed.
+    async fn put(&self, key: &str, content: Value) -> Memory {
+        let stage = self.dual.stage();
+        let stored = self.try_put(key, content).await;
+        stored.unwrap_or_else(|e| panic!("store {key:?} at {stage}: {e:?}"))
+    }
+
+    /// The value under `key`, read through the dual backend.
+    async fn get(&self, key: &str) -> Option<Value> {
+        value_of(&self.dual, &self.agent, key).await
+    }
+
+    /// Asserts the value of `key` through the dual backend and on each side it names.
+    async fn assert_value(&self, key: &str, want: Option<&Value>, sides: &[Side]) {
+        let stage = self.dual.stage();
+        assert_eq!(
+            self.get(key).await.as_ref(),
+            want,
+            "{key:?} through the dual backend at {stage}"
+        );
+        for side in sides {
+            assert_eq!(
+                value_of(self.side(*side), &self.agent, key).await.as_ref(),
+                want,
+                "{key:?} in {side:?} at {stage}"
+            );
+        }
+    }
+
+    fn side(&self, side: Side) -> &dyn MemoryBackend {
+        match side {
+            Side::Sqlite => &*self.sqlite,
+            Side::Postgres => &*self.postgres,
+        }
+    }
+
+    /// Owed writes waiting in `side`'s journal for the agent.
+    async fn journal(&self, side: Side) -> Vec<OwedWrite> {
+        let owed = self.side(side).owed_writes(&self.agent, 10_000).await;
+        owed.expect("read a journal")
+            .into_iter()
+            .map(|(_, w)| w)
+            .collect()
+    }
+
+    /// Both sides hold the same memories (`compare`), tools, metrics and executions.
+    async fn assert_sides_agree(&self) {
+        let agent = &self.agent;
+        let comparison = self.dual.compare(agent).await.expect("compare the sides");
+        assert!(comparison.agrees(), "the sides disagree: {comparison:?}");
+        let (s, p) = (&self.sqlite, &self.postgres);
+        assert_eq!(
+            s.list_tools(agent).await.unwrap(),
+            p.list_tools(agent).await.unwrap(),
+            "tools"
+        );
+        assert_eq!(
+            s.list_metrics(agent).await.unwrap(),
+            p.list_metrics(agent).await.unwrap(),
+            "metrics"
+        );
+        assert_eq!(
+            s.list_executions(agent).await.unwrap(),
+            p.list_executions(agent).await.unwrap(),
+            "executions"
+        );
+    }
+
+    /// Owed writes of the agent in both journals, read past the fault switches and
+    /// the dual backend's reachability marks.
+    async fn pending(&self) -> usize {
+        self.journal(Side::Sqlite).await.len() + self.journal(Side::Postgres).await.len()
+    }
+
+    /// Waits until both journals are empty (a background repair ran).
+    async fn wait_until_repaired(&self) {
+        eventually("owed writes replayed", || async {
+            match self.pending().await {
+                0 => Ok(()),
+                n => Err(format!("{n} pending")),
+            }
+        })
+        .await;
+    }
+
+    /// Reads `key` through the dual backend once the sides it needs answer again (the
+    /// dual backend skips a side that failed with a connection error until a ping
+    /// finds it back).
+    async fn get_when_reachable(&self, key: &str) -> Option<Value> {
+        eventually("a read", || async {
+            match self.dual.get_memory(&self.agent, key).await {
+                Ok(found) => Ok(found.map(|m| m.content)),
+                Err(err) if err.is_connection() => Err(format!("{err:?}")),
+                Err(err) => panic!("read {key:?}: {err:?}"),
+            }
+        })
+        .await
+    }
+}
+
+/// Retries `attempt` every 20 ms until it succeeds; fails after 20 s.
+async fn eventually<T, F: std::future::Future<Output = Result<T, String>>>(
+    what: &str,
+    mut attempt: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match attempt().await {
+            Ok(done) => return done,
+            Err(last) if Instant::now() > deadline => panic!("{what}: still failing: {last}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Side {
+    Sqlite,
+    Postgres,
+}
+
+const BOTH: &[Side] = &[Side::Sqlite, Side::Postgres];
+
+async fn value_of(backend: &dyn MemoryBackend, agent: &AgentId, key: &str) -> Option<Value> {
+    let found = backend.get_memory(agent, key).await;
+    let found = found.unwrap_or_else(|e| panic!("{}: read {key:?}: {e:?}", backend.name()));
+    found.map(|m| m.content)
+}
+
+/// The stages forward, then back down to `sqlite`.
+fn there_and_back() -> impl Iterator<Item = Stage> {
+    Stage::ALL
+        .into_iter()
+        .chain(Stage::ALL.into_iter().rev().skip(1))
+}
+
+/// Moves to `stage`, repairing first when the authoritative side changes (as
+/// `DualBackend::set_stage` asks).
+async fn step(dual: &DualBackend, stage: Stage) {
+    if dual.stage().authoritative() != stage.authoritative() {
+        dual.repair_all().await.expect("repair before the step");
+    }
+    dual.set_stage(stage);
+}
+
+/// A tiny deterministic random generator (xorshift64*), seeded per task.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Self {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. PostgreSQL down while SQLite is authoritative
+// ---------------------------------------------------------------------------------------
+
+/// How owed writes get replayed once PostgreSQL is back.
+#[derive(Clone, Copy)]
+enum Repair {
+    /// An operator runs `repair`.
+    Explicit,
+    /// The agent's next successful dual write starts a repair in the background.
+    OnLaterWrite,
+    /// The background ping that finds PostgreSQL back starts it.
+    WhenBack,
+}
+
+/// With PostgreSQL down in a SQLite-authoritative stage the agent notices nothing; the
+/// missed writes are journaled and, once PostgreSQL is back, replayed until both sides
+/// hold the same data.
+async fn postgres_down_then_back(stage: Stage, repair: Repair) {
+    let retry_after = match repair {
+        Repair::WhenBack => Duration::from_millis(50),
+        // Only the repair under test may run.
+        Repair::Explicit | Repair::OnLaterWrite => Duration::from_secs(3600),
+    };
+    let fx = Fixture::with_retry(stage, retry_after).await;
+    let agent = &fx.agent;
+    fx.put("doomed", json!("stored while healthy")).await;
+
+    fx.postgres_faults.set_down(true);
+    let kept = fx.put("kept", json!({"n": 1})).await;
+    assert_eq!(fx.get("kept").await, Some(kept.content.clone()));
+    assert!(fx.dual.delete_memory(agent, "doomed").await.unwrap());
+    assert_eq!(fx.get("doomed").await, None);
+    let tool = Tool::new("search", json!({"endpoint": "/search"}));
+    fx.dual
+        .put_tool(agent, &tool)
+        .await
+        .expect("register a tool");
+    let got = fx.dual.get_tool(agent, "search").await.unwrap();
+    assert_eq!(got.map(|t| t.content), Some(tool.content.clone()));
+    assert_eq!(fx.dual.list_tools(agent).await.unwrap().len(), 1);
+    let metric = Metric::new("latency_ms", Some(12.5));
+    fx.dual.record_metric(agent, &metric).await.expect("metric");
+    let execution = Execution::new(Some("ok".into()), json!({"step": 1}));
+    fx.dual.log_execution(agent, &execution).await.expect("log");
+    assert_eq!(fx.dual.list_metrics(agent).await.unwrap(), vec![metric]);
+    assert_eq!(
+        fx.dual.list_executions(agent).await.unwrap(),
+        vec![execution]
+    );
+
+    let stats = fx.dual.stats();
+    assert_eq!(stats.owed_recorded, 5, "{stats:?}");
+    assert!(stats.postgres.errors >= 5, "{stats:?}");
+    assert_eq!(stats.sqlite.errors, 0, "{stats:?}");
+    assert_eq!(fx.journal(Side::Sqlite).await.len(), 5);
+    assert_eq!(value_of(&*fx.postgres, agent, "kept").await, None);
+
+    fx.postgres_faults.set_down(false);
+    match repair {
+        Repair::Explicit => {
+            assert_eq!(fx.pending().await, 5, "nothing replayed yet");
+            let report = fx.dual.repair(agent).await.expect("repair");
+            assert_eq!((report.to_postgres, report.to_sqlite), (5, 0));
+        }
+        Repair::OnLaterWrite => {
+            // Another agent's repair finds PostgreSQL back without replaying ours.
+            fx.dual
+                .repair(&unique_agent("other"))
+                .await
+                .expect("repair");
+            assert_eq!(fx.pending().await, 5, "nothing replayed yet");
+            fx.put("trigger", json!("a later write")).await;
+            fx.wait_until_repaired().await;
+        }
+        Repair::WhenBack => fx.wait_until_repaired().await,
+    }
+    assert_eq!(fx.dual.owed_pending().await.unwrap(), 0);
+    assert_eq!(fx.dual.stats().owed_replayed, 5);
+    fx.assert_value("kept", Some(&kept.content), BOTH).await;
+    fx.assert_value("doomed", None, BOTH).await;
+    fx.assert_sides_agree().await;
+}
+
+macro_rules! postgres_down_then_back {
+    ($($name:ident: $stage:expr, $repair:expr;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $name() {
+            postgres_down_then_back($stage, $repair).await;
+        }
+    )*};
+}
+
+postgres_down_then_back!(
+    postgres_down_in_dualwrite_then_repair: Stage::DualWrite, Repair::Explicit;
+    postgres_down_in_dualwrite_then_repaired_on_later_write: Stage::DualWrite, Repair::OnLaterWrite;
+    postgres_down_in_dualwrite_then_repaired_when_back: Stage::DualWrite, Repair::WhenBack;
+    postgres_down_in_shadow_then_repair: Stage::Shadow, Repair::Explicit;
+    postgres_down_in_shadow_then_repaired_on_later_write: Stage::Shadow, Repair::OnLaterWrite;
+    postgres_down_in_shadow_then_repaired_when_back: Stage::Shadow, Repair::WhenBack;
+);
+
+// ---------------------------------------------------------------------------------------
+// 2. Faults while PostgreSQL is authoritative
+// ---------------------------------------------------------------------------------------
+
+/// With PostgreSQL down in `live` or `rampdown`, writes fail with a connection error and
+/// leave SQLite untouched; `live` reads fall back to SQLite, `rampdown` reads fail.
+async fn postgres_down_while_authoritative(stage: Stage) {
+    let fx = Fixture::new(stage).await;
+    let agent = &fx.agent;
+    let old = fx.put("k", json!("old")).await;
+
+    fx.postgres_faults.set_down(true);
+    let err = fx.try_put("k", json!("new")).await;
+    let err = err.expect_err("a store with PostgreSQL down fails");
+    assert!(err.is_connection(), "{err:?}");
+    let err = fx.try_put("fresh", json!(1)).await;
+    assert!(err.expect_err("store fails").is_connection());
+    let err = fx.dual.delete_memory(agent, "k").await;
+    assert!(err.expect_err("delete fails").is_connection());
+    let tool = Tool::new("t", json!({}));
+    assert!(
+        fx.dual
+            .put_tool(agent, &tool)
+            .await
+            .unwrap_err()
+            .is_connection()
+    );
+    // Nothing of the failed writes reached SQLite.
+    assert_eq!(
+        fx.sqlite.get_memory(agent, "k").await.unwrap(),
+        Some(old.clone())
+    );
+    assert_eq!(value_of(&*fx.sqlite, agent, "fresh").await, None);
+    assert_eq!(fx.sqlite.get_tool(agent, "t").await.unwrap(), None);
+    assert!(fx.journal(Side::Sqlite).await.is_empty());
+
+    let read = fx.dual.get_memory(agent, "k").await;
+    match stage {
+        Stage::Live => {
+            assert_eq!(read.expect("live reads fall back"), Some(old.clone()));
+            assert_eq!(fx.get("fresh").await, None);
+            assert!(
+                fx.dual.stats().fallback_on_error >= 2,
+                "{:?}",
+                fx.dual.stats()
+            );
+        }
+        _ => {
+            assert!(
+                read.expect_err("rampdown reads PostgreSQL only")
+                    .is_connection()
+            );
+            assert_eq!(fx.dual.stats().fallback_on_error, 0);
+        }
+    }
+
+    // Once the server is back, writes reach it again without anyone's help.
+    fx.postgres_faults.set_down(false);
+    let newer = eventually("a store after PostgreSQL is back", || async {
+        fx.try_put("k", json!("newer"))
+            .await
+            .map_err(|e| format!("{e:?}"))
+    })
+    .await;
+    fx.assert_value("k", Some(&newer.content), BOTH).await;
+    fx.assert_value("fresh", None, BOTH).await;
+    assert_eq!(fx.dual.owed_pending().await.unwrap(), 0);
+    fx.assert_sides_agree().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_down_in_live_fails_writes_and_reads_fall_back() {
+    postgres_down_while_authoritative(Stage::Live).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_down_in_rampdown_fails_writes_and_reads() {
+    postgres_down_while_authoritative(Stage::RampDown).await;
+}
+
+/// In `live`, SQLite refusing writes does not fail the agent's write: PostgreSQL takes it
+/// and journals it as owed to SQLite, and repair brings SQLite level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_failing_in_live_is_journaled_and_repaired() {
+    let fx = Fixture::new(Stage::Live).await;
+    let agent = &fx.agent;
+    let before = fx.put("k", json!("before")).await;
+
+    fx.sqlite_faults.set_writes_failing(true);
+    let after = fx.put("k", json!("after")).await;
+    fx.put("other", json!([1, 2])).await;
+    assert_eq!(fx.get("k").await, Some(after.content.clone()));
+    assert_eq!(
+        value_of(&*fx.sqlite, agent, "k").await,
+        Some(before.content)
+    );
+    assert_eq!(value_of(&*fx.sqlite, agent, "other").await, None);
+    let owed = fx.journal(Side::Postgres).await;
+    assert!(
+        matches!(&owed[..], [OwedWrite::PutMemory { memory: a }, OwedWrite::PutMemory { memory: b }]
+            if a.key.as_deref() == Some("k") && b.key.as_deref() == Some("other")),
+        "journaled in PostgreSQL as owed to SQLite: {owed:?}"
+    );
+    assert_eq!(fx.dual.stats().owed_recorded, 2);
+
+    fx.sqlite_faults.set_writes_failing(false);
+    fx.dual.repair(agent).await.expect("repair");
+    assert_eq!(fx.dual.owed_pending().await.unwrap(), 0);
+    // A background repair, started when the side answered again, may replay them too.
+    assert!(fx.dual.stats().owed_replayed >= 2);
+    fx.assert_value("k", Some(&after.content), BOTH).await;
+    fx.assert_value("other", Some(&json!([1, 2])), BOTH).await;
+    fx.assert_sides_agree().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 3, 4. Lazy copy
+// ---------------------------------------------------------------------------------------
+
+/// Data stored before the dual backend (plain SQLite) reads back in `live` and is copied
+/// into PostgreSQL once, with its identity and times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn live_reads_copy_sqlite_data_into_postgres_once() {
+    let fx = Fixture::new(Stage::Live).await;
+    let agent = &fx.agent;
+    // The `sqlite` stage of a project before it had a dual backend.
+    let plain = SqliteBackend::new(fx.dir.path());
+    plain
+        .put_memory(agent, &Memory::new("k", json!("v1")))
+        .await
+        .unwrap();
+    let stored = plain
+        .put_memory(agent, &Memory::new("k", json!("v2")))
+        .await
+        .unwrap();
+    assert!(stored.updated_at > stored.created_at);
+    plain
+        .put_tool(agent, &Tool::new("t", json!({"v": 1})))
+        .await
+        .unwrap();
+    let tool = plain
+        .put_tool(agent, &Tool::new("t", json!({"v": 2})))
+        .await
+        .unwrap();
+    plain.close().await;
+
+    for _ in 0..2 {
+        assert_eq!(
+            fx.dual.get_memory(agent, "k").await.unwrap(),
+            Some(stored.clone())
+        );
+        assert_eq!(
+            fx.postgres.get_memory(agent, "k").await.unwrap(),
+            Some(stored.clone())
+        );
+        assert_eq!(
+            fx.dual.stats().lazy_copies,
+            1,
+            "copied once, on the first read"
+        );
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            fx.dual.get_tool(agent, "t").await.unwrap(),
+            Some(tool.clone())
+        );
+        assert_eq!(
+            fx.postgres.get_tool(agent, "t").await.unwrap(),
+            Some(tool.clone())
+        );
+        assert_eq!(fx.dual.stats().lazy_copies, 2, "the tool copied once");
+    }
+    fx.assert_sides_agree().await;
+}
+
+/// A lazy copy of an old value racing a store of a new one never brings the old value
+/// back, on either side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lazy_copy_racing_a_store_keeps_the_newer_value() {
+    let fx = Fixture::new(Stage::Live).await;
+    let agent = &fx.agent;
+    for i in 0..60 {
+        let key = format!("k{i}");
+        fx.sqlite
+            .put_memory(agent, &Memory::new(&key, json!("old")))
+            .await
+            .unwrap();
+        let newer = Memory::new(&key, json!({"new": i}));
+        let (dual, a, k) = (fx.dual.clone(), agent.clone(), key.clone());
+        let read = tokio::spawn(async move { dual.get_memory(&a, &k).await });
+        let (dual, a) = (fx.dual.clone(), agent.clone());
+        let write = tokio::spawn(async move { dual.put_memory(&a, &newer).await });
+        let (read, write) = (read.await.unwrap(), write.await.unwrap());
+        let read = read.expect("read").map(|m| m.content);
+        assert!(
+            read == Some(json!("old")) || read == Some(json!({"new": i})),
+            "{read:?}"
+        );
+        let written = write.expect("store").content;
+        fx.assert_value(&key, Some(&written), BOTH).await;
+    }
+    fx.assert_sides_agree().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. Deletes
+// ---------------------------------------------------------------------------------------
+
+/// A key deleted in `live`, whether it was only in SQLite or on both sides, reads as
+/// absent in every stage afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deletes_in_live_stay_deleted_in_every_stage() {
+    let fx = Fixture::new(Stage::Live).await;
+    let agent = &fx.agent;
+    fx.sqlite
+        .put_memory(agent, &Memory::new("only_sqlite", json!(1)))
+        .await
+        .unwrap();
+    fx.put("both", json!(2)).await;
+    fx.put("survivor", json!(3)).await;
+    assert!(fx.dual.delete_memory(agent, "only_sqlite").await.unwrap());
+    assert!(fx.dual.delete_memory(agent, "both").await.unwrap());
+    for stage in there_and_back() {
+        step(&fx.dual, stage).await;
+        fx.assert_value("only_sqlite", None, &[]).await;
+        fx.assert_value("both", None, &[]).await;
+        fx.assert_value("survivor", Some(&json!(3)), &[]).await;
+        let keys = fx.dual.memory_keys(agent).await.unwrap();
+        assert_eq!(keys, ["survivor"], "keys at {stage}");
+    }
+    assert_eq!(fx.dual.stats().lazy_copies, 0);
+    fx.assert_value("only_sqlite", None, BOTH).await;
+    fx.assert_value("both", None, BOTH).await;
+    fx.assert_sides_agree().await;
+}
+
+/// A `live` delete that SQLite missed is not copied back from SQLite by a later read,
+/// and repair removes it from SQLite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn delete_missed_by_sqlite_is_not_copied_back() {
+    let fx = Fixture::new(Stage::Live).await;
+    let agent = &fx.agent;
+    fx.sqlite
+        .put_memory(agent, &Memory::new("only_sqlite", json!(1)))
+        .await
+        .unwrap();
+    fx.put("both", json!(2)).await;
+
+    fx.sqlite_faults.set_writes_failing(true);
+    for key in ["only_sqlite", "both"] {
+        fx.dual.delete_memory(agent, key).await.expect("delete");
+        assert!(
+            value_of(&*fx.sqlite, agent, key).await.is_some(),
+            "SQLite missed it"
+        );
+        // The miss in PostgreSQL reads SQLite (once it is deemed reachable again), finds
+        // the old row there, and must not copy it back over the tombstone.
+        for _ in 0..2 {
+            assert_eq!(fx.get_when_reachable(key).await, None, "{key} came back");
+            assert_eq!(value_of(&*fx.postgres, agent, key).await, None, "{key}");
+        }
+    }
+    let keys = eventually("list keys", || async {
+        fx.dual
+            .memory_keys(agent)
+            .await
+            .map_err(|e| format!("{e:?}"))
+    });
+    assert!(keys.await.is_empty(), "deleted keys are not listed");
+    let stats = fx.dual.stats();
+    assert_eq!(stats.lazy_copies, 0, "{stats:?}");
+    assert!(
+        stats.fallback_hits > 0,
+        "the old rows were found in SQLite: {stats:?}"
+    );
+    assert_eq!(fx.journal(Side::Postgres).await.len(), 2);
+
+    fx.sqlite_faults.set_writes_failing(false);
+    fx.dual.repair(agent).await.expect("repair");
+    assert_eq!(fx.dual.owed_pending().await.unwrap(), 0);
+    // A background repair, started when the side answered again, may replay them too.
+    assert!(fx.dual.stats().owed_replayed >= 2);
+    for key in ["only_sqlite", "both"] {
+        fx.assert_value(key, None, BOTH).await;
+    }
+    fx.assert_sides_agree().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. Concurrency in every stage
+// ---------------------------------------------------------------------------------------
+
+const TASKS: u64 = 8;
+const OPS_PER_TASK: usize = 50;
+const KEYS: [&str; 6] = ["k0", "k1", "k2", "k3", "k4", "k5"];
+
+/// Many tasks put, get and delete a few shared keys. A per-key lock held across each
+/// operation makes the order in which operations are acknowledged the order they take
+/// effect, so every read must see the last acknowledged write of its key, and in the
+/// end both sides must hold it.
+async fn concurrent_operations(stage: Stage) {
+    let fx = Arc::new(Fixture::new(stage).await);
+    // The last acknowledged write of each key: its value, or None after a delete.
+    type Last = BTreeMap<&'static str, Option<Value>>;
+    let locks: Arc<Vec<tokio::sync::Mutex<()>>> =
+        Arc::new(KEYS.iter().map(|_| tokio::sync::Mutex::new(())).collect());
+    let last: Arc<std::sync::Mutex<Last>> = Arc::new(std::sync::Mutex::new(
+        KEYS.iter().map(|k| (*k, None)).collect(),
+    ));
+    let tasks = (0..TASKS).map(|task| {
+        let (fx, locks, last) = (fx.clone(), locks.clone(), last.clone());
+        tokio::spawn(async move {
+            let mut rng = Rng::new(task + 1);
+            for op in 0..OPS_PER_TASK {
+                let index = rng.below(KEYS.len());
+                let key = KEYS[index];
+                let _held = locks[index].lock().await;
+                let expected = last.lock().unwrap()[key].clone();
+                match rng.below(3) {
+                    0 => {
+                        let value = json!({"task": task, "op": op});
+                        let stored = fx.put(key, value.clone()).await;
+                        assert_eq!(stored.content, value);
+                        last.lock().unwrap().insert(key, Some(value));
+                    }
+                    1 => {
+                        let existed = fx.dual.delete_memory(&fx.agent, key).await;
+                        let existed = existed.unwrap_or_else(|e| panic!("delete: {e:?}"));
+                        assert_eq!(existed, expected.is_some(), "delete of {key} at {stage}");
+                        last.lock().unwrap().insert(key, None);
+                    }
+                    _ => assert_eq!(fx.get(key).await, expected, "read {key} at {stage}"),
+                }
+            }
+        })
+    });
+    for task in futures_join_all(tasks).await {
+        task.expect("a task panicked");
+    }
+
+    let last = last.lock().unwrap().clone();
+    let written: &[Side] = match stage {
+        Stage::Sqlite => &[Side::Sqlite],
+        Stage::Postgres => &[Side::Postgres],
+        _ => BOTH,
+    };
+    for (key, value) in &last {
+        fx.assert_value(key, value.as_ref(), written).await;
+    }
+    // Once repaired (as before a step to dualwrite), both sides hold the last writes.
+    fx.dual.repair(&fx.agent).await.expect("repair");
+    step(&fx.dual, Stage::DualWrite).await;
+    for (key, value) in &last {
+        fx.assert_value(key, value.as_ref(), BOTH).await;
+    }
+    assert_eq!(fx.dual.owed_pending().await.unwrap(), 0);
+    fx.assert_sides_agree().await;
+}
+
+/// Awaits every handle (no extra dependency for `join_all`).
+async fn futures_join_all<T>(
+    handles: impl IntoIterator<Item = tokio::task::JoinHandle<T>>,
+) -> Vec<Result<T, tokio::task::JoinError>> {
+    let mut out = Vec::new();
+    for handle in handles.into_iter().collect::<Vec<_>>() {
+        out.push(handle.await);
+    }
+    out
+}
+
+macro_rules! concurrency_in {
+    ($($name:ident: $stage:expr),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+        async fn $name() {
+            concurrent_operations($stage).await;
+        }
+    )*};
+}
+
+concurrency_in!(
+    concurrent_operations_in_sqlite: Stage::Sqlite,
+    concurrent_operations_in_dualwrite: Stage::DualWrite,
+    concurrent_operations_in_shadow: Stage::Shadow,
+    concurrent_operations_in_live: Stage::Live,
+    concurrent_operations_in_rampdown: Stage::RampDown,
+    concurrent_operations_in_postgres: Stage::Postgres,
+);
+
+// ---------------------------------------------------------------------------------------
+// 7. Stepping through the stages
+// ---------------------------------------------------------------------------------------
+
+/// Writing at every stage while stepping forward to `postgres` and back to `sqlite`
+/// loses nothing: every key reads back with its last value at every stage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stepping_through_the_stages_loses_nothing() {
+    let fx = Fixture::new(Stage::Sqlite).await;
+    let mut expected: BTreeMap<String, Option<Value>> = BTreeMap::new();
+    for (round, stage) in there_and_back().enumerate() {
+        step(&fx.dual, stage).await;
+        // Everything written so far reads back first, then this stage writes.
+        for (key, value) in &expected {
+            fx.assert_value(key, value.as_ref(), &[]).await;
+        }
+        let value = json!({"stage": stage.as_str(), "round": round});
+        for key in [
+            format!("{stage}-{round}"),
+            "shared".into(),
+            format!("doomed-{round}"),
+        ] {
+            fx.put(&key, value.clone()).await;
+            expected.insert(key, Some(value.clone()));
+        }
+        if round > 0 {
+            let key = format!("doomed-{}", round - 1);
+            assert!(
+                fx.dual.delete_memory(&fx.agent, &key).await.unwrap(),
+                "{key}"
+            );
+            expected.insert(key, None);
+        }
+        for (key, value) in &expected {
+            fx.assert_value(key, value.as_ref(), &[]).await;
+        }
+    }
+    fx.dual.repair_all().await.expect("repair");
+    for (key, value) in &expected {
+        fx.assert_value(key, value.as_ref(), BOTH).await;
+    }
+    fx.assert_sides_agree().await;
+}
+
+/// A `live` delete of a key whose SQLite copy is still owed (SQLite had not even a file
+/// for the agent yet) stays deleted when the owed store is replayed after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn owed_store_replayed_after_a_delete_stays_deleted() {
+    let fx = Fixture::with_retry(Stage::Live, Duration::from_secs(3600)).await;
+    let agent = &fx.agent;
+    fx.sqlite_faults.set_writes_failing(true);
+    fx.put("k", json!("owed to SQLite")).await;
+    fx.sqlite_faults.set_writes_failing(false);
+    // Another agent's repair finds SQLite back (without replaying our store), so the
+    // delete reaches SQLite before the store owed to it is replayed.
+    fx.dual
+        .repair(&unique_agent("other"))
+        .await
+        .expect("repair");
+    assert_eq!(fx.pending().await, 1, "the store is still owed");
+    assert!(fx.dual.delete_memory(agent, "k").await.unwrap());
+    fx.wait_until_repaired().await;
+    fx.assert_value("k", None, BOTH).await;
+    fx.assert_sides_agree().await;
+}
