@@ -16,6 +16,7 @@ use agent_memory::testing::unique_agent;
 use agent_memory::{
     AgentId, Execution, Memory, MemoryBackend, Metric, OwedWrite, SqliteBackend, Tool,
 };
+use futures_util::future::join_all as futures_join_all;
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------
@@ -47,16 +48,21 @@ impl Fixture {
 
     /// A fixture whose dual backend pings an unreachable side every `retry_after`.
     async fn with_retry(stage: Stage, retry_after: Duration) -> Self {
+        let options = DualOptions {
+            retry_after,
+            ..DualOptions::default()
+        };
+        Self::with_options(stage, options).await
+    }
+
+    /// A fixture whose dual backend has `options`.
+    async fn with_options(stage: Stage, options: DualOptions) -> Self {
         let dir = tempfile::tempdir().expect("temporary agents folder");
         let db = TestDatabase::migrated().await;
         let sqlite: Arc<dyn MemoryBackend> = Arc::new(SqliteBackend::new(dir.path()));
         let postgres: Arc<dyn MemoryBackend> = Arc::new(db.backend().await);
         let sqlite_faults = Arc::new(FaultyBackend::new(sqlite.clone()));
         let postgres_faults = Arc::new(FaultyBackend::new(postgres.clone()));
-        let options = DualOptions {
-            retry_after,
-            ..DualOptions::default()
-        };
         let dual = DualBackend::with_options(
             sqlite_faults.clone(),
             postgres_faults.clone(),
@@ -703,17 +709,6 @@ async fn concurrent_operations(stage: Stage) {
     fx.assert_sides_agree().await;
 }
 
-/// Awaits every handle (no extra dependency for `join_all`).
-async fn futures_join_all<T>(
-    handles: impl IntoIterator<Item = tokio::task::JoinHandle<T>>,
-) -> Vec<Result<T, tokio::task::JoinError>> {
-    let mut out = Vec::new();
-    for handle in handles.into_iter().collect::<Vec<_>>() {
-        out.push(handle.await);
-    }
-    out
-}
-
 macro_rules! concurrency_in {
     ($($name:ident: $stage:expr),* $(,)?) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
@@ -796,4 +791,84 @@ async fn owed_store_replayed_after_a_delete_stays_deleted() {
     fx.wait_until_repaired().await;
     fx.assert_value("k", None, BOTH).await;
     fx.assert_sides_agree().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Shadow compares
+// ---------------------------------------------------------------------------------------
+
+/// Overwrites `key` on one side only with `content`, keeping the stored times, so the
+/// sides differ in content alone.
+async fn diverge(side: &dyn MemoryBackend, agent: &AgentId, stored: &Memory, content: Value) {
+    let changed = Memory {
+        content,
+        ..stored.clone()
+    };
+    side.put_memory(agent, &changed)
+        .await
+        .expect("write one side directly");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shadow_reads_compare_by_meaning() {
+    let fx = Fixture::new(Stage::Shadow).await;
+    let same = fx.put("same", json!({"a": 1, "b": [2.5]})).await;
+    let other_form: Value = serde_json::from_str(r#"{"b": [2.50], "a": 1.0}"#).unwrap();
+    diverge(&*fx.postgres, &fx.agent, &same, other_form).await;
+    let differs = fx.put("differs", json!("what SQLite holds")).await;
+    diverge(
+        &*fx.postgres,
+        &fx.agent,
+        &differs,
+        json!("postgres-only SECRET-VALUE"),
+    )
+    .await;
+
+    assert_eq!(fx.get("same").await, Some(json!({"a": 1, "b": [2.5]})));
+    assert_eq!(
+        fx.get("differs").await,
+        Some(json!("what SQLite holds")),
+        "shadow answers from SQLite"
+    );
+    assert_eq!(fx.get("absent").await, None);
+    let stats = fx.dual.stats();
+    assert_eq!(
+        (stats.shadow_compares, stats.shadow_mismatches),
+        (3, 1),
+        "key order and number form are the same data; a changed value is not"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn live_compares_a_sample_of_hits_in_the_background() {
+    let fx = Fixture::with_options(
+        Stage::Live,
+        DualOptions {
+            live_compare_every: 4,
+            ..DualOptions::default()
+        },
+    )
+    .await;
+    let stored = fx.put("k", json!({"v": 1})).await;
+    diverge(&*fx.sqlite, &fx.agent, &stored, json!({"v": "stale"})).await;
+    for _ in 0..8 {
+        assert_eq!(
+            fx.get("k").await,
+            Some(json!({"v": 1})),
+            "live answers from PostgreSQL"
+        );
+    }
+    let stats = eventually("two sampled compares", || async {
+        let stats = fx.dual.stats();
+        match stats.shadow_compares {
+            2 => Ok(stats),
+            n => Err(format!("{n} compares")),
+        }
+    })
+    .await;
+    assert_eq!(
+        stats.shadow_mismatches, 2,
+        "each sampled compare saw the stale SQLite value"
+    );
+    assert_eq!(stats.postgres.reads, 8);
 }

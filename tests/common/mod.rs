@@ -1,4 +1,5 @@
-//! Helpers shared by the integration tests: running the memctl example binary.
+//! Helpers shared by the integration tests: running memctl, stopping and starting the
+//! test server, capturing log lines.
 
 #![allow(dead_code)] // each test file uses its own subset
 
@@ -62,4 +63,61 @@ impl Drop for RestartOnDrop {
     fn drop(&mut self) {
         pg("start-existing");
     }
+}
+
+/// Log lines written while `work` runs on this thread (a current-thread runtime runs
+/// spawned tasks here too).
+pub async fn captured_logs<F: std::future::Future<Output = ()>>(work: F) -> String {
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let sink = Sink::default();
+    let writer = sink.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let guard = tracing::subscriber::set_default(subscriber);
+    work.await;
+    drop(guard);
+    String::from_utf8(sink.0.lock().unwrap().clone()).unwrap()
+}
+
+/// The test server's real password, from its superuser URL.
+pub fn real_password() -> String {
+    let url = url::Url::parse(&agent_memory::testing::postgres::admin_url())
+        .expect("the test URL is a valid URL");
+    let password = url.password().expect("the test URL has a password");
+    assert!(
+        password.len() >= 8,
+        "the test password is too short to search for"
+    );
+    password.to_string()
+}
+
+/// `url` with its password replaced by `password`.
+pub fn with_password(url: &str, password: &str) -> String {
+    let mut parsed = url::Url::parse(url).expect("a valid URL");
+    parsed
+        .set_password(Some(password))
+        .expect("a URL with a host");
+    parsed.to_string()
+}
+
+/// A loopback port nothing listens on (bound, then released).
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let port = listener.local_addr().expect("bound address").port();
+    drop(listener);
+    port
 }

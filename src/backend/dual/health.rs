@@ -1,6 +1,7 @@
-//! Which side is reachable: a side that fails with a connection error is skipped (its
-//! writes journaled at once) until a background ping finds it back, so an agent does
-//! not wait out a connection timeout on every call while a server is down.
+//! Whether PostgreSQL is reachable: after a connection error it is skipped (its writes
+//! journaled at once) until a background ping finds it back, so an agent does not wait
+//! out a connection timeout on every call while the server is down. The embedded
+//! SQLite side is always tried.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -16,6 +17,10 @@ pub struct DualOptions {
     pub side_timeout: Duration,
     /// How often an unreachable side is pinged until it answers.
     pub retry_after: Duration,
+    /// In `live`, one read in this many that PostgreSQL answers is compared with SQLite
+    /// in the background (1 compares every read). The compare costs a SQLite read of
+    /// CPU, not latency.
+    pub live_compare_every: u32,
 }
 
 impl Default for DualOptions {
@@ -23,6 +28,7 @@ impl Default for DualOptions {
         DualOptions {
             side_timeout: Duration::from_secs(5),
             retry_after: Duration::from_secs(1),
+            live_compare_every: 8,
         }
     }
 }

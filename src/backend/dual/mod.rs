@@ -119,6 +119,8 @@ pub struct DualBackend {
 
 struct Inner {
     sides: [Arc<dyn MemoryBackend>; 2],
+    /// `live` reads PostgreSQL answered, for sampling the background compares.
+    live_hits: std::sync::atomic::AtomicU64,
     health: [Health; 2],
     options: DualOptions,
     stage: AtomicU8,
@@ -166,6 +168,7 @@ impl DualBackend {
         DualBackend {
             inner: Arc::new(Inner {
                 sides: [sqlite, postgres],
+                live_hits: std::sync::atomic::AtomicU64::new(0),
                 health: [Health::default(), Health::default()],
                 options,
                 stage: AtomicU8::new(stage as u8),
@@ -225,6 +228,7 @@ impl DualBackend {
     /// # Errors
     /// When the journal cannot be read (for example, `side` is unreachable).
     pub async fn owed_journaled_on(&self, side: Side) -> Result<u64> {
+        self.refresh_health().await;
         let agents = self
             .timed(side, false, self.side(side).owed_agents())
             .await?;
@@ -248,7 +252,8 @@ impl DualBackend {
             Ok(result) => result,
             Err(_) => Err(unreachable(side, "no answer within the side timeout")),
         };
-        if matches!(&result, Err(err) if err.is_connection()) {
+        // Only the server is skipped when down; the embedded side is always tried.
+        if side == Side::Postgres && matches!(&result, Err(err) if err.is_connection()) {
             self.side_down(side);
         }
         let histogram = if write {
@@ -438,12 +443,27 @@ impl DualBackend {
     /// The first failure of the side being written (it is probably still down); what
     /// was replayed before it stays replayed.
     pub async fn repair(&self, agent: &AgentId) -> Result<RepairReport> {
-        // An explicit repair asks the sides for real rather than trusting a stale mark.
-        for side in [Side::Sqlite, Side::Postgres] {
-            if self.inner.health[side.index()].is_down() && self.side(side).ping().await.is_ok() {
-                self.inner.health[side.index()].mark_up();
-            }
+        self.refresh_health().await;
+        // Cleared before reading the journals: a write journaled while this runs marks
+        // the agent again, so its repair is not lost; a failure below marks it again.
+        lock(&self.inner.owing).remove(agent);
+        let result = self.replay(agent).await;
+        if result.is_err() {
+            lock(&self.inner.owing).insert(agent.clone());
         }
+        result
+    }
+
+    /// Asks a side marked down whether it answers again, for explicit calls that should
+    /// not trust a stale mark.
+    async fn refresh_health(&self) {
+        let side = Side::Postgres;
+        if self.inner.health[side.index()].is_down() && self.side(side).ping().await.is_ok() {
+            self.inner.health[side.index()].mark_up();
+        }
+    }
+
+    async fn replay(&self, agent: &AgentId) -> Result<RepairReport> {
         let mut report = RepairReport::default();
         for from in [Side::Sqlite, Side::Postgres] {
             loop {
@@ -477,7 +497,6 @@ impl DualBackend {
                 }
             }
         }
-        lock(&self.inner.owing).remove(agent);
         Ok(report)
     }
 
@@ -509,6 +528,7 @@ impl DualBackend {
     /// # Errors
     /// When either side cannot be read.
     pub async fn compare(&self, agent: &AgentId) -> Result<Comparison> {
+        self.refresh_health().await;
         let (sqlite, postgres) = (self.side(Side::Sqlite), self.side(Side::Postgres));
         let mut keys: BTreeMap<String, (bool, bool)> = BTreeMap::new();
         for key in sqlite.memory_keys(agent).await? {
@@ -979,8 +999,13 @@ impl MemoryBackend for DualBackend {
 }
 
 impl DualBackend {
-    /// In `live`, compares a PostgreSQL hit with SQLite off the caller's path.
+    /// In `live`, compares a sample of PostgreSQL hits (one in
+    /// [`DualOptions::live_compare_every`]) with SQLite, off the caller's path.
     fn compare_in_background(&self, agent: &AgentId, found: Memory) {
+        let every = u64::from(self.inner.options.live_compare_every.max(1));
+        if !self.inner.live_hits.fetch_add(1, Ordering::Relaxed).is_multiple_of(every) {
+            return;
+        }
         let this = self.clone();
         let agent = agent.clone();
         tokio::spawn(async move {
