@@ -13,7 +13,7 @@ use super::Side;
 /// Settings of the dual backend.
 #[derive(Debug, Clone)]
 pub struct DualOptions {
-    /// Longest a call to one side may take before it counts as a connection failure.
+    /// Longest a call to PostgreSQL may take before it counts as a connection failure.
     pub side_timeout: Duration,
     /// How often an unreachable side is pinged until it answers.
     pub retry_after: Duration,

@@ -248,9 +248,17 @@ impl DualBackend {
             return Err(refused);
         }
         let started = Instant::now();
-        let result = match tokio::time::timeout(self.inner.options.side_timeout, call).await {
-            Ok(result) => result,
-            Err(_) => Err(unreachable(side, "no answer within the side timeout")),
+        // Only the server's calls are cut short: a SQLite statement keeps running on its
+        // worker thread when its future is dropped, so cutting it would report a failure
+        // for a write that then lands. SQLite's own busy timeout bounds it instead.
+        let result = match side {
+            Side::Postgres => {
+                match tokio::time::timeout(self.inner.options.side_timeout, call).await {
+                    Ok(result) => result,
+                    Err(_) => Err(unreachable(side, "no answer within the side timeout")),
+                }
+            }
+            Side::Sqlite => call.await,
         };
         // Only the server is skipped when down; the embedded side is always tried.
         if side == Side::Postgres && matches!(&result, Err(err) if err.is_connection()) {
@@ -1003,7 +1011,12 @@ impl DualBackend {
     /// [`DualOptions::live_compare_every`]) with SQLite, off the caller's path.
     fn compare_in_background(&self, agent: &AgentId, found: Memory) {
         let every = u64::from(self.inner.options.live_compare_every.max(1));
-        if !self.inner.live_hits.fetch_add(1, Ordering::Relaxed).is_multiple_of(every) {
+        if !self
+            .inner
+            .live_hits
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(every)
+        {
             return;
         }
         let this = self.clone();
