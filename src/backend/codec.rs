@@ -11,6 +11,12 @@ pub(crate) fn json_text(value: &Value) -> String {
     value.to_string()
 }
 
+/// Metadata as the JSON text SQLite stores.
+pub(crate) fn metadata_text(metadata: &Metadata) -> String {
+    // A map of JSON values always serializes.
+    serde_json::to_string(metadata).unwrap_or_else(|_| "{}".to_string())
+}
+
 /// Parses stored JSON text; `what` names the value in the error.
 pub(crate) fn parse_json(text: &str, what: impl FnOnce() -> String) -> Result<Value> {
     serde_json::from_str(text).map_err(|source| Error::Json {

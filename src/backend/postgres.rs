@@ -187,6 +187,109 @@ pub(crate) async fn connect_pool(url: &str, options: &PostgresOptions) -> Result
         .connect_lazy_with(connect))
 }
 
+/// Stores a memory, replacing the key's value whatever its version.
+const PUT_MEMORY: &str = "insert into agent_memories
+        (id, agent_id, key, content, metadata, embedding, created_at, updated_at)
+    values ($1, $2, $3, $4, $5, $6, $7, $8)
+    on conflict (agent_id, key) do update set
+        content = excluded.content, metadata = excluded.metadata,
+        embedding = excluded.embedding, updated_at = excluded.updated_at
+    returning id, created_at";
+
+/// Stores a memory over older versions only: the select's WHERE skips keys deleted at
+/// or after this version, the upsert's WHERE skips newer values.
+const APPLY_MEMORY: &str = "insert into agent_memories
+        (id, agent_id, key, content, metadata, embedding, created_at, updated_at)
+    select $1, $2, $3, $4, $5, $6, $7, $8
+    where not exists (select 1 from agent_memory.memory_tombstones
+                      where agent_id = $2 and key = $3 and deleted_at >= $8)
+    on conflict (agent_id, key) do update set
+        content = excluded.content, metadata = excluded.metadata,
+        embedding = excluded.embedding, updated_at = excluded.updated_at
+    where agent_memories.updated_at < excluded.updated_at
+    returning id, created_at";
+
+/// Registers a tool, replacing its definition whatever its version.
+const PUT_TOOL: &str = "insert into agent_tools
+        (id, agent_id, name, content, metadata, created_at, updated_at)
+    values ($1, $2, $3, $4, $5, $6, $7)
+    on conflict (agent_id, name) do update set
+        content = excluded.content, metadata = excluded.metadata,
+        updated_at = excluded.updated_at
+    returning id, created_at";
+
+/// Registers a tool over older versions only.
+const APPLY_TOOL: &str = "insert into agent_tools
+        (id, agent_id, name, content, metadata, created_at, updated_at)
+    values ($1, $2, $3, $4, $5, $6, $7)
+    on conflict (agent_id, name) do update set
+        content = excluded.content, metadata = excluded.metadata,
+        updated_at = excluded.updated_at
+    where agent_tools.updated_at < excluded.updated_at
+    returning id, created_at";
+
+impl PostgresBackend {
+    /// Runs one of the memory upserts; returns the memory as stored (with the id and
+    /// `created_at` of an existing key), or `None` when the statement kept it out.
+    async fn upsert_memory(
+        &self,
+        agent: &AgentId,
+        memory: &Memory,
+        sql: &'static str,
+        verb: &str,
+    ) -> Result<Option<Memory>> {
+        memory.validate()?;
+        self.ensure_agent(agent).await?;
+        let key = memory.key.as_deref().unwrap_or_default();
+        let row = sqlx::query(sql)
+            .bind(memory.id)
+            .bind(agent.as_str())
+            .bind(key)
+            .bind(json_text(&memory.content))
+            .bind(Json(&memory.metadata))
+            .bind(memory.embedding.clone().map(Vector::from))
+            .bind(memory.created_at)
+            .bind(memory.updated_at)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.fail(|| format!("{verb} memory {key:?} of agent {agent:?}")))?;
+        Ok(row.map(|row| Memory {
+            id: row.get("id"),
+            created_at: row.get("created_at"),
+            ..memory.clone()
+        }))
+    }
+
+    /// Runs one of the tool upserts; returns the tool as stored, or `None` when the
+    /// statement kept it out.
+    async fn upsert_tool(
+        &self,
+        agent: &AgentId,
+        tool: &Tool,
+        sql: &'static str,
+        verb: &str,
+    ) -> Result<Option<Tool>> {
+        tool.validate()?;
+        self.ensure_agent(agent).await?;
+        let row = sqlx::query(sql)
+            .bind(tool.id)
+            .bind(agent.as_str())
+            .bind(&tool.name)
+            .bind(json_text(&tool.content))
+            .bind(Json(&tool.metadata))
+            .bind(tool.created_at)
+            .bind(tool.updated_at)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.fail(|| format!("{verb} tool {:?} of agent {agent:?}", tool.name)))?;
+        Ok(row.map(|row| Tool {
+            id: row.get("id"),
+            created_at: row.get("created_at"),
+            ..tool.clone()
+        }))
+    }
+}
+
 fn parse_url(url: &str, secrets: &[String]) -> Result<PgConnectOptions> {
     PgConnectOptions::from_str(url).map_err(|e| {
         Error::config(format!(
@@ -274,34 +377,11 @@ impl MemoryBackend for PostgresBackend {
     }
 
     async fn put_memory(&self, agent: &AgentId, memory: &Memory) -> Result<Memory> {
-        memory.validate()?;
-        self.ensure_agent(agent).await?;
-        let key = memory.key.as_deref().unwrap_or_default();
-        let row = sqlx::query(
-            "insert into agent_memories
-                 (id, agent_id, key, content, metadata, embedding, created_at, updated_at)
-             values ($1, $2, $3, $4, $5, $6, $7, $8)
-             on conflict (agent_id, key) do update set
-                 content = excluded.content, metadata = excluded.metadata,
-                 embedding = excluded.embedding, updated_at = excluded.updated_at
-             returning id, created_at",
-        )
-        .bind(memory.id)
-        .bind(agent.as_str())
-        .bind(key)
-        .bind(json_text(&memory.content))
-        .bind(Json(&memory.metadata))
-        .bind(memory.embedding.clone().map(Vector::from))
-        .bind(memory.created_at)
-        .bind(memory.updated_at)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(self.fail(|| format!("store memory {key:?} of agent {agent:?}")))?;
-        Ok(Memory {
-            id: row.get("id"),
-            created_at: row.get("created_at"),
-            ..memory.clone()
-        })
+        // An unconditional upsert always returns the row it wrote.
+        let stored = self
+            .upsert_memory(agent, memory, PUT_MEMORY, "store")
+            .await?;
+        Ok(stored.unwrap_or_else(|| memory.clone()))
     }
 
     async fn get_memory(&self, agent: &AgentId, key: &str) -> Result<Option<Memory>> {
@@ -335,32 +415,9 @@ impl MemoryBackend for PostgresBackend {
     }
 
     async fn put_tool(&self, agent: &AgentId, tool: &Tool) -> Result<Tool> {
-        tool.validate()?;
-        self.ensure_agent(agent).await?;
-        let row = sqlx::query(
-            "insert into agent_tools
-                 (id, agent_id, name, content, metadata, created_at, updated_at)
-             values ($1, $2, $3, $4, $5, $6, $7)
-             on conflict (agent_id, name) do update set
-                 content = excluded.content, metadata = excluded.metadata,
-                 updated_at = excluded.updated_at
-             returning id, created_at",
-        )
-        .bind(tool.id)
-        .bind(agent.as_str())
-        .bind(&tool.name)
-        .bind(json_text(&tool.content))
-        .bind(Json(&tool.metadata))
-        .bind(tool.created_at)
-        .bind(tool.updated_at)
-        .fetch_one(&self.pool)
-        .await
-        .map_err(self.fail(|| format!("register tool {:?} of agent {agent:?}", tool.name)))?;
-        Ok(Tool {
-            id: row.get("id"),
-            created_at: row.get("created_at"),
-            ..tool.clone()
-        })
+        // An unconditional upsert always returns the row it wrote.
+        let stored = self.upsert_tool(agent, tool, PUT_TOOL, "register").await?;
+        Ok(stored.unwrap_or_else(|| tool.clone()))
     }
 
     async fn get_tool(&self, agent: &AgentId, name: &str) -> Result<Option<Tool>> {
@@ -459,38 +516,14 @@ impl MemoryBackend for PostgresBackend {
     }
 
     async fn apply_memory(&self, agent: &AgentId, memory: &Memory) -> Result<Option<Memory>> {
-        memory.validate()?;
-        self.ensure_agent(agent).await?;
-        let key = memory.key.as_deref().unwrap_or_default();
-        let fail = || format!("apply memory {key:?} of agent {agent:?}");
-        // The select's WHERE skips keys deleted at or after this version; the upsert's
-        // WHERE skips newer values.
-        let done = sqlx::query(
-            "insert into agent_memories
-                 (id, agent_id, key, content, metadata, embedding, created_at, updated_at)
-             select $1, $2, $3, $4, $5, $6, $7, $8
-             where not exists (select 1 from agent_memory.memory_tombstones
-                               where agent_id = $2 and key = $3 and deleted_at >= $8)
-             on conflict (agent_id, key) do update set
-                 content = excluded.content, metadata = excluded.metadata,
-                 embedding = excluded.embedding, updated_at = excluded.updated_at
-             where agent_memories.updated_at < excluded.updated_at
-             returning id, created_at",
-        )
-        .bind(memory.id)
-        .bind(agent.as_str())
-        .bind(key)
-        .bind(json_text(&memory.content))
-        .bind(Json(&memory.metadata))
-        .bind(memory.embedding.clone().map(Vector::from))
-        .bind(memory.created_at)
-        .bind(memory.updated_at)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(self.fail(fail))?;
-        let Some(row) = done else {
+        let Some(stored) = self
+            .upsert_memory(agent, memory, APPLY_MEMORY, "apply")
+            .await?
+        else {
             return Ok(None);
         };
+        let key = memory.key.as_deref().unwrap_or_default();
+        let fail = || format!("apply memory {key:?} of agent {agent:?}");
         // A delete committed while the insert ran is invisible to the insert's snapshot,
         // and the delete's own snapshot may not see the new row. Checking again in a new
         // statement, which sees every committed tombstone, closes that window: see
@@ -505,14 +538,7 @@ impl MemoryBackend for PostgresBackend {
         .execute(&self.pool)
         .await
         .map_err(self.fail(fail))?;
-        if undone.rows_affected() > 0 {
-            return Ok(None);
-        }
-        Ok(Some(Memory {
-            id: row.get("id"),
-            created_at: row.get("created_at"),
-            ..memory.clone()
-        }))
+        Ok((undone.rows_affected() == 0).then_some(stored))
     }
 
     async fn apply_memory_delete(
@@ -561,28 +587,10 @@ impl MemoryBackend for PostgresBackend {
     }
 
     async fn apply_tool(&self, agent: &AgentId, tool: &Tool) -> Result<bool> {
-        tool.validate()?;
-        self.ensure_agent(agent).await?;
-        let done = sqlx::query(
-            "insert into agent_tools
-                 (id, agent_id, name, content, metadata, created_at, updated_at)
-             values ($1, $2, $3, $4, $5, $6, $7)
-             on conflict (agent_id, name) do update set
-                 content = excluded.content, metadata = excluded.metadata,
-                 updated_at = excluded.updated_at
-             where agent_tools.updated_at < excluded.updated_at",
-        )
-        .bind(tool.id)
-        .bind(agent.as_str())
-        .bind(&tool.name)
-        .bind(json_text(&tool.content))
-        .bind(Json(&tool.metadata))
-        .bind(tool.created_at)
-        .bind(tool.updated_at)
-        .execute(&self.pool)
-        .await
-        .map_err(self.fail(|| format!("apply tool {:?} of agent {agent:?}", tool.name)))?;
-        Ok(done.rows_affected() > 0)
+        Ok(self
+            .upsert_tool(agent, tool, APPLY_TOOL, "apply")
+            .await?
+            .is_some())
     }
 
     async fn push_owed(&self, agent: &AgentId, write: &OwedWrite) -> Result<()> {

@@ -16,7 +16,8 @@ use tokio::sync::OnceCell;
 
 use super::MemoryBackend;
 use super::codec::{
-    bytes_embedding, embedding_bytes, json_text, parse_json, parse_metadata, parse_time, time_text,
+    bytes_embedding, embedding_bytes, json_text, metadata_text, parse_json, parse_metadata,
+    parse_time, time_text,
 };
 use crate::error::{Error, Result};
 use crate::record::{AgentId, Execution, Memory, Metric, OwedWrite, Tool, now};
@@ -213,7 +214,111 @@ fn open_problem(err: &sqlx::Error) -> &'static str {
     }
 }
 
+// Each write is one statement: an upsert never needs a read-then-write transaction,
+// which SQLite could only upgrade to a write lock by failing with "database is locked".
+// Times are fixed-width text, so text order is time order.
+
+/// Stores a memory, replacing the key's value whatever its version.
+const PUT_MEMORY: &str = "insert into agent_memories
+        (id, key, content, metadata, embedding, created_at, updated_at)
+    values (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+    on conflict (key) do update set
+        content = excluded.content, metadata = excluded.metadata,
+        embedding = excluded.embedding, updated_at = excluded.updated_at
+    returning id, created_at";
+
+/// Stores a memory over older versions only: the select's WHERE skips keys deleted at
+/// or after this version, the upsert's WHERE skips newer values.
+const APPLY_MEMORY: &str = "insert into agent_memories
+        (id, key, content, metadata, embedding, created_at, updated_at)
+    select ?1, ?2, ?3, ?4, ?5, ?6, ?7
+    where not exists (select 1 from agent_memory_tombstones
+                      where key = ?2 and deleted_at >= ?7)
+    on conflict (key) do update set
+        content = excluded.content, metadata = excluded.metadata,
+        embedding = excluded.embedding, updated_at = excluded.updated_at
+    where agent_memories.updated_at < excluded.updated_at
+    returning id, created_at";
+
+/// Registers a tool, replacing its definition whatever its version.
+const PUT_TOOL: &str =
+    "insert into agent_tools (id, name, content, metadata, created_at, updated_at)
+    values (?1, ?2, ?3, ?4, ?5, ?6)
+    on conflict (name) do update set
+        content = excluded.content, metadata = excluded.metadata,
+        updated_at = excluded.updated_at
+    returning id, created_at";
+
+/// Registers a tool over older versions only.
+const APPLY_TOOL: &str =
+    "insert into agent_tools (id, name, content, metadata, created_at, updated_at)
+    values (?1, ?2, ?3, ?4, ?5, ?6)
+    on conflict (name) do update set
+        content = excluded.content, metadata = excluded.metadata,
+        updated_at = excluded.updated_at
+    where agent_tools.updated_at < excluded.updated_at
+    returning id, created_at";
+
 impl SqliteBackend {
+    /// Runs one of the memory upserts; returns the memory as stored (with the id and
+    /// `created_at` of an existing key), or `None` when the statement kept it out.
+    async fn upsert_memory(
+        &self,
+        agent: &AgentId,
+        memory: &Memory,
+        sql: &'static str,
+        verb: &str,
+    ) -> Result<Option<Memory>> {
+        memory.validate()?;
+        let pool = self.writer(agent).await?;
+        let key = memory.key.as_deref().unwrap_or_default();
+        let row = sqlx::query(sql)
+            .bind(memory.id.to_string())
+            .bind(key)
+            .bind(json_text(&memory.content))
+            .bind(metadata_text(&memory.metadata))
+            .bind(memory.embedding.as_deref().map(embedding_bytes))
+            .bind(time_text(&memory.created_at))
+            .bind(time_text(&memory.updated_at))
+            .fetch_optional(&pool)
+            .await
+            .map_err(self.fail(|| format!("{verb} memory {key:?} of agent {agent:?}")))?;
+        row.map(|row| stored_identity(&row, memory, agent))
+            .transpose()
+    }
+
+    /// Runs one of the tool upserts; returns the tool as stored, or `None` when the
+    /// statement kept it out.
+    async fn upsert_tool(
+        &self,
+        agent: &AgentId,
+        tool: &Tool,
+        sql: &'static str,
+        verb: &str,
+    ) -> Result<Option<Tool>> {
+        tool.validate()?;
+        let pool = self.writer(agent).await?;
+        let row = sqlx::query(sql)
+            .bind(tool.id.to_string())
+            .bind(&tool.name)
+            .bind(json_text(&tool.content))
+            .bind(metadata_text(&tool.metadata))
+            .bind(time_text(&tool.created_at))
+            .bind(time_text(&tool.updated_at))
+            .fetch_optional(&pool)
+            .await
+            .map_err(self.fail(|| format!("{verb} tool {:?} of agent {agent:?}", tool.name)))?;
+        let what = || format!("tool {:?} of agent {agent:?}", tool.name);
+        row.map(|row| {
+            Ok(Tool {
+                id: parse_id(row.get("id"), what)?,
+                created_at: parse_time(row.get("created_at"), what)?,
+                ..tool.clone()
+            })
+        })
+        .transpose()
+    }
+
     fn fail<'a>(
         &'a self,
         operation: impl FnOnce() -> String + 'a,
@@ -308,31 +413,11 @@ impl MemoryBackend for SqliteBackend {
     }
 
     async fn put_memory(&self, agent: &AgentId, memory: &Memory) -> Result<Memory> {
-        memory.validate()?;
-        let pool = self.writer(agent).await?;
-        let key = memory.key.as_deref().unwrap_or_default();
-        // One statement: an upsert never needs a read-then-write transaction, which
-        // SQLite could only upgrade to a write lock by failing with "database is locked".
-        let row = sqlx::query(
-            "insert into agent_memories
-                 (id, key, content, metadata, embedding, created_at, updated_at)
-             values (?, ?, ?, ?, ?, ?, ?)
-             on conflict (key) do update set
-                 content = excluded.content, metadata = excluded.metadata,
-                 embedding = excluded.embedding, updated_at = excluded.updated_at
-             returning id, created_at",
-        )
-        .bind(memory.id.to_string())
-        .bind(key)
-        .bind(json_text(&memory.content))
-        .bind(serde_json::Value::Object(memory.metadata.clone()).to_string())
-        .bind(memory.embedding.as_deref().map(embedding_bytes))
-        .bind(time_text(&memory.created_at))
-        .bind(time_text(&memory.updated_at))
-        .fetch_one(&pool)
-        .await
-        .map_err(self.fail(|| format!("store memory {key:?} of agent {agent:?}")))?;
-        stored_identity(&row, memory, agent)
+        // An unconditional upsert always returns the row it wrote.
+        let stored = self
+            .upsert_memory(agent, memory, PUT_MEMORY, "store")
+            .await?;
+        Ok(stored.unwrap_or_else(|| memory.clone()))
     }
 
     async fn get_memory(&self, agent: &AgentId, key: &str) -> Result<Option<Memory>> {
@@ -371,31 +456,9 @@ impl MemoryBackend for SqliteBackend {
     }
 
     async fn put_tool(&self, agent: &AgentId, tool: &Tool) -> Result<Tool> {
-        tool.validate()?;
-        let pool = self.writer(agent).await?;
-        let row = sqlx::query(
-            "insert into agent_tools (id, name, content, metadata, created_at, updated_at)
-             values (?, ?, ?, ?, ?, ?)
-             on conflict (name) do update set
-                 content = excluded.content, metadata = excluded.metadata,
-                 updated_at = excluded.updated_at
-             returning id, created_at",
-        )
-        .bind(tool.id.to_string())
-        .bind(&tool.name)
-        .bind(json_text(&tool.content))
-        .bind(serde_json::Value::Object(tool.metadata.clone()).to_string())
-        .bind(time_text(&tool.created_at))
-        .bind(time_text(&tool.updated_at))
-        .fetch_one(&pool)
-        .await
-        .map_err(self.fail(|| format!("register tool {:?} of agent {agent:?}", tool.name)))?;
-        let what = || format!("tool {:?} of agent {agent:?}", tool.name);
-        Ok(Tool {
-            id: parse_id(row.get("id"), what)?,
-            created_at: parse_time(row.get("created_at"), what)?,
-            ..tool.clone()
-        })
+        // An unconditional upsert always returns the row it wrote.
+        let stored = self.upsert_tool(agent, tool, PUT_TOOL, "register").await?;
+        Ok(stored.unwrap_or_else(|| tool.clone()))
     }
 
     async fn get_tool(&self, agent: &AgentId, name: &str) -> Result<Option<Tool>> {
@@ -441,7 +504,7 @@ impl MemoryBackend for SqliteBackend {
         .bind(&metric.name)
         .bind(metric.value)
         .bind(json_text(&metric.content))
-        .bind(serde_json::Value::Object(metric.metadata.clone()).to_string())
+        .bind(metadata_text(&metric.metadata))
         .bind(time_text(&metric.created_at))
         .execute(&pool)
         .await
@@ -475,7 +538,7 @@ impl MemoryBackend for SqliteBackend {
         .bind(execution.id.to_string())
         .bind(&execution.status)
         .bind(json_text(&execution.content))
-        .bind(serde_json::Value::Object(execution.metadata.clone()).to_string())
+        .bind(metadata_text(&execution.metadata))
         .bind(time_text(&execution.created_at))
         .execute(&pool)
         .await
@@ -500,36 +563,8 @@ impl MemoryBackend for SqliteBackend {
     }
 
     async fn apply_memory(&self, agent: &AgentId, memory: &Memory) -> Result<Option<Memory>> {
-        memory.validate()?;
-        let pool = self.writer(agent).await?;
-        let key = memory.key.as_deref().unwrap_or_default();
-        let updated_at = time_text(&memory.updated_at);
-        // Fixed-width time text compares in time order. The select's WHERE skips keys
-        // deleted at or after this version; the upsert's WHERE skips newer values.
-        let done = sqlx::query(
-            "insert into agent_memories
-                 (id, key, content, metadata, embedding, created_at, updated_at)
-             select ?1, ?2, ?3, ?4, ?5, ?6, ?7
-             where not exists (select 1 from agent_memory_tombstones
-                               where key = ?2 and deleted_at >= ?7)
-             on conflict (key) do update set
-                 content = excluded.content, metadata = excluded.metadata,
-                 embedding = excluded.embedding, updated_at = excluded.updated_at
-             where agent_memories.updated_at < excluded.updated_at
-             returning id, created_at",
-        )
-        .bind(memory.id.to_string())
-        .bind(key)
-        .bind(json_text(&memory.content))
-        .bind(serde_json::Value::Object(memory.metadata.clone()).to_string())
-        .bind(memory.embedding.as_deref().map(embedding_bytes))
-        .bind(time_text(&memory.created_at))
-        .bind(&updated_at)
-        .fetch_optional(&pool)
-        .await
-        .map_err(self.fail(|| format!("apply memory {key:?} of agent {agent:?}")))?;
-        done.map(|row| stored_identity(&row, memory, agent))
-            .transpose()
+        self.upsert_memory(agent, memory, APPLY_MEMORY, "apply")
+            .await
     }
 
     async fn apply_memory_delete(
@@ -581,26 +616,10 @@ impl MemoryBackend for SqliteBackend {
     }
 
     async fn apply_tool(&self, agent: &AgentId, tool: &Tool) -> Result<bool> {
-        tool.validate()?;
-        let pool = self.writer(agent).await?;
-        let done = sqlx::query(
-            "insert into agent_tools (id, name, content, metadata, created_at, updated_at)
-             values (?, ?, ?, ?, ?, ?)
-             on conflict (name) do update set
-                 content = excluded.content, metadata = excluded.metadata,
-                 updated_at = excluded.updated_at
-             where agent_tools.updated_at < excluded.updated_at",
-        )
-        .bind(tool.id.to_string())
-        .bind(&tool.name)
-        .bind(json_text(&tool.content))
-        .bind(serde_json::Value::Object(tool.metadata.clone()).to_string())
-        .bind(time_text(&tool.created_at))
-        .bind(time_text(&tool.updated_at))
-        .execute(&pool)
-        .await
-        .map_err(self.fail(|| format!("apply tool {:?} of agent {agent:?}", tool.name)))?;
-        Ok(done.rows_affected() > 0)
+        Ok(self
+            .upsert_tool(agent, tool, APPLY_TOOL, "apply")
+            .await?
+            .is_some())
     }
 
     async fn push_owed(&self, agent: &AgentId, write: &OwedWrite) -> Result<()> {

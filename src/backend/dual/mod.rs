@@ -466,7 +466,12 @@ impl DualBackend {
     /// not trust a stale mark.
     async fn refresh_health(&self) {
         let side = Side::Postgres;
-        if self.inner.health[side.index()].is_down() && self.side(side).ping().await.is_ok() {
+        if !self.inner.health[side.index()].is_down() {
+            return;
+        }
+        // A quick look: a server still down must not hold up the call for long.
+        let ping = tokio::time::timeout(self.inner.options.retry_after, self.side(side).ping());
+        if matches!(ping.await, Ok(Ok(()))) {
             self.inner.health[side.index()].mark_up();
         }
     }
