@@ -317,6 +317,15 @@ pub enum OwedWrite {
         /// The memory as written.
         memory: Memory,
     },
+    /// A version of a memory the agent was told failed, possibly left on the side whose
+    /// journal holds this entry: replaying it makes that side's key match the other
+    /// side's, unless a newer write has replaced that version meanwhile.
+    RestoreMemory {
+        /// The key.
+        key: String,
+        /// The `updated_at` of the version to replace.
+        version: DateTime<Utc>,
+    },
     /// A deleted key.
     DeleteMemory {
         /// The key.
@@ -358,6 +367,7 @@ impl<'de> Deserialize<'de> for OwedWrite {
             memory: Option<Memory>,
             key: Option<String>,
             at: Option<DateTime<Utc>>,
+            version: Option<DateTime<Utc>>,
             tool: Option<Tool>,
             metric: Option<Metric>,
             execution: Option<Execution>,
@@ -367,6 +377,10 @@ impl<'de> Deserialize<'de> for OwedWrite {
         Ok(match f.op.as_str() {
             "put_memory" => OwedWrite::PutMemory {
                 memory: f.memory.ok_or_else(|| need("memory"))?,
+            },
+            "restore_memory" => OwedWrite::RestoreMemory {
+                key: f.key.ok_or_else(|| need("key"))?,
+                version: f.version.ok_or_else(|| need("version"))?,
             },
             "delete_memory" => OwedWrite::DeleteMemory {
                 key: f.key.ok_or_else(|| need("key"))?,
@@ -386,6 +400,7 @@ impl<'de> Deserialize<'de> for OwedWrite {
                     other,
                     &[
                         "put_memory",
+                        "restore_memory",
                         "delete_memory",
                         "put_tool",
                         "metric",
@@ -405,6 +420,7 @@ impl OwedWrite {
                 format!("memory {:?}", memory.key.as_deref().unwrap_or_default())
             }
             OwedWrite::DeleteMemory { key, .. } => format!("delete of memory {key:?}"),
+            OwedWrite::RestoreMemory { key, .. } => format!("restore of memory {key:?}"),
             OwedWrite::PutTool { tool } => format!("tool {:?}", tool.name),
             OwedWrite::Metric { metric } => format!("metric {}", metric.id),
             OwedWrite::Execution { execution } => format!("execution {}", execution.id),

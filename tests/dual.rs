@@ -872,3 +872,77 @@ async fn live_compares_a_sample_of_hits_in_the_background() {
     );
     assert_eq!(stats.postgres.reads, 8);
 }
+
+// ---------------------------------------------------------------------------------------
+// Overlapped stores while SQLite leads
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_failing_while_it_leads_leaves_nothing_on_postgres() {
+    for stage in [Stage::DualWrite, Stage::Shadow] {
+        let fx = Fixture::new(stage).await;
+        fx.put("k", json!("old")).await;
+        fx.sqlite_faults.set_writes_failing(true);
+        for key in ["k", "fresh"] {
+            let failed = fx.try_put(key, json!("told it failed")).await;
+            assert!(
+                failed.is_err(),
+                "{stage}: SQLite leads, so its failure is the agent's"
+            );
+        }
+        fx.sqlite_faults.set_writes_failing(false);
+        assert_eq!(
+            value_of(&*fx.postgres, &fx.agent, "k").await,
+            Some(json!("old")),
+            "{stage}: PostgreSQL kept a store the agent was told failed"
+        );
+        assert_eq!(
+            value_of(&*fx.postgres, &fx.agent, "fresh").await,
+            None,
+            "{stage}"
+        );
+        assert_eq!(fx.dual.stats().writes_undone, 2, "{stage}");
+        assert!(
+            fx.journal(Side::Postgres).await.is_empty(),
+            "{stage}: undone at once"
+        );
+        fx.assert_sides_agree().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_undo_that_cannot_read_sqlite_is_journaled_and_repaired() {
+    let fx = Fixture::new(Stage::DualWrite).await;
+    fx.put("k", json!("old")).await;
+    fx.sqlite_faults.set_down(true);
+    assert!(fx.try_put("k", json!("told it failed")).await.is_err());
+    // SQLite cannot be read to learn what to put back: the undo waits in PostgreSQL's
+    // journal, and repair performs it once SQLite answers.
+    let journal = fx.journal(Side::Postgres).await;
+    assert!(
+        matches!(journal.as_slice(), [OwedWrite::RestoreMemory { key, .. }] if key == "k"),
+        "{journal:?}"
+    );
+    fx.sqlite_faults.set_down(false);
+    let report = fx.dual.repair(&fx.agent).await.expect("repair");
+    assert_eq!(report.to_sqlite, 1);
+    assert_eq!(
+        value_of(&*fx.postgres, &fx.agent, "k").await,
+        Some(json!("old"))
+    );
+    fx.assert_sides_agree().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_undo_never_takes_back_a_newer_store() {
+    let fx = Fixture::new(Stage::DualWrite).await;
+    fx.put("k", json!("old")).await;
+    fx.sqlite_faults.set_down(true);
+    assert!(fx.try_put("k", json!("told it failed")).await.is_err());
+    fx.sqlite_faults.set_down(false);
+    // A newer store lands on both sides before the journaled undo is replayed.
+    fx.put("k", json!("newest")).await;
+    fx.dual.repair(&fx.agent).await.expect("repair");
+    fx.assert_value("k", Some(&json!("newest")), BOTH).await;
+    fx.assert_sides_agree().await;
+}

@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 
 use crate::record::{AgentId, Execution, Memory, Metric, OwedWrite, Tool};
 
-mod codec;
+pub(crate) mod codec;
 pub mod dual;
 pub mod postgres;
 pub mod sqlite;
@@ -158,6 +158,21 @@ pub trait MemoryBackend: Send + Sync + std::fmt::Debug {
         agent: &AgentId,
         key: &str,
         at: DateTime<Utc>,
+    ) -> Result<bool>;
+
+    /// Undoes one version of a memory: if the value under `key` is exactly the version
+    /// written at `version` (its `updated_at`), replaces its content, metadata,
+    /// embedding and `updated_at` with `to`'s, or deletes it when `to` is `None`.
+    /// Returns whether it did. A newer version is left alone.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn restore_memory(
+        &self,
+        agent: &AgentId,
+        key: &str,
+        version: DateTime<Utc>,
+        to: Option<&Memory>,
     ) -> Result<bool>;
 
     /// When `key` was last deleted, if this backend recorded a delete of it.

@@ -574,6 +574,39 @@ impl MemoryBackend for PostgresBackend {
         Ok(done.rows_affected() > 0)
     }
 
+    async fn restore_memory(
+        &self,
+        agent: &AgentId,
+        key: &str,
+        version: DateTime<Utc>,
+        to: Option<&Memory>,
+    ) -> Result<bool> {
+        let query = match to {
+            Some(memory) => sqlx::query(
+                "update agent_memories set content = $3, metadata = $4, embedding = $5,
+                     updated_at = $6
+                 where agent_id = $1 and key = $2 and updated_at = $7",
+            )
+            .bind(agent.as_str())
+            .bind(key)
+            .bind(json_text(&memory.content))
+            .bind(Json(&memory.metadata))
+            .bind(memory.embedding.clone().map(Vector::from))
+            .bind(memory.updated_at),
+            None => sqlx::query(
+                "delete from agent_memories where agent_id = $1 and key = $2 and updated_at = $3",
+            )
+            .bind(agent.as_str())
+            .bind(key),
+        };
+        let done = query
+            .bind(version)
+            .execute(&self.pool)
+            .await
+            .map_err(self.fail(|| format!("restore memory {key:?} of agent {agent:?}")))?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn memory_tombstone(&self, agent: &AgentId, key: &str) -> Result<Option<DateTime<Utc>>> {
         sqlx::query_scalar(
             "select deleted_at from agent_memory.memory_tombstones

@@ -601,6 +601,36 @@ impl MemoryBackend for SqliteBackend {
         deleted.await.map_err(fail)
     }
 
+    async fn restore_memory(
+        &self,
+        agent: &AgentId,
+        key: &str,
+        version: DateTime<Utc>,
+        to: Option<&Memory>,
+    ) -> Result<bool> {
+        let Some(pool) = self.reader(agent).await? else {
+            return Ok(false);
+        };
+        let query = match to {
+            Some(memory) => sqlx::query(
+                "update agent_memories set content = ?, metadata = ?, embedding = ?, updated_at = ?
+                 where key = ? and updated_at = ?",
+            )
+            .bind(json_text(&memory.content))
+            .bind(metadata_text(&memory.metadata))
+            .bind(memory.embedding.as_deref().map(embedding_bytes))
+            .bind(time_text(&memory.updated_at)),
+            None => sqlx::query("delete from agent_memories where key = ? and updated_at = ?"),
+        };
+        let done = query
+            .bind(key)
+            .bind(time_text(&version))
+            .execute(&pool)
+            .await
+            .map_err(self.fail(|| format!("restore memory {key:?} of agent {agent:?}")))?;
+        Ok(done.rows_affected() > 0)
+    }
+
     async fn memory_tombstone(&self, agent: &AgentId, key: &str) -> Result<Option<DateTime<Utc>>> {
         let Some(pool) = self.reader(agent).await? else {
             return Ok(None);

@@ -125,6 +125,15 @@ impl MemoryBackend for FaultyBackend {
     ) -> Result<bool> {
         forward!(self, true, apply_memory_delete(agent, key, at))
     }
+    async fn restore_memory(
+        &self,
+        agent: &AgentId,
+        key: &str,
+        version: DateTime<Utc>,
+        to: Option<&Memory>,
+    ) -> Result<bool> {
+        forward!(self, true, restore_memory(agent, key, version, to))
+    }
     async fn memory_tombstone(&self, agent: &AgentId, key: &str) -> Result<Option<DateTime<Utc>>> {
         forward!(self, false, memory_tombstone(agent, key))
     }

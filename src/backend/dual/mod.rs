@@ -315,12 +315,22 @@ impl DualBackend {
     }
 
     /// Performs `write` on one side; returns whether it changed anything there.
+    ///
+    /// A [`OwedWrite::RestoreMemory`] is the exception: `side` is the truth, read to undo
+    /// a version left on the other side (the side whose journal held the entry).
     async fn apply(&self, side: Side, agent: &AgentId, write: &OwedWrite) -> Result<bool> {
         let backend = self.side(side);
         let call = async {
             match write {
                 OwedWrite::PutMemory { memory } => {
                     Ok(backend.apply_memory(agent, memory).await?.is_some())
+                }
+                OwedWrite::RestoreMemory { key, version } => {
+                    let truth = backend.get_memory(agent, key).await?;
+                    let other = self.side(side.other());
+                    other
+                        .restore_memory(agent, key, *version, truth.as_ref())
+                        .await
                 }
                 OwedWrite::DeleteMemory { key, at } => {
                     backend.apply_memory_delete(agent, key, *at).await
@@ -686,7 +696,11 @@ impl MemoryBackend for DualBackend {
 
     async fn put_memory(&self, agent: &AgentId, memory: &Memory) -> Result<Memory> {
         memory.validate()?;
-        let first = self.side(self.stage().authoritative());
+        let stage = self.stage();
+        if matches!(stage, Stage::DualWrite | Stage::Shadow) {
+            return self.put_memory_overlapped(agent, memory, stage).await;
+        }
+        let first = self.side(stage.authoritative());
         let stored = self
             .write(
                 agent,
@@ -972,6 +986,18 @@ impl MemoryBackend for DualBackend {
             .await
     }
 
+    async fn restore_memory(
+        &self,
+        agent: &AgentId,
+        key: &str,
+        version: chrono::DateTime<chrono::Utc>,
+        to: Option<&Memory>,
+    ) -> Result<bool> {
+        self.side(self.stage().authoritative())
+            .restore_memory(agent, key, version, to)
+            .await
+    }
+
     async fn memory_tombstone(
         &self,
         agent: &AgentId,
@@ -1012,6 +1038,71 @@ impl MemoryBackend for DualBackend {
 }
 
 impl DualBackend {
+    /// A memory store while SQLite leads (`dualwrite`, `shadow`): both sides are written
+    /// at once, so a store costs the slower side rather than the sum. If SQLite fails
+    /// where PostgreSQL succeeded, the agent gets SQLite's error and the version it was
+    /// told failed is undone on PostgreSQL (or, if SQLite cannot even be read, journaled
+    /// there for repair to undo). In `live` and `rampdown` writes stay one after the
+    /// other: an unacknowledged version left in SQLite could only be undone by reading
+    /// PostgreSQL, the side that just failed, and the fallback read would serve it.
+    async fn put_memory_overlapped(
+        &self,
+        agent: &AgentId,
+        memory: &Memory,
+        stage: Stage,
+    ) -> Result<Memory> {
+        self.check_journals(agent, stage);
+        let write = OwedWrite::PutMemory {
+            memory: memory.clone(),
+        };
+        let sqlite = self.side(Side::Sqlite);
+        let (first, second) = tokio::join!(
+            self.timed(Side::Sqlite, true, sqlite.apply_memory(agent, memory)),
+            self.apply(Side::Postgres, agent, &write),
+        );
+        match (first, second) {
+            (Ok(stored), outcome) => {
+                match outcome {
+                    Ok(_) => self.repair_in_background(agent),
+                    Err(err) => {
+                        tracing::warn!(
+                            agent = %agent, write = %write.subject(), side = ?Side::Postgres,
+                            error = %crate::Chain(&err), "write missed one side; journaled for repair"
+                        );
+                        self.owe(Side::Sqlite, agent, &write).await;
+                    }
+                }
+                // None: a newer write of this key, from elsewhere, already stands.
+                Ok(stored.unwrap_or_else(|| memory.clone()))
+            }
+            (Err(err), Ok(true)) => {
+                self.undo_on_postgres(agent, memory).await;
+                Err(err)
+            }
+            (Err(err), _) => Err(err),
+        }
+    }
+
+    /// Takes back from PostgreSQL a version the agent was told failed, making the key
+    /// match SQLite's; journals the undo on PostgreSQL when SQLite cannot be read now.
+    async fn undo_on_postgres(&self, agent: &AgentId, memory: &Memory) {
+        let key = memory.key.clone().unwrap_or_default();
+        let undo = OwedWrite::RestoreMemory {
+            key,
+            version: memory.updated_at,
+        };
+        match self.apply(Side::Sqlite, agent, &undo).await {
+            Ok(_) => bump(&self.inner.counters.writes_undone),
+            Err(err) => {
+                tracing::warn!(
+                    agent = %agent, write = %undo.subject(), error = %crate::Chain(&err),
+                    "a failed write could not be undone on PostgreSQL yet; journaled for repair"
+                );
+                self.owe(Side::Postgres, agent, &undo).await;
+            }
+        }
+    }
+
     /// In `live`, compares a sample of PostgreSQL hits (one in
     /// [`DualOptions::live_compare_every`]) with SQLite, off the caller's path.
     fn compare_in_background(&self, agent: &AgentId, found: Memory) {

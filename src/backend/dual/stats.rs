@@ -129,6 +129,8 @@ pub struct DualStats {
     pub owed_replayed: u64,
     /// Owed writes that could not even be journaled (logged at error level).
     pub owed_lost: u64,
+    /// Writes the agent was told failed that were taken back from the other side.
+    pub writes_undone: u64,
     /// Owed writes waiting in the journals, when counted (see `DualBackend::owed_pending`).
     pub owed_pending: Option<u64>,
 }
@@ -144,6 +146,7 @@ pub(crate) struct Counters {
     pub(crate) owed_recorded: AtomicU64,
     pub(crate) owed_replayed: AtomicU64,
     pub(crate) owed_lost: AtomicU64,
+    pub(crate) writes_undone: AtomicU64,
 }
 
 pub(crate) struct SideCounters {
@@ -189,6 +192,7 @@ impl Counters {
             owed_recorded: AtomicU64::new(0),
             owed_replayed: AtomicU64::new(0),
             owed_lost: AtomicU64::new(0),
+            writes_undone: AtomicU64::new(0),
         }
     }
 
@@ -206,6 +210,7 @@ impl Counters {
             owed_recorded: load(&self.owed_recorded),
             owed_replayed: load(&self.owed_replayed),
             owed_lost: load(&self.owed_lost),
+            writes_undone: load(&self.writes_undone),
             owed_pending: None,
         }
     }
