@@ -28,6 +28,7 @@ pub mod agent;
 pub mod backend;
 pub mod config;
 pub mod error;
+pub mod legacy;
 pub mod record;
 pub mod schema;
 

@@ -1,0 +1,158 @@
+//! Finding legacy SQLite files under the agents path, the agent each belongs to, and whether each can be read.
+
+use std::path::{Component, Path, PathBuf};
+
+use super::open::{ReadOptions, Source};
+use super::own::OWN_SCHEMA_TABLE;
+use crate::error::{Chain, Error};
+use crate::record::AgentId;
+
+/// Extensions of legacy database files, matched without regard to case.
+const EXTENSIONS: &[&str] = &["db", "sqlite", "sqlite3"];
+
+/// One file found under the agents path.
+#[derive(Debug)]
+pub struct Found {
+    /// The file.
+    pub path: PathBuf,
+    /// Its path relative to the agents path, `/`-separated: `metadata.source_db`.
+    pub source_db: String,
+    /// The agent it belongs to: the first folder under the agents path on its way, or
+    /// the file's stem when it lies directly in the agents path. An error when that
+    /// name cannot be an agent id.
+    pub agent: Result<AgentId, String>,
+    /// What probing the file found.
+    pub probe: Probe,
+}
+
+/// What a found file turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// A SQLite database of other software: its tables are legacy tables.
+    Legacy,
+    /// A SQLite database of the library's own layout (it has `agent_memory_schema`):
+    /// its rows move as themselves.
+    Own,
+    /// Not usable; the message names the file and says what is wrong.
+    Problem(String),
+}
+
+/// Every `*.db`, `*.sqlite` and `*.sqlite3` file at any depth under `agents_path`, in
+/// path order, each probed (header check, then a read-only open and a schema read).
+///
+/// A file that cannot be read, is empty, truncated, corrupt or not SQLite gets a
+/// [`Probe::Problem`]; a folder that cannot be listed is reported as a [`Found`] with a
+/// problem too. Neither stops the rest. Symbolic links are not followed into folders,
+/// and `-wal`, `-shm` and `-journal` companions are never listed (their names do not end
+/// in a database extension).
+pub async fn discover(agents_path: &Path, options: &ReadOptions) -> Vec<Found> {
+    let mut files = Vec::new();
+    let mut problems = Vec::new();
+    walk(agents_path, &mut files, &mut problems);
+    files.sort();
+    let mut found = problems;
+    for path in files {
+        let (source_db, agent) = place(agents_path, &path);
+        let probe = probe(&path, options).await;
+        found.push(Found {
+            path,
+            source_db,
+            agent,
+            probe,
+        });
+    }
+    found
+}
+
+fn walk(folder: &Path, files: &mut Vec<PathBuf>, problems: &mut Vec<Found>) {
+    let entries = match std::fs::read_dir(folder) {
+        Ok(entries) => entries,
+        Err(e) => {
+            problems.push(Found {
+                path: folder.to_path_buf(),
+                source_db: String::new(),
+                agent: Err("a folder, not an agent".into()),
+                probe: Probe::Problem(format!(
+                    "folder {} cannot be listed: {e}; check its permissions",
+                    folder.display()
+                )),
+            });
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        // file_type does not follow symbolic links, so a link loop cannot trap the walk.
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
+        if kind.is_dir() {
+            walk(&path, files, problems);
+        } else if is_database_name(&path) {
+            files.push(path);
+        }
+    }
+}
+
+fn is_database_name(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| EXTENSIONS.iter().any(|x| e.eq_ignore_ascii_case(x)))
+}
+
+/// `source_db` and the agent of `path` under `root`.
+fn place(root: &Path, path: &Path) -> (String, Result<AgentId, String>) {
+    let relative = path.strip_prefix(root).unwrap_or(path);
+    let parts: Vec<String> = relative
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(part) => Some(part.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect();
+    let source_db = parts.join("/");
+    let agent_name = match parts.as_slice() {
+        [_file] => relative
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        [first, ..] => first.clone(),
+        [] => String::new(),
+    };
+    let agent = AgentId::new(agent_name).map_err(|e| format!("no agent for {source_db:?}: {e}"));
+    (source_db, agent)
+}
+
+async fn probe(path: &Path, options: &ReadOptions) -> Probe {
+    let described = |e: Error| Probe::Problem(Chain(&e).to_string());
+    let mut source = match Source::open(path, options).await {
+        Ok(source) => source,
+        Err(e) => return described(e),
+    };
+    match source.has_table(OWN_SCHEMA_TABLE).await {
+        Ok(true) => Probe::Own,
+        Ok(false) => Probe::Legacy,
+        Err(e) => described(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agents_and_source_dbs_come_from_the_path() {
+        let root = Path::new("/agents");
+        let (db, agent) = place(root, Path::new("/agents/crawler/sub/x.DB"));
+        assert_eq!(db, "crawler/sub/x.DB");
+        assert_eq!(agent.unwrap().as_str(), "crawler");
+        let (db, agent) = place(root, Path::new("/agents/solo.sqlite3"));
+        assert_eq!(db, "solo.sqlite3");
+        assert_eq!(agent.unwrap().as_str(), "solo");
+        assert!(is_database_name(Path::new("a.SQLite")));
+        assert!(is_database_name(Path::new("my db.sqlite")));
+        for companion in ["a.db-wal", "a.db-shm", "a.db-journal", "a.txt", "db"] {
+            assert!(!is_database_name(Path::new(companion)), "{companion}");
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Legacy SQLite files: finding them, reading them undisturbed, and turning their rows into contract rows.
+//!
+//! This is the one place that decides how a legacy row becomes a row of the data
+//! contract (`CONTRACT.md`, "One migrated row") and which id it gets, so the bulk
+//! backfill and lazy migration cannot disagree:
+//!
+//! - [`discover`] walks the agents path and probes every `*.db`, `*.sqlite`, `*.sqlite3`
+//!   file ([`Found`]): a legacy database, a file of the library's own layout, or a
+//!   problem stated per file.
+//! - [`Source`] opens one file without disturbing it (see its docs for the read-only and
+//!   WAL strategy), lists its tables ([`Source::tables`], with skip reasons) and streams
+//!   their rows in key order ([`Source::rows`]).
+//! - [`convert_row`] turns one [`SourceRow`] into a [`ContractRow`]; [`row_id`] is the
+//!   deterministic id; [`resolve_key_conflicts`] settles duplicate memory keys.
+//! - [`read_own_records`] reads a file of the library's own layout as its records,
+//!   unchanged.
+//! - [`inventory`] counts everything for a dry run.
+
+mod discover;
+mod inventory;
+mod open;
+mod own;
+mod read;
+mod row;
+mod time;
+mod value;
+
+pub use discover::{Found, Probe, discover};
+pub use inventory::{FileInventory, Inventory, TableInventory, TableOutcome, inventory};
+pub use open::{OpenStrategy, ReadOptions, Source};
+pub use own::read_own_records;
+pub use read::{RowBatches, SourceRow, TableInfo, TableKind};
+pub use row::{
+    ContractRecord, ContractRow, LEGACY_ROW_NAMESPACE, RowSource, convert_row,
+    resolve_key_conflicts, row_id,
+};
+pub use time::{MILLIS_THRESHOLD, TIME_COLUMNS, parse_time_value};
+pub use value::SqlValue;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// A contract table that legacy rows go to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    /// `agent_memories`.
+    Memories,
+    /// `agent_tools`.
+    Tools,
+    /// `agent_metrics`.
+    Metrics,
+    /// `agent_executions`.
+    Executions,
+}
+
+impl Target {
+    /// The PostgreSQL table's name.
+    pub fn table(self) -> &'static str {
+        match self {
+            Target::Memories => "agent_memories",
+            Target::Tools => "agent_tools",
+            Target::Metrics => "agent_metrics",
+            Target::Executions => "agent_executions",
+        }
+    }
+
+    /// The target for a PostgreSQL table name (`agent_memories`, ...) or its short form
+    /// (`memories`, `tools`, `metrics`, `executions`), as `--map TABLE=TARGET` takes it.
+    pub fn parse(name: &str) -> Option<Target> {
+        match name.to_ascii_lowercase().as_str() {
+            "agent_memories" | "memories" => Some(Target::Memories),
+            "agent_tools" | "tools" => Some(Target::Tools),
+            "agent_metrics" | "metrics" => Some(Target::Metrics),
+            "agent_executions" | "executions" => Some(Target::Executions),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.table())
+    }
+}
+
+/// Which legacy tables go where: the contract's names, plus extra ones a caller maps
+/// (`--map long_term_memories=agent_memories`).
+#[derive(Debug, Clone, Default)]
+pub struct TableMap {
+    extra: BTreeMap<String, Target>,
+}
+
+impl TableMap {
+    /// The contract's mapping only.
+    pub fn new() -> Self {
+        TableMap::default()
+    }
+
+    /// Adds `table` -> `target`; an extra mapping overrides a built-in one.
+    pub fn with(mut self, table: impl Into<String>, target: Target) -> Self {
+        self.extra.insert(table.into(), target);
+        self
+    }
+
+    /// The target of a legacy table: an extra mapping (exact name) first, then the
+    /// contract's table (`memory`, `agent_memory`, `tools`, `agent_tools`, `metrics`,
+    /// `performance`, `execution_log`; matched without regard to ASCII case, as SQLite
+    /// itself matches table names).
+    pub fn target(&self, table: &str) -> Option<Target> {
+        if let Some(target) = self.extra.get(table) {
+            return Some(*target);
+        }
+        match table.to_ascii_lowercase().as_str() {
+            "memory" | "agent_memory" => Some(Target::Memories),
+            "tools" | "agent_tools" => Some(Target::Tools),
+            "metrics" | "performance" => Some(Target::Metrics),
+            "execution_log" => Some(Target::Executions),
+            _ => None,
+        }
+    }
+}

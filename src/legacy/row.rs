@@ -1,0 +1,326 @@
+//! The contract conversion: one legacy row -> one contract row, with its deterministic id; and the settling of duplicate memory keys.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Number, Value};
+use uuid::Uuid;
+
+use super::Target;
+use super::read::{SourceRow, TableInfo, TableKind};
+use super::time::{TIME_COLUMNS, parse_time_value};
+use super::value::{SqlValue, without_nul};
+use crate::backend::codec::time_text;
+use crate::error::{Error, Result};
+use crate::record::{AgentId, Execution, Memory, Metadata, Metric, Tool};
+
+/// The namespace of every legacy row id: UUID v5 of the name
+/// `urn:agent-memory:legacy-row:v1` under the standard URL namespace. Fixed forever:
+/// changing it would give migrated rows second copies.
+pub const LEGACY_ROW_NAMESPACE: Uuid = Uuid::from_u128(0xa581f4c7_e8fc_5bbf_9361_1b7b5553cc3b);
+
+/// The id of a legacy row: UUID v5 (SHA-1) under [`LEGACY_ROW_NAMESPACE`] of the UTF-8
+/// bytes of the compact JSON array `[agent, source_db, source_table, key]`, where `key`
+/// is the rowid as a JSON number, or, in a `WITHOUT ROWID` table, the primary key as a
+/// JSON object of column name to contract value form, in key order.
+///
+/// The JSON is serde_json's compact form: no spaces, strings escaped only where JSON
+/// requires it (`"`, `\`, control characters, as `\n`, `\t`, ... or `\u00XX` in lower
+/// case hex), non-ASCII as itself: what Python's
+/// `json.dumps(x, ensure_ascii=False, separators=(",", ":"))` writes. For example, row
+/// 7 of table `memory` in `crawler/memory.db` of agent `crawler` has the id
+/// `uuid5(LEGACY_ROW_NAMESPACE, '["crawler","crawler/memory.db","memory",7]')`.
+pub fn row_id(agent: &AgentId, source_db: &str, source_table: &str, key: &Value) -> Uuid {
+    let name = Value::Array(vec![
+        Value::String(agent.as_str().to_string()),
+        Value::String(source_db.to_string()),
+        Value::String(source_table.to_string()),
+        key.clone(),
+    ]);
+    Uuid::new_v5(&LEGACY_ROW_NAMESPACE, name.to_string().as_bytes())
+}
+
+/// A contract record of one of the four targets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ContractRecord {
+    /// For `agent_memories`.
+    Memory(Memory),
+    /// For `agent_tools`.
+    Tool(Tool),
+    /// For `agent_metrics`.
+    Metric(Metric),
+    /// For `agent_executions`.
+    Execution(Execution),
+}
+
+impl ContractRecord {
+    /// The table it goes to.
+    pub fn target(&self) -> Target {
+        match self {
+            ContractRecord::Memory(_) => Target::Memories,
+            ContractRecord::Tool(_) => Target::Tools,
+            ContractRecord::Metric(_) => Target::Metrics,
+            ContractRecord::Execution(_) => Target::Executions,
+        }
+    }
+
+    /// Its id.
+    pub fn id(&self) -> Uuid {
+        match self {
+            ContractRecord::Memory(r) => r.id,
+            ContractRecord::Tool(r) => r.id,
+            ContractRecord::Metric(r) => r.id,
+            ContractRecord::Execution(r) => r.id,
+        }
+    }
+
+    /// Its `created_at`.
+    pub fn created_at(&self) -> DateTime<Utc> {
+        match self {
+            ContractRecord::Memory(r) => r.created_at,
+            ContractRecord::Tool(r) => r.created_at,
+            ContractRecord::Metric(r) => r.created_at,
+            ContractRecord::Execution(r) => r.created_at,
+        }
+    }
+
+    /// Its `content`.
+    pub fn content(&self) -> &Value {
+        match self {
+            ContractRecord::Memory(r) => &r.content,
+            ContractRecord::Tool(r) => &r.content,
+            ContractRecord::Metric(r) => &r.content,
+            ContractRecord::Execution(r) => &r.content,
+        }
+    }
+
+    /// Its `metadata`.
+    pub fn metadata(&self) -> &Metadata {
+        match self {
+            ContractRecord::Memory(r) => &r.metadata,
+            ContractRecord::Tool(r) => &r.metadata,
+            ContractRecord::Metric(r) => &r.metadata,
+            ContractRecord::Execution(r) => &r.metadata,
+        }
+    }
+}
+
+/// Where a contract row came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowSource {
+    /// The agent it belongs to.
+    pub agent: AgentId,
+    /// The file, relative to the agents path, `/`-separated.
+    pub source_db: String,
+    /// The table.
+    pub source_table: String,
+    /// The rowid, or `None` in a `WITHOUT ROWID` table.
+    pub rowid: Option<i64>,
+}
+
+/// One legacy row converted: the record for its target, where it came from, and why
+/// its own time could not be read, when it could not.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContractRow {
+    /// Where it came from.
+    pub source: RowSource,
+    /// The record.
+    pub record: ContractRecord,
+    /// Set when the row had a time column whose value is not a time; `created_at` is
+    /// then `migrated_at`.
+    pub time_problem: Option<String>,
+}
+
+/// Converts one row of a legacy data table by the contract ("One migrated row").
+///
+/// `migrated_at` is the migration's time (`metadata.migrated_at`, and `created_at` when
+/// the row has no readable time of its own).
+///
+/// # Errors
+/// [`Error::InvalidInput`] when `table` is a skipped table or `row` does not have its
+/// columns.
+pub fn convert_row(
+    agent: &AgentId,
+    source_db: &str,
+    table: &TableInfo,
+    target: Target,
+    row: &SourceRow,
+    migrated_at: DateTime<Utc>,
+) -> Result<ContractRow> {
+    let TableKind::Data {
+        columns,
+        without_rowid,
+        primary_key,
+    } = &table.kind
+    else {
+        return Err(Error::invalid(
+            "legacy table",
+            format!("{:?} is skipped, it has no rows to convert", table.name),
+        ));
+    };
+    if columns.len() != row.values.len() {
+        return Err(Error::invalid(
+            "legacy row",
+            format!(
+                "table {:?} of {source_db:?} has {} columns, the row {}",
+                table.name,
+                columns.len(),
+                row.values.len()
+            ),
+        ));
+    }
+    let column = |name: &str| -> Option<&SqlValue> {
+        let at = columns
+            .iter()
+            .position(|c| c == name)
+            .or_else(|| columns.iter().position(|c| c.eq_ignore_ascii_case(name)))?;
+        row.values.get(at)
+    };
+    let content: Map<String, Value> = columns
+        .iter()
+        .zip(&row.values)
+        .map(|(c, v)| (c.clone(), v.to_json()))
+        .collect();
+
+    let mut metadata = Metadata::new();
+    metadata.insert("source_table".into(), table.name.clone().into());
+    metadata.insert("source_db".into(), source_db.into());
+    let (key, fallback_name) = match (without_rowid, row.rowid) {
+        (false, Some(rowid)) => {
+            metadata.insert("source_rowid".into(), Value::Number(Number::from(rowid)));
+            (
+                Value::Number(Number::from(rowid)),
+                format!("{}:{rowid}", table.name),
+            )
+        }
+        _ => {
+            let key: Map<String, Value> = primary_key
+                .iter()
+                .map(|c| (c.clone(), column(c).map_or(Value::Null, SqlValue::to_json)))
+                .collect();
+            let key = Value::Object(key);
+            metadata.insert("source_rowid".into(), Value::Null);
+            metadata.insert("source_key".into(), key.clone());
+            (key.clone(), format!("{}:{key}", table.name))
+        }
+    };
+    metadata.insert("migrated_at".into(), time_text(&migrated_at).into());
+    let metadata: Metadata = metadata
+        .into_iter()
+        .map(|(k, v)| (k, without_nul(v)))
+        .collect();
+
+    let mut time_problem = None;
+    let mut created_at = migrated_at;
+    if let Some((name, value)) = TIME_COLUMNS
+        .iter()
+        .filter_map(|name| column(name).map(|v| (*name, v)))
+        .find(|(_, v)| **v != SqlValue::Null)
+    {
+        match parse_time_value(value) {
+            Ok(at) => created_at = at,
+            Err(reason) => time_problem = Some(format!("column {name}: {reason}")),
+        }
+    }
+
+    let id = row_id(agent, source_db, &table.name, &key);
+    let content = Value::Object(content);
+    let text = |name: &str| column(name).and_then(SqlValue::typed_text);
+    let name = text("name").unwrap_or_else(|| without_nul_text(fallback_name));
+    let record = match target {
+        Target::Memories => ContractRecord::Memory(Memory {
+            id,
+            key: text("key"),
+            content,
+            metadata,
+            embedding: None,
+            created_at,
+            updated_at: created_at,
+        }),
+        Target::Tools => ContractRecord::Tool(Tool {
+            id,
+            name,
+            content,
+            metadata,
+            created_at,
+            updated_at: created_at,
+        }),
+        Target::Metrics => ContractRecord::Metric(Metric {
+            id,
+            name,
+            value: column("value").and_then(SqlValue::as_f64),
+            content,
+            metadata,
+            created_at,
+        }),
+        Target::Executions => ContractRecord::Execution(Execution {
+            id,
+            status: text("status"),
+            content,
+            metadata,
+            created_at,
+        }),
+    };
+    Ok(ContractRow {
+        source: RowSource {
+            agent: agent.clone(),
+            source_db: source_db.to_string(),
+            source_table: table.name.clone(),
+            rowid: row.rowid.filter(|_| !without_rowid),
+        },
+        record,
+        time_problem,
+    })
+}
+
+/// A fallback name holding a key's text may hold NUL; give it the `$base64` form.
+fn without_nul_text(text: String) -> String {
+    match without_nul(Value::String(text)) {
+        Value::String(s) => s,
+        other => other.to_string(),
+    }
+}
+
+/// Settles memory keys that several rows of one agent carry: the newest (by
+/// `created_at`, then by `source_db`, then rowid, then id) keeps the key; each other
+/// gets `key = None` and `metadata.key_conflict` = the key. No row is removed.
+pub fn resolve_key_conflicts(rows: &mut [ContractRow]) {
+    let mut winner: HashMap<(AgentId, String), usize> = HashMap::new();
+    let rank = |row: &ContractRow| {
+        (
+            row.record.created_at(),
+            row.source.source_db.clone(),
+            row.source.rowid.unwrap_or(i64::MIN),
+            row.record.id(),
+        )
+    };
+    for (i, row) in rows.iter().enumerate() {
+        let ContractRecord::Memory(memory) = &row.record else {
+            continue;
+        };
+        let Some(key) = &memory.key else { continue };
+        winner
+            .entry((row.source.agent.clone(), key.clone()))
+            .and_modify(|best| {
+                if rank(row) > rank(&rows[*best]) {
+                    *best = i;
+                }
+            })
+            .or_insert(i);
+    }
+    for (i, row) in rows.iter_mut().enumerate() {
+        let agent = row.source.agent.clone();
+        let ContractRecord::Memory(memory) = &mut row.record else {
+            continue;
+        };
+        let Some(key) = memory.key.clone() else {
+            continue;
+        };
+        if winner.get(&(agent, key.clone())) != Some(&i) {
+            memory.key = None;
+            memory
+                .metadata
+                .insert("key_conflict".into(), Value::String(key));
+        }
+    }
+}
