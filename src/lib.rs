@@ -26,6 +26,7 @@
 
 pub mod agent;
 pub mod backend;
+pub mod backfill;
 pub mod config;
 pub mod error;
 pub mod legacy;

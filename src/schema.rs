@@ -121,9 +121,10 @@ pub async fn ensure_bookkeeping(pool: &PgPool) -> Result<()> {
         source: Box::new(e),
     };
     let present: bool = sqlx::query_scalar(
-        "select count(*) = 3 from information_schema.tables
+        "select count(*) = 5 from information_schema.tables
          where table_schema = 'agent_memory'
-           and table_name in ('schema_migrations', 'memory_tombstones', 'owed_writes')",
+           and table_name in ('schema_migrations', 'memory_tombstones', 'owed_writes',
+                              'backfill_runs', 'backfill_progress')",
     )
     .fetch_one(pool)
     .await

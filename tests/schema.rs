@@ -201,7 +201,13 @@ async fn migrations_create_exactly_the_contract_tables() {
     let bookkeeping = columns(&mut conn, "agent_memory").await;
     assert_eq!(
         bookkeeping.keys().collect::<Vec<_>>(),
-        ["memory_tombstones", "owed_writes", "schema_migrations"],
+        [
+            "backfill_progress",
+            "backfill_runs",
+            "memory_tombstones",
+            "owed_writes",
+            "schema_migrations"
+        ],
         "the library's own tables live in its schema"
     );
 }

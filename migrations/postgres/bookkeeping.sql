@@ -26,3 +26,21 @@ create table if not exists agent_memory.owed_writes (
 );
 
 create index if not exists owed_writes_agent on agent_memory.owed_writes (agent_id, seq);
+
+-- Bulk backfill runs: one row per run, with its report.
+create table if not exists agent_memory.backfill_runs (
+    id          text primary key,
+    started_at  timestamptz not null default now(),
+    finished_at timestamptz,
+    status      text not null,
+    report      jsonb
+);
+
+-- Tables a backfill has finished, so a re-run skips them.
+create table if not exists agent_memory.backfill_progress (
+    source_db    text not null,
+    source_table text not null,
+    rows_done    bigint not null default 0,
+    finished_at  timestamptz,
+    primary key (source_db, source_table)
+);

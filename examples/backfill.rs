@@ -1,0 +1,174 @@
+//! Moves every legacy SQLite database under an agents path into PostgreSQL.
+//!
+//! ```text
+//! cargo run --release --example backfill -- --postgres-url "$DATABASE_URL" --agents-path ./agents --dry-run
+//! cargo run --release --example backfill -- --postgres-url "$DATABASE_URL" --agents-path ./agents
+//! cargo run --release --example backfill -- --postgres-url "$DATABASE_URL" --rollback RUN_ID
+//! ```
+//!
+//! Reads `DATABASE_URL` (for `--postgres-url`), `MIGRATION_BATCH_SIZE` (rows per
+//! transaction, default 1000) and `MIGRATION_TIMEOUT` (seconds per batch, default 300);
+//! `RUST_LOG` sets the log level (default `info`). Writes
+//! `migration_report_<UTC timestamp>.json` in `--report-dir` (default `.`). Exits 0 when
+//! every readable row is in PostgreSQL, 1 when some rows or files failed (the report
+//! says which), 2 on an error that stopped the run.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use agent_memory::backfill::{self, BackfillOptions, Progress, Report};
+use agent_memory::legacy::Target;
+use agent_memory::{Chain, Error};
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "backfill",
+    about = "Move legacy agent SQLite databases into PostgreSQL"
+)]
+struct Cli {
+    /// PostgreSQL URL.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    postgres_url: Option<String>,
+    /// Folder of agent folders to scan.
+    #[arg(long, default_value = "./agents")]
+    agents_path: PathBuf,
+    /// Read everything and report what would be migrated; write nothing to PostgreSQL.
+    #[arg(long)]
+    dry_run: bool,
+    /// Apply the shipped PostgreSQL migrations first.
+    #[arg(long)]
+    migrate: bool,
+    /// Rows per batch (one transaction each).
+    #[arg(long, env = "MIGRATION_BATCH_SIZE", default_value_t = 1000)]
+    batch_size: usize,
+    /// Seconds one batch may take.
+    #[arg(long, env = "MIGRATION_TIMEOUT", default_value_t = 300)]
+    timeout: u64,
+    /// Migrate a legacy table of another name: TABLE=TARGET (agent_memories, agent_tools,
+    /// agent_metrics, agent_executions). Repeatable.
+    #[arg(long = "map", value_name = "TABLE=TARGET")]
+    maps: Vec<String>,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = ".")]
+    report_dir: PathBuf,
+    /// Delete exactly the rows of one earlier run, by its id (from its report).
+    #[arg(long, value_name = "RUN_ID")]
+    rollback: Option<String>,
+}
+
+/// Rows per second on standard error, every few seconds.
+struct LogProgress {
+    rows: AtomicU64,
+    started: Instant,
+    last: std::sync::Mutex<Instant>,
+}
+
+impl Progress for LogProgress {
+    fn rows(&self, rows: u64) {
+        let total = self.rows.fetch_add(rows, Ordering::Relaxed) + rows;
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.elapsed() >= Duration::from_secs(2) {
+            *last = Instant::now();
+            let secs = self.started.elapsed().as_secs_f64();
+            eprintln!(
+                "backfill: {total} rows read, {:.0} rows/s",
+                total as f64 / secs
+            );
+        }
+    }
+}
+
+fn options(cli: &Cli) -> Result<BackfillOptions, Error> {
+    let mut options = BackfillOptions::new(&cli.agents_path);
+    options.read.batch_size = cli.batch_size.max(1);
+    options.timeout = Duration::from_secs(cli.timeout.max(1));
+    for map in &cli.maps {
+        let (table, target) = map.split_once('=').ok_or_else(|| Error::InvalidInput {
+            what: "--map",
+            reason: format!("{map:?} is not TABLE=TARGET"),
+        })?;
+        let target = Target::parse(target).ok_or_else(|| Error::InvalidInput {
+            what: "--map",
+            reason: format!(
+                "{target:?} is not a contract table: use agent_memories, agent_tools, agent_metrics or agent_executions"
+            ),
+        })?;
+        options.map = options.map.with(table, target);
+    }
+    Ok(options)
+}
+
+fn summary(report: &Report) {
+    let t = &report.totals;
+    eprintln!(
+        "backfill: {} files ({} unusable), {} tables ({} not migrated), {} rows read, {} inserted, {} already present, {} failed, {:.1} s ({:.0} rows/s)",
+        t.files,
+        t.problem_files,
+        t.tables,
+        t.skipped_tables,
+        t.read,
+        t.inserted,
+        t.already_present,
+        t.failed,
+        t.seconds,
+        t.rows_per_second
+    );
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, Error> {
+    let options = options(&cli)?;
+    if cli.dry_run {
+        let report = backfill::dry_run(&options).await;
+        summary(&report);
+        println!("{}", report.write(&cli.report_dir)?.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let url = cli.postgres_url.as_deref().ok_or_else(|| Error::Config {
+        message: "no PostgreSQL URL: pass --postgres-url or set DATABASE_URL".into(),
+    })?;
+    if let Some(run_id) = &cli.rollback {
+        let deleted = backfill::rollback(url, run_id).await?;
+        println!(
+            "{}",
+            serde_json::json!({ "rolled_back": run_id, "deleted": deleted })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if cli.migrate {
+        agent_memory::migrate_url(url).await?;
+    }
+    let progress = LogProgress {
+        rows: AtomicU64::new(0),
+        started: Instant::now(),
+        last: std::sync::Mutex::new(Instant::now()),
+    };
+    let report = backfill::run(url, &options, &progress).await?;
+    summary(&report);
+    println!("{}", report.write(&cli.report_dir)?.display());
+    Ok(if report.succeeded() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()).await {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("backfill: {}", Chain(&err));
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,406 @@
+//! The bulk backfill's run: every legacy file found under the agents path, claimed by
+//! one worker, read batch by batch and loaded into the contract tables.
+
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use sqlx::{Connection, PgConnection};
+
+use super::load::{load_batch, prepare};
+use super::report::{Failure, FileReport, Report, TableReport, rate};
+use super::{BackfillOptions, Progress};
+use crate::backend::{MemoryBackend, PostgresBackend};
+use crate::error::{Chain, Error, Result, redact_url, scrub, url_secrets};
+use crate::legacy::{
+    ContractRecord, ContractRow, Found, Probe, Source, TableInfo, TableKind, Target, convert_row,
+    discover, read_own_records,
+};
+use crate::record::AgentId;
+
+/// Attempts per batch before it is reported failed; transient errors wait 0.5, 1, 2 s.
+const ATTEMPTS: u32 = 4;
+
+/// One worker's run: a backend for the library-layout files and one connection holding
+/// the claims and the staging table.
+pub(crate) struct Run<'a> {
+    pub(crate) url: &'a str,
+    pub(crate) options: &'a BackfillOptions,
+    pub(crate) backend: &'a PostgresBackend,
+    pub(crate) conn: PgConnection,
+    pub(crate) report: Report,
+    pub(crate) progress: &'a dyn Progress,
+}
+
+impl Run<'_> {
+    /// Connects the worker's own connection.
+    pub(crate) async fn connect(url: &str) -> Result<PgConnection> {
+        let secrets = url_secrets(url);
+        let mut conn = PgConnection::connect(url)
+            .await
+            .map_err(|e| Error::Connect {
+                target: redact_url(url),
+                source: scrub(e, &secrets),
+            })?;
+        prepare(&mut conn)
+            .await
+            .map_err(|e| db("prepare the staging table", e, &secrets))?;
+        Ok(conn)
+    }
+
+    pub(crate) async fn all(&mut self) -> Result<()> {
+        let found = discover(&self.options.agents_path, &self.options.read).await;
+        for file in found {
+            let report = self.file(&file).await;
+            self.report.files.push(report);
+        }
+        Ok(())
+    }
+
+    async fn file(&mut self, found: &Found) -> FileReport {
+        let mut report = FileReport {
+            source_db: found.source_db.clone(),
+            agent: found
+                .agent
+                .as_ref()
+                .map(|a| a.to_string())
+                .map_err(Clone::clone),
+            kind: match found.probe {
+                Probe::Legacy => "legacy",
+                Probe::Own => "library",
+                Probe::Problem(_) => "problem",
+            },
+            problem: None,
+            tables: Vec::new(),
+        };
+        let agent = match (&found.agent, &found.probe) {
+            (_, Probe::Problem(problem)) => {
+                report.problem = Some(problem.clone());
+                return report;
+            }
+            (Err(why), _) => {
+                report.problem = Some(why.clone());
+                return report;
+            }
+            (Ok(agent), _) => agent.clone(),
+        };
+        // One worker per file: the claim is a session lock, released if the worker dies.
+        match self.claim(&found.source_db, true).await {
+            Ok(true) => {}
+            Ok(false) => {
+                report.problem = Some("claimed by another backfill worker".into());
+                return report;
+            }
+            Err(err) => {
+                report.problem = Some(Chain(&err).to_string());
+                return report;
+            }
+        }
+        let outcome = match Source::open(&found.path, &self.options.read).await {
+            Ok(mut source) => match found.probe {
+                Probe::Own => self.own_file(&mut source, &agent, found, &mut report).await,
+                _ => {
+                    self.legacy_file(&mut source, &agent, found, &mut report)
+                        .await
+                }
+            },
+            Err(err) => Err(err),
+        };
+        if let Err(err) = outcome {
+            report.problem = Some(Chain(&err).to_string());
+        }
+        let _ = self.claim(&found.source_db, false).await;
+        report
+    }
+
+    /// Takes (`true`) or releases (`false`) the claim on one source file.
+    async fn claim(&mut self, source_db: &str, take: bool) -> Result<bool> {
+        let sql = if take {
+            "select pg_try_advisory_lock(hashtextextended('agent_memory.backfill:' || $1, 0))"
+        } else {
+            "select pg_advisory_unlock(hashtextextended('agent_memory.backfill:' || $1, 0))"
+        };
+        let secrets = url_secrets(self.url);
+        sqlx::query_scalar(sql)
+            .bind(source_db)
+            .fetch_one(&mut self.conn)
+            .await
+            .map_err(|e| db("claim a source file", e, &secrets))
+    }
+
+    async fn legacy_file(
+        &mut self,
+        source: &mut Source,
+        agent: &AgentId,
+        found: &Found,
+        report: &mut FileReport,
+    ) -> Result<()> {
+        for table in source.tables().await? {
+            let mut out = TableReport {
+                table: table.name.clone(),
+                ..TableReport::default()
+            };
+            let target = match (&table.kind, self.options.map.target(&table.name)) {
+                (TableKind::Skipped { reason }, _) => {
+                    out.skipped = Some(reason.clone());
+                    None
+                }
+                (_, None) => {
+                    out.skipped = Some(super::UNMAPPED.into());
+                    None
+                }
+                (_, Some(target)) => Some(target),
+            };
+            if let Some(target) = target {
+                out.target = Some(target.table().to_string());
+                self.legacy_table(source, agent, found, &table, target, &mut out)
+                    .await;
+            }
+            report.tables.push(out);
+        }
+        Ok(())
+    }
+
+    async fn legacy_table(
+        &mut self,
+        source: &mut Source,
+        agent: &AgentId,
+        found: &Found,
+        table: &TableInfo,
+        target: Target,
+        out: &mut TableReport,
+    ) {
+        let started = Instant::now();
+        if self.finished_earlier(&found.source_db, &table.name).await {
+            out.done_earlier = true;
+            return;
+        }
+        let migrated_at = crate::record::now();
+        let mut batches = source.rows(table);
+        loop {
+            let batch = match batches.next_batch().await {
+                Ok(Some(batch)) => batch,
+                Ok(None) => break,
+                Err(err) => {
+                    out.failed.push(Failure {
+                        rowids: None,
+                        rows: 0,
+                        reason: format!("reading stopped: {}", Chain(&err)),
+                    });
+                    break;
+                }
+            };
+            let mut rows = Vec::with_capacity(batch.len());
+            for row in &batch {
+                match convert_row(agent, &found.source_db, table, target, row, migrated_at) {
+                    Ok(converted) => {
+                        out.unreadable_times += u64::from(converted.time_problem.is_some());
+                        rows.push(converted);
+                    }
+                    Err(err) => out.failed.push(Failure {
+                        rowids: row.rowid.map(|r| (r, r)),
+                        rows: 1,
+                        reason: Chain(&err).to_string(),
+                    }),
+                }
+            }
+            out.read += batch.len() as u64;
+            self.load(target, &rows, (&found.source_db, &table.name), out)
+                .await;
+            self.progress.rows(batch.len() as u64);
+        }
+        if out.failed.is_empty() {
+            self.mark_finished(&found.source_db, &table.name).await;
+        }
+        out.seconds = started.elapsed().as_secs_f64();
+        out.rows_per_second = rate(out.read, out.seconds);
+    }
+
+    /// Loads a batch with retries on transient errors; reports it failed otherwise.
+    async fn load(
+        &mut self,
+        target: Target,
+        rows: &[ContractRow],
+        source: (&str, &str),
+        out: &mut TableReport,
+    ) {
+        if rows.is_empty() {
+            return;
+        }
+        let run = self.report.run_id.clone();
+        let mut last = None;
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(500 << (attempt - 1))).await;
+                if self.conn.ping().await.is_err() {
+                    match Run::connect(self.url).await {
+                        Ok(conn) => self.conn = conn,
+                        Err(err) => {
+                            last = Some(Chain(&err).to_string());
+                            continue;
+                        }
+                    }
+                    // The claim died with the old session; take it again or stop.
+                    if !matches!(self.claim(source.0, true).await, Ok(true)) {
+                        last = Some("lost the claim on the file after reconnecting".into());
+                        break;
+                    }
+                }
+            }
+            let loading = load_batch(&mut self.conn, target, rows, &run, source);
+            match tokio::time::timeout(self.options.timeout, loading).await {
+                Ok(Ok(inserted)) => {
+                    out.inserted += inserted;
+                    out.already_present += rows.len() as u64 - inserted;
+                    return;
+                }
+                Ok(Err(err)) => {
+                    let transient = is_transient(&err);
+                    last = Some(scrub(err, &url_secrets(self.url)).to_string());
+                    if !transient {
+                        break;
+                    }
+                }
+                Err(_) => last = Some(format!("batch took longer than {:?}", self.options.timeout)),
+            }
+        }
+        let first = rows.first().and_then(|r| r.source.rowid);
+        let end = rows.last().and_then(|r| r.source.rowid);
+        out.failed.push(Failure {
+            rowids: first.zip(end),
+            rows: rows.len() as u64,
+            reason: last.unwrap_or_default(),
+        });
+    }
+
+    async fn finished_earlier(&mut self, source_db: &str, table: &str) -> bool {
+        sqlx::query_scalar::<_, bool>(
+            "select exists (select 1 from agent_memory.backfill_progress
+             where source_db = $1 and source_table = $2 and finished_at is not null)",
+        )
+        .bind(source_db)
+        .bind(table)
+        .fetch_one(&mut self.conn)
+        .await
+        .unwrap_or(false)
+    }
+
+    async fn mark_finished(&mut self, source_db: &str, table: &str) {
+        let marked = sqlx::query(
+            "insert into agent_memory.backfill_progress (source_db, source_table, finished_at)
+             values ($1, $2, now())
+             on conflict (source_db, source_table) do update set finished_at = now()",
+        )
+        .bind(source_db)
+        .bind(table)
+        .execute(&mut self.conn)
+        .await;
+        if let Err(err) = marked {
+            tracing::warn!(source_db, table, error = %err, "could not record the table as finished; a re-run reads it again");
+        }
+    }
+
+    /// A file of the library's own layout: its records move as themselves, over older
+    /// versions only, and its deletes move as tombstones.
+    async fn own_file(
+        &mut self,
+        source: &mut Source,
+        agent: &AgentId,
+        found: &Found,
+        report: &mut FileReport,
+    ) -> Result<()> {
+        for target in [
+            Target::Memories,
+            Target::Tools,
+            Target::Metrics,
+            Target::Executions,
+        ] {
+            let started = Instant::now();
+            let mut out = TableReport {
+                table: target.table().to_string(),
+                target: Some(target.table().to_string()),
+                ..TableReport::default()
+            };
+            let mut after = 0;
+            loop {
+                let rows = read_own_records(source, agent, &found.source_db, target, after).await?;
+                let Some(last) = rows.last().and_then(|r| r.source.rowid) else {
+                    break;
+                };
+                after = last;
+                for row in &rows {
+                    let applied = match &row.record {
+                        ContractRecord::Memory(m) => self
+                            .backend
+                            .apply_memory(agent, m)
+                            .await
+                            .map(|s| s.is_some()),
+                        ContractRecord::Tool(t) => self.backend.apply_tool(agent, t).await,
+                        ContractRecord::Metric(m) => {
+                            self.backend.record_metric(agent, m).await.map(|()| true)
+                        }
+                        ContractRecord::Execution(e) => {
+                            self.backend.log_execution(agent, e).await.map(|()| true)
+                        }
+                    };
+                    out.read += 1;
+                    match applied {
+                        Ok(true) => out.inserted += 1,
+                        Ok(false) => out.already_present += 1,
+                        Err(err) => out.failed.push(Failure {
+                            rowids: row.source.rowid.map(|r| (r, r)),
+                            rows: 1,
+                            reason: Chain(&err).to_string(),
+                        }),
+                    }
+                }
+                self.progress.rows(rows.len() as u64);
+            }
+            out.seconds = started.elapsed().as_secs_f64();
+            out.rows_per_second = rate(out.read, out.seconds);
+            report.tables.push(out);
+        }
+        Ok(())
+    }
+}
+
+/// Worth retrying: a lost connection, a timeout, a deadlock, a serialization failure or
+/// a unique key taken by a concurrent writer between the conflict check and the insert.
+fn is_transient(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => {
+            matches!(
+                db.code().as_deref(),
+                Some("40001" | "40P01" | "23505" | "57P01" | "08006" | "08003")
+            )
+        }
+        _ => false,
+    }
+}
+
+fn db(operation: &str, e: sqlx::Error, secrets: &[String]) -> Error {
+    Error::Database {
+        backend: "postgres",
+        operation: operation.into(),
+        source: scrub(e, secrets),
+    }
+}
+
+/// The report of a run that has not started loading.
+pub(crate) fn empty_report(
+    options: &BackfillOptions,
+    run_id: String,
+    database: Option<String>,
+    dry_run: bool,
+) -> Report {
+    Report {
+        run_id,
+        dry_run,
+        database,
+        agents_path: options.agents_path.clone(),
+        started_at: Utc::now(),
+        finished_at: None,
+        files: Vec::new(),
+        totals: Default::default(),
+    }
+}

@@ -1,0 +1,228 @@
+//! Loading one batch of contract rows into PostgreSQL: COPY into a staging table, settle
+//! key and name conflicts, insert what is not there yet, all in one transaction.
+
+use sqlx::{Connection, PgConnection};
+
+use crate::backend::codec::time_text;
+use crate::legacy::{ContractRecord, ContractRow, Target};
+
+/// The per-connection staging table every batch is copied into (emptied at commit).
+const STAGE: &str = "create temp table if not exists am_stage (
+        id uuid not null, agent_id text not null, key text, name text,
+        value double precision, status text, content text not null,
+        metadata jsonb not null, created_at timestamptz not null,
+        updated_at timestamptz not null, source_db text not null, source_rowid bigint
+    ) on commit delete rows";
+
+const COPY: &str = "copy am_stage (id, agent_id, key, name, value, status, content, metadata,
+        created_at, updated_at, source_db, source_rowid) from stdin";
+
+/// Legacy rows of one agent that share a key: the newest (by `created_at`, then file,
+/// then rowid) keeps it; the others arrive with no key and `metadata.key_conflict`.
+/// Step 1, within the batch.
+const MEMORY_RANK_IN_BATCH: &str = "update am_stage s
+    set key = null, metadata = s.metadata || jsonb_build_object('key_conflict', s.key)
+    from (select id, row_number() over (
+              partition by agent_id, key
+              order by created_at desc, source_db desc, source_rowid desc nulls last) as rank
+          from am_stage where key is not null) r
+    where s.id = r.id and r.rank > 1";
+
+/// Step 2: an older legacy row holding the key in PostgreSQL gives it up to a newer one.
+const MEMORY_DEMOTE_OLDER: &str = "update agent_memories m
+    set key = null, metadata = m.metadata || jsonb_build_object('key_conflict', m.key)
+    from am_stage s
+    where m.agent_id = s.agent_id and m.key = s.key and m.id <> s.id
+      and m.metadata ? 'source_table' and m.metadata ? 'source_db'
+      and (m.created_at, m.metadata->>'source_db', coalesce((m.metadata->>'source_rowid')::bigint, 0))
+          < (s.created_at, s.source_db, coalesce(s.source_rowid, 0))
+      and not exists (select 1 from agent_memories x where x.id = s.id)";
+
+/// Step 3: a key still held by another row (a newer legacy row, or one the agents wrote),
+/// or deleted since this row was written, is not taken.
+const MEMORY_KEEP_OUT: &str = "update am_stage s
+    set key = null, metadata = s.metadata || jsonb_build_object('key_conflict', s.key)
+    where s.key is not null
+      and (exists (select 1 from agent_memories m
+                   where m.agent_id = s.agent_id and m.key = s.key and m.id <> s.id)
+           or exists (select 1 from agent_memory.memory_tombstones t
+                      where t.agent_id = s.agent_id and t.key = s.key
+                        and t.deleted_at >= s.created_at))";
+
+const MEMORY_INSERT: &str = "insert into agent_memories
+        (id, agent_id, key, content, metadata, embedding, created_at, updated_at)
+    select id, agent_id, key, content, metadata, null, created_at, updated_at from am_stage
+    on conflict (id) do nothing";
+
+/// Tool names are unique per agent too: a second row of a name arrives renamed, with
+/// `metadata.name_conflict` holding the name.
+const TOOL_RENAME: &str = "update am_stage s
+    set name = s.name || ' (' || s.source_db || ':' || coalesce(s.source_rowid::text, s.id::text) || ')',
+        metadata = s.metadata || jsonb_build_object('name_conflict', s.name)
+    from (select id, row_number() over (
+              partition by agent_id, name
+              order by created_at desc, source_db desc, source_rowid desc nulls last) as rank
+          from am_stage) r
+    where s.id = r.id
+      and (r.rank > 1 or exists (select 1 from agent_tools t
+                                 where t.agent_id = s.agent_id and t.name = s.name
+                                   and t.id <> s.id))";
+
+const TOOL_INSERT: &str = "insert into agent_tools
+        (id, agent_id, name, content, metadata, created_at, updated_at)
+    select id, agent_id, name, content, metadata, created_at, updated_at from am_stage
+    on conflict (id) do nothing";
+
+const METRIC_INSERT: &str = "insert into agent_metrics
+        (id, agent_id, name, value, content, metadata, created_at)
+    select id, agent_id, name, value, content, metadata, created_at from am_stage
+    on conflict (id) do nothing";
+
+const EXECUTION_INSERT: &str = "insert into agent_executions
+        (id, agent_id, status, content, metadata, created_at)
+    select id, agent_id, status, content, metadata, created_at from am_stage
+    on conflict (id) do nothing";
+
+const AGENTS: &str = "insert into agents (id, name, created_at, updated_at)
+    select distinct agent_id, agent_id, now(), now() from am_stage
+    on conflict do nothing";
+
+const PROGRESS: &str =
+    "insert into agent_memory.backfill_progress (source_db, source_table, rows_done)
+    values ($1, $2, $3)
+    on conflict (source_db, source_table)
+    do update set rows_done = backfill_progress.rows_done + excluded.rows_done";
+
+/// Prepares `conn` for loading: its staging table.
+pub(crate) async fn prepare(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::raw_sql(STAGE).execute(conn).await.map(drop)
+}
+
+/// Loads `rows` (all of one target, from one source table) in one transaction, recording
+/// `run` on every row it inserts and the batch in the progress table. Returns how many
+/// rows were inserted; the rest were already there.
+pub(crate) async fn load_batch(
+    conn: &mut PgConnection,
+    target: Target,
+    rows: &[ContractRow],
+    run: &str,
+    source: (&str, &str),
+) -> Result<u64, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    let mut copy = tx.copy_in_raw(COPY).await?;
+    copy.send(copy_text(rows, run)).await?;
+    copy.finish().await?;
+    sqlx::raw_sql(AGENTS).execute(&mut *tx).await?;
+    let steps: &[&'static str] = match target {
+        Target::Memories => &[MEMORY_RANK_IN_BATCH, MEMORY_DEMOTE_OLDER, MEMORY_KEEP_OUT],
+        Target::Tools => &[TOOL_RENAME],
+        Target::Metrics | Target::Executions => &[],
+    };
+    for step in steps {
+        sqlx::raw_sql(*step).execute(&mut *tx).await?;
+    }
+    let insert = match target {
+        Target::Memories => MEMORY_INSERT,
+        Target::Tools => TOOL_INSERT,
+        Target::Metrics => METRIC_INSERT,
+        Target::Executions => EXECUTION_INSERT,
+    };
+    let inserted = sqlx::raw_sql(insert)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    sqlx::query(PROGRESS)
+        .bind(source.0)
+        .bind(source.1)
+        .bind(i64::try_from(rows.len()).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(inserted)
+}
+
+/// The rows in COPY's text format, with `migration_run` added to each row's metadata.
+fn copy_text(rows: &[ContractRow], run: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rows.len() * 256);
+    for row in rows {
+        let mut metadata = row.record.metadata().clone();
+        metadata.insert("migration_run".into(), run.into());
+        let (key, name, value, status, updated_at) = match &row.record {
+            ContractRecord::Memory(m) => (m.key.clone(), None, None, None, m.updated_at),
+            ContractRecord::Tool(t) => (None, Some(t.name.clone()), None, None, t.updated_at),
+            ContractRecord::Metric(m) => (None, Some(m.name.clone()), m.value, None, m.created_at),
+            ContractRecord::Execution(e) => (None, None, None, e.status.clone(), e.created_at),
+        };
+        let fields = [
+            Some(row.record.id().to_string()),
+            Some(row.source.agent.to_string()),
+            key,
+            name,
+            value.map(float_text),
+            status,
+            Some(row.record.content().to_string()),
+            Some(serde_json::Value::Object(metadata).to_string()),
+            Some(time_text(&row.record.created_at())),
+            Some(time_text(&updated_at)),
+            Some(row.source.source_db.clone()),
+            row.source.rowid.map(|r| r.to_string()),
+        ];
+        for (i, field) in fields.iter().enumerate() {
+            if i > 0 {
+                out.push(b'\t');
+            }
+            copy_field(&mut out, field.as_deref());
+        }
+        out.push(b'\n');
+    }
+    out
+}
+
+/// One field of COPY's text format: `\N` for NULL, backslash escapes for the rest.
+fn copy_field(out: &mut Vec<u8>, value: Option<&str>) {
+    let Some(text) = value else {
+        out.extend_from_slice(b"\\N");
+        return;
+    };
+    for byte in text.bytes() {
+        match byte {
+            b'\\' => out.extend_from_slice(b"\\\\"),
+            b'\n' => out.extend_from_slice(b"\\n"),
+            b'\r' => out.extend_from_slice(b"\\r"),
+            b'\t' => out.extend_from_slice(b"\\t"),
+            other => out.push(other),
+        }
+    }
+}
+
+/// A double as PostgreSQL reads it back exactly (shortest round-trip digits).
+fn float_text(value: f64) -> String {
+    if value.is_nan() {
+        "NaN".into()
+    } else if value.is_infinite() {
+        if value > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        }
+    } else {
+        format!("{value:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_fields_escape_what_copy_would_misread() {
+        let mut out = Vec::new();
+        copy_field(&mut out, Some("a\tb\nc\\d\re"));
+        out.push(b'|');
+        copy_field(&mut out, None);
+        assert_eq!(out, b"a\\tb\\nc\\\\d\\re|\\N");
+        assert_eq!(float_text(0.1), "0.1");
+        assert_eq!(float_text(-1e300), "-1e300");
+        assert_eq!(float_text(f64::NEG_INFINITY), "-Infinity");
+    }
+}

@@ -1,0 +1,242 @@
+//! The bulk backfill: every legacy SQLite database under an agents path into the
+//! PostgreSQL contract tables, exactly per `CONTRACT.md`.
+//!
+//! - [`run`] discovers the files (see [`crate::legacy`]), claims each for one worker (a
+//!   PostgreSQL session lock, so several processes share the work and a dead worker's
+//!   files are free again), reads them batch by batch without disturbing running
+//!   agents, and loads each batch in one transaction: COPY into a staging table, key and
+//!   name conflicts settled, then an insert of the rows not there yet. Ids are
+//!   deterministic, so a re-run, a concurrent run or lazy migration never makes a second
+//!   copy; each inserted row records the run in `metadata.migration_run`. Tables a run
+//!   finished are recorded in `agent_memory.backfill_progress` and skipped next time.
+//! - Files of the library's own layout move as themselves, over older versions only.
+//! - [`dry_run`] reads everything and writes nothing to PostgreSQL.
+//! - [`rollback`] deletes exactly one run's rows.
+
+mod engine;
+mod load;
+mod report;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use report::{Failure, FileReport, Report, TableReport, Totals};
+
+use crate::backend::{PostgresBackend, PostgresOptions};
+use crate::error::{Error, Result, redact_url, scrub, url_secrets};
+use crate::legacy::{ReadOptions, TableMap, TableOutcome, inventory};
+
+/// Why a table of another name is not migrated, and what to do about it.
+pub(crate) const UNMAPPED: &str = "unmapped: not a contract table (map it with --map TABLE=TARGET)";
+
+/// What a backfill reads and how it loads.
+#[derive(Debug, Clone)]
+pub struct BackfillOptions {
+    /// The folder of agent folders.
+    pub agents_path: PathBuf,
+    /// Legacy tables of other names to migrate, and where.
+    pub map: TableMap,
+    /// Rows per batch (one transaction each) and the busy timeout for reading.
+    pub read: ReadOptions,
+    /// Longest one batch may take before it counts as failed.
+    pub timeout: Duration,
+}
+
+impl BackfillOptions {
+    /// Defaults: batches of 1,000 rows, 300 s per batch, the contract's table names.
+    pub fn new(agents_path: impl Into<PathBuf>) -> Self {
+        BackfillOptions {
+            agents_path: agents_path.into(),
+            map: TableMap::new(),
+            read: ReadOptions {
+                batch_size: 1000,
+                ..ReadOptions::default()
+            },
+            timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Told about progress as rows are read, for a progress bar or log lines.
+pub trait Progress: Send + Sync {
+    /// `rows` more rows were read and handled.
+    fn rows(&self, rows: u64);
+}
+
+/// No progress reporting.
+impl Progress for () {
+    fn rows(&self, _: u64) {}
+}
+
+/// Reads every legacy file and reports what a run would migrate (agents, files, tables,
+/// row counts, unmapped tables, rows whose time cannot be read). Touches no database.
+pub async fn dry_run(options: &BackfillOptions) -> Report {
+    let found = inventory(&options.agents_path, &options.map, &options.read).await;
+    let mut report = engine::empty_report(options, "dry-run".into(), None, true);
+    for file in found.files {
+        report.files.push(FileReport {
+            source_db: file.source_db,
+            agent: file.agent,
+            kind: match file.probe {
+                crate::legacy::Probe::Legacy => "legacy",
+                crate::legacy::Probe::Own => "library",
+                crate::legacy::Probe::Problem(_) => "problem",
+            },
+            problem: file.problem,
+            tables: file
+                .tables
+                .into_iter()
+                .map(|t| {
+                    let (target, skipped) = match t.outcome {
+                        TableOutcome::Target(target) => (Some(target.table().to_string()), None),
+                        TableOutcome::Unmapped => (None, Some(UNMAPPED.to_string())),
+                        TableOutcome::Skipped(reason) => (None, Some(reason)),
+                    };
+                    TableReport {
+                        table: t.name,
+                        target,
+                        skipped,
+                        read: t.rows,
+                        unreadable_times: t.unreadable_times,
+                        ..TableReport::default()
+                    }
+                })
+                .collect(),
+        });
+    }
+    report.finish();
+    report
+}
+
+/// Migrates every legacy file under the agents path into the database at `url`.
+///
+/// The contract tables must exist (see [`crate::migrate`]); the library's bookkeeping
+/// is created when missing. Problems with one file, table or batch are reported in the
+/// [`Report`] and the rest carries on; transient database errors are retried with
+/// backoff first.
+///
+/// # Errors
+/// When the database cannot be reached, lacks the contract tables, or the run cannot be
+/// recorded.
+pub async fn run(url: &str, options: &BackfillOptions, progress: &dyn Progress) -> Result<Report> {
+    let backend = PostgresBackend::connect_with(
+        url,
+        PostgresOptions {
+            max_connections: 2,
+            ..PostgresOptions::default()
+        },
+    )
+    .await?;
+    let run_id = format!(
+        "{}-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let secrets = url_secrets(url);
+    let record = |e: sqlx::Error| Error::Database {
+        backend: "postgres",
+        operation: "record the backfill run".into(),
+        source: scrub(e, &secrets),
+    };
+    sqlx::query("insert into agent_memory.backfill_runs (id, status) values ($1, 'running')")
+        .bind(&run_id)
+        .execute(backend.pool())
+        .await
+        .map_err(record)?;
+    let report = engine::empty_report(options, run_id.clone(), Some(redact_url(url)), false);
+    let mut worker = engine::Run {
+        url,
+        options,
+        backend: &backend,
+        conn: engine::Run::connect(url).await?,
+        report,
+        progress,
+    };
+    let outcome = worker.all().await;
+    let mut report = worker.report;
+    report.finish();
+    let status = match (&outcome, report.succeeded()) {
+        (Err(_), _) => "failed",
+        (Ok(()), true) => "succeeded",
+        (Ok(()), false) => "incomplete",
+    };
+    sqlx::query(
+        "update agent_memory.backfill_runs set status = $2, finished_at = now(), report = $3
+         where id = $1",
+    )
+    .bind(&run_id)
+    .bind(status)
+    .bind(sqlx::types::Json(&report))
+    .execute(backend.pool())
+    .await
+    .map_err(record)?;
+    backend.close().await;
+    outcome.map(|()| report)
+}
+
+/// Rows one rollback deleted, per contract table.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Rollback {
+    /// From `agent_memories`.
+    pub memories: u64,
+    /// From `agent_tools`.
+    pub tools: u64,
+    /// From `agent_metrics`.
+    pub metrics: u64,
+    /// From `agent_executions`.
+    pub executions: u64,
+}
+
+/// Deletes, in one transaction, exactly the rows run `run_id` inserted (those whose
+/// `metadata.migration_run` is the run's id). Rows agents wrote, and migrated rows an
+/// agent has since overwritten, do not carry it and stay. The record of finished tables
+/// is cleared, so a later run reads them again (and inserts only what is missing).
+///
+/// # Errors
+/// Connection and database errors; nothing is deleted then.
+pub async fn rollback(url: &str, run_id: &str) -> Result<Rollback> {
+    let secrets = url_secrets(url);
+    let fail = |e: sqlx::Error| Error::Database {
+        backend: "postgres",
+        operation: format!("roll back backfill run {run_id:?}"),
+        source: scrub(e, &secrets),
+    };
+    let pool = crate::backend::postgres::connect_pool(url, &PostgresOptions::default()).await?;
+    let mut tx = pool.begin().await.map_err(fail)?;
+    let mut deleted = [0u64; 4];
+    for (i, table) in [
+        "agent_memories",
+        "agent_tools",
+        "agent_metrics",
+        "agent_executions",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let sql = format!("delete from {table} where metadata->>'migration_run' = $1");
+        deleted[i] = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(run_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(fail)?
+            .rows_affected();
+    }
+    sqlx::query("delete from agent_memory.backfill_progress")
+        .execute(&mut *tx)
+        .await
+        .map_err(fail)?;
+    sqlx::query("update agent_memory.backfill_runs set status = 'rolled back' where id = $1")
+        .bind(run_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(fail)?;
+    tx.commit().await.map_err(fail)?;
+    pool.close().await;
+    let [memories, tools, metrics, executions] = deleted;
+    Ok(Rollback {
+        memories,
+        tools,
+        metrics,
+        executions,
+    })
+}

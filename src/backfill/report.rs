@@ -1,0 +1,178 @@
+//! The backfill's report: what was read, inserted, already there, failed or left aside,
+//! per agent, file and table; written as `migration_report_<UTC timestamp>.json`.
+
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+
+/// One run's report. It never holds a password.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The run's id, recorded on every row it inserted (`metadata.migration_run`).
+    pub run_id: String,
+    /// True for a dry run, which wrote nothing to PostgreSQL.
+    pub dry_run: bool,
+    /// The database, with its password replaced by `***` (none in a dry run).
+    pub database: Option<String>,
+    /// The agents path scanned.
+    pub agents_path: PathBuf,
+    /// When the run started.
+    pub started_at: DateTime<Utc>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Every file found, in path order.
+    pub files: Vec<FileReport>,
+    /// Totals over all files.
+    pub totals: Totals,
+}
+
+/// One file.
+#[derive(Debug, Clone, Serialize)]
+pub struct FileReport {
+    /// The path relative to the agents path, `/`-separated.
+    pub source_db: String,
+    /// The agent it belongs to (or why there is none).
+    pub agent: std::result::Result<String, String>,
+    /// `legacy`, `library` (the library's own layout) or `problem`.
+    pub kind: &'static str,
+    /// Why the file could not be used, or was left to another worker.
+    pub problem: Option<String>,
+    /// Its tables.
+    pub tables: Vec<TableReport>,
+}
+
+/// One table of a file.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TableReport {
+    /// The legacy table's name.
+    pub table: String,
+    /// The contract table it goes to, if mapped.
+    pub target: Option<String>,
+    /// Why it is not migrated (unmapped, a view, a virtual table, ...).
+    pub skipped: Option<String>,
+    /// Rows read.
+    pub read: u64,
+    /// Rows inserted by this run.
+    pub inserted: u64,
+    /// Rows that were already in PostgreSQL (an earlier run, lazy migration, dual writes).
+    pub already_present: u64,
+    /// Rows that could not be migrated, with why and where.
+    pub failed: Vec<Failure>,
+    /// Rows whose time column could not be read (their `created_at` is the migration's).
+    pub unreadable_times: u64,
+    /// Time spent on the table, in seconds.
+    pub seconds: f64,
+    /// Rows read per second.
+    pub rows_per_second: f64,
+    /// True when an earlier run had already finished this table.
+    pub done_earlier: bool,
+}
+
+/// Rows that could not be migrated.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    /// First and last rowid of the rows concerned (`None` without rowids).
+    pub rowids: Option<(i64, i64)>,
+    /// How many rows.
+    pub rows: u64,
+    /// Why.
+    pub reason: String,
+}
+
+/// Totals of a run.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Totals {
+    /// Files found.
+    pub files: u64,
+    /// Files that could not be used.
+    pub problem_files: u64,
+    /// Tables migrated.
+    pub tables: u64,
+    /// Tables found but not migrated (unmapped or not data).
+    pub skipped_tables: u64,
+    /// Rows read.
+    pub read: u64,
+    /// Rows inserted.
+    pub inserted: u64,
+    /// Rows already present.
+    pub already_present: u64,
+    /// Rows failed.
+    pub failed: u64,
+    /// Seconds the run took.
+    pub seconds: f64,
+    /// Rows read per second over the run.
+    pub rows_per_second: f64,
+}
+
+impl Report {
+    /// Adds up the totals.
+    pub fn finish(&mut self) {
+        let finished = Utc::now();
+        let mut totals = Totals {
+            files: self.files.len() as u64,
+            ..Totals::default()
+        };
+        for file in &self.files {
+            totals.problem_files += u64::from(file.problem.is_some() && file.tables.is_empty());
+            for table in &file.tables {
+                if table.skipped.is_some() {
+                    totals.skipped_tables += 1;
+                    continue;
+                }
+                totals.tables += 1;
+                totals.read += table.read;
+                totals.inserted += table.inserted;
+                totals.already_present += table.already_present;
+                totals.failed += table.failed.iter().map(|f| f.rows).sum::<u64>();
+            }
+        }
+        totals.seconds = (finished - self.started_at).num_milliseconds() as f64 / 1000.0;
+        totals.rows_per_second = rate(totals.read, totals.seconds);
+        self.totals = totals;
+        self.finished_at = Some(finished);
+    }
+
+    /// True when every readable row of every mapped table is in PostgreSQL.
+    pub fn succeeded(&self) -> bool {
+        self.totals.failed == 0
+            && self
+                .files
+                .iter()
+                .all(|f| f.problem.is_none() || f.kind == "problem")
+    }
+
+    /// Writes the report as `migration_report_<UTC timestamp>.json` in `dir`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] when the file cannot be written.
+    pub fn write(&self, dir: &Path) -> Result<PathBuf> {
+        let name = format!(
+            "migration_report_{}.json",
+            self.started_at.format("%Y%m%dT%H%M%SZ")
+        );
+        let path = dir.join(name);
+        let text = serde_json::to_string_pretty(self).map_err(|source| Error::Json {
+            context: "the migration report".into(),
+            source,
+        })?;
+        std::fs::write(&path, text).map_err(|e| {
+            Error::invalid(
+                "report path",
+                format!("cannot write {}: {e}", path.display()),
+            )
+        })?;
+        Ok(path)
+    }
+}
+
+/// `rows` per `seconds`, 0 for no time.
+pub(crate) fn rate(rows: u64, seconds: f64) -> f64 {
+    if seconds > 0.0 {
+        rows as f64 / seconds
+    } else {
+        0.0
+    }
+}
