@@ -1,0 +1,419 @@
+//! The bulk backfill end to end against a real PostgreSQL: exactly once, per the
+//! contract, resumable, shared by concurrent runs, dry runs that write nothing, and
+//! rollbacks that remove exactly one run.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_memory::backfill::{self, BackfillOptions};
+use agent_memory::legacy::{self, ContractRecord, ReadOptions, Source, TableKind, TableMap};
+use agent_memory::testing::postgres::TestDatabase;
+use agent_memory::{AgentId, Memory, MemoryBackend, SqliteBackend};
+use serde_json::{Value, json};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{Connection, PgConnection, Row, SqliteConnection};
+
+/// Creates a legacy SQLite file at `path` with `sql`.
+async fn legacy_file(path: &Path, sql: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let options = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true);
+    let mut conn = SqliteConnection::connect_with(&options).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+/// A small tree with every contract table, shared keys across files, an unmapped table
+/// and a view.
+async fn tree(root: &Path) {
+    legacy_file(
+        &root.join("alpha/main.db"),
+        "create table memory (id integer primary key, key text, content text, timestamp text);
+         insert into memory (key, content, timestamp) values
+           ('pricing', 'old answer', '2024-01-15 10:30:00'),
+           ('greeting', 'hello ✓', '2024-01-16 09:00:00'),
+           (null, 'no key', '1723825537.59');
+         create table tools (name text, config text);
+         insert into tools values ('search', '{\"k\": 5}'), ('search', 'a second search');
+         create table metrics (name text, value real, ts integer);
+         insert into metrics values ('latency', 1.5, 1700000000), ('latency', null, 1700000001000);
+         create table execution_log (status text, details blob, created_at text);
+         insert into execution_log values ('ok', x'00ff10', '2024-02-01T12:00:00Z');
+         create table notes (body text);
+         insert into notes values ('not a contract table');
+         create view recent as select * from memory;",
+    )
+    .await;
+    legacy_file(
+        &root.join("alpha/archive/old.sqlite"),
+        "create table agent_memory (key text, content text, created_at text);
+         insert into agent_memory values ('pricing', 'newest answer', '2025-03-01 00:00:00'),
+                                         ('greeting', 'older hello', '2023-01-01 00:00:00');",
+    )
+    .await;
+    legacy_file(
+        &root.join("beta.DB"),
+        "create table performance (name text, value integer);
+         insert into performance values ('tokens', 9007199254740993);",
+    )
+    .await;
+}
+
+async fn connect(db: &TestDatabase) -> PgConnection {
+    PgConnection::connect(&db.url).await.unwrap()
+}
+
+/// Row counts of the contract tables and the library's bookkeeping.
+async fn counts(conn: &mut PgConnection) -> Vec<i64> {
+    let mut out = Vec::new();
+    for table in [
+        "agents",
+        "agent_memories",
+        "agent_tools",
+        "agent_metrics",
+        "agent_executions",
+        "agent_memory.backfill_progress",
+    ] {
+        let sql = format!("select count(*) from {table}");
+        out.push(
+            sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap(),
+        );
+    }
+    out
+}
+
+/// The migration time the expected rows are converted with: a row without a time of
+/// its own carries it, and the run's own migration time then differs.
+fn no_time() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(946_684_800, 0).unwrap()
+}
+
+/// Every row the legacy layer makes of the tree, by id: what PostgreSQL must hold.
+async fn expected(root: &Path) -> Vec<(uuid::Uuid, legacy::ContractRow)> {
+    let map = TableMap::new();
+    let mut rows = Vec::new();
+    for found in legacy::discover(root, &ReadOptions::default()).await {
+        let agent = found.agent.clone().unwrap();
+        let mut source = Source::open(&found.path, &ReadOptions::default())
+            .await
+            .unwrap();
+        for table in source.tables().await.unwrap() {
+            let (TableKind::Data { .. }, Some(target)) = (&table.kind, map.target(&table.name))
+            else {
+                continue;
+            };
+            let mut batches = source.rows(&table);
+            while let Some(batch) = batches.next_batch().await.unwrap() {
+                for row in batch {
+                    let converted = legacy::convert_row(
+                        &agent,
+                        &found.source_db,
+                        &table,
+                        target,
+                        &row,
+                        no_time(),
+                    )
+                    .unwrap();
+                    rows.push((converted.record.id(), converted));
+                }
+            }
+        }
+    }
+    rows.sort_by_key(|(id, _)| *id);
+    rows
+}
+
+/// The (content, created_at, metadata without run and migration time) of row `id`.
+async fn stored(
+    conn: &mut PgConnection,
+    table: &str,
+    id: uuid::Uuid,
+) -> Option<(String, chrono::DateTime<chrono::Utc>, Value)> {
+    let sql = format!("select content, created_at, metadata from {table} where id = $1");
+    let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+        .unwrap()?;
+    let mut metadata: Value = row.get::<sqlx::types::Json<Value>, _>(2).0;
+    for volatile in [
+        "migration_run",
+        "migrated_at",
+        "key_conflict",
+        "name_conflict",
+    ] {
+        metadata.as_object_mut().unwrap().remove(volatile);
+    }
+    Some((row.get(0), row.get(1), metadata))
+}
+
+#[tokio::test]
+async fn every_row_arrives_once_as_the_contract_says() {
+    let dir = tempfile::tempdir().unwrap();
+    tree(dir.path()).await;
+    let db = TestDatabase::migrated().await;
+    let options = BackfillOptions::new(dir.path());
+    let report = backfill::run(&db.url, &options, &())
+        .await
+        .expect("backfill");
+    assert!(report.succeeded(), "{report:#?}");
+    assert_eq!(report.totals.read, 11);
+    assert_eq!(report.totals.inserted, 11);
+    let notes = report
+        .files
+        .iter()
+        .flat_map(|f| &f.tables)
+        .find(|t| t.table == "notes")
+        .unwrap();
+    assert!(
+        notes.skipped.as_deref().unwrap().starts_with("unmapped"),
+        "unmapped tables are listed"
+    );
+
+    let mut conn = connect(&db).await;
+    let want = expected(dir.path()).await;
+    assert_eq!(want.len(), 11);
+    for (id, row) in &want {
+        let table = row.record.target().table();
+        let (content, created_at, metadata) = stored(&mut conn, table, *id)
+            .await
+            .unwrap_or_else(|| panic!("{table} lacks {id}"));
+        assert_eq!(
+            content,
+            row.record.content().to_string(),
+            "content of {id} changed on the way"
+        );
+        if row.record.created_at() != no_time() {
+            assert_eq!(
+                created_at,
+                row.record.created_at(),
+                "created_at of {id} is the row's own time"
+            );
+        }
+        let mut want_meta = Value::Object(row.record.metadata().clone());
+        want_meta.as_object_mut().unwrap().remove("migrated_at");
+        assert_eq!(metadata, want_meta, "metadata of {id}");
+    }
+    // The newest legacy row of a key holds it; the others keep their rows, without it.
+    let holders: Vec<(String, String)> = sqlx::query_as(
+        "select key, content from agent_memories where agent_id = 'alpha' and key is not null order by key",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(holders.len(), 2);
+    assert!(
+        holders[0].0 == "greeting" && holders[0].1.contains("hello ✓"),
+        "{holders:?}"
+    );
+    assert!(
+        holders[1].0 == "pricing" && holders[1].1.contains("newest answer"),
+        "{holders:?}"
+    );
+    let conflicts: i64 =
+        sqlx::query_scalar("select count(*) from agent_memories where metadata ? 'key_conflict'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        conflicts, 2,
+        "the older rows of a key arrive with key_conflict"
+    );
+    let tools: Vec<String> = sqlx::query_scalar("select name from agent_tools order by name")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        tools.len(),
+        2,
+        "a second tool of one name arrives renamed: {tools:?}"
+    );
+    let agents: Vec<String> = sqlx::query_scalar("select id from agents order by id")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(agents, ["alpha", "beta"]);
+
+    // A second run finds every table finished; a run after a cleared record inserts nothing.
+    let again = backfill::run(&db.url, &options, &()).await.unwrap();
+    assert_eq!(again.totals.inserted, 0);
+    sqlx::raw_sql("delete from agent_memory.backfill_progress")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let before = counts(&mut conn).await;
+    let reread = backfill::run(&db.url, &options, &()).await.unwrap();
+    assert_eq!(
+        (
+            reread.totals.read,
+            reread.totals.inserted,
+            reread.totals.already_present
+        ),
+        (11, 0, 11)
+    );
+    assert_eq!(
+        counts(&mut conn).await[..5],
+        before[..5],
+        "a re-run made second copies"
+    );
+}
+
+#[tokio::test]
+async fn a_dry_run_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    tree(dir.path()).await;
+    let db = TestDatabase::migrated().await;
+    let mut conn = connect(&db).await;
+    let before = counts(&mut conn).await;
+    let report = backfill::dry_run(&BackfillOptions::new(dir.path())).await;
+    assert!(report.dry_run);
+    assert_eq!(report.totals.read, 11, "the dry run counts what would move");
+    assert_eq!(counts(&mut conn).await, before);
+}
+
+#[tokio::test]
+async fn a_rollback_removes_exactly_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    tree(dir.path()).await;
+    let db = TestDatabase::migrated().await;
+    let backend = db.backend().await;
+    let alpha = AgentId::new("alpha").unwrap();
+    backend
+        .put_memory(&alpha, &Memory::new("own", json!("the agent wrote this")))
+        .await
+        .unwrap();
+    let report = backfill::run(&db.url, &BackfillOptions::new(dir.path()), &())
+        .await
+        .unwrap();
+    // The agent overwrites a migrated key: that row is the agent's now.
+    backend
+        .put_memory(&alpha, &Memory::new("pricing", json!("agent's answer")))
+        .await
+        .unwrap();
+    let deleted = backfill::rollback(&db.url, &report.run_id).await.unwrap();
+    assert_eq!(
+        deleted.memories + deleted.tools + deleted.metrics + deleted.executions,
+        10
+    );
+    let keys = backend.memory_keys(&alpha).await.unwrap();
+    assert_eq!(
+        keys,
+        ["own", "pricing"],
+        "rows agents wrote survive a rollback"
+    );
+    let again = backfill::run(&db.url, &BackfillOptions::new(dir.path()), &())
+        .await
+        .unwrap();
+    assert_eq!(
+        again.totals.inserted, 10,
+        "a run after a rollback brings the rows back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_and_interrupted_runs_end_with_every_row_once() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in 0..6 {
+        let values: Vec<String> = (0..3000)
+            .map(|i| format!("('k{file}_{i}', 'value {i}', {})", 1_700_000_000 + i))
+            .collect();
+        let sql = format!(
+            "create table memory (key text, content text, ts integer); insert into memory values {};",
+            values.join(",")
+        );
+        legacy_file(
+            &dir.path().join(format!("agent{}/data{file}.db", file % 3)),
+            &sql,
+        )
+        .await;
+    }
+    let db = TestDatabase::migrated().await;
+    let mut options = BackfillOptions::new(dir.path());
+    options.read.batch_size = 500;
+    // Killed part way: the run is dropped mid-batch, as a dead process would be.
+    let cut = tokio::time::timeout(
+        Duration::from_millis(150),
+        backfill::run(&db.url, &options, &()),
+    )
+    .await;
+    assert!(cut.is_err(), "the first run should still be going when cut");
+    // Two workers at once finish the job between them.
+    let (a, b) = tokio::join!(
+        backfill::run(&db.url, &options, &()),
+        backfill::run(&db.url, &options, &())
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let mut conn = connect(&db).await;
+    let total: i64 = sqlx::query_scalar("select count(*) from agent_memories")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let distinct: i64 = sqlx::query_scalar("select count(distinct metadata->>'source_rowid' || (metadata->>'source_db')) from agent_memories")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        (total, distinct),
+        (18_000, 18_000),
+        "every row exactly once"
+    );
+    let claimed_elsewhere = a
+        .files
+        .iter()
+        .chain(&b.files)
+        .filter(|f| f.problem.as_deref() == Some("claimed by another backfill worker"))
+        .count();
+    assert!(a.totals.inserted + b.totals.inserted <= 18_000);
+    eprintln!(
+        "workers inserted {} and {}; {claimed_elsewhere} files left to the other",
+        a.totals.inserted, b.totals.inserted
+    );
+    let last = backfill::run(&db.url, &options, &()).await.unwrap();
+    assert_eq!(last.totals.inserted, 0);
+}
+
+#[tokio::test]
+async fn library_files_move_as_themselves() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteBackend::new(dir.path());
+    let agent = AgentId::new("own_layout").unwrap();
+    let stored = sqlite
+        .put_memory(
+            &agent,
+            &Memory::new(
+                "k",
+                json!({"big": 123456789012345678901234567890_u128.to_string(), "v": 2.50}),
+            )
+            .with_embedding(vec![0.5, -1.0]),
+        )
+        .await
+        .unwrap();
+    sqlite.close().await;
+    let db = TestDatabase::migrated().await;
+    let report = backfill::run(&db.url, &BackfillOptions::new(dir.path()), &())
+        .await
+        .unwrap();
+    assert!(report.succeeded(), "{report:#?}");
+    let backend: Arc<dyn MemoryBackend> = Arc::new(db.backend().await);
+    let moved = backend
+        .get_memory(&agent, "k")
+        .await
+        .unwrap()
+        .expect("moved");
+    assert_eq!(
+        moved, stored,
+        "same id, key, value, metadata, embedding and times"
+    );
+    assert!(matches!(
+        ContractRecord::Memory(moved.clone()),
+        ContractRecord::Memory(_)
+    ));
+}
