@@ -2,12 +2,15 @@
 //!
 //! ```text
 //! cargo run --release --example backfill -- --postgres-url "$DATABASE_URL" --agents-path ./agents --dry-run
+//! cargo run --release --example backfill -- --postgres-url "$DATABASE_URL" --agents-path ./agents --backup
 //! cargo run --release --example backfill -- --postgres-url "$DATABASE_URL" --agents-path ./agents
+//! cargo run --release --example backfill -- --postgres-url "$DATABASE_URL" --agents-path ./agents --verify
 //! cargo run --release --example backfill -- --postgres-url "$DATABASE_URL" --rollback RUN_ID
 //! ```
 //!
 //! Reads `DATABASE_URL` (for `--postgres-url`), `MIGRATION_BATCH_SIZE` (rows per
-//! transaction, default 1000) and `MIGRATION_TIMEOUT` (seconds per batch, default 300);
+//! transaction, default 1000), `MIGRATION_TIMEOUT` (seconds per batch, default 300) and
+//! `MIGRATION_BACKUP_PATH` (for `--backup`, default `./backups`);
 //! `RUST_LOG` sets the log level (default `info`). Writes
 //! `migration_report_<UTC timestamp>.json` in `--report-dir` (default `.`). Exits 0 when
 //! every readable row is in PostgreSQL, 1 when some rows or files failed (the report
@@ -18,7 +21,7 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use agent_memory::backfill::{self, BackfillOptions, Progress, Report};
+use agent_memory::backfill::{self, BackfillOptions, Progress, Report, backup};
 use agent_memory::legacy::Target;
 use agent_memory::{Chain, Error};
 use clap::Parser;
@@ -38,6 +41,13 @@ struct Cli {
     /// Read everything and report what would be migrated; write nothing to PostgreSQL.
     #[arg(long)]
     dry_run: bool,
+    /// Back up every legacy file (SQLite's backup API, safe while agents run) with a
+    /// manifest of checksums, backup_sqlite.sh and restore_sqlite.sh; migrate nothing.
+    #[arg(long)]
+    backup: bool,
+    /// Where backups go.
+    #[arg(long, env = "MIGRATION_BACKUP_PATH", default_value = "./backups")]
+    backup_path: PathBuf,
     /// Apply the shipped PostgreSQL migrations first.
     #[arg(long)]
     migrate: bool,
@@ -54,6 +64,10 @@ struct Cli {
     /// Where to write the JSON report.
     #[arg(long, default_value = ".")]
     report_dir: PathBuf,
+    /// Compare every legacy table with PostgreSQL (row counts and content checksums);
+    /// exit 1 naming each difference.
+    #[arg(long)]
+    verify: bool,
     /// Delete exactly the rows of one earlier run, by its id (from its report).
     #[arg(long, value_name = "RUN_ID")]
     rollback: Option<String>,
@@ -120,6 +134,42 @@ fn summary(report: &Report) {
 
 async fn run(cli: Cli) -> Result<ExitCode, Error> {
     let options = options(&cli)?;
+    if cli.backup {
+        let found = agent_memory::legacy::discover(&options.agents_path, &options.read).await;
+        let sources: Vec<PathBuf> = found
+            .iter()
+            .filter(|f| !matches!(f.probe, agent_memory::legacy::Probe::Problem(_)))
+            .map(|f| PathBuf::from(&f.source_db))
+            .collect();
+        std::fs::create_dir_all(&cli.backup_path).map_err(|e| Error::InvalidInput {
+            what: "--backup-path",
+            reason: format!("cannot create {}: {e}", cli.backup_path.display()),
+        })?;
+        let backup = backup::backup(
+            &options.agents_path,
+            &sources,
+            &cli.backup_path,
+            chrono::Utc::now(),
+        )
+        .await?;
+        let failed: Vec<_> = backup.failed().collect();
+        eprintln!(
+            "backfill: backed up {} of {} files into {}; restore with: bash {}",
+            backup.files.len() - failed.len(),
+            backup.files.len(),
+            backup.dir.display(),
+            backup.restore_script.display()
+        );
+        for file in &failed {
+            eprintln!("backfill: not backed up: {}", file.source_db);
+        }
+        println!("{}", backup.dir.display());
+        return Ok(if failed.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
     if cli.dry_run {
         let report = backfill::dry_run(&options).await;
         summary(&report);
@@ -136,6 +186,31 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             serde_json::json!({ "rolled_back": run_id, "deleted": deleted })
         );
         return Ok(ExitCode::SUCCESS);
+    }
+    if cli.verify {
+        let verification = backfill::verify(url, &options).await?;
+        for check in verification.tables.iter().filter(|c| !c.same) {
+            eprintln!(
+                "backfill: differs: agent {} file {} table {} -> {}: {}",
+                check.agent,
+                check.source_db,
+                check.table,
+                check.target,
+                check.difference.as_deref().unwrap_or_default()
+            );
+        }
+        for (file, why) in &verification.problems {
+            eprintln!("backfill: cannot verify {file}: {why}");
+        }
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&verification).unwrap_or_default()
+        );
+        return Ok(if verification.passed() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
     }
     if cli.migrate {
         agent_memory::migrate_url(url).await?;

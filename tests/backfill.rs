@@ -267,6 +267,43 @@ async fn every_row_arrives_once_as_the_contract_says() {
 }
 
 #[tokio::test]
+async fn verify_passes_after_a_run_and_names_a_difference() {
+    let dir = tempfile::tempdir().unwrap();
+    tree(dir.path()).await;
+    let db = TestDatabase::migrated().await;
+    let options = BackfillOptions::new(dir.path());
+    let before = backfill::verify(&db.url, &options).await.unwrap();
+    assert!(!before.passed(), "nothing migrated yet");
+    backfill::run(&db.url, &options, &()).await.unwrap();
+    let after = backfill::verify(&db.url, &options).await.unwrap();
+    assert!(after.passed(), "{after:#?}");
+    assert_eq!(after.tables.len(), 6);
+    let mut conn = connect(&db).await;
+    sqlx::raw_sql("update agent_metrics set content = '{}' where name = 'tokens'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::raw_sql("delete from agent_tools where name = 'search'")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let broken = backfill::verify(&db.url, &options).await.unwrap();
+    let differing: Vec<(&str, &str)> = broken
+        .tables
+        .iter()
+        .filter(|t| !t.same)
+        .map(|t| (t.table.as_str(), t.difference.as_deref().unwrap()))
+        .collect();
+    assert_eq!(
+        differing,
+        [
+            ("tools", "2 legacy rows, 1 in agent_tools"),
+            ("performance", "same row count, but ids or contents differ")
+        ]
+    );
+}
+
+#[tokio::test]
 async fn a_dry_run_writes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     tree(dir.path()).await;

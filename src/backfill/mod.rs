@@ -16,11 +16,15 @@
 mod engine;
 mod load;
 mod report;
+mod verify;
+
+pub mod backup;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use report::{Failure, FileReport, Report, TableReport, Totals};
+pub use verify::{TableCheck, Verification, verify};
 
 use crate::backend::{PostgresBackend, PostgresOptions};
 use crate::error::{Error, Result, redact_url, scrub, url_secrets};

@@ -1,0 +1,204 @@
+//! `--verify`: every legacy table compared with PostgreSQL, by row count and by a
+//! checksum of the ids and contents, per agent and table.
+
+use futures_util::StreamExt;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::PgConnection;
+
+use super::BackfillOptions;
+use crate::error::{Chain, Result};
+use crate::legacy::{Probe, Source, TableKind, convert_row, discover};
+
+/// One table compared.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableCheck {
+    /// The legacy file, relative to the agents path.
+    pub source_db: String,
+    /// The agent.
+    pub agent: String,
+    /// The legacy table.
+    pub table: String,
+    /// The contract table its rows went to.
+    pub target: String,
+    /// Rows in the legacy table.
+    pub legacy_rows: u64,
+    /// Rows in PostgreSQL that came from it.
+    pub postgres_rows: u64,
+    /// True when both hold the same ids with the same contents.
+    pub same: bool,
+    /// What differs, or why the table could not be checked.
+    pub difference: Option<String>,
+}
+
+/// The verification of a whole agents path.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verification {
+    /// Every mapped legacy table.
+    pub tables: Vec<TableCheck>,
+    /// Files that could not be read, with why.
+    pub problems: Vec<(String, String)>,
+}
+
+impl Verification {
+    /// True when every table matches and every file could be read.
+    pub fn passed(&self) -> bool {
+        self.problems.is_empty() && self.tables.iter().all(|t| t.same)
+    }
+}
+
+/// An order-independent checksum of (id, content) pairs: the wrapping sum of each
+/// pair's SHA-256, so both sides can be summed in whatever order they are read.
+#[derive(Default, PartialEq, Eq)]
+struct Sum(u128, u128);
+
+impl Sum {
+    fn add(&mut self, id: &uuid::Uuid, content: &str) {
+        let digest = Sha256::new()
+            .chain_update(id.as_bytes())
+            .chain_update(content.as_bytes())
+            .finalize();
+        let (high, low) = digest.split_at(16);
+        self.0 = self
+            .0
+            .wrapping_add(u128::from_le_bytes(high.try_into().unwrap_or([0; 16])));
+        self.1 = self
+            .1
+            .wrapping_add(u128::from_le_bytes(low.try_into().unwrap_or([0; 16])));
+    }
+}
+
+/// Compares every mapped legacy table under the agents path with the rows PostgreSQL
+/// holds from it (`metadata.source_db` and `source_table`). Files of the library's own
+/// layout are not compared here: their rows move as themselves and agents may have
+/// changed them since.
+///
+/// # Errors
+/// When PostgreSQL cannot be reached or read (never showing the URL's password).
+pub async fn verify(url: &str, options: &BackfillOptions) -> Result<Verification> {
+    let mut conn = super::engine::Run::connect(url).await?;
+    let verification = compare(&mut conn, options).await;
+    let _ = sqlx::Connection::close(conn).await;
+    verification
+}
+
+async fn compare(conn: &mut PgConnection, options: &BackfillOptions) -> Result<Verification> {
+    let mut out = Verification {
+        tables: Vec::new(),
+        problems: Vec::new(),
+    };
+    let migrated_at = crate::record::now();
+    for found in discover(&options.agents_path, &options.read).await {
+        let agent = match (&found.probe, &found.agent) {
+            (Probe::Legacy, Ok(agent)) => agent.clone(),
+            (Probe::Problem(why), _) | (_, Err(why)) => {
+                out.problems.push((found.source_db.clone(), why.clone()));
+                continue;
+            }
+            (Probe::Own, _) => continue,
+        };
+        let mut source = match Source::open(&found.path, &options.read).await {
+            Ok(source) => source,
+            Err(err) => {
+                out.problems
+                    .push((found.source_db.clone(), Chain(&err).to_string()));
+                continue;
+            }
+        };
+        let tables = match source.tables().await {
+            Ok(tables) => tables,
+            Err(err) => {
+                out.problems
+                    .push((found.source_db.clone(), Chain(&err).to_string()));
+                continue;
+            }
+        };
+        for table in tables {
+            let (TableKind::Data { .. }, Some(target)) =
+                (&table.kind, options.map.target(&table.name))
+            else {
+                continue;
+            };
+            let mut legacy = Sum::default();
+            let mut legacy_rows = 0;
+            let mut problem = None;
+            let mut batches = source.rows(&table);
+            loop {
+                match batches.next_batch().await {
+                    Ok(Some(batch)) => {
+                        for row in &batch {
+                            match convert_row(
+                                &agent,
+                                &found.source_db,
+                                &table,
+                                target,
+                                row,
+                                migrated_at,
+                            ) {
+                                Ok(converted) => {
+                                    legacy_rows += 1;
+                                    legacy.add(
+                                        &converted.record.id(),
+                                        &converted.record.content().to_string(),
+                                    );
+                                }
+                                Err(err) => problem = Some(Chain(&err).to_string()),
+                            }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(err) => {
+                        problem = Some(Chain(&err).to_string());
+                        break;
+                    }
+                }
+            }
+            let sql = format!(
+                "select id, content from {} where metadata->>'source_db' = $1 and metadata->>'source_table' = $2",
+                target.table()
+            );
+            let mut postgres = Sum::default();
+            let mut postgres_rows = 0;
+            {
+                let mut rows = sqlx::query_as::<_, (uuid::Uuid, String)>(sqlx::AssertSqlSafe(sql))
+                    .bind(&found.source_db)
+                    .bind(&table.name)
+                    .fetch(&mut *conn);
+                while let Some(row) = rows.next().await {
+                    let (id, content) = row.map_err(|e| crate::Error::Database {
+                        backend: "postgres",
+                        operation: format!(
+                            "read the rows of {} from {}",
+                            table.name, found.source_db
+                        ),
+                        source: Box::new(e),
+                    })?;
+                    postgres_rows += 1;
+                    postgres.add(&id, &content);
+                }
+            }
+            let difference =
+                problem.or_else(
+                    || match (legacy_rows == postgres_rows, legacy == postgres) {
+                        (true, true) => None,
+                        (false, _) => Some(format!(
+                            "{legacy_rows} legacy rows, {postgres_rows} in {}",
+                            target.table()
+                        )),
+                        (true, false) => Some("same row count, but ids or contents differ".into()),
+                    },
+                );
+            out.tables.push(TableCheck {
+                source_db: found.source_db.clone(),
+                agent: agent.to_string(),
+                table: table.name.clone(),
+                target: target.table().to_string(),
+                legacy_rows,
+                postgres_rows,
+                same: difference.is_none(),
+                difference,
+            });
+        }
+    }
+    Ok(out)
+}
