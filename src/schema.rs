@@ -48,8 +48,8 @@ pub const BOOKKEEPING_SCHEMA: &str = "agent_memory";
 /// Serialises concurrent migrators on one PostgreSQL database.
 const MIGRATE_LOCK: i64 = 0x6167_656e_745f_6d65; // "agent_me"
 
-const HINT: &str = "apply the shipped schema with agent_memory::migrate (memctl migrate), \
-                    or run the admin app's prisma db push";
+const HINT: &str = "apply the shipped schema (backfill --migrate, memctl migrate, or \
+                    agent_memory::migrate), or run the admin app's prisma db push";
 
 /// Applies the shipped PostgreSQL migrations that `pool`'s database has not had yet, in
 /// one transaction, and returns the versions it applied.

@@ -101,6 +101,9 @@ async fn expected(root: &Path) -> Vec<(uuid::Uuid, legacy::ContractRow)> {
     let map = TableMap::new();
     let mut rows = Vec::new();
     for found in legacy::discover(root, &ReadOptions::default()).await {
+        if found.probe != legacy::Probe::Legacy {
+            continue;
+        }
         let agent = found.agent.clone().unwrap();
         let mut source = Source::open(&found.path, &ReadOptions::default())
             .await
@@ -453,4 +456,129 @@ async fn library_files_move_as_themselves() {
         ContractRecord::Memory(moved.clone()),
         ContractRecord::Memory(_)
     ));
+}
+
+#[tokio::test]
+async fn awkward_values_and_files_arrive_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = "x".repeat(1 << 20);
+    legacy_file(
+        &dir.path().join("odd/values.db"),
+        &format!(
+            "create table memory (key text, content, note text);
+             insert into memory values
+               ('nul', 'a' || char(0) || 'b', 'n' || char(0)),
+               ('bytes', x'66696c65966e616d65', null),
+               ('blob', x'00ff', 'raw'),
+               ('big', '{big}', null),
+               ('ints', 9223372036854775807, '-9223372036854775808'),
+               ('inf', 1e999, -1e999),
+               ('mixed', 12.5, 7),
+               ('unicode', 'João “quoted” ✓', 'ok');
+             create table \"tools\" (name text primary key, spec text) without rowid;
+             insert into \"tools\" values ('a tool', 'spec'), ('b', 'x');"
+        ),
+    )
+    .await;
+    legacy_file(
+        &dir.path().join("Case/a.db"),
+        "create table metrics (name text, value real); insert into metrics values ('m', 1);",
+    )
+    .await;
+    legacy_file(
+        &dir.path().join("case/a.db"),
+        "create table metrics (name text, value real); insert into metrics values ('m', 2);",
+    )
+    .await;
+    std::fs::write(dir.path().join("case/not-sqlite.db"), b"just text").unwrap();
+    std::fs::write(dir.path().join("case/empty.sqlite3"), b"").unwrap();
+    let db = TestDatabase::migrated().await;
+    let options = BackfillOptions::new(dir.path());
+    let report = backfill::run(&db.url, &options, &())
+        .await
+        .expect("backfill");
+    let problems: Vec<&str> = report
+        .files
+        .iter()
+        .filter(|f| f.problem.is_some())
+        .map(|f| f.source_db.as_str())
+        .collect();
+    assert_eq!(
+        problems,
+        ["case/empty.sqlite3", "case/not-sqlite.db"],
+        "unusable files are reported, the rest carries on"
+    );
+    assert_eq!(report.totals.inserted, 12);
+    assert_eq!(report.totals.failed, 0);
+    let verification = backfill::verify(&db.url, &options).await.unwrap();
+    assert!(
+        verification.tables.iter().all(|t| t.same),
+        "{verification:#?}"
+    );
+    let mut conn = connect(&db).await;
+    for (id, row) in expected(dir.path()).await {
+        let table = row.record.target().table();
+        let (content, _, _) = stored(&mut conn, table, id)
+            .await
+            .unwrap_or_else(|| panic!("{table} lacks {id}"));
+        assert_eq!(
+            content,
+            row.record.content().to_string(),
+            "a value changed on the way"
+        );
+    }
+    let agents: Vec<String> = sqlx::query_scalar("select id from agents order by id")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        agents,
+        ["Case", "case", "odd"],
+        "agents whose names differ only in case stay apart"
+    );
+    let nul: String = sqlx::query_scalar("select content from agent_memories where key = 'nul'")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(nul.contains(r"a\u0000b"), "{nul}");
+}
+
+#[tokio::test]
+async fn the_public_corpus_backfills_and_verifies() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/public");
+    assert!(
+        corpus.is_dir(),
+        "the public corpus is expected at {}",
+        corpus.display()
+    );
+    let db = TestDatabase::migrated().await;
+    let mut options = BackfillOptions::new(&corpus);
+    for (table, target) in [
+        ("long_term_memories", "agent_memories"),
+        ("checkpoints", "agent_memories"),
+        ("memories", "agent_memories"),
+        ("episodes", "agent_memories"),
+        ("risk_log", "agent_executions"),
+    ] {
+        options.map = options
+            .map
+            .with(table, legacy::Target::parse(target).unwrap());
+    }
+    let report = backfill::run(&db.url, &options, &())
+        .await
+        .expect("backfill");
+    assert!(report.succeeded(), "{:#?}", report.totals);
+    assert!(report.totals.inserted > 300, "{:?}", report.totals);
+    let skipped = report
+        .files
+        .iter()
+        .flat_map(|f| &f.tables)
+        .filter(|t| t.skipped.is_some())
+        .count();
+    assert!(
+        skipped > 50,
+        "unmapped and non-data tables are listed: {skipped}"
+    );
+    let verification = backfill::verify(&db.url, &options).await.unwrap();
+    assert!(verification.passed(), "{verification:#?}");
 }
