@@ -11,7 +11,7 @@
 //! Reads `DATABASE_URL` (for `--postgres-url`), `MIGRATION_BATCH_SIZE` (rows per
 //! transaction, default 1000), `MIGRATION_TIMEOUT` (seconds per batch, default 300) and
 //! `MIGRATION_BACKUP_PATH` (for `--backup`, default `./backups`);
-//! `RUST_LOG` sets the log level (default `info`). Writes
+//! `RUST_LOG` sets the log level (default `info,sqlx=warn`). Writes
 //! `migration_report_<UTC timestamp>.json` in `--report-dir` (default `.`). Exits 0 when
 //! every readable row is in PostgreSQL, 1 when some rows or files failed (the report
 //! says which), 2 on an error that stopped the run.
@@ -73,24 +73,66 @@ struct Cli {
     rollback: Option<String>,
 }
 
-/// Rows per second on standard error, every few seconds.
-struct LogProgress {
-    rows: AtomicU64,
-    started: Instant,
-    last: std::sync::Mutex<Instant>,
+/// Progress on standard error: a bar (rows and rows/s) on a terminal, a log line every
+/// few seconds otherwise.
+enum ShowProgress {
+    Bar(indicatif::ProgressBar),
+    Lines {
+        rows: AtomicU64,
+        started: Instant,
+        last: std::sync::Mutex<Instant>,
+    },
 }
 
-impl Progress for LogProgress {
-    fn rows(&self, rows: u64) {
-        let total = self.rows.fetch_add(rows, Ordering::Relaxed) + rows;
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if last.elapsed() >= Duration::from_secs(2) {
-            *last = Instant::now();
-            let secs = self.started.elapsed().as_secs_f64();
-            eprintln!(
-                "backfill: {total} rows read, {:.0} rows/s",
-                total as f64 / secs
+impl ShowProgress {
+    async fn new(options: &BackfillOptions) -> Self {
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            // The bar's length comes from a dry run's count: a terminal user waits for it;
+            // logs and benchmarks are spared the extra read.
+            let total = backfill::dry_run(options).await.totals.read;
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{elapsed_precise} [{bar:40}] {human_pos}/{human_len} rows, {per_sec}, eta {eta}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
+            return ShowProgress::Bar(bar);
+        }
+        ShowProgress::Lines {
+            rows: AtomicU64::new(0),
+            started: Instant::now(),
+            last: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
+    fn finish(&self) {
+        if let ShowProgress::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl Progress for ShowProgress {
+    fn rows(&self, n: u64) {
+        match self {
+            ShowProgress::Bar(bar) => bar.inc(n),
+            ShowProgress::Lines {
+                rows,
+                started,
+                last,
+            } => {
+                let total = rows.fetch_add(n, Ordering::Relaxed) + n;
+                let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+                if last.elapsed() >= Duration::from_secs(2) {
+                    *last = Instant::now();
+                    let secs = started.elapsed().as_secs_f64();
+                    eprintln!(
+                        "backfill: {total} rows read, {:.0} rows/s",
+                        total as f64 / secs
+                    );
+                }
+            }
         }
     }
 }
@@ -215,12 +257,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
     if cli.migrate {
         agent_memory::migrate_url(url).await?;
     }
-    let progress = LogProgress {
-        rows: AtomicU64::new(0),
-        started: Instant::now(),
-        last: std::sync::Mutex::new(Instant::now()),
-    };
-    let report = backfill::run(url, &options, &progress).await?;
+    let progress = ShowProgress::new(&options).await;
+    let report = backfill::run(url, &options, &progress).await;
+    progress.finish();
+    let report = report?;
     summary(&report);
     println!("{}", report.write(&cli.report_dir)?.display());
     Ok(if report.succeeded() {
@@ -235,7 +275,7 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
         )
         .with_writer(std::io::stderr)
         .init();
