@@ -436,6 +436,11 @@ async fn library_files_move_as_themselves() {
         )
         .await
         .unwrap();
+    sqlite
+        .put_memory(&agent, &Memory::new("gone", json!("deleted by the agent")))
+        .await
+        .unwrap();
+    assert!(sqlite.delete_memory(&agent, "gone").await.unwrap());
     sqlite.close().await;
     let db = TestDatabase::migrated().await;
     let report = backfill::run(&db.url, &BackfillOptions::new(dir.path()), &())

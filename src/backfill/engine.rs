@@ -13,7 +13,7 @@ use crate::backend::{MemoryBackend, PostgresBackend};
 use crate::error::{Chain, Error, Result, redact_url, scrub, url_secrets};
 use crate::legacy::{
     ContractRecord, ContractRow, Found, Probe, Source, TableInfo, TableKind, Target, convert_row,
-    discover, read_own_records,
+    discover, read_own_records, read_own_tombstones,
 };
 use crate::record::AgentId;
 
@@ -359,6 +359,25 @@ impl Run<'_> {
             out.rows_per_second = rate(out.read, out.seconds);
             report.tables.push(out);
         }
+        // Deletes the agent made move too, so no older copy of a deleted key (from a
+        // legacy table, a replay or a lazy copy) comes back in PostgreSQL.
+        let mut out = TableReport {
+            table: "agent_memory_tombstones".into(),
+            target: Some("agent_memory.memory_tombstones".into()),
+            ..TableReport::default()
+        };
+        for (key, at) in read_own_tombstones(source).await? {
+            out.read += 1;
+            match self.backend.apply_memory_delete(agent, &key, at).await {
+                Ok(_) => out.inserted += 1,
+                Err(err) => out.failed.push(Failure {
+                    rowids: None,
+                    rows: 1,
+                    reason: format!("delete of {key:?}: {}", Chain(&err)),
+                }),
+            }
+        }
+        report.tables.push(out);
         Ok(())
     }
 }

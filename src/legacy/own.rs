@@ -78,6 +78,39 @@ pub async fn read_own_records(
         .collect()
 }
 
+/// The deletes recorded in a file of the library's own layout (its tombstones): each
+/// deleted key with when it was deleted, so a backfill carries the delete over and no
+/// older copy of the key arrives later.
+///
+/// # Errors
+/// [`Error::Database`] when the table cannot be read (files written before tombstones
+/// existed have none, and give an empty list).
+pub async fn read_own_tombstones(
+    source: &mut Source,
+) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>> {
+    if !source.has_table("agent_memory_tombstones").await? {
+        return Ok(Vec::new());
+    }
+    let path = source.path.clone();
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("select key, deleted_at from agent_memory_tombstones order by key")
+            .fetch_all(&mut source.conn)
+            .await
+            .map_err(|e| Error::Database {
+                backend: "sqlite",
+                operation: format!("read the deletes recorded in {}", path.display()),
+                source: Box::new(e),
+            })?;
+    rows.into_iter()
+        .map(|(key, at)| {
+            let at = parse_time(&at, || {
+                format!("tombstone of {key:?} in {}", path.display())
+            })?;
+            Ok((key, at))
+        })
+        .collect()
+}
+
 enum DecodeError {
     Sqlx(sqlx::Error),
     Crate(Error),
