@@ -1,0 +1,74 @@
+//! A backfill whose PostgreSQL restarts mid-run: its batches are retried with backoff,
+//! and the run (or a re-run) ends with every row exactly once. Stops the real test
+//! server, so this file holds one test.
+
+mod common;
+
+use std::time::Duration;
+
+use agent_memory::backfill::{self, BackfillOptions};
+use agent_memory::testing::postgres::TestDatabase;
+use common::{RestartOnDrop, pg};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{Connection, PgConnection, SqliteConnection};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backfill_survives_a_postgres_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in 0..4 {
+        let path = dir.path().join(format!("agent{file}/data.db"));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let options = SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let mut conn = SqliteConnection::connect_with(&options).await.unwrap();
+        let values: Vec<String> = (0..4000)
+            .map(|i| format!("('k{i}', 'value {i}')"))
+            .collect();
+        let sql = format!(
+            "create table memory (key text, content text); insert into memory values {};",
+            values.join(",")
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    }
+    let db = TestDatabase::migrated().await;
+    let mut options = BackfillOptions::new(dir.path());
+    options.read.batch_size = 250;
+    let running = {
+        let (url, options) = (db.url.clone(), options.clone());
+        tokio::spawn(async move { backfill::run(&url, &options, &()).await })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    {
+        let _restart = RestartOnDrop;
+        pg("stop");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let first = running.await.unwrap();
+    eprintln!(
+        "run through the restart: {:?}",
+        first.as_ref().map(|r| &r.totals)
+    );
+    // Whatever the first run managed, a re-run finishes the job without second copies.
+    let second = backfill::run(&db.url, &options, &())
+        .await
+        .expect("re-run after the restart");
+    assert!(second.succeeded(), "{:#?}", second.totals);
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    let (total, distinct): (i64, i64) = sqlx::query_as(
+        "select count(*), count(distinct (metadata->>'source_db', metadata->>'source_rowid')) from agent_memories",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        (total, distinct),
+        (16_000, 16_000),
+        "every row exactly once"
+    );
+    assert!(backfill::verify(&db.url, &options).await.unwrap().passed());
+}
