@@ -587,3 +587,50 @@ async fn the_public_corpus_backfills_and_verifies() {
     let verification = backfill::verify(&db.url, &options).await.unwrap();
     assert!(verification.passed(), "{verification:#?}");
 }
+
+#[tokio::test]
+async fn a_refused_privilege_is_reported_with_the_grant_it_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    tree(dir.path()).await;
+    let db = TestDatabase::migrated().await;
+    let mut conn = connect(&db).await;
+    let role = format!("limited_{}", &db.name[8..20]);
+    let sql = format!(
+        "create role {role} login password 'limited-pw';
+         grant usage on schema agent_memory to {role};
+         grant select, insert, update, delete on all tables in schema agent_memory to {role};
+         grant usage on all sequences in schema agent_memory to {role};
+         grant select on all tables in schema public to {role};
+         grant insert, update on agents to {role};"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&db.url).unwrap();
+    url.set_username(&role).unwrap();
+    url.set_password(Some("limited-pw")).unwrap();
+    let report = backfill::run(url.as_str(), &BackfillOptions::new(dir.path()), &())
+        .await
+        .expect("the run itself goes on");
+    assert!(!report.succeeded());
+    let reasons: Vec<&str> = report
+        .files
+        .iter()
+        .flat_map(|f| &f.tables)
+        .flat_map(|t| &t.failed)
+        .map(|f| f.reason.as_str())
+        .collect();
+    assert!(!reasons.is_empty());
+    assert!(
+        reasons
+            .iter()
+            .any(|r| r.contains("permission denied for table agent_memories")
+                && r.contains("grant select, insert, update on agent_memories")),
+        "{reasons:#?}"
+    );
+    assert!(
+        !format!("{report:?}").contains("limited-pw"),
+        "the report shows no password"
+    );
+}

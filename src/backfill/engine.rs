@@ -255,7 +255,8 @@ impl Run<'_> {
                 }
                 Ok(Err(err)) => {
                     let transient = is_transient(&err);
-                    last = Some(scrub(err, &url_secrets(self.url)).to_string());
+                    let hint = permission_hint(&err, target);
+                    last = Some(format!("{}{hint}", scrub(err, &url_secrets(self.url))));
                     if !transient {
                         break;
                     }
@@ -394,6 +395,20 @@ fn is_transient(err: &sqlx::Error) -> bool {
             )
         }
         _ => false,
+    }
+}
+
+/// For a refused privilege, which privileges on which tables a backfill needs.
+fn permission_hint(err: &sqlx::Error, target: Target) -> String {
+    match err {
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("42501") => format!(
+            "; the backfill's role needs SELECT, INSERT and UPDATE on {} and agents, \
+             and SELECT, INSERT, UPDATE and DELETE on the tables of schema agent_memory \
+             (e.g. grant select, insert, update on {}, agents to <role>)",
+            target.table(),
+            target.table()
+        ),
+        _ => String::new(),
     }
 }
 
