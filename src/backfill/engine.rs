@@ -64,11 +64,7 @@ impl Run<'_> {
                 .as_ref()
                 .map(|a| a.to_string())
                 .map_err(Clone::clone),
-            kind: match found.probe {
-                Probe::Legacy => "legacy",
-                Probe::Own => "library",
-                Probe::Problem(_) => "problem",
-            },
+            kind: found.probe.kind(),
             problem: None,
             tables: Vec::new(),
         };

@@ -81,11 +81,7 @@ pub async fn dry_run(options: &BackfillOptions) -> Report {
         report.files.push(FileReport {
             source_db: file.source_db,
             agent: file.agent,
-            kind: match file.probe {
-                crate::legacy::Probe::Legacy => "legacy",
-                crate::legacy::Probe::Own => "library",
-                crate::legacy::Probe::Problem(_) => "problem",
-            },
+            kind: file.probe.kind(),
             problem: file.problem,
             tables: file
                 .tables

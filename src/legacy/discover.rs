@@ -37,6 +37,17 @@ pub enum Probe {
     Problem(String),
 }
 
+impl Probe {
+    /// A one-word name for reports: `legacy`, `library` or `problem`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Probe::Legacy => "legacy",
+            Probe::Own => "library",
+            Probe::Problem(_) => "problem",
+        }
+    }
+}
+
 /// Every `*.db`, `*.sqlite` and `*.sqlite3` file at any depth under `agents_path`, in
 /// path order, each probed (header check, then a read-only open and a schema read).
 ///
