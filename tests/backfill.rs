@@ -14,6 +14,8 @@ use serde_json::{Value, json};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, PgConnection, Row, SqliteConnection};
 
+mod common;
+
 /// Creates a legacy SQLite file at `path` with `sql`.
 async fn legacy_file(path: &Path, sql: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -632,5 +634,80 @@ async fn a_refused_privilege_is_reported_with_the_grant_it_needs() {
     assert!(
         !format!("{report:?}").contains("limited-pw"),
         "the report shows no password"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_with_sigkill_is_finished_by_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in 0..8 {
+        let values: Vec<String> = (0..5000)
+            .map(|i| format!("('k{i}', 'value {i}')"))
+            .collect();
+        let sql = format!(
+            "create table memory (key text, content text); insert into memory values {};",
+            values.join(",")
+        );
+        legacy_file(&dir.path().join(format!("agent{file}/data.db")), &sql).await;
+    }
+    let db = TestDatabase::migrated().await;
+    let command = || {
+        let mut command = std::process::Command::new(common::example_path("backfill"));
+        command
+            .args([
+                "--agents-path",
+                dir.path().to_str().unwrap(),
+                "--batch-size",
+                "200",
+                "--report-dir",
+            ])
+            .arg(dir.path())
+            .env("DATABASE_URL", &db.url)
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        command
+    };
+    let mut doomed = command().spawn().expect("start the backfill example");
+    let mut conn = connect(&db).await;
+    // Kill it once it has committed some batches, as kill -9 would mid-run.
+    let started = std::time::Instant::now();
+    loop {
+        let loaded: i64 = sqlx::query_scalar("select count(*) from agent_memories")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        if loaded >= 2000 || started.elapsed() > Duration::from_secs(30) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    doomed.kill().expect("SIGKILL");
+    doomed.wait().unwrap();
+    let partial: i64 = sqlx::query_scalar("select count(*) from agent_memories")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(
+        partial < 40_000,
+        "the run was killed before it finished ({partial} rows)"
+    );
+    let status = command().status().unwrap();
+    assert!(status.success(), "the re-run finishes: {status:?}");
+    let (total, distinct): (i64, i64) = sqlx::query_as(
+        "select count(*), count(distinct (metadata->>'source_db', metadata->>'source_rowid')) from agent_memories",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        (total, distinct),
+        (40_000, 40_000),
+        "every row exactly once"
+    );
+    let verify = command().arg("--verify").status().unwrap();
+    assert!(
+        verify.success(),
+        "--verify passes after the kill and the re-run"
     );
 }

@@ -8,13 +8,18 @@ use std::process::{Command, Output};
 
 /// The memctl example binary, which `cargo test` builds beside the test binaries.
 pub fn memctl_path() -> PathBuf {
+    example_path("memctl")
+}
+
+/// An example binary, which `cargo test` builds beside the test binaries.
+pub fn example_path(name: &str) -> PathBuf {
     let deps = std::env::current_exe().unwrap();
     let path = deps
         .parent()
         .and_then(Path::parent)
         .unwrap()
         .join("examples")
-        .join("memctl");
+        .join(name);
     assert!(
         path.is_file(),
         "{} is missing: run the tests with cargo test, which builds the examples",
