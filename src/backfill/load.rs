@@ -112,6 +112,9 @@ pub(crate) async fn load_batch(
     let mut copy = tx.copy_in_raw(COPY).await?;
     copy.send(copy_text(rows, run)).await?;
     copy.finish().await?;
+    // Statistics for the staging table, so the conflict statements join it to the
+    // growing contract tables through their indexes instead of scanning them per batch.
+    sqlx::raw_sql("analyze am_stage").execute(&mut *tx).await?;
     sqlx::raw_sql(AGENTS).execute(&mut *tx).await?;
     let steps: &[&'static str] = match target {
         Target::Memories => &[MEMORY_RANK_IN_BATCH, MEMORY_DEMOTE_OLDER, MEMORY_KEEP_OUT],
