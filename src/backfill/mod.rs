@@ -4,7 +4,7 @@
 //! - [`run`] discovers the files (see [`crate::legacy`]), claims each for one worker (a
 //!   PostgreSQL session lock, so several processes share the work and a dead worker's
 //!   files are free again), reads them batch by batch without disturbing running
-//!   agents, and loads each batch in one transaction: COPY into a staging table, key and
+//!   agents, and loads each batch in one transaction: an array insert into a staging table, key and
 //!   name conflicts settled, then an insert of the rows not there yet. Ids are
 //!   deterministic, so a re-run, a concurrent run or lazy migration never makes a second
 //!   copy; each inserted row records the run in `metadata.migration_run`. Tables a run
