@@ -30,6 +30,17 @@ pub struct Env {
     agents: tempfile::TempDir,
     /// Where and on what the run happens.
     pub machine: Machine,
+    /// Further databases made by [`Env::fresh_database`] and not dropped yet.
+    extra: std::sync::Mutex<Vec<String>>,
+}
+
+/// A further empty database of one run (see [`Env::fresh_database`]).
+#[derive(Debug, Clone)]
+pub struct Database {
+    /// Its name (`<bench database>_<label>`).
+    pub name: String,
+    /// Its URL (the admin URL's credentials).
+    pub url: String,
 }
 
 impl Env {
@@ -62,6 +73,7 @@ impl Env {
             database,
             agents,
             machine,
+            extra: std::sync::Mutex::new(Vec::new()),
         };
         if let Err(err) = agent_memory::migrate_url(&env.url).await {
             env.teardown().await.ok();
@@ -75,19 +87,68 @@ impl Env {
         self.agents.path()
     }
 
-    /// Drops the database (closing any connection still open) and the agents folder.
-    pub async fn teardown(self) -> Result<()> {
+    /// Creates a further empty database, `<database>_<label>` (`label`: lower-case ASCII
+    /// letters, digits and `_`), with the shipped migrations applied when `migrate`, for
+    /// a suite that needs a fresh one per measurement. [`Env::drop_database`] drops it
+    /// early; [`Env::teardown`] drops whatever is left.
+    pub async fn fresh_database(&self, label: &str, migrate: bool) -> Result<Database> {
+        if label.is_empty()
+            || !label
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(format!("database label {label:?} is not [a-z0-9_]+").into());
+        }
+        let name = format!("{}_{label}", self.database);
         let mut conn = PgConnection::connect(&self.admin_url).await?;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-            "drop database if exists {} with (force)",
-            self.database
-        )))
-        .execute(&mut conn)
-        .await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {name}")))
+            .execute(&mut conn)
+            .await?;
         conn.close().await.ok();
+        self.extra
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(name.clone());
+        let url = with_database(&self.admin_url, &name);
+        if migrate {
+            agent_memory::migrate_url(&url).await?;
+        }
+        Ok(Database { name, url })
+    }
+
+    /// Drops a database made by [`Env::fresh_database`] (closing any connection still
+    /// open), so its disk is free for the next measurement.
+    pub async fn drop_database(&self, database: &Database) -> Result<()> {
+        self.extra
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|name| *name != database.name);
+        drop_databases(&self.admin_url, std::slice::from_ref(&database.name)).await
+    }
+
+    /// Drops the database and every further one still there (closing any connection
+    /// still open), and the agents folder.
+    pub async fn teardown(self) -> Result<()> {
+        let mut names = std::mem::take(&mut *self.extra.lock().unwrap_or_else(|p| p.into_inner()));
+        names.push(self.database.clone());
+        drop_databases(&self.admin_url, &names).await?;
         self.agents.close()?;
         Ok(())
     }
+}
+
+/// Drops the databases `names`, closing any connection still open to them.
+async fn drop_databases(admin_url: &str, names: &[String]) -> Result<()> {
+    let mut conn = PgConnection::connect(admin_url).await?;
+    for name in names {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "drop database if exists {name} with (force)"
+        )))
+        .execute(&mut conn)
+        .await?;
+    }
+    conn.close().await.ok();
+    Ok(())
 }
 
 /// The facts a result depends on.

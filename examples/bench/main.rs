@@ -2,12 +2,14 @@
 //!
 //! ```text
 //! scripts/bench dual [--ops N] [--concurrency C] [--value-bytes B] [--reps R] [--json PATH]
+//! scripts/bench backfill [--rows N] [--batch-size B] [--try-batch-sizes B1,B2] [--json PATH]
 //! cargo run --release --example bench -- dual ...     # with DATABASE_URL set
 //! ```
 //!
 //! `DATABASE_URL` must be a PostgreSQL superuser (or database owner) URL: the bench
 //! creates a fresh database `agent_memory_bench_<random>`, applies the shipped
-//! migrations, and drops it at the end. SQLite files go to a fresh temporary folder.
+//! migrations, and drops it at the end (with any further database a suite makes). SQLite
+//! files go to a fresh temporary folder.
 //! `scripts/bench` starts a throwaway server with fsync and synchronous commits on, so
 //! both sides are durable, runs this, and removes the server.
 //!
@@ -15,6 +17,7 @@
 //! `--json PATH` (default `target/bench/<suite>.json`). `RUST_LOG` sets the log level
 //! (default `warn`).
 
+mod backfill;
 mod dual;
 mod harness;
 
@@ -42,12 +45,16 @@ enum Suite {
     /// What the dual backend costs over SQLite and PostgreSQL alone: store and retrieve
     /// latency and throughput of sqlite, postgres, dualwrite and live.
     Dual(dual::Args),
+    /// The bulk backfill of a generated legacy database against pgloader and psql \copy
+    /// of the same rows: rows/s, ratios, and the backfill's peak memory.
+    Backfill(backfill::Args),
 }
 
 impl Suite {
     fn name(&self) -> &'static str {
         match self {
             Suite::Dual(_) => "dual",
+            Suite::Backfill(_) => "backfill",
         }
     }
 }
@@ -58,6 +65,7 @@ async fn run(cli: Cli) -> harness::Result<()> {
     println!("{}", env.machine.header(name));
     let outcome = match &cli.suite {
         Suite::Dual(args) => dual::run(&env, args).await,
+        Suite::Backfill(args) => backfill::run(&env, args).await,
     };
     let machine = env.machine.clone();
     // The database goes whatever the outcome; a suite's failure is the one reported.
