@@ -42,9 +42,6 @@ pub const SQLITE_MIGRATIONS: &[Migration] = &[
 /// memory tombstones and writes owed to SQLite. Created at connect, never in `public`.
 const BOOKKEEPING_SQL: &str = include_str!("../migrations/postgres/bookkeeping.sql");
 
-/// The schema, outside `public`, where the library keeps its own bookkeeping.
-pub const BOOKKEEPING_SCHEMA: &str = "agent_memory";
-
 /// Serialises concurrent migrators on one PostgreSQL database.
 const MIGRATE_LOCK: i64 = 0x6167_656e_745f_6d65; // "agent_me"
 

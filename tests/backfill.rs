@@ -11,24 +11,10 @@ use agent_memory::legacy::{self, ContractRecord, ReadOptions, Source, TableKind,
 use agent_memory::testing::postgres::TestDatabase;
 use agent_memory::{AgentId, Memory, MemoryBackend, SqliteBackend};
 use serde_json::{Value, json};
-use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{Connection, PgConnection, Row, SqliteConnection};
+use sqlx::{Connection, PgConnection, Row};
 
 mod common;
-
-/// Creates a legacy SQLite file at `path` with `sql`.
-async fn legacy_file(path: &Path, sql: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    let options = SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(true);
-    let mut conn = SqliteConnection::connect_with(&options).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    conn.close().await.unwrap();
-}
+use common::{legacy_file, memory_rows_once, memory_table};
 
 /// A small tree with every contract table, shared keys across files, an unmapped table
 /// and a view.
@@ -394,14 +380,7 @@ async fn concurrent_and_interrupted_runs_end_with_every_row_once() {
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     let mut conn = connect(&db).await;
-    let total: i64 = sqlx::query_scalar("select count(*) from agent_memories")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
-    let distinct: i64 = sqlx::query_scalar("select count(distinct metadata->>'source_rowid' || (metadata->>'source_db')) from agent_memories")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+    let (total, distinct) = memory_rows_once(&mut conn).await;
     assert_eq!(
         (total, distinct),
         (18_000, 18_000),
@@ -641,14 +620,11 @@ async fn a_refused_privilege_is_reported_with_the_grant_it_needs() {
 async fn a_run_killed_with_sigkill_is_finished_by_the_next() {
     let dir = tempfile::tempdir().unwrap();
     for file in 0..8 {
-        let values: Vec<String> = (0..5000)
-            .map(|i| format!("('k{i}', 'value {i}')"))
-            .collect();
-        let sql = format!(
-            "create table memory (key text, content text); insert into memory values {};",
-            values.join(",")
-        );
-        legacy_file(&dir.path().join(format!("agent{file}/data.db")), &sql).await;
+        legacy_file(
+            &dir.path().join(format!("agent{file}/data.db")),
+            &memory_table(5000),
+        )
+        .await;
     }
     let db = TestDatabase::migrated().await;
     let command = || {
@@ -694,12 +670,7 @@ async fn a_run_killed_with_sigkill_is_finished_by_the_next() {
     );
     let status = command().status().unwrap();
     assert!(status.success(), "the re-run finishes: {status:?}");
-    let (total, distinct): (i64, i64) = sqlx::query_as(
-        "select count(*), count(distinct (metadata->>'source_db', metadata->>'source_rowid')) from agent_memories",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
+    let (total, distinct) = memory_rows_once(&mut conn).await;
     assert_eq!(
         (total, distinct),
         (40_000, 40_000),

@@ -8,32 +8,18 @@ use std::time::Duration;
 
 use agent_memory::backfill::{self, BackfillOptions};
 use agent_memory::testing::postgres::TestDatabase;
-use common::{RestartOnDrop, pg};
-use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{Connection, PgConnection, SqliteConnection};
+use common::{RestartOnDrop, legacy_file, memory_rows_once, memory_table, pg};
+use sqlx::{Connection, PgConnection};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backfill_survives_a_postgres_restart() {
     let dir = tempfile::tempdir().unwrap();
     for file in 0..4 {
-        let path = dir.path().join(format!("agent{file}/data.db"));
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        let options = SqliteConnectOptions::new()
-            .filename(&path)
-            .create_if_missing(true);
-        let mut conn = SqliteConnection::connect_with(&options).await.unwrap();
-        let values: Vec<String> = (0..4000)
-            .map(|i| format!("('k{i}', 'value {i}')"))
-            .collect();
-        let sql = format!(
-            "create table memory (key text, content text); insert into memory values {};",
-            values.join(",")
-        );
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        conn.close().await.unwrap();
+        legacy_file(
+            &dir.path().join(format!("agent{file}/data.db")),
+            &memory_table(4000),
+        )
+        .await;
     }
     let db = TestDatabase::migrated().await;
     let mut options = BackfillOptions::new(dir.path());
@@ -59,12 +45,7 @@ async fn a_backfill_survives_a_postgres_restart() {
         .expect("re-run after the restart");
     assert!(second.succeeded(), "{:#?}", second.totals);
     let mut conn = PgConnection::connect(&db.url).await.unwrap();
-    let (total, distinct): (i64, i64) = sqlx::query_as(
-        "select count(*), count(distinct (metadata->>'source_db', metadata->>'source_rowid')) from agent_memories",
-    )
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
+    let (total, distinct) = memory_rows_once(&mut conn).await;
     assert_eq!(
         (total, distinct),
         (16_000, 16_000),

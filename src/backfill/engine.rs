@@ -32,18 +32,12 @@ pub(crate) struct Run<'a> {
 }
 
 impl Run<'_> {
-    /// Connects the worker's own connection.
+    /// Connects the worker's own connection, with its staging table.
     pub(crate) async fn connect(url: &str) -> Result<PgConnection> {
-        let secrets = url_secrets(url);
-        let mut conn = PgConnection::connect(url)
-            .await
-            .map_err(|e| Error::Connect {
-                target: redact_url(url),
-                source: scrub(e, &secrets),
-            })?;
+        let mut conn = connect(url).await?;
         prepare(&mut conn)
             .await
-            .map_err(|e| db("prepare the staging table", e, &secrets))?;
+            .map_err(|e| db("prepare the staging table", e, &url_secrets(url)))?;
         Ok(conn)
     }
 
@@ -377,6 +371,16 @@ impl Run<'_> {
         report.tables.push(out);
         Ok(())
     }
+}
+
+/// One connection to `url`, with errors that never show its password.
+pub(crate) async fn connect(url: &str) -> Result<PgConnection> {
+    PgConnection::connect(url)
+        .await
+        .map_err(|e| Error::Connect {
+            target: redact_url(url),
+            source: scrub(e, &url_secrets(url)),
+        })
 }
 
 /// Worth retrying: a lost connection, a timeout, a deadlock, a serialization failure or

@@ -76,7 +76,7 @@ impl Sum {
 /// # Errors
 /// When PostgreSQL cannot be reached or read (never showing the URL's password).
 pub async fn verify(url: &str, options: &BackfillOptions) -> Result<Verification> {
-    let mut conn = super::engine::Run::connect(url).await?;
+    let mut conn = super::engine::connect(url).await?;
     let verification = compare(&mut conn, options).await;
     let _ = sqlx::Connection::close(conn).await;
     verification

@@ -126,3 +126,43 @@ pub fn closed_port() -> u16 {
     drop(listener);
     port
 }
+
+/// Creates a legacy SQLite file at `path` (and its folders) with `sql`.
+pub async fn legacy_file(path: &Path, sql: &str) {
+    use sqlx::Connection;
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true);
+    let mut conn = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+/// SQL for a legacy `memory(key, content)` table of `rows` rows with distinct keys.
+pub fn memory_table(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|i| format!("('k{i}', 'value {i}')"))
+        .collect();
+    format!(
+        "create table memory (key text, content text); insert into memory values {};",
+        values.join(",")
+    )
+}
+
+/// (rows, distinct legacy source rows) in `agent_memories`: equal when no legacy row
+/// arrived twice.
+pub async fn memory_rows_once(conn: &mut sqlx::PgConnection) -> (i64, i64) {
+    sqlx::query_as(
+        "select count(*), count(distinct (metadata->>'source_db', metadata->>'source_rowid'))
+         from agent_memories",
+    )
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
