@@ -11,6 +11,7 @@ use crate::backend::{self, MemoryBackend};
 use crate::config::AgentConfig;
 use crate::error::{Error, Result};
 use crate::record::{AgentId, Execution, Memory, Metric, Tool};
+use crate::vector::{Neighbor, VectorQuery};
 
 /// One agent's memory, tools, metrics and execution history.
 ///
@@ -148,6 +149,31 @@ impl AgentMemory {
     pub async fn memory_keys(&self) -> Result<Vec<String>> {
         match &self.backend {
             Some(backend) => backend.memory_keys(&self.agent).await,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The memories nearest to `query.vector`, nearest first, with their distances
+    /// ([`MemoryBackend::search_memories`]); empty when memory is disabled.
+    ///
+    /// ```no_run
+    /// # async fn demo(memory: agent_memory::AgentMemory) -> agent_memory::Result<()> {
+    /// use agent_memory::{DistanceMetric, VectorQuery};
+    /// let query = VectorQuery::new(vec![0.1, 0.7, 0.2], 5)
+    ///     .metric(DistanceMetric::Cosine)
+    ///     .key_prefix("notes/")
+    ///     .metadata_eq("topic", "billing");
+    /// for hit in memory.search(&query).await? {
+    ///     println!("{:?} at {:.3}", hit.memory.key, hit.distance);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// As [`MemoryBackend::search_memories`].
+    pub async fn search(&self, query: &VectorQuery) -> Result<Vec<Neighbor>> {
+        match &self.backend {
+            Some(backend) => backend.search_memories(&self.agent, query).await,
             None => Ok(Vec::new()),
         }
     }

@@ -32,6 +32,7 @@ pub mod error;
 pub mod legacy;
 pub mod record;
 pub mod schema;
+pub mod vector;
 
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -42,6 +43,7 @@ pub use config::{AgentConfig, BackendKind};
 pub use error::{Chain, Error, Result, redact_url};
 pub use record::{AgentId, Execution, Memory, Metadata, Metric, OwedWrite, Tool};
 pub use schema::{migrate, missing_schema};
+pub use vector::{DistanceMetric, Embedder, Neighbor, VectorIndex, VectorQuery};
 
 /// Connects to `url` and applies the shipped PostgreSQL migrations (see [`migrate`]),
 /// returning the versions applied.

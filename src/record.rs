@@ -152,7 +152,8 @@ impl Memory {
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for a missing or NUL-holding key, NUL in a metadata
-    /// string, or a non-finite or empty embedding.
+    /// string, or an embedding that is empty, holds a non-finite number or has more than
+    /// 16,000 dimensions.
     pub fn validate(&self) -> Result<()> {
         let key = self
             .key
@@ -161,18 +162,7 @@ impl Memory {
         check_text("key", key)?;
         check_metadata(&self.metadata)?;
         if let Some(embedding) = &self.embedding {
-            if embedding.is_empty() {
-                return Err(Error::invalid("embedding", "it is empty"));
-            }
-            if let Some(i) = embedding.iter().position(|x| !x.is_finite()) {
-                return Err(Error::invalid(
-                    "embedding",
-                    format!(
-                        "element {i} is {} (only finite numbers can be stored)",
-                        embedding[i]
-                    ),
-                ));
-            }
+            crate::vector::check_vector("embedding", embedding)?;
         }
         Ok(())
     }

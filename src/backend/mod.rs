@@ -10,6 +10,7 @@ use crate::error::Result;
 use chrono::{DateTime, Utc};
 
 use crate::record::{AgentId, Execution, Memory, Metric, OwedWrite, Tool};
+use crate::vector::{Neighbor, VectorQuery};
 
 pub(crate) mod codec;
 pub mod dual;
@@ -49,6 +50,8 @@ pub use sqlite::{SqliteBackend, SqliteOptions};
 /// - **Concurrency.** Calls may run concurrently from many tasks and processes; none is
 ///   lost, and none fails because another holds a lock.
 /// - **Reads create nothing.** Reading an agent that has never written leaves no trace.
+/// - **Search agrees.** An exact search returns the same memories in the same order, with
+///   the same distances, on every backend holding the same data (ties by id).
 #[async_trait]
 pub trait MemoryBackend: Send + Sync + std::fmt::Debug {
     /// The backend's name in messages and statistics: `sqlite`, `postgres`, ...
@@ -86,6 +89,18 @@ pub trait MemoryBackend: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// Database errors.
     async fn memory_keys(&self, agent: &AgentId) -> Result<Vec<String>>;
+
+    /// The `query.k` memories of `agent` whose embeddings are nearest to `query.vector`,
+    /// nearest first, with their distances; only embeddings of the query's dimension
+    /// that pass its filters are candidates (see [`crate::vector`] for the defined
+    /// answers to edge cases). Exact on SQLite; on PostgreSQL through an HNSW index when
+    /// one exists for the dimension and metric and `query.exact` is not set.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`](crate::Error) for an invalid query
+    /// ([`VectorQuery::validate`]) or one whose dimension none of the agent's embeddings
+    /// has; the database's error otherwise.
+    async fn search_memories(&self, agent: &AgentId, query: &VectorQuery) -> Result<Vec<Neighbor>>;
 
     /// Registers `tool`, replacing the definition of a tool of the same name, and returns
     /// the tool as now stored.

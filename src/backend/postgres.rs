@@ -19,6 +19,8 @@ use super::sqlite::decode_owed;
 use crate::error::{Error, Result, redact_url, scrub, url_secrets};
 use crate::record::{AgentId, Execution, Memory, Metadata, Metric, OwedWrite, Tool, now};
 use crate::schema::{check_schema, ensure_bookkeeping};
+use crate::vector::postgres::{IndexCache, IndexError};
+use crate::vector::{DistanceMetric, IndexBuild, Neighbor, VectorIndex, VectorQuery};
 
 /// Settings of the PostgreSQL backend's connection pool.
 #[derive(Debug, Clone)]
@@ -50,6 +52,7 @@ pub struct PostgresBackend {
     target: String,
     secrets: Vec<String>,
     known_agents: Mutex<HashSet<AgentId>>,
+    indexes: IndexCache,
 }
 
 impl std::fmt::Debug for PostgresBackend {
@@ -83,6 +86,7 @@ impl PostgresBackend {
             target: redact_url(url),
             secrets: url_secrets(url),
             known_agents: Mutex::new(HashSet::new()),
+            indexes: IndexCache::default(),
         };
         check_schema(&backend.pool, &backend.target).await?;
         ensure_bookkeeping(&backend.pool).await?;
@@ -106,6 +110,7 @@ impl PostgresBackend {
             target: redact_url(url),
             secrets,
             known_agents: Mutex::new(HashSet::new()),
+            indexes: IndexCache::default(),
         })
     }
 
@@ -117,6 +122,47 @@ impl PostgresBackend {
     /// Closes the pool, waiting for running statements to finish.
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+
+    /// Builds the HNSW index for `index`'s dimension and metric with
+    /// `CREATE INDEX CONCURRENTLY`, so agents keep writing meanwhile; searches of that
+    /// dimension and metric use it from then on (this process at once, others within
+    /// 30 s). A valid index of the same name is kept; an invalid one left by a failed
+    /// build is replaced.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a dimension that cannot be indexed (over 4,000) or
+    /// bad build settings; the database's error when the build fails (the failed index
+    /// is replaced by the next call).
+    pub async fn create_vector_index(&self, index: &VectorIndex) -> Result<IndexBuild> {
+        crate::vector::postgres::create_index(&self.pool, &self.indexes, index)
+            .await
+            .map_err(|e| match e {
+                IndexError::Input(e) => e,
+                IndexError::Database(e) => {
+                    self.fail(|| format!("build vector index {}", index.name()))(e)
+                }
+            })
+    }
+
+    /// Drops the HNSW index for `dimensions` and `metric` without blocking writers;
+    /// returns whether there was one.
+    ///
+    /// # Errors
+    /// The database's error.
+    pub async fn drop_vector_index(
+        &self,
+        dimensions: usize,
+        metric: DistanceMetric,
+    ) -> Result<bool> {
+        crate::vector::postgres::drop_index(&self.pool, &self.indexes, dimensions, metric)
+            .await
+            .map_err(self.fail(|| {
+                format!(
+                    "drop vector index {}",
+                    crate::vector::index_name(dimensions, metric)
+                )
+            }))
     }
 
     fn fail<'a>(
@@ -396,6 +442,22 @@ impl MemoryBackend for PostgresBackend {
         .map_err(self.fail(|| format!("retrieve memory {key:?} of agent {agent:?}")))?
         .map(|row| memory_from_row(&row, agent))
         .transpose()
+    }
+
+    async fn search_memories(&self, agent: &AgentId, query: &VectorQuery) -> Result<Vec<Neighbor>> {
+        query.validate()?;
+        if query.k == 0 {
+            return Ok(Vec::new());
+        }
+        crate::vector::postgres::search(
+            &self.pool,
+            &self.indexes,
+            agent,
+            query,
+            |row| memory_from_row(row, agent),
+            |e| self.fail(|| format!("search memories of agent {agent:?}"))(e),
+        )
+        .await
     }
 
     async fn delete_memory(&self, agent: &AgentId, key: &str) -> Result<bool> {

@@ -22,6 +22,7 @@ use super::codec::{
 use crate::error::{Error, Result};
 use crate::record::{AgentId, Execution, Memory, Metric, OwedWrite, Tool, now};
 use crate::schema::migrate_sqlite;
+use crate::vector::{Neighbor, VectorQuery};
 
 /// The file name of an agent's database inside its folder.
 pub const MEMORY_FILE: &str = "memory.db";
@@ -177,6 +178,7 @@ async fn open_file(path: PathBuf, options: &SqliteOptions) -> Result<SqlitePool>
         .busy_timeout(options.busy_timeout);
     let opened = async {
         let pool = SqlitePoolOptions::new()
+            .after_connect(|conn, _| Box::pin(crate::vector::sqlite::register_functions(conn)))
             .max_connections(options.max_connections.max(1))
             .min_connections(0)
             .idle_timeout(Duration::from_secs(300))
@@ -434,6 +436,24 @@ impl MemoryBackend for SqliteBackend {
         .map_err(self.fail(|| format!("retrieve memory {key:?} of agent {agent:?}")))?
         .map(|row| memory_from_row(&row, agent))
         .transpose()
+    }
+
+    async fn search_memories(&self, agent: &AgentId, query: &VectorQuery) -> Result<Vec<Neighbor>> {
+        query.validate()?;
+        if query.k == 0 {
+            return Ok(Vec::new());
+        }
+        let Some(pool) = self.reader(agent).await? else {
+            return Ok(Vec::new());
+        };
+        crate::vector::sqlite::search(
+            &pool,
+            agent,
+            query,
+            |row| memory_from_row(row, agent),
+            |e| self.fail(|| format!("search memories of agent {agent:?}"))(e),
+        )
+        .await
     }
 
     async fn delete_memory(&self, agent: &AgentId, key: &str) -> Result<bool> {

@@ -12,8 +12,8 @@ use super::{BackfillOptions, Progress};
 use crate::backend::{MemoryBackend, PostgresBackend};
 use crate::error::{Chain, Error, Result, redact_url, scrub, url_secrets};
 use crate::legacy::{
-    ContractRecord, ContractRow, Found, Probe, Source, TableInfo, TableKind, Target, convert_row,
-    discover, read_own_records, read_own_tombstones,
+    ContractRecord, ContractRow, Found, Probe, Source, SourceRow, TableInfo, TableKind, Target,
+    convert_row, discover, read_own_records, read_own_tombstones,
 };
 use crate::record::AgentId;
 
@@ -182,8 +182,11 @@ impl Run<'_> {
             let mut rows = Vec::with_capacity(batch.len());
             for row in &batch {
                 match convert_row(agent, &found.source_db, table, target, row, migrated_at) {
-                    Ok(converted) => {
+                    Ok(mut converted) => {
                         out.unreadable_times += u64::from(converted.time_problem.is_some());
+                        if self.options.legacy_embeddings {
+                            take_embedding(table, row, &mut converted, out);
+                        }
                         rows.push(converted);
                     }
                     Err(err) => out.failed.push(Failure {
@@ -436,5 +439,34 @@ pub(crate) fn empty_report(
         finished_at: None,
         files: Vec::new(),
         totals: Default::default(),
+    }
+}
+
+/// Decodes the embedding column of a legacy memory row into its `embedding`, counting
+/// what could and could not be decoded.
+fn take_embedding(
+    table: &TableInfo,
+    row: &SourceRow,
+    converted: &mut ContractRow,
+    out: &mut TableReport,
+) {
+    let ContractRecord::Memory(memory) = &mut converted.record else {
+        return;
+    };
+    match crate::vector::legacy::embedding_of(table, row) {
+        None | Some(Ok(None)) => {}
+        Some(Ok(Some(embedding))) => {
+            memory.embedding = Some(embedding);
+            out.embeddings_decoded += 1;
+        }
+        Some(Err(reason)) => {
+            out.embeddings_undecodable += 1;
+            if out.embedding_problem.is_none() {
+                let at = row
+                    .rowid
+                    .map_or_else(String::new, |r| format!(" (rowid {r})"));
+                out.embedding_problem = Some(format!("{reason}{at}"));
+            }
+        }
     }
 }

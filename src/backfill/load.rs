@@ -10,21 +10,22 @@ const STAGE: &str = "create temp table if not exists am_stage (
         id uuid not null, agent_id text not null, key text, name text,
         value double precision, status text, content text not null,
         metadata jsonb not null, created_at timestamptz not null,
-        updated_at timestamptz not null, source_db text not null, source_rowid bigint
+        updated_at timestamptz not null, source_db text not null, source_rowid bigint,
+        embedding vector
     ) on commit delete rows";
 
 /// Fills the staging table from one array per column, in a single protocol message.
 /// (sqlx 0.9.0's COPY sends its data and its end in two writes without TCP_NODELAY, so
 /// every batch waited out the server's delayed acknowledgement: about 40 ms.)
 const STAGE_ROWS: &str = "insert into am_stage (id, agent_id, key, name, value, status, content,
-        metadata, created_at, updated_at, source_db, source_rowid)
+        metadata, created_at, updated_at, source_db, source_rowid, embedding)
     select id, agent_id, key, name, value, status, content, metadata::jsonb, created_at,
-           updated_at, source_db, source_rowid
+           updated_at, source_db, source_rowid, embedding
     from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::text[],
                 $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::text[],
-                $12::int8[])
+                $12::int8[], $13::vector[])
          as t(id, agent_id, key, name, value, status, content, metadata, created_at,
-              updated_at, source_db, source_rowid)";
+              updated_at, source_db, source_rowid, embedding)";
 
 /// Legacy rows of one agent that share a key: the newest (by `created_at`, then file,
 /// then rowid) keeps it; the others arrive with no key and `metadata.key_conflict`.
@@ -60,7 +61,7 @@ const MEMORY_KEEP_OUT: &str = "update am_stage s
 
 const MEMORY_INSERT: &str = "insert into agent_memories
         (id, agent_id, key, content, metadata, embedding, created_at, updated_at)
-    select id, agent_id, key, content, metadata, null, created_at, updated_at from am_stage
+    select id, agent_id, key, content, metadata, embedding, created_at, updated_at from am_stage
     on conflict (id) do nothing";
 
 /// Tool names are unique per agent too: a second row of a name arrives renamed, with
@@ -170,6 +171,7 @@ async fn stage(
     let mut updated = Vec::with_capacity(n);
     let mut source_dbs = Vec::with_capacity(n);
     let mut rowids = Vec::with_capacity(n);
+    let mut embeddings: Vec<Option<pgvector::Vector>> = Vec::with_capacity(n);
     for row in rows {
         let mut metadata = row.record.metadata().clone();
         metadata.insert("migration_run".into(), run.into());
@@ -191,6 +193,10 @@ async fn stage(
         updated.push(updated_at);
         source_dbs.push(row.source.source_db.clone());
         rowids.push(row.source.rowid);
+        embeddings.push(match &row.record {
+            ContractRecord::Memory(m) => m.embedding.clone().map(pgvector::Vector::from),
+            _ => None,
+        });
     }
     sqlx::query(STAGE_ROWS)
         .bind(ids)
@@ -205,6 +211,7 @@ async fn stage(
         .bind(updated)
         .bind(source_dbs)
         .bind(rowids)
+        .bind(embeddings)
         .execute(conn)
         .await
         .map(drop)

@@ -44,6 +44,11 @@ pub struct BackfillOptions {
     pub read: ReadOptions,
     /// Longest one batch may take before it counts as failed.
     pub timeout: Duration,
+    /// Decode embeddings found in legacy memory tables (a column named `embedding`,
+    /// `vector` or `embeddings` holding float32 BLOBs or JSON arrays) into the
+    /// `embedding` column, instead of leaving it null for the fill pass. The column stays
+    /// in `content` either way.
+    pub legacy_embeddings: bool,
 }
 
 impl BackfillOptions {
@@ -57,6 +62,7 @@ impl BackfillOptions {
                 ..ReadOptions::default()
             },
             timeout: Duration::from_secs(300),
+            legacy_embeddings: false,
         }
     }
 }

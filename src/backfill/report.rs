@@ -63,6 +63,15 @@ pub struct TableReport {
     pub failed: Vec<Failure>,
     /// Rows whose time column could not be read (their `created_at` is the migration's).
     pub unreadable_times: u64,
+    /// With `legacy_embeddings`: rows whose embedding column was decoded into
+    /// `embedding`.
+    pub embeddings_decoded: u64,
+    /// With `legacy_embeddings`: rows whose embedding column held something that is not
+    /// an embedding (they arrive with `embedding` null), and the first reason.
+    pub embeddings_undecodable: u64,
+    /// Why the first undecodable embedding was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub embedding_problem: Option<String>,
     /// Time spent on the table, in seconds.
     pub seconds: f64,
     /// Rows read per second.

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use crate::backend::MemoryBackend;
 use crate::error::{Error, Result};
 use crate::record::{AgentId, Execution, Memory, Metric, OwedWrite, Tool};
+use crate::vector::{Neighbor, VectorQuery};
 
 /// Wraps a backend; while [`set_down`](Self::set_down) is on, every call fails as a
 /// refused connection would (so [`Error::is_connection`] is true), and while
@@ -92,6 +93,9 @@ impl MemoryBackend for FaultyBackend {
     }
     async fn memory_keys(&self, agent: &AgentId) -> Result<Vec<String>> {
         forward!(self, false, memory_keys(agent))
+    }
+    async fn search_memories(&self, agent: &AgentId, query: &VectorQuery) -> Result<Vec<Neighbor>> {
+        forward!(self, false, search_memories(agent, query))
     }
     async fn put_tool(&self, agent: &AgentId, tool: &Tool) -> Result<Tool> {
         forward!(self, true, put_tool(agent, tool))

@@ -11,6 +11,7 @@
 pub mod faulty;
 pub mod postgres;
 pub mod scenarios;
+pub mod search;
 
 use crate::record::AgentId;
 
@@ -37,7 +38,11 @@ macro_rules! conformance_suite {
             concurrent_writers_many_agents,
             tools_register_get_list,
             metrics_and_executions_keep_order,
-            unstorable_values_are_refused
+            unstorable_values_are_refused,
+            search_finds_nearest,
+            search_edge_cases,
+            search_filters,
+            search_follows_writes
         );
     };
     (@each $fixture:path; $($scenario:ident),* $(,)?) => {

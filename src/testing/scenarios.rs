@@ -4,6 +4,9 @@
 use futures_util::future::join_all as futures_join_all;
 use serde_json::{Value, json};
 
+pub use super::search::{
+    search_edge_cases, search_filters, search_finds_nearest, search_follows_writes,
+};
 use super::unique_agent;
 use crate::backend::MemoryBackend;
 use crate::error::Error;

@@ -48,7 +48,9 @@ fn canonical(text: &str) -> (bool, String, i64) {
 }
 
 /// True when two reads of a memory hold the same data (content, metadata, embedding and
-/// times; ids may differ between the sides).
+/// times; ids may differ between the sides). An embedding on one side only counts as
+/// not yet filled, not as a difference: the fill pass
+/// ([`fill_embeddings`](crate::vector::fill_embeddings)) writes PostgreSQL alone.
 pub fn same_memory(a: &Memory, b: &Memory) -> bool {
     a.key == b.key
         && same_json(&a.content, &b.content)
@@ -56,7 +58,10 @@ pub fn same_memory(a: &Memory, b: &Memory) -> bool {
             &Value::Object(a.metadata.clone()),
             &Value::Object(b.metadata.clone()),
         )
-        && a.embedding == b.embedding
+        && match (&a.embedding, &b.embedding) {
+            (Some(x), Some(y)) => x == y,
+            _ => true,
+        }
         && a.updated_at == b.updated_at
 }
 

@@ -24,6 +24,7 @@ use super::MemoryBackend;
 use crate::config::Stage;
 use crate::error::Result;
 use crate::record::{AgentId, Execution, Memory, Metric, OwedWrite, Tool, now};
+use crate::vector::{Neighbor, VectorQuery};
 
 /// One of the dual backend's two sides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -775,6 +776,29 @@ impl MemoryBackend for DualBackend {
         // In `live` a key only SQLite held was readable (through the fallback), so it
         // existed for the agent even though PostgreSQL had no row to delete.
         Ok(existed || (stage == Stage::Live && on_sqlite == Some(true)))
+    }
+
+    async fn search_memories(&self, agent: &AgentId, query: &VectorQuery) -> Result<Vec<Neighbor>> {
+        // The authoritative side answers; in `live`, SQLite only when PostgreSQL cannot
+        // be reached (memories not yet copied are found after the backfill has run).
+        let (sqlite, postgres) = (self.side(Side::Sqlite), self.side(Side::Postgres));
+        match self.stage() {
+            Stage::Sqlite | Stage::DualWrite | Stage::Shadow => {
+                self.read(Side::Sqlite, sqlite.search_memories(agent, query))
+                    .await
+            }
+            Stage::Live => Ok(self
+                .live_read(
+                    postgres.search_memories(agent, query),
+                    sqlite.search_memories(agent, query),
+                )
+                .await?
+                .0),
+            Stage::RampDown | Stage::Postgres => {
+                self.read(Side::Postgres, postgres.search_memories(agent, query))
+                    .await
+            }
+        }
     }
 
     async fn memory_keys(&self, agent: &AgentId) -> Result<Vec<String>> {
