@@ -6,7 +6,15 @@
 //! cargo run --release --example backfill -- --postgres-url "$DATABASE_URL" --agents-path ./agents
 //! cargo run --release --example backfill -- --postgres-url "$DATABASE_URL" --agents-path ./agents --verify
 //! cargo run --release --example backfill -- --postgres-url "$DATABASE_URL" --rollback RUN_ID
+//! cargo run --release --example backfill -- --postgres-url "$DATABASE_URL" --fill-embeddings hash:384
 //! ```
+//!
+//! `--legacy-embeddings` decodes embeddings found in legacy memory tables (float32 BLOBs
+//! or JSON arrays in a column `embedding`, `vector` or `embeddings`) instead of leaving
+//! `embedding` null. `--fill-embeddings EMBEDDER` fills every null embedding in
+//! PostgreSQL (of `--agent`, or all) and prints what it did as JSON; the built-in
+//! embedder is `hash:DIMS`, a deterministic one for trials (a real model is an
+//! `agent_memory::Embedder` of your own, passed to `agent_memory::vector::fill_embeddings`).
 //!
 //! Reads `DATABASE_URL` (for `--postgres-url`), `MIGRATION_BATCH_SIZE` (rows per
 //! transaction, default 1000), `MIGRATION_TIMEOUT` (seconds per batch, default 300) and
@@ -71,6 +79,32 @@ struct Cli {
     /// Delete exactly the rows of one earlier run, by its id (from its report).
     #[arg(long, value_name = "RUN_ID")]
     rollback: Option<String>,
+    /// Decode embeddings found in legacy memory tables into the embedding column.
+    #[arg(long)]
+    legacy_embeddings: bool,
+    /// Fill every null embedding in PostgreSQL with this embedder (`hash:DIMS`), then exit.
+    #[arg(long, value_name = "EMBEDDER")]
+    fill_embeddings: Option<String>,
+    /// With --fill-embeddings: only this agent's memories.
+    #[arg(long, value_name = "NAME")]
+    agent: Option<String>,
+    /// With --fill-embeddings: memories per embedder call.
+    #[arg(long, default_value_t = 256)]
+    fill_batch_size: usize,
+}
+
+/// The embedder named on the command line.
+fn embedder(spec: &str) -> Result<agent_memory::vector::HashEmbedder, Error> {
+    let dims = spec
+        .strip_prefix("hash:")
+        .and_then(|d| d.parse::<usize>().ok())
+        .ok_or_else(|| Error::InvalidInput {
+            what: "--fill-embeddings",
+            reason: format!(
+                "{spec:?} is not an embedder; the built-in one is hash:DIMS, e.g. hash:384"
+            ),
+        })?;
+    agent_memory::vector::HashEmbedder::new(dims)
 }
 
 /// Progress on standard error: a bar (rows and rows/s) on a terminal, a log line every
@@ -90,15 +124,26 @@ impl ShowProgress {
             // The bar's length comes from a dry run's count: a terminal user waits for it;
             // logs and benchmarks are spared the extra read.
             let total = backfill::dry_run(options).await.totals.read;
+            return Self::bar(total, "rows");
+        }
+        Self::lines()
+    }
+
+    fn bar(total: u64, unit: &str) -> Self {
+        if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             let bar = indicatif::ProgressBar::new(total);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
-                    "{elapsed_precise} [{bar:40}] {human_pos}/{human_len} rows, {per_sec}, eta {eta}",
+                    &format!("{{elapsed_precise}} [{{bar:40}}] {{human_pos}}/{{human_len}} {unit}, {{per_sec}}, eta {{eta}}"),
                 )
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
             );
             return ShowProgress::Bar(bar);
         }
+        Self::lines()
+    }
+
+    fn lines() -> Self {
         ShowProgress::Lines {
             rows: AtomicU64::new(0),
             started: Instant::now(),
@@ -141,6 +186,7 @@ fn options(cli: &Cli) -> Result<BackfillOptions, Error> {
     let mut options = BackfillOptions::new(&cli.agents_path);
     options.read.batch_size = cli.batch_size.max(1);
     options.timeout = Duration::from_secs(cli.timeout.max(1));
+    options.legacy_embeddings = cli.legacy_embeddings;
     for map in &cli.maps {
         let (table, target) = map.split_once('=').ok_or_else(|| Error::InvalidInput {
             what: "--map",
@@ -256,6 +302,35 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
     }
     if cli.migrate {
         agent_memory::migrate_url(url).await?;
+    }
+    if let Some(spec) = &cli.fill_embeddings {
+        let embedder = embedder(spec)?;
+        let backend = agent_memory::PostgresBackend::connect(url).await?;
+        let fill = agent_memory::vector::FillOptions {
+            batch_size: cli.fill_batch_size.max(1),
+            agent: cli
+                .agent
+                .as_deref()
+                .map(agent_memory::AgentId::new)
+                .transpose()?,
+            ..Default::default()
+        };
+        let missing =
+            agent_memory::vector::missing_embeddings(&backend, fill.agent.as_ref()).await?;
+        let progress = ShowProgress::bar(missing, "memories");
+        let report =
+            agent_memory::vector::fill_embeddings(&backend, &embedder, &fill, &progress).await;
+        progress.finish();
+        let report = report?;
+        eprintln!(
+            "backfill: filled {} of {} embeddings missing ({} changed meanwhile, left for the next run) in {:.1} s",
+            report.filled, missing, report.changed_meanwhile, report.seconds
+        );
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
     }
     let progress = ShowProgress::new(&options).await;
     let report = backfill::run(url, &options, &progress).await;

@@ -5,6 +5,10 @@
 //! cargo run --example memctl -- --agent NAME get KEY      # prints the JSON value
 //! cargo run --example memctl -- --agent NAME delete KEY
 //! cargo run --example memctl -- --agent NAME keys
+//! cargo run --example memctl -- --agent NAME store KEY JSON --embedding '[0.1, 0.2]'
+//! cargo run --example memctl -- --agent NAME search '[0.1, 0.2]' [-k 10] [--metric l2]
+//!                               [--prefix P] [--where FIELD=VALUE] [--exact]
+//! cargo run --example memctl -- index --dimensions 384 [--metric cosine] [--drop]
 //! cargo run --example memctl -- migrate                   # shipped schema -> DATABASE_URL
 //! cargo run --example memctl -- [--agent NAME] repair     # replay owed dual writes
 //! cargo run --example memctl -- [--agent NAME] stats      # journals, and both sides compared
@@ -24,7 +28,10 @@ use std::process::ExitCode;
 
 use agent_memory::backend::dual::Side;
 use agent_memory::config::Stage;
-use agent_memory::{AgentConfig, AgentId, AgentMemory, BackendKind, Chain, Error, backend};
+use agent_memory::{
+    AgentConfig, AgentId, AgentMemory, BackendKind, Chain, DistanceMetric, Error, Memory,
+    VectorIndex, VectorQuery, backend,
+};
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -58,6 +65,50 @@ enum Command {
         key: String,
         /// The value, as JSON text (e.g. '{"x":1}' or '"text"').
         json: String,
+        /// An embedding for vector search, as a JSON array of numbers.
+        #[arg(long, value_name = "JSON")]
+        embedding: Option<String>,
+    },
+    /// Print the memories nearest to a vector, one JSON object per line (key, distance,
+    /// value), nearest first.
+    Search {
+        /// The query vector, as a JSON array of numbers.
+        vector: String,
+        /// How many memories at most.
+        #[arg(short, long, default_value_t = 10)]
+        k: usize,
+        /// cosine, l2 or inner_product.
+        #[arg(long, default_value = "cosine")]
+        metric: String,
+        /// Only keys starting with this.
+        #[arg(long)]
+        prefix: Option<String>,
+        /// Only memories whose metadata FIELD equals VALUE (JSON, else a string).
+        /// Repeatable.
+        #[arg(long = "where", value_name = "FIELD=VALUE")]
+        filters: Vec<String>,
+        /// Compare with every memory instead of using an index (PostgreSQL).
+        #[arg(long)]
+        exact: bool,
+        /// Candidates an index search keeps (hnsw.ef_search, 1 to 1000).
+        #[arg(long)]
+        ef_search: Option<u32>,
+    },
+    /// Build (or with --drop remove) the PostgreSQL HNSW index for one dimension and
+    /// metric, without blocking writers; prints what was done as JSON.
+    Index {
+        /// The embedding dimension to index.
+        #[arg(long)]
+        dimensions: usize,
+        /// cosine, l2 or inner_product.
+        #[arg(long, default_value = "cosine")]
+        metric: String,
+        /// maintenance_work_mem for the build (e.g. 1GB); the server's when not given.
+        #[arg(long)]
+        maintenance_work_mem: Option<String>,
+        /// Drop the index instead.
+        #[arg(long)]
+        drop: bool,
     },
     /// Print the JSON value stored under KEY.
     Get {
@@ -108,6 +159,27 @@ async fn run(cli: Cli) -> Result<Outcome, Error> {
         }
         return Ok(Outcome::Done);
     }
+    if let Command::Index {
+        dimensions,
+        metric,
+        maintenance_work_mem,
+        drop,
+    } = &cli.command
+    {
+        let url = config.require_database_url("memctl index")?;
+        let backend = agent_memory::PostgresBackend::connect(url).await?;
+        let metric = DistanceMetric::parse(metric)?;
+        if *drop {
+            let dropped = backend.drop_vector_index(*dimensions, metric).await?;
+            println!("{}", serde_json::json!({ "dropped": dropped }));
+        } else {
+            let mut index = VectorIndex::new(*dimensions, metric);
+            index.maintenance_work_mem = maintenance_work_mem.clone();
+            let built = backend.create_vector_index(&index).await?;
+            println!("{}", serde_json::json!(built));
+        }
+        return Ok(Outcome::Done);
+    }
     if let Command::Repair | Command::Stats = cli.command {
         return both_sides(&cli.command, cli.agent.as_deref(), &config).await;
     }
@@ -119,13 +191,59 @@ async fn run(cli: Cli) -> Result<Outcome, Error> {
     }
     let memory = AgentMemory::open(&config).await?;
     match cli.command {
-        Command::Store { key, json } => {
+        Command::Store {
+            key,
+            json,
+            embedding,
+        } => {
             let value: serde_json::Value =
                 serde_json::from_str(&json).map_err(|source| Error::Json {
                     context: format!("the value given for key {key:?}"),
                     source,
                 })?;
-            memory.store_memory(&key, &value).await?;
+            match embedding {
+                None => memory.store_memory(&key, &value).await?,
+                Some(text) => {
+                    let embedding = vector_arg(&text, "--embedding")?;
+                    memory
+                        .store(Memory::new(key, value).with_embedding(embedding))
+                        .await?;
+                }
+            }
+        }
+        Command::Search {
+            vector,
+            k,
+            metric,
+            prefix,
+            filters,
+            exact,
+            ef_search,
+        } => {
+            let mut query = VectorQuery::new(vector_arg(&vector, "the query vector")?, k)
+                .metric(DistanceMetric::parse(&metric)?);
+            query.key_prefix = prefix;
+            query.exact = exact;
+            query.ef_search = ef_search;
+            for filter in &filters {
+                let (field, value) = filter.split_once('=').ok_or_else(|| Error::InvalidInput {
+                    what: "--where",
+                    reason: format!("{filter:?} is not FIELD=VALUE"),
+                })?;
+                let value = serde_json::from_str(value)
+                    .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+                query = query.metadata_eq(field, value);
+            }
+            for hit in memory.search(&query).await? {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "key": hit.memory.key,
+                        "distance": hit.distance,
+                        "value": hit.memory.content,
+                    })
+                );
+            }
         }
         Command::Get { key } => match memory.retrieve_memory::<serde_json::Value>(&key).await? {
             Some(value) => println!("{value}"),
@@ -151,9 +269,19 @@ async fn run(cli: Cli) -> Result<Outcome, Error> {
                 println!("{key}");
             }
         }
-        Command::Migrate | Command::Repair | Command::Stats => unreachable!("handled above"),
+        Command::Migrate | Command::Repair | Command::Stats | Command::Index { .. } => {
+            unreachable!("handled above")
+        }
     }
     Ok(Outcome::Done)
+}
+
+/// A vector given as a JSON array of numbers.
+fn vector_arg(text: &str, what: &'static str) -> Result<Vec<f32>, Error> {
+    serde_json::from_str(text).map_err(|source| Error::Json {
+        context: format!("{what} (a JSON array of numbers, e.g. [0.1, 0.2])"),
+        source,
+    })
 }
 
 /// `repair` and `stats`: the dual backend's view of both sides.

@@ -1,21 +1,22 @@
-//! The three distances, computed the way pgvector computes them: 32-bit float sums in
-//! element order (fused multiply-add where the CPU has it, as pgvector's own build
-//! uses), finished in 64 bits. So SQLite's exact search ranks memories as PostgreSQL's
-//! does.
+//! The three distances, computed the way pgvector computes them, so that SQLite's
+//! exact search ranks memories as PostgreSQL's does.
+//!
+//! pgvector's C code is built with vectorization and reassociation allowed, and picks an
+//! AVX-512 + FMA version at run time where the CPU has it. Its sums then come out as: 16
+//! float32 lanes of fused multiply-adds over each whole block of 16 elements, the lanes
+//! added pairwise (8 + 8, 4 + 4, 2 + 2, 1 + 1); one block of 8 lanes the same way for 8
+//! more elements, added on; the last few elements one at a time (multiplied then added
+//! for L2 and inner product, fused in cosine's three sums). The sums
+//! here follow that order, with fused multiply-adds where this CPU has them. Measured
+//! against pgvector 0.8.2 on an x86-64 CPU with AVX-512, every distance is bit for bit
+//! the same; on CPUs where either side takes another path, distances agree to float32
+//! rounding (a relative 1e-6), and memories closer together than that may come in either
+//! order.
 //!
 //! The sums read embeddings in their stored form (little-endian f32 bytes) in place, so
 //! a scan allocates nothing per row.
 
 use super::DistanceMetric;
-
-/// The sums one distance needs: `a . b`, `|a|^2`, `|b|^2` and `|a - b|^2`.
-#[derive(Debug, Clone, Copy, Default)]
-struct Sums {
-    dot: f32,
-    norm_a: f32,
-    norm_b: f32,
-    l2: f32,
-}
 
 /// Element `i` of little-endian f32 bytes.
 #[inline(always)]
@@ -24,28 +25,89 @@ fn at(bytes: &[u8], i: usize) -> f32 {
     f32::from_le_bytes([b[0], b[1], b[2], b[3]])
 }
 
+/// Adds the lanes pairwise: the first half onto the second's, until one is left.
+#[inline(always)]
+fn reduce<const N: usize>(mut lanes: [f32; N]) -> f32 {
+    let mut width = N;
+    while width > 1 {
+        width /= 2;
+        for i in 0..width {
+            lanes[i] += lanes[i + width];
+        }
+    }
+    lanes[0]
+}
+
+/// The sum of `x * y` over the terms `term(0..n)`, in pgvector's order (see above);
+/// `madd(x, y, acc)` is `x * y + acc`, fused or not; `fused_tail` says whether the last
+/// elements use it too.
+#[inline(always)]
+fn sum(
+    n: usize,
+    fused_tail: bool,
+    term: impl Fn(usize) -> (f32, f32),
+    madd: impl Fn(f32, f32, f32) -> f32,
+) -> f32 {
+    let mut i = 0;
+    let mut s = 0f32;
+    if n >= 16 {
+        let mut acc = [0f32; 16];
+        while i + 16 <= n {
+            for (l, a) in acc.iter_mut().enumerate() {
+                let (x, y) = term(i + l);
+                *a = madd(x, y, *a);
+            }
+            i += 16;
+        }
+        s = reduce(acc);
+    }
+    if n - i >= 8 {
+        let mut acc = [0f32; 8];
+        for (l, a) in acc.iter_mut().enumerate() {
+            let (x, y) = term(i + l);
+            *a = madd(x, y, *a);
+        }
+        i += 8;
+        s += reduce(acc);
+    }
+    while i < n {
+        let (x, y) = term(i);
+        s = if fused_tail { madd(x, y, s) } else { s + x * y };
+        i += 1;
+    }
+    s
+}
+
+/// The sums one distance needs: `a . b`, `|a|^2`, `|b|^2` or `|a - b|^2`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sums {
+    dot: f32,
+    norm_a: f32,
+    norm_b: f32,
+    l2: f32,
+}
+
 macro_rules! sums_body {
-    ($metric:expr, $a:expr, $b:expr, $n:expr, $get:expr, $madd:expr) => {{
+    ($metric:expr, $n:expr, $a:expr, $b:expr, $madd:expr) => {{
+        let (a, b) = ($a, $b);
         let mut s = Sums::default();
         match $metric {
             DistanceMetric::L2 => {
-                for i in 0..$n {
-                    let d = $get($a, i) - $get($b, i);
-                    s.l2 = $madd(d, d, s.l2);
-                }
+                s.l2 = sum(
+                    $n,
+                    false,
+                    |i| {
+                        let d = a(i) - b(i);
+                        (d, d)
+                    },
+                    $madd,
+                );
             }
-            DistanceMetric::InnerProduct => {
-                for i in 0..$n {
-                    s.dot = $madd($get($a, i), $get($b, i), s.dot);
-                }
-            }
+            DistanceMetric::InnerProduct => s.dot = sum($n, false, |i| (a(i), b(i)), $madd),
             DistanceMetric::Cosine => {
-                for i in 0..$n {
-                    let (x, y) = ($get($a, i), $get($b, i));
-                    s.dot = $madd(x, y, s.dot);
-                    s.norm_a = $madd(x, x, s.norm_a);
-                    s.norm_b = $madd(y, y, s.norm_b);
-                }
+                s.dot = sum($n, true, |i| (a(i), b(i)), $madd);
+                s.norm_a = sum($n, true, |i| (a(i), a(i)), $madd);
+                s.norm_b = sum($n, true, |i| (b(i), b(i)), $madd);
             }
         }
         s
@@ -54,25 +116,20 @@ macro_rules! sums_body {
 
 #[inline(always)]
 fn plain_madd(x: f32, y: f32, acc: f32) -> f32 {
-    acc + x * y
-}
-
-#[inline(always)]
-fn slice_at(v: &[f32], i: usize) -> f32 {
-    v[i]
+    x * y + acc
 }
 
 fn sums_plain_bytes(metric: DistanceMetric, a: &[u8], b: &[u8], n: usize) -> Sums {
-    sums_body!(metric, a, b, n, at, plain_madd)
+    sums_body!(metric, n, |i| at(a, i), |i| at(b, i), plain_madd)
 }
 
 fn sums_plain_slices(metric: DistanceMetric, a: &[f32], b: &[f32], n: usize) -> Sums {
-    sums_body!(metric, a, b, n, slice_at, plain_madd)
+    sums_body!(metric, n, |i: usize| a[i], |i: usize| b[i], plain_madd)
 }
 
 #[cfg(target_arch = "x86_64")]
 mod fused {
-    use super::{DistanceMetric, Sums, at, slice_at};
+    use super::{DistanceMetric, Sums, at, sum};
 
     #[inline(always)]
     fn madd(x: f32, y: f32, acc: f32) -> f32 {
@@ -83,14 +140,14 @@ mod fused {
     /// The CPU must have FMA.
     #[target_feature(enable = "fma")]
     pub(super) unsafe fn bytes(metric: DistanceMetric, a: &[u8], b: &[u8], n: usize) -> Sums {
-        sums_body!(metric, a, b, n, at, madd)
+        sums_body!(metric, n, |i| at(a, i), |i| at(b, i), madd)
     }
 
     /// # Safety
     /// The CPU must have FMA.
     #[target_feature(enable = "fma")]
     pub(super) unsafe fn slices(metric: DistanceMetric, a: &[f32], b: &[f32], n: usize) -> Sums {
-        sums_body!(metric, a, b, n, slice_at, madd)
+        sums_body!(metric, n, |i: usize| a[i], |i: usize| b[i], madd)
     }
 
     pub(super) fn available() -> bool {

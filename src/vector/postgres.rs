@@ -286,6 +286,16 @@ pub(crate) async fn create_index(
     }
     cache.forget(&name);
     built?;
+    // Statistics: how many rows have each dimension (without them the planner guesses
+    // 0.5% for the index's predicate and scans small tables instead), and fresh ones at
+    // once rather than at autovacuum's next visit.
+    sqlx::raw_sql(
+        "create statistics if not exists agent_memories_embedding_dims
+             on (vector_dims(embedding)) from agent_memories;
+         analyze agent_memories",
+    )
+    .execute(&mut *conn)
+    .await?;
     Ok(IndexBuild {
         name,
         created: true,
