@@ -13,17 +13,12 @@
 //! rounding (a relative 1e-6), and memories closer together than that may come in either
 //! order.
 //!
-//! The sums read embeddings in their stored form (little-endian f32 bytes) in place, so
-//! a scan allocates nothing per row.
+//! Stored embeddings (little-endian f32 bytes) are unpacked into two buffers each thread
+//! keeps and reuses, so a scan allocates nothing per row.
+
+use std::cell::RefCell;
 
 use super::DistanceMetric;
-
-/// Element `i` of little-endian f32 bytes.
-#[inline(always)]
-fn at(bytes: &[u8], i: usize) -> f32 {
-    let b = &bytes[i * 4..i * 4 + 4];
-    f32::from_le_bytes([b[0], b[1], b[2], b[3]])
-}
 
 /// Adds the lanes pairwise: the first half onto the second's, until one is left.
 #[inline(always)]
@@ -38,42 +33,45 @@ fn reduce<const N: usize>(mut lanes: [f32; N]) -> f32 {
     lanes[0]
 }
 
-/// The sum of `x * y` over the terms `term(0..n)`, in pgvector's order (see above);
-/// `madd(x, y, acc)` is `x * y + acc`, fused or not; `fused_tail` says whether the last
-/// elements use it too.
+/// The sum of `x * y` over `(x, y) = term(a[i], b[i])`, in pgvector's order (see
+/// above); `madd(x, y, acc)` is `x * y + acc`, fused or not; `fused_tail` says whether
+/// the last elements use it too. Fixed-size blocks let the compiler use vector
+/// registers.
 #[inline(always)]
 fn sum(
-    n: usize,
+    a: &[f32],
+    b: &[f32],
     fused_tail: bool,
-    term: impl Fn(usize) -> (f32, f32),
+    term: impl Fn(f32, f32) -> (f32, f32),
     madd: impl Fn(f32, f32, f32) -> f32,
 ) -> f32 {
-    let mut i = 0;
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let wide = n / 16 * 16;
     let mut s = 0f32;
-    if n >= 16 {
+    if wide > 0 {
         let mut acc = [0f32; 16];
-        while i + 16 <= n {
-            for (l, a) in acc.iter_mut().enumerate() {
-                let (x, y) = term(i + l);
-                *a = madd(x, y, *a);
+        for (ca, cb) in a[..wide].chunks_exact(16).zip(b[..wide].chunks_exact(16)) {
+            for l in 0..16 {
+                let (x, y) = term(ca[l], cb[l]);
+                acc[l] = madd(x, y, acc[l]);
             }
-            i += 16;
         }
         s = reduce(acc);
     }
+    let mut i = wide;
     if n - i >= 8 {
         let mut acc = [0f32; 8];
-        for (l, a) in acc.iter_mut().enumerate() {
-            let (x, y) = term(i + l);
-            *a = madd(x, y, *a);
+        for l in 0..8 {
+            let (x, y) = term(a[i + l], b[i + l]);
+            acc[l] = madd(x, y, acc[l]);
         }
         i += 8;
         s += reduce(acc);
     }
-    while i < n {
-        let (x, y) = term(i);
+    for (x, y) in a[i..].iter().zip(&b[i..]) {
+        let (x, y) = term(*x, *y);
         s = if fused_tail { madd(x, y, s) } else { s + x * y };
-        i += 1;
     }
     s
 }
@@ -88,26 +86,18 @@ struct Sums {
 }
 
 macro_rules! sums_body {
-    ($metric:expr, $n:expr, $a:expr, $b:expr, $madd:expr) => {{
+    ($metric:expr, $a:expr, $b:expr, $madd:expr) => {{
         let (a, b) = ($a, $b);
         let mut s = Sums::default();
         match $metric {
             DistanceMetric::L2 => {
-                s.l2 = sum(
-                    $n,
-                    false,
-                    |i| {
-                        let d = a(i) - b(i);
-                        (d, d)
-                    },
-                    $madd,
-                );
+                s.l2 = sum(a, b, false, |x, y| (x - y, x - y), $madd);
             }
-            DistanceMetric::InnerProduct => s.dot = sum($n, false, |i| (a(i), b(i)), $madd),
+            DistanceMetric::InnerProduct => s.dot = sum(a, b, false, |x, y| (x, y), $madd),
             DistanceMetric::Cosine => {
-                s.dot = sum($n, true, |i| (a(i), b(i)), $madd);
-                s.norm_a = sum($n, true, |i| (a(i), a(i)), $madd);
-                s.norm_b = sum($n, true, |i| (b(i), b(i)), $madd);
+                s.dot = sum(a, b, true, |x, y| (x, y), $madd);
+                s.norm_a = sum(a, b, true, |x, _| (x, x), $madd);
+                s.norm_b = sum(a, b, true, |_, y| (y, y), $madd);
             }
         }
         s
@@ -119,17 +109,13 @@ fn plain_madd(x: f32, y: f32, acc: f32) -> f32 {
     x * y + acc
 }
 
-fn sums_plain_bytes(metric: DistanceMetric, a: &[u8], b: &[u8], n: usize) -> Sums {
-    sums_body!(metric, n, |i| at(a, i), |i| at(b, i), plain_madd)
-}
-
-fn sums_plain_slices(metric: DistanceMetric, a: &[f32], b: &[f32], n: usize) -> Sums {
-    sums_body!(metric, n, |i: usize| a[i], |i: usize| b[i], plain_madd)
+fn sums_plain(metric: DistanceMetric, a: &[f32], b: &[f32]) -> Sums {
+    sums_body!(metric, a, b, plain_madd)
 }
 
 #[cfg(target_arch = "x86_64")]
 mod fused {
-    use super::{DistanceMetric, Sums, at, sum};
+    use super::{DistanceMetric, Sums, sum};
 
     #[inline(always)]
     fn madd(x: f32, y: f32, acc: f32) -> f32 {
@@ -137,43 +123,44 @@ mod fused {
     }
 
     /// # Safety
-    /// The CPU must have FMA.
-    #[target_feature(enable = "fma")]
-    pub(super) unsafe fn bytes(metric: DistanceMetric, a: &[u8], b: &[u8], n: usize) -> Sums {
-        sums_body!(metric, n, |i| at(a, i), |i| at(b, i), madd)
-    }
-
-    /// # Safety
-    /// The CPU must have FMA.
-    #[target_feature(enable = "fma")]
-    pub(super) unsafe fn slices(metric: DistanceMetric, a: &[f32], b: &[f32], n: usize) -> Sums {
-        sums_body!(metric, n, |i: usize| a[i], |i: usize| b[i], madd)
+    /// The CPU must have FMA and AVX.
+    #[target_feature(enable = "avx,fma")]
+    pub(super) unsafe fn sums(metric: DistanceMetric, a: &[f32], b: &[f32]) -> Sums {
+        sums_body!(metric, a, b, madd)
     }
 
     pub(super) fn available() -> bool {
         static FMA: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        *FMA.get_or_init(|| std::arch::is_x86_feature_detected!("fma"))
+        *FMA.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("fma") && std::arch::is_x86_feature_detected!("avx")
+        })
     }
 }
 
-fn sums_bytes(metric: DistanceMetric, a: &[u8], b: &[u8]) -> Sums {
-    let n = a.len().min(b.len()) / 4;
+fn sums(metric: DistanceMetric, a: &[f32], b: &[f32]) -> Sums {
     #[cfg(target_arch = "x86_64")]
     if fused::available() {
-        // SAFETY: the CPU has FMA (checked above).
-        return unsafe { fused::bytes(metric, a, b, n) };
+        // SAFETY: the CPU has FMA and AVX (checked above).
+        return unsafe { fused::sums(metric, a, b) };
     }
-    sums_plain_bytes(metric, a, b, n)
+    sums_plain(metric, a, b)
 }
 
-fn sums_slices(metric: DistanceMetric, a: &[f32], b: &[f32]) -> Sums {
-    let n = a.len().min(b.len());
-    #[cfg(target_arch = "x86_64")]
-    if fused::available() {
-        // SAFETY: the CPU has FMA (checked above).
-        return unsafe { fused::slices(metric, a, b, n) };
-    }
-    sums_plain_slices(metric, a, b, n)
+thread_local! {
+    /// Where [`distance_bytes`] unpacks its two embeddings: grown once per thread, then
+    /// reused, so a scan of many rows allocates nothing per row.
+    static UNPACKED: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Unpacks little-endian f32 bytes into `into` (resized to fit).
+#[inline(always)]
+fn unpack(bytes: &[u8], into: &mut Vec<f32>) {
+    into.clear();
+    into.extend(
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+    );
 }
 
 fn finish(metric: DistanceMetric, s: Sums) -> f64 {
@@ -195,12 +182,26 @@ fn finish(metric: DistanceMetric, s: Sums) -> f64 {
 /// cosine distance involving an all-zero vector). Vectors of different lengths are
 /// compared over the shorter; searches only ever compare equal lengths.
 pub fn distance(metric: DistanceMetric, a: &[f32], b: &[f32]) -> f64 {
-    finish(metric, sums_slices(metric, a, b))
+    finish(metric, sums(metric, a, b))
 }
 
 /// [`distance`] over two embeddings in their stored form, little-endian f32 bytes.
 pub(crate) fn distance_bytes(metric: DistanceMetric, a: &[u8], b: &[u8]) -> f64 {
-    finish(metric, sums_bytes(metric, a, b))
+    UNPACKED.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buffers) => {
+            let (x, y) = &mut *buffers;
+            unpack(a, x);
+            unpack(b, y);
+            distance(metric, x, y)
+        }
+        // Never re-entered in practice; stay correct if it were.
+        Err(_) => {
+            let (mut x, mut y) = (Vec::new(), Vec::new());
+            unpack(a, &mut x);
+            unpack(b, &mut y);
+            distance(metric, &x, &y)
+        }
+    })
 }
 
 #[cfg(test)]

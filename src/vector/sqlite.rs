@@ -2,7 +2,8 @@
 //!
 //! Each connection of the SQLite backend gets a SQL function,
 //! `agent_memory_distance(metric, embedding, query)`, that computes a distance straight
-//! from the two stored blobs (little-endian f32) without copying them. The search is then
+//! from the two blobs SQLite hands it (little-endian f32), unpacked into buffers the
+//! thread reuses. The search is then
 //! one statement: SQLite scans the agent's embeddings of the query's dimension, keeps
 //! the `k` nearest row ids in its top-k sorter, and only then reads those `k` memories.
 //! Nothing is allocated per scanned row on either side of the driver.
