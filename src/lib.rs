@@ -21,6 +21,11 @@
 //! The PostgreSQL tables are those of the data contract, shared with an admin
 //! application; [`migrate`] creates them when asked, and [`PostgresBackend::connect`]
 //! checks that they are there.
+//!
+//! Memories with embeddings can be searched by nearness ([`AgentMemory::search`],
+//! [`VectorQuery`]): exactly in SQLite, through pgvector's HNSW indexes in PostgreSQL; the
+//! [`vector`] module has the details, the [`Embedder`] trait and the pass that fills the
+//! embeddings of migrated memories.
 
 #![warn(missing_docs)]
 

@@ -17,7 +17,9 @@
 use std::time::Instant;
 
 use agent_memory::vector::{self, DistanceMetric, Neighbor, VectorIndex, VectorQuery};
-use agent_memory::{AgentId, Memory, MemoryBackend, PostgresBackend, PostgresOptions, SqliteBackend};
+use agent_memory::{
+    AgentId, Memory, MemoryBackend, PostgresBackend, PostgresOptions, SqliteBackend,
+};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -98,7 +100,11 @@ fn key(i: usize) -> String {
 }
 
 /// Loads the embeddings as `agent`'s memories into PostgreSQL, 2,000 per statement.
-async fn load_postgres(backend: &PostgresBackend, agent: &AgentId, vectors: &[Vec<f32>]) -> Result<()> {
+async fn load_postgres(
+    backend: &PostgresBackend,
+    agent: &AgentId,
+    vectors: &[Vec<f32>],
+) -> Result<()> {
     backend
         .put_memory(agent, &Memory::new("first", json!("creates the agent")))
         .await?;
@@ -169,7 +175,9 @@ fn truth(vectors: &[Vec<f32>], query: &[f32], k: usize) -> Vec<String> {
         .map(|(i, v)| (vector::distance(DistanceMetric::Cosine, query, v), i))
         .collect();
     let k = k.min(all.len());
-    all.select_nth_unstable_by(k.saturating_sub(1), |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    all.select_nth_unstable_by(k.saturating_sub(1), |a, b| {
+        a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))
+    });
     let mut top: Vec<(f64, usize)> = all[..k].to_vec();
     top.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
     top.into_iter().map(|(_, i)| key(i)).collect()
@@ -217,7 +225,9 @@ async fn measure(
     let seconds = started.elapsed().as_secs_f64();
     Ok(Measured {
         name: name.to_string(),
-        ef_search: queries.first().and_then(|(q, _)| (!q.exact).then(|| q.effective_ef_search())),
+        ef_search: queries
+            .first()
+            .and_then(|(q, _)| (!q.exact).then(|| q.effective_ef_search())),
         queries: queries.len(),
         latency: samples.summary(),
         queries_per_s: queries.len() as f64 / seconds,
@@ -227,7 +237,8 @@ async fn measure(
 
 /// Runs the suite.
 pub async fn run(env: &Env, args: &Args) -> Result<Value> {
-    if args.memories == 0 || args.dims == 0 || args.queries == 0 || args.k == 0 || args.latent == 0 {
+    if args.memories == 0 || args.dims == 0 || args.queries == 0 || args.k == 0 || args.latent == 0
+    {
         return Err("--memories, --dims, --latent, --queries and --k must be at least 1".into());
     }
     println!(
@@ -259,7 +270,11 @@ pub async fn run(env: &Env, args: &Args) -> Result<Value> {
     for backend in [&postgres as &dyn MemoryBackend, &sqlite] {
         let sample = backend.get_memory(&agent, &key(args.memories / 2)).await?;
         if sample.and_then(|m| m.embedding) != Some(vectors[args.memories / 2].clone()) {
-            return Err(format!("{} does not read back the loaded embeddings", backend.name()).into());
+            return Err(format!(
+                "{} does not read back the loaded embeddings",
+                backend.name()
+            )
+            .into());
         }
     }
 
@@ -324,12 +339,24 @@ pub async fn run(env: &Env, args: &Args) -> Result<Value> {
     println!(
         "\n{}",
         table(
-            &["search", "ef_search", "queries", "recall@k", "queries/s", "p50 ms", "p99 ms"],
+            &[
+                "search",
+                "ef_search",
+                "queries",
+                "recall@k",
+                "queries/s",
+                "p50 ms",
+                "p99 ms"
+            ],
             &rows
         )
     );
     let default = &results[0];
-    let verdict = if default.recall_at_k >= 0.95 { "PASS" } else { "MISS" };
+    let verdict = if default.recall_at_k >= 0.95 {
+        "PASS"
+    } else {
+        "MISS"
+    };
     println!(
         "\nindex build: {:.1} s for {} embeddings (maintenance_work_mem {})",
         built.seconds, args.memories, args.maintenance_work_mem

@@ -193,7 +193,7 @@ pub(crate) async fn search(
     Ok(found)
 }
 
-/// What [`create_index`] did.
+/// What [`PostgresBackend::create_vector_index`](crate::PostgresBackend::create_vector_index) did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct IndexBuild {
     /// The index's name.
