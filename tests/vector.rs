@@ -659,6 +659,34 @@ async fn the_fill_pass_fills_every_null_embedding_once() {
     );
 }
 
+/// The raw `embedding` value of the first row of `table` in the corpus file `file`, and
+/// the embedding PostgreSQL holds for that row.
+async fn first_embedding(
+    corpus: &Path,
+    file: &str,
+    table: &str,
+    conn: &mut PgConnection,
+) -> (Vec<u8>, Vec<f32>) {
+    let url = format!("sqlite://{}?mode=ro", corpus.join(file).display());
+    let mut legacy = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let (rowid, raw): (i64, Vec<u8>) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "select rowid, cast(embedding as blob) from {table} order by rowid limit 1"
+    )))
+    .fetch_one(&mut legacy)
+    .await
+    .unwrap();
+    let stored: pgvector::Vector = sqlx::query_scalar(
+        "select embedding from agent_memories
+         where metadata->>'source_table' = $1 and (metadata->>'source_rowid')::bigint = $2",
+    )
+    .bind(table)
+    .bind(rowid)
+    .fetch_one(conn)
+    .await
+    .unwrap();
+    (raw, stored.to_vec())
+}
+
 #[tokio::test]
 async fn legacy_embeddings_in_the_public_corpus_are_decoded_on_request() {
     let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/public");
@@ -710,58 +738,29 @@ async fn legacy_embeddings_in_the_public_corpus_are_decoded_on_request() {
         ]
     );
 
-    // Value for value: the first episode's BLOB, as stored in PostgreSQL.
-    let mut legacy = sqlx::SqliteConnection::connect(&format!(
-        "sqlite://{}?mode=ro",
-        corpus
-            .join("ElasRamanauskas__memory_phase_agent/memory.db")
-            .display()
-    ))
-    .await
-    .unwrap();
-    let (rowid, blob): (i64, Vec<u8>) =
-        sqlx::query_as("select rowid, embedding from episodes order by rowid limit 1")
-            .fetch_one(&mut legacy)
-            .await
-            .unwrap();
-    let stored: pgvector::Vector = sqlx::query_scalar(
-        "select embedding from agent_memories
-         where metadata->>'source_table' = 'episodes' and (metadata->>'source_rowid')::bigint = $1",
+    // Value for value: the first episode's BLOB and the first memory's JSON array.
+    let (blob, stored) = first_embedding(
+        &corpus,
+        "ElasRamanauskas__memory_phase_agent/memory.db",
+        "episodes",
+        &mut conn,
     )
-    .bind(rowid)
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
+    .await;
     let expected: Vec<f32> = blob
         .chunks_exact(4)
         .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
-    assert_eq!(stored.to_vec(), expected);
-    // And one JSON array, number for number.
-    let mut legacy = sqlx::SqliteConnection::connect(&format!(
-        "sqlite://{}?mode=ro",
-        corpus
-            .join("buzzwin__agent-memory-os/comparison_test.db")
-            .display()
-    ))
-    .await
-    .unwrap();
-    let (rowid, text): (i64, String) =
-        sqlx::query_as("select rowid, embedding from memories order by rowid limit 1")
-            .fetch_one(&mut legacy)
-            .await
-            .unwrap();
-    let stored: pgvector::Vector = sqlx::query_scalar(
-        "select embedding from agent_memories
-         where metadata->>'source_table' = 'memories' and (metadata->>'source_rowid')::bigint = $1",
+    assert_eq!(stored, expected);
+    let (text, stored) = first_embedding(
+        &corpus,
+        "buzzwin__agent-memory-os/comparison_test.db",
+        "memories",
+        &mut conn,
     )
-    .bind(rowid)
-    .fetch_one(&mut conn)
-    .await
-    .unwrap();
-    let numbers: Vec<f64> = serde_json::from_str(&text).unwrap();
+    .await;
+    let numbers: Vec<f64> = serde_json::from_slice(&text).unwrap();
     let expected: Vec<f32> = numbers.iter().map(|x| *x as f32).collect();
-    assert_eq!(stored.to_vec(), expected);
+    assert_eq!(stored, expected);
 
     // Without the option the contract's default holds: no embedding.
     let plain = TestDatabase::migrated().await;
