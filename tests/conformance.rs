@@ -13,6 +13,27 @@ mod sqlite {
     agent_memory::conformance_suite!(fixture);
 }
 
+/// SQLite reading through a memory map.
+mod sqlite_mmap {
+    use std::sync::Arc;
+
+    use agent_memory::{MemoryBackend, SqliteBackend, SqliteOptions};
+
+    async fn fixture() -> (Arc<dyn MemoryBackend>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("temporary agents folder");
+        let options = SqliteOptions {
+            mmap_size: 64 << 20,
+            ..SqliteOptions::default()
+        };
+        (
+            Arc::new(SqliteBackend::with_options(dir.path(), options)),
+            dir,
+        )
+    }
+
+    agent_memory::conformance_suite!(fixture);
+}
+
 mod postgres {
     use std::sync::Arc;
 

@@ -18,7 +18,7 @@ use std::time::Instant;
 
 use agent_memory::vector::{self, DistanceMetric, Neighbor, VectorIndex, VectorQuery};
 use agent_memory::{
-    AgentId, Memory, MemoryBackend, PostgresBackend, PostgresOptions, SqliteBackend,
+    AgentId, Memory, MemoryBackend, PostgresBackend, PostgresOptions, SqliteBackend, SqliteOptions,
 };
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -320,6 +320,16 @@ pub async fn run(env: &Env, args: &Args) -> Result<Value> {
         results.push(measure("postgres exact", &postgres, &agent, &exact).await?);
         sqlite.search_memories(&agent, &exact[0].0).await?;
         results.push(measure("sqlite exact", &sqlite, &agent, &exact).await?);
+        // The same file read through a memory map (SqliteOptions::mmap_size).
+        let mapped = SqliteBackend::with_options(
+            env.agents_path(),
+            SqliteOptions {
+                mmap_size: 1 << 30,
+                ..SqliteOptions::default()
+            },
+        );
+        mapped.search_memories(&agent, &exact[0].0).await?;
+        results.push(measure("sqlite exact, mmap", &mapped, &agent, &exact).await?);
     }
 
     let rows: Vec<Vec<String>> = results

@@ -34,6 +34,12 @@ pub struct SqliteOptions {
     pub busy_timeout: Duration,
     /// Connections per agent file (one writer at a time; the rest read concurrently).
     pub max_connections: u32,
+    /// Bytes of each file SQLite reads through a memory map (`PRAGMA mmap_size`); 0, the
+    /// default, reads with system calls. A map makes scans such as an exact vector
+    /// search of a large agent faster, but SQLite cannot catch an I/O error on mapped
+    /// memory: a failing disk or a file cut short by another program ends the process
+    /// with a signal instead of returning an error.
+    pub mmap_size: u64,
 }
 
 impl Default for SqliteOptions {
@@ -41,6 +47,7 @@ impl Default for SqliteOptions {
         SqliteOptions {
             busy_timeout: Duration::from_secs(30),
             max_connections: 4,
+            mmap_size: 0,
         }
     }
 }
@@ -175,7 +182,8 @@ async fn open_file(path: PathBuf, options: &SqliteOptions) -> Result<SqlitePool>
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Full)
-        .busy_timeout(options.busy_timeout);
+        .busy_timeout(options.busy_timeout)
+        .pragma("mmap_size", options.mmap_size.to_string());
     let opened = async {
         let pool = SqlitePoolOptions::new()
             .after_connect(|conn, _| Box::pin(crate::vector::sqlite::register_functions(conn)))
