@@ -506,12 +506,15 @@ impl DualBackend {
                         }
                     }
                 }
-                self.side(from).clear_owed(agent, &done).await?;
+                // Counted before the journal entries go, so that whoever sees the
+                // journal empty also sees the count (a failed clear replays them again,
+                // and they are counted again: each replay is real).
                 let replayed = done.len() as u64;
                 self.inner
                     .counters
                     .owed_replayed
                     .fetch_add(replayed, Ordering::Relaxed);
+                self.side(from).clear_owed(agent, &done).await?;
                 match from {
                     Side::Sqlite => report.to_postgres += replayed,
                     Side::Postgres => report.to_sqlite += replayed,

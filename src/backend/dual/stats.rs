@@ -125,7 +125,8 @@ pub struct DualStats {
     pub shadow_mismatches: u64,
     /// Writes one side missed, journaled for repair.
     pub owed_recorded: u64,
-    /// Owed writes replayed by repair.
+    /// Owed writes replayed by repair (counted when applied, before they leave the
+    /// journal: an entry whose removal failed is replayed and counted again).
     pub owed_replayed: u64,
     /// Owed writes that could not even be journaled (logged at error level).
     pub owed_lost: u64,
