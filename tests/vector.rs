@@ -146,6 +146,29 @@ fn recall(approximate: &[agent_memory::Neighbor], exact: &[agent_memory::Neighbo
     hits as f64 / wanted.len().max(1) as f64
 }
 
+/// Runs each query through the index and exactly, checks that `k` came back and what
+/// `check` asserts of the approximate answer, and returns the mean recall.
+async fn mean_recall(
+    backend: &PostgresBackend,
+    agent: &AgentId,
+    queries: impl IntoIterator<Item = VectorQuery>,
+    check: impl Fn(&VectorQuery, &[agent_memory::Neighbor]),
+) -> f64 {
+    let (mut total, mut n) = (0.0, 0);
+    for query in queries {
+        let approximate = backend.search_memories(agent, &query).await.unwrap();
+        let exact = backend
+            .search_memories(agent, &query.clone().exact())
+            .await
+            .unwrap();
+        assert_eq!(approximate.len(), query.k, "k answers through the index");
+        check(&query, &approximate);
+        total += recall(&approximate, &exact);
+        n += 1;
+    }
+    total / f64::from(n.max(1))
+}
+
 #[tokio::test]
 async fn exact_search_is_the_same_on_sqlite_and_postgres() {
     let dir = tempfile::tempdir().unwrap();
@@ -229,28 +252,19 @@ async fn an_hnsw_index_serves_searches_with_k_answers() {
     assert!(!again.created, "a valid index is kept: {again:?}");
 
     let mut queries = Vectors(5);
-    let mut total = 0.0;
-    for _ in 0..20 {
-        let query = VectorQuery::new(queries.vector(24), 10);
-        let approximate = backend.search_memories(&agent, &query).await.unwrap();
-        let exact = backend
-            .search_memories(&agent, &query.clone().exact())
-            .await
-            .unwrap();
-        assert_eq!(approximate.len(), 10);
+    let ten: Vec<_> = (0..20)
+        .map(|_| VectorQuery::new(queries.vector(24), 10))
+        .collect();
+    let mean = mean_recall(&backend, &agent, ten, |_, approximate| {
         assert!(
             approximate
                 .iter()
                 .all(|h| h.memory.key.as_deref() != Some("seed")),
             "a memory without an embedding was found"
         );
-        total += recall(&approximate, &exact);
-    }
-    assert!(
-        total / 20.0 >= 0.9,
-        "recall@10 through the index: {}",
-        total / 20.0
-    );
+    })
+    .await;
+    assert!(mean >= 0.9, "recall@10 through the index: {mean}");
     // Closing the pool makes its sessions report their statistics.
     backend.close().await;
     let mut conn = PgConnection::connect(&db.url).await.unwrap();
@@ -339,16 +353,11 @@ async fn above_2000_dimensions_the_index_holds_halfvec_and_answers_rank_by_full_
             .await
             .unwrap();
     assert!(definition.contains("halfvec(2500)"), "{definition}");
-    let mut total = 0.0;
-    for _ in 0..10 {
-        let query = VectorQuery::new(model.vector(), 10).metric(DistanceMetric::L2);
-        let approximate = backend.search_memories(&agent, &query).await.unwrap();
-        let exact = backend
-            .search_memories(&agent, &query.clone().exact())
-            .await
-            .unwrap();
-        assert_eq!(approximate.len(), 10);
-        for hit in &approximate {
+    let queries: Vec<_> = (0..10)
+        .map(|_| VectorQuery::new(model.vector(), 10).metric(DistanceMetric::L2))
+        .collect();
+    let mean = mean_recall(&backend, &agent, queries, |query, approximate| {
+        for hit in approximate {
             let truth = agent_memory::vector::distance(
                 DistanceMetric::L2,
                 &query.vector,
@@ -365,13 +374,9 @@ async fn above_2000_dimensions_the_index_holds_halfvec_and_answers_rank_by_full_
                 .windows(2)
                 .all(|w| w[0].distance <= w[1].distance)
         );
-        total += recall(&approximate, &exact);
-    }
-    assert!(
-        total / 10.0 >= 0.9,
-        "recall@10 through halfvec: {}",
-        total / 10.0
-    );
+    })
+    .await;
+    assert!(mean >= 0.9, "recall@10 through halfvec: {mean}");
     backend.close().await;
     assert!(
         index_scans(&mut conn, &built.name).await > 0,
