@@ -37,8 +37,8 @@ const PANEL_WIDTH: f64 = 360.0;
 const PANEL_HEIGHT: f64 = 240.0;
 const MARGIN_LEFT: f64 = 70.0;
 const MARGIN_RIGHT: f64 = 20.0;
-const TOP: f64 = 64.0;
-const BOTTOM: f64 = 70.0;
+const TOP: f64 = 84.0;
+const BOTTOM: f64 = 40.0;
 const TICKS: usize = 5;
 const COLOURS: [&str; 6] = [
     "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1",

@@ -335,6 +335,7 @@ impl Raw {
             .pragma("mmap_size", defaults.mmap_size.to_string());
         let pool = SqlitePoolOptions::new()
             .max_connections(defaults.max_connections)
+            .test_before_acquire(false)
             .min_connections(0)
             .idle_timeout(Duration::from_secs(300))
             .connect_with(connect)
@@ -761,7 +762,7 @@ impl Target {
         format!(
             "  {:<62} {:>6}  target {} {:.2}  {}",
             self.formula,
-            self.value.map_or("-".into(), |v| format!("{v:.2}")),
+            self.value.map_or("-".into(), |v| format!("{v:.3}")),
             if self.at_least { ">=" } else { "<=" },
             self.target,
             match self.pass {
@@ -947,7 +948,14 @@ fn report(args: &Args, steps: &[Step], floors: &[Floor], scales: &[Scale]) -> (V
         }
     }
 
-    let categories: Vec<String> = args.agents.iter().map(|a| format!("{a} agents")).collect();
+    let categories: Vec<String> = args
+        .agents
+        .iter()
+        .map(|&a| match a {
+            1 => "1 agent".to_string(),
+            _ => format!("{a} agents"),
+        })
+        .collect();
     let series = |value: fn(&Step) -> f64| -> Vec<Series> {
         Kind::ALL
             .iter()

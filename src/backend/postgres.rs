@@ -3,8 +3,9 @@
 
 use std::collections::HashSet;
 use std::str::FromStr;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -49,6 +50,7 @@ impl Default for PostgresOptions {
 /// on its first write.
 pub struct PostgresBackend {
     pool: PgPool,
+    health: Arc<PoolHealth>,
     target: String,
     secrets: Vec<String>,
     known_agents: Mutex<HashSet<AgentId>>,
@@ -80,9 +82,11 @@ impl PostgresBackend {
     /// be reached or refuses the login, [`Error::SchemaMissing`] naming every missing
     /// table, column, key or extension. No message shows the URL's password.
     pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self> {
-        let pool = connect_pool(url, &options).await?;
+        let health = Arc::new(PoolHealth::default());
+        let pool = connect_pool_with(url, &options, health.clone()).await?;
         let backend = PostgresBackend {
             pool,
+            health,
             target: redact_url(url),
             secrets: url_secrets(url),
             known_agents: Mutex::new(HashSet::new()),
@@ -102,11 +106,10 @@ impl PostgresBackend {
     pub fn connect_lazy(url: &str, options: PostgresOptions) -> Result<Self> {
         let secrets = url_secrets(url);
         let connect = parse_url(url, &secrets)?;
+        let health = Arc::new(PoolHealth::default());
         Ok(PostgresBackend {
-            pool: PgPoolOptions::new()
-                .max_connections(options.max_connections.max(1))
-                .acquire_timeout(options.connect_timeout)
-                .connect_lazy_with(connect),
+            pool: pool_options(&options, health.clone()).connect_lazy_with(connect),
+            health,
             target: redact_url(url),
             secrets,
             known_agents: Mutex::new(HashSet::new()),
@@ -169,10 +172,16 @@ impl PostgresBackend {
         &'a self,
         operation: impl FnOnce() -> String + 'a,
     ) -> impl FnOnce(sqlx::Error) -> Error + 'a {
-        move |e| Error::Database {
-            backend: "postgres",
-            operation: operation(),
-            source: scrub(e, &self.secrets),
+        move |e| {
+            let err = Error::Database {
+                backend: "postgres",
+                operation: operation(),
+                source: scrub(e, &self.secrets),
+            };
+            if err.is_connection() {
+                self.health.lost_connection();
+            }
+            err
         }
     }
 
@@ -207,6 +216,15 @@ impl PostgresBackend {
 /// failed login is reported at once with its real cause; a pool would retry until its
 /// timeout and report only that it timed out.
 pub(crate) async fn connect_pool(url: &str, options: &PostgresOptions) -> Result<PgPool> {
+    connect_pool_with(url, options, Arc::new(PoolHealth::default())).await
+}
+
+/// [`connect_pool`], with the pool's connections checked as `health` asks.
+async fn connect_pool_with(
+    url: &str,
+    options: &PostgresOptions,
+    health: Arc<PoolHealth>,
+) -> Result<PgPool> {
     let secrets = url_secrets(url);
     let connect = parse_url(url, &secrets)?;
     let failed = |source| Error::Connect {
@@ -227,10 +245,76 @@ pub(crate) async fn connect_pool(url: &str, options: &PostgresOptions) -> Result
     .map_err(|e| failed(scrub(e, &secrets)))?;
     // The probe only proves the server answers; closing it cleanly is a courtesy.
     let _ = probe.close().await;
-    Ok(PgPoolOptions::new()
+    Ok(pool_options(options, health).connect_lazy_with(connect))
+}
+
+/// How long a pooled connection may have sat idle before the pool checks, with a round
+/// trip, that the server still holds it up before handing it out.
+///
+/// sqlx checks every connection on every acquire by default, which costs each call a
+/// second round trip: it doubled the time of a retrieve. A connection used within the
+/// last second is handed out as it is. If the server dropped it meanwhile (a restart,
+/// `pg_terminate_backend`), the call on it fails with a connection error
+/// ([`Error::is_connection`]), and from then on every connection that was already idle
+/// when that happened is checked before it is handed out, so the next call gets a live
+/// one.
+pub const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
+
+/// When the backend last saw a call fail for a lost connection: the other connections
+/// idle at that moment may have been dropped too (a restart drops them all).
+#[derive(Debug)]
+struct PoolHealth {
+    start: Instant,
+    /// Microseconds from `start` to the last lost connection; 0 when there was none.
+    lost_at_us: AtomicU64,
+}
+
+impl Default for PoolHealth {
+    fn default() -> Self {
+        PoolHealth {
+            start: Instant::now(),
+            lost_at_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl PoolHealth {
+    /// Records that a call just failed for a lost connection.
+    fn lost_connection(&self) {
+        let now = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.lost_at_us.store(now.max(1), Ordering::Relaxed);
+    }
+
+    /// Whether a connection idle for `idle_for` must be checked before use: idle for
+    /// over [`CHECK_IDLE_AFTER`], or idle since before the last lost connection.
+    fn must_check(&self, idle_for: Duration) -> bool {
+        if idle_for > CHECK_IDLE_AFTER {
+            return true;
+        }
+        match self.lost_at_us.load(Ordering::Relaxed) {
+            0 => false,
+            lost => self.start.elapsed().saturating_sub(idle_for) <= Duration::from_micros(lost),
+        }
+    }
+}
+
+/// The backend's pool settings: size and acquire timeout from `options`, and a check of
+/// only the connections `health` says may be gone.
+fn pool_options(options: &PostgresOptions, health: Arc<PoolHealth>) -> PgPoolOptions {
+    PgPoolOptions::new()
         .max_connections(options.max_connections.max(1))
         .acquire_timeout(options.connect_timeout)
-        .connect_lazy_with(connect))
+        .test_before_acquire(false)
+        .before_acquire(move |conn, meta| {
+            let check = health.must_check(meta.idle_for);
+            Box::pin(async move {
+                if check {
+                    // An error closes this connection; the pool tries another or a new one.
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
 }
 
 /// Stores a memory, replacing the key's value whatever its version.
