@@ -8,7 +8,9 @@
 //!    `--calls` calls one after another: 50% retrieve of a stored key, 20% store of a new
 //!    key, 20% overwrite of a stored key, 10% list keys. Values are generated JSON of
 //!    200 B to 20 KB (log-uniform, so most are small), built before the clock starts.
-//!    Reported: calls/s of wall time, and p50/p99 per kind of call and over all calls.
+//!    Reported: calls/s of wall time, p50/p99 per kind of call and over all calls, and
+//!    CPU time per call of this process and of the PostgreSQL server (when it runs on
+//!    this machine); each the median over `--reps` repetitions on fresh agents.
 //! 2. Floor: one task, a single store (new key) and a single retrieve of values of about
 //!    2 KB, by the library and by the very statements the library issues, bound and
 //!    decoded by hand through sqlx on a pool with the library's settings. The two
@@ -21,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use agent_memory::{
-    AgentId, Memory, MemoryBackend, PostgresBackend, PostgresOptions, SqliteBackend,
+    AgentId, Memory, MemoryBackend, PostgresBackend, PostgresOptions, SqliteBackend, SqliteOptions,
 };
 use chrono::{DateTime, Utc};
 use pgvector::Vector;
@@ -35,7 +37,8 @@ use sqlx::{PgPool, Row};
 
 use crate::chart::{Chart, Panel, Series};
 use crate::harness::{
-    Env, Latency, Result, Rng, Samples, concurrently, memory_value, ms, settle, table, timed,
+    Env, Latency, Result, Rng, Samples, concurrently, median, memory_value, ms, settle, table,
+    timed,
 };
 
 /// Options of the `ops` suite.
@@ -68,6 +71,10 @@ pub struct Args {
     /// Retrieves timed at each scale.
     #[arg(long, default_value_t = 2000)]
     pub scale_reads: usize,
+    /// Repetitions of the mixed workload, each on fresh agents, the backends' order
+    /// alternating; the median of each figure is reported.
+    #[arg(long, default_value_t = 3)]
+    pub reps: usize,
     /// Connections of the PostgreSQL backend's pool [default: the library's default].
     #[arg(long)]
     pub pg_connections: Option<u32>,
@@ -216,13 +223,18 @@ impl OpsAgent {
 }
 
 /// The mixed workload of one backend at one number of agents.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 struct Step {
     backend: Kind,
     agents: usize,
     calls: usize,
     seconds: f64,
     calls_per_s: f64,
+    /// CPU time of this process per call, in microseconds.
+    client_cpu_us_per_call: Option<f64>,
+    /// CPU time of every `postgres` process on this machine per call (the server's
+    /// share; 0 for sqlite), in microseconds; `None` when the server is elsewhere.
+    server_cpu_us_per_call: Option<f64>,
     /// Over all calls.
     all: Latency,
     store: Latency,
@@ -231,20 +243,24 @@ struct Step {
     list_keys: Latency,
 }
 
+/// Runs the mixed workload of `agents` fresh agents on `backend`; `server` is the
+/// postmaster whose CPU time counts as the server's.
 async fn mixed(
     backend: Arc<dyn MemoryBackend>,
     kind: Kind,
     agents: usize,
+    rep: usize,
     args: &Args,
+    server: Option<u32>,
 ) -> Result<Step> {
     let per_agent = (args.calls / agents).max(10);
     let loads = (0..agents)
         .map(|a| {
             OpsAgent::new(
                 backend.clone(),
-                &format!("ops_{}_{agents}_{a}", kind.name()),
+                &format!("ops_{}_{agents}_r{rep}_{a}", kind.name()),
                 args,
-                (agents * 1000 + a) as u64,
+                (rep * 1_000_000 + agents * 1000 + a) as u64,
             )
         })
         .collect::<Result<Vec<_>>>()?;
@@ -257,6 +273,7 @@ async fn mixed(
     })
     .await?;
     settle().await;
+    let cpu_before = (process_cpu(std::process::id()), server_cpu(server));
     let (loads, wall) = concurrently(loads, move |mut load| async move {
         for _ in 0..per_agent {
             load.call().await?;
@@ -264,6 +281,7 @@ async fn mixed(
         Ok(load)
     })
     .await?;
+    let cpu_after = (process_cpu(std::process::id()), server_cpu(server));
     let mut by_op: Vec<Samples> = Op::ALL.iter().map(|_| Samples::default()).collect();
     let mut all = Samples::default();
     for load in loads {
@@ -276,18 +294,117 @@ async fn mixed(
     let mut next = || by_op.next().unwrap_or_default();
     let (retrieve, store, overwrite, list_keys) = (next(), next(), next(), next());
     let calls = per_agent * agents;
+    let per_call = |before: Option<f64>, after: Option<f64>| {
+        Some((after? - before?) / calls as f64 * 1e6).filter(|us| *us >= 0.0)
+    };
     Ok(Step {
         backend: kind,
         agents,
         calls,
         seconds: wall.as_secs_f64(),
         calls_per_s: calls as f64 / wall.as_secs_f64(),
+        client_cpu_us_per_call: per_call(cpu_before.0, cpu_after.0),
+        server_cpu_us_per_call: per_call(cpu_before.1, cpu_after.1),
         all: all.summary(),
         store,
         overwrite,
         retrieve,
         list_keys,
     })
+}
+
+impl Step {
+    /// Each figure's median over `reps` (all of one backend and number of agents).
+    fn median(reps: &[&Step]) -> Step {
+        let m = |f: &dyn Fn(&Step) -> f64| median(reps.iter().map(|s| f(s)).collect());
+        let opt = |f: &dyn Fn(&Step) -> Option<f64>| {
+            let values: Vec<f64> = reps.iter().filter_map(|s| f(s)).collect();
+            (!values.is_empty()).then(|| median(values))
+        };
+        let latency = |f: &dyn Fn(&Step) -> Latency| Latency {
+            count: reps.iter().map(|s| f(s).count).sum(),
+            p50_us: m(&|s| f(s).p50_us),
+            p99_us: m(&|s| f(s).p99_us),
+            mean_us: m(&|s| f(s).mean_us),
+        };
+        Step {
+            backend: reps.first().map_or(Kind::Sqlite, |s| s.backend),
+            agents: reps.first().map_or(0, |s| s.agents),
+            calls: reps.iter().map(|s| s.calls).sum(),
+            seconds: reps.iter().map(|s| s.seconds).sum(),
+            calls_per_s: m(&|s| s.calls_per_s),
+            client_cpu_us_per_call: opt(&|s| s.client_cpu_us_per_call),
+            server_cpu_us_per_call: opt(&|s| s.server_cpu_us_per_call),
+            all: latency(&|s| s.all),
+            store: latency(&|s| s.store),
+            overwrite: latency(&|s| s.overwrite),
+            retrieve: latency(&|s| s.retrieve),
+            list_keys: latency(&|s| s.list_keys),
+        }
+    }
+}
+
+/// Clock ticks per second of /proc/<pid>/stat times (`CLK_TCK`, 100 on Linux).
+const CLOCK_TICKS: f64 = 100.0;
+
+/// Fields of /proc/<pid>/stat after the command name (which may hold spaces).
+fn proc_stat(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+/// CPU seconds (user and system) process `pid` has used so far.
+fn process_cpu(pid: u32) -> Option<f64> {
+    let fields = proc_stat(pid)?;
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    Some((ticks(11)? + ticks(12)?) / CLOCK_TICKS)
+}
+
+/// The parent of process `pid`.
+fn parent_of(pid: u32) -> Option<u32> {
+    proc_stat(pid)?.get(1)?.parse().ok()
+}
+
+/// CPU seconds used so far by the PostgreSQL server whose postmaster is `postmaster`
+/// and all its processes (backends, WAL writer, checkpointer, ...); `None` when the
+/// server is not on this machine.
+fn server_cpu(postmaster: Option<u32>) -> Option<f64> {
+    let postmaster = postmaster?;
+    let mut total = process_cpu(postmaster)?;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if parent_of(pid) == Some(postmaster) {
+            total += process_cpu(pid).unwrap_or(0.0);
+        }
+    }
+    Some(total)
+}
+
+/// The postmaster of the server behind `pool`, when it runs on this machine.
+async fn postmaster_of(pool: &PgPool) -> Option<u32> {
+    let backend: i32 = sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(pool)
+        .await
+        .ok()?;
+    let postmaster = parent_of(u32::try_from(backend).ok()?)?;
+    // Only a server on this machine has that backend as its child here.
+    (std::fs::read_to_string(format!("/proc/{postmaster}/comm"))
+        .ok()?
+        .trim_end()
+        == "postgres")
+        .then_some(postmaster)
 }
 
 /// A hand-written client of the same tables: the library's statements, bound and
@@ -506,15 +623,31 @@ async fn floor(
 #[derive(Debug, Serialize)]
 struct Scale {
     backend: Kind,
+    /// How the reads were made, when not with the backend's defaults.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    variant: Option<&'static str>,
     small_keys: usize,
+    /// Retrieves of random keys of all `small_keys`.
     small: Latency,
     large_keys: usize,
+    /// Retrieves of random keys of all `large_keys`.
     large: Latency,
+    /// Retrieves at `large_keys`, of [`HOT_KEYS`] keys spread over them: a B-tree as
+    /// deep as in `large`, with pages that stay in SQLite's page cache.
+    large_hot: Latency,
     /// Seconds the bulk load to the large size took.
     load_seconds: f64,
 }
 
 impl Scale {
+    /// The backend's name, with the variant.
+    fn label(&self) -> String {
+        match self.variant {
+            Some(variant) => format!("{}, {variant}", self.backend.name()),
+            None => self.backend.name().to_string(),
+        }
+    }
+
     fn ratio(&self) -> f64 {
         self.large.p50_us / self.small.p50_us
     }
@@ -559,18 +692,20 @@ async fn bulk_keys(raw: &Raw, agent: &AgentId, from: usize, to: usize) -> Result
     Ok(())
 }
 
-/// Times `reads` retrieves of random keys among the first `keys`, after as many
-/// uncounted ones.
+/// Times `reads` retrieves of random keys among `sample` keys spread evenly over the
+/// agent's first `keys`, after as many uncounted ones.
 async fn scale_reads(
     backend: &dyn MemoryBackend,
     agent: &AgentId,
     keys: usize,
+    sample: usize,
     reads: usize,
 ) -> Result<Latency> {
     let mut rng = Rng::new(keys as u64);
     let mut samples = Samples::default();
+    let stride = (keys / sample.max(1)).max(1);
     for i in 0..reads * 2 {
-        let key = format!("scale/{:08}", rng.below(keys));
+        let key = format!("scale/{:08}", rng.below(keys.min(sample)) * stride);
         let (found, took) = timed(backend.get_memory(agent, &key)).await;
         found?.ok_or_else(|| format!("{key:?} missing"))?;
         if i >= reads {
@@ -580,21 +715,40 @@ async fn scale_reads(
     Ok(samples.summary())
 }
 
+/// Retrieve latency of one agent at `--scale-small` and at `--scale-keys` keys, read
+/// through `backend` and through each of `variants` (other backends over the same
+/// data); the first result is `backend`'s.
 async fn scale(
     backend: &dyn MemoryBackend,
+    variants: &[(&'static str, &dyn MemoryBackend)],
     raw: &Raw,
     kind: Kind,
     agent: &AgentId,
     args: &Args,
-) -> Result<Scale> {
+) -> Result<Vec<Scale>> {
     backend
         .put_memory(
             agent,
             &Memory::new("seed", memory_value(200, &mut Rng::new(1))),
         )
         .await?;
+    let readers: Vec<(Option<&'static str>, &dyn MemoryBackend)> = std::iter::once((None, backend))
+        .chain(variants.iter().map(|(name, b)| (Some(*name), *b)))
+        .collect();
     bulk_keys(raw, agent, 0, args.scale_small).await?;
-    let small = scale_reads(backend, agent, args.scale_small, args.scale_reads).await?;
+    let mut small = Vec::new();
+    for (_, reader) in &readers {
+        small.push(
+            scale_reads(
+                *reader,
+                agent,
+                args.scale_small,
+                args.scale_small,
+                args.scale_reads,
+            )
+            .await?,
+        );
+    }
     let started = Instant::now();
     bulk_keys(raw, agent, args.scale_small, args.scale_keys).await?;
     let load_seconds = started.elapsed().as_secs_f64();
@@ -603,21 +757,41 @@ async fn scale(
         kind.name(),
         args.scale_keys
     );
-    let large = scale_reads(backend, agent, args.scale_keys, args.scale_reads).await?;
-    Ok(Scale {
-        backend: kind,
-        small_keys: args.scale_small,
-        small,
-        large_keys: args.scale_keys,
-        large,
-        load_seconds,
-    })
+    let mut scales = Vec::new();
+    for ((variant, reader), small) in readers.into_iter().zip(small) {
+        scales.push(Scale {
+            backend: kind,
+            variant,
+            small_keys: args.scale_small,
+            small,
+            large_keys: args.scale_keys,
+            large: scale_reads(
+                reader,
+                agent,
+                args.scale_keys,
+                args.scale_keys,
+                args.scale_reads,
+            )
+            .await?,
+            large_hot: scale_reads(reader, agent, args.scale_keys, HOT_KEYS, args.scale_reads)
+                .await?,
+            load_seconds,
+        });
+    }
+    Ok(scales)
 }
+
+/// Keys the last scale measurement reads over and over: their pages (about 4 per
+/// key) fit in SQLite's default 2 MB page cache.
+const HOT_KEYS: usize = 100;
+
+/// The memory map of the SQLite scale variant: larger than the file at 10^6 keys.
+const MMAP_SIZE: u64 = 1 << 30;
 
 /// Runs the suite, prints its tables and targets, and returns its results and chart.
 pub async fn run(env: &Env, args: &Args) -> Result<(Value, Chart)> {
-    if args.agents.is_empty() || args.agents.contains(&0) || args.calls == 0 {
-        return Err("--agents needs numbers of at least 1, --calls at least 1".into());
+    if args.agents.is_empty() || args.agents.contains(&0) || args.calls == 0 || args.reps == 0 {
+        return Err("--agents needs numbers of at least 1, --calls and --reps at least 1".into());
     }
     if args.min_bytes == 0 || args.min_bytes > args.max_bytes {
         return Err("--min-bytes must be at least 1 and at most --max-bytes".into());
@@ -642,13 +816,14 @@ pub async fn run(env: &Env, args: &Args) -> Result<(Value, Chart)> {
     println!(
         "plan:       mixed workload (50% retrieve, 20% store, 20% overwrite, 10% list keys; \
          values {}..{} B) at {:?} concurrent agents, {} calls each step after {} stored keys \
-         per agent; floor: {} stores + {} retrieves each by the library and by sqlx; scale: \
+         per agent, {} repetitions; floor: {} stores + {} retrieves each by the library and by sqlx; scale: \
          retrieves at {} and {} keys; PostgreSQL pool of {} connections",
         args.min_bytes,
         args.max_bytes,
         args.agents,
         args.calls,
         args.preload,
+        args.reps,
         args.floor_calls,
         args.floor_calls,
         args.scale_small,
@@ -664,25 +839,44 @@ pub async fn run(env: &Env, args: &Args) -> Result<(Value, Chart)> {
         }
     };
 
-    let mut steps = Vec::new();
-    for (i, &agents) in args.agents.iter().enumerate() {
-        // The order alternates, so neither backend always runs on a warmer machine.
-        for k in 0..Kind::ALL.len() {
-            let kind = Kind::ALL[(i + k) % Kind::ALL.len()];
-            let step = mixed(backend(kind), kind, agents, args).await?;
-            eprintln!(
-                "  {:<8} {agents:>3} agents: {:>8.0} calls/s in {:.1} s, p50 {} ms, p99 {} ms",
-                kind.name(),
-                step.calls_per_s,
-                step.seconds,
-                ms(step.all.p50_us),
-                ms(step.all.p99_us),
-            );
-            steps.push(step);
-            sqlite.close().await;
-            settle().await;
+    // CPU per call is measured only when the server runs here (as with scripts/bench).
+    let server = postmaster_of(postgres.pool()).await;
+    let mut runs: Vec<Step> = Vec::new();
+    for rep in 0..args.reps {
+        for (i, &agents) in args.agents.iter().enumerate() {
+            // The order alternates, so neither backend always runs on a warmer machine.
+            for k in 0..Kind::ALL.len() {
+                let kind = Kind::ALL[(i + k + rep) % Kind::ALL.len()];
+                let step = mixed(backend(kind), kind, agents, rep, args, server).await?;
+                eprintln!(
+                    "  rep {}/{} {:<8} {agents:>3} agents: {:>8.0} calls/s in {:.1} s, \
+                     p50 {} ms, p99 {} ms",
+                    rep + 1,
+                    args.reps,
+                    kind.name(),
+                    step.calls_per_s,
+                    step.seconds,
+                    ms(step.all.p50_us),
+                    ms(step.all.p99_us),
+                );
+                runs.push(step);
+                sqlite.close().await;
+                settle().await;
+            }
         }
     }
+    let steps: Vec<Step> = args
+        .agents
+        .iter()
+        .flat_map(|&agents| Kind::ALL.map(|kind| (kind, agents)))
+        .map(|(kind, agents)| {
+            let reps: Vec<&Step> = runs
+                .iter()
+                .filter(|s| s.backend == kind && s.agents == agents)
+                .collect();
+            Step::median(&reps)
+        })
+        .collect();
 
     let mut floors = Vec::new();
     let mut scales = Vec::new();
@@ -718,14 +912,28 @@ pub async fn run(env: &Env, args: &Args) -> Result<(Value, Chart)> {
             Kind::Sqlite => Raw::sqlite(&sqlite.file_of(&agent)).await?,
             Kind::Postgres => Raw::Postgres(postgres.pool().clone()),
         };
-        scales.push(scale(&*backend(kind), &raw, kind, &agent, args).await?);
+        // SQLite reads again through a memory map (SqliteOptions::mmap_size, off by
+        // default): how much of a large agent's cost is the page cache.
+        let mapped = SqliteBackend::with_options(
+            env.agents_path(),
+            SqliteOptions {
+                mmap_size: MMAP_SIZE,
+                ..SqliteOptions::default()
+            },
+        );
+        let variants: Vec<(&'static str, &dyn MemoryBackend)> = match kind {
+            Kind::Sqlite => vec![("mmap_size 1 GiB", &mapped)],
+            Kind::Postgres => Vec::new(),
+        };
+        scales.extend(scale(&*backend(kind), &variants, &raw, kind, &agent, args).await?);
+        mapped.close().await;
         if let Raw::Sqlite(pool) = &raw {
             pool.close().await;
         }
         sqlite.close().await;
     }
     postgres.close().await;
-    Ok(report(args, &steps, &floors, &scales))
+    Ok(report(args, &steps, &runs, &floors, &scales))
 }
 
 /// A target of the issue, its measured value and verdict.
@@ -780,7 +988,15 @@ const LIBRARY_OVERHEAD_LIMIT: f64 = 1.10;
 /// count as flat (a B-tree one level deeper and colder pages, not a scan).
 const FLAT_LIMIT: f64 = 1.5;
 
-fn report(args: &Args, steps: &[Step], floors: &[Floor], scales: &[Scale]) -> (Value, Chart) {
+/// Prints the tables and targets; returns the results (`steps`: medians of `runs`) and
+/// the chart.
+fn report(
+    args: &Args,
+    steps: &[Step],
+    runs: &[Step],
+    floors: &[Floor],
+    scales: &[Scale],
+) -> (Value, Chart) {
     let rows: Vec<Vec<String>> = steps
         .iter()
         .map(|s| {
@@ -797,11 +1013,17 @@ fn report(args: &Args, steps: &[Step], floors: &[Floor], scales: &[Scale]) -> (V
                 ms(s.list_keys.p50_us),
                 ms(s.store.p99_us.max(s.overwrite.p99_us)),
                 ms(s.retrieve.p99_us),
+                s.client_cpu_us_per_call
+                    .map_or("-".into(), |us| format!("{us:.0}")),
+                s.server_cpu_us_per_call
+                    .map_or("-".into(), |us| format!("{us:.0}")),
             ]
         })
         .collect();
     println!(
-        "\nmixed workload: calls/s of wall time, latency in ms\n{}",
+        "\nmixed workload, median of {} repetitions: calls/s of wall time, latency in ms, \
+         CPU time per call in µs (this process; the PostgreSQL server's processes)\n{}",
+        args.reps,
         table(
             &[
                 "backend",
@@ -816,6 +1038,8 @@ fn report(args: &Args, steps: &[Step], floors: &[Floor], scales: &[Scale]) -> (V
                 "list p50",
                 "write p99",
                 "retrieve p99",
+                "client µs/call",
+                "server µs/call",
             ],
             &rows
         )
@@ -864,12 +1088,13 @@ fn report(args: &Args, steps: &[Step], floors: &[Floor], scales: &[Scale]) -> (V
         .iter()
         .map(|s| {
             vec![
-                s.backend.name().to_string(),
+                s.label(),
                 ms(s.small.p50_us),
                 ms(s.small.p99_us),
                 ms(s.large.p50_us),
                 ms(s.large.p99_us),
                 format!("{:.2}", s.ratio()),
+                ms(s.large_hot.p50_us),
                 format!("{:.1}", s.load_seconds),
             ]
         })
@@ -885,6 +1110,7 @@ fn report(args: &Args, steps: &[Step], floors: &[Floor], scales: &[Scale]) -> (V
                 &format!("p50 @{large}"),
                 &format!("p99 @{large}"),
                 "p50 ratio",
+                &format!("p50 @{large}, {HOT_KEYS} keys read"),
                 "load s",
             ],
             &scale_rows
@@ -924,7 +1150,7 @@ fn report(args: &Args, steps: &[Step], floors: &[Floor], scales: &[Scale]) -> (V
             false,
         ));
     }
-    for s in scales {
+    for s in scales.iter().filter(|s| s.variant.is_none()) {
         let name = s.backend.name();
         targets.push(Target::new(
             format!("{name}_retrieve_flat"),
@@ -992,6 +1218,7 @@ fn report(args: &Args, steps: &[Step], floors: &[Floor], scales: &[Scale]) -> (V
     let results = json!({
         "args": args,
         "mixed": steps,
+        "mixed_repetitions": runs,
         "floor": floors,
         "scale": scales,
         "ratios": targets,
