@@ -44,7 +44,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
-use crate::chart::{Chart, Panel, Series};
+use crate::chart::{Chart, Panel, Series, thousands};
 use crate::harness::{Env, Result, Rng, memory_value, table};
 
 /// The agent every generated row belongs to (its folder under the agents path).
@@ -1034,7 +1034,10 @@ fn report(
     loads.extend(pgloader.as_ref().ok());
     loads.push(copy);
     let chart = Chart {
-        title: format!("backfill: {} legacy rows into PostgreSQL", legacy.rows),
+        title: format!(
+            "backfill: {} legacy rows into PostgreSQL",
+            thousands(legacy.rows as f64, 0)
+        ),
         panels: vec![
             Panel {
                 title: "rows/s (higher is better)".into(),

@@ -93,11 +93,56 @@ fn escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// Approximate width of one character of the 12 px labels.
+const CHAR_WIDTH: f64 = 7.0;
+/// The slant of category labels too long to stand side by side, in degrees.
+const SLANT: f64 = 35.0;
+
+/// Whether `panel`'s category labels must slant to fit their groups.
+fn slanted(panel: &Panel) -> bool {
+    let group_width = PANEL_WIDTH / panel.categories.len().max(1) as f64;
+    panel
+        .categories
+        .iter()
+        .any(|c| c.chars().count() as f64 * CHAR_WIDTH > group_width * 0.95)
+}
+
+/// The height slanted labels of `panel` take below the axis.
+fn label_depth(panel: &Panel) -> f64 {
+    if !slanted(panel) {
+        return 0.0;
+    }
+    let longest = panel
+        .categories
+        .iter()
+        .map(|c| c.chars().count())
+        .max()
+        .unwrap_or(0);
+    longest as f64 * CHAR_WIDTH * SLANT.to_radians().sin()
+}
+
+/// How far slanted labels of `panel` reach left of its first group's centre.
+fn label_reach(panel: &Panel) -> f64 {
+    if !slanted(panel) {
+        return 0.0;
+    }
+    let first = panel.categories.first().map_or(0, |c| c.chars().count());
+    let group_width = PANEL_WIDTH / panel.categories.len().max(1) as f64;
+    first as f64 * CHAR_WIDTH * SLANT.to_radians().cos() - group_width / 2.0
+}
+
 /// The chart as a standalone SVG document.
 pub fn svg(chart: &Chart) -> String {
     let panels = chart.panels.len().max(1) as f64;
     let width = panels * (MARGIN_LEFT + PANEL_WIDTH + MARGIN_RIGHT);
-    let height = TOP + PANEL_HEIGHT + BOTTOM;
+    let depth = chart.panels.iter().map(label_depth).fold(0.0, f64::max);
+    let height = TOP + PANEL_HEIGHT + BOTTOM + depth;
+    // Room on the left for the first panel's slanted labels, past its axis labels.
+    let pad = chart
+        .panels
+        .first()
+        .map_or(0.0, |p| (label_reach(p) - MARGIN_LEFT + 10.0).max(0.0));
+    let width = width + pad;
     let mut out = String::new();
     // Writing to a String cannot fail.
     let _ = writeln!(
@@ -122,7 +167,7 @@ pub fn svg(chart: &Chart) -> String {
             }
             names
         });
-    let mut x = MARGIN_LEFT;
+    let mut x = pad + MARGIN_LEFT;
     for (i, name) in names.iter().enumerate() {
         let _ = writeln!(
             out,
@@ -131,10 +176,10 @@ pub fn svg(chart: &Chart) -> String {
             x + 16.0,
             escape(name)
         );
-        x += 24.0 + 7.5 * name.len() as f64;
+        x += 24.0 + CHAR_WIDTH * name.chars().count() as f64;
     }
     for (p, panel) in chart.panels.iter().enumerate() {
-        let left = p as f64 * (MARGIN_LEFT + PANEL_WIDTH + MARGIN_RIGHT) + MARGIN_LEFT;
+        let left = pad + p as f64 * (MARGIN_LEFT + PANEL_WIDTH + MARGIN_RIGHT) + MARGIN_LEFT;
         draw_panel(&mut out, panel, left, &names);
     }
     out.push_str("</svg>\n");
@@ -181,15 +226,23 @@ fn draw_panel(out: &mut String, panel: &Panel, left: f64, names: &[&str]) {
     let groups = panel.categories.len().max(1) as f64;
     let group_width = PANEL_WIDTH / groups;
     let bar_width = group_width * 0.8 / panel.series.len().max(1) as f64;
+    let slant = slanted(panel);
     for (c, category) in panel.categories.iter().enumerate() {
         let group_left = left + c as f64 * group_width + group_width * 0.1;
-        let _ = writeln!(
-            out,
-            r#"<text x="{}" y="{}" text-anchor="middle">{}</text>"#,
-            left + (c as f64 + 0.5) * group_width,
-            bottom + 18.0,
-            escape(category)
-        );
+        let (x, y_label) = (left + (c as f64 + 0.5) * group_width, bottom + 18.0);
+        let _ = if slant {
+            writeln!(
+                out,
+                r#"<text x="{x}" y="{y_label}" text-anchor="end" transform="rotate(-{SLANT} {x} {y_label})">{}</text>"#,
+                escape(category)
+            )
+        } else {
+            writeln!(
+                out,
+                r#"<text x="{x}" y="{y_label}" text-anchor="middle">{}</text>"#,
+                escape(category)
+            )
+        };
         for (s, series) in panel.series.iter().enumerate() {
             let Some(value) = series.values.get(c).copied().flatten() else {
                 continue;

@@ -23,7 +23,7 @@ use agent_memory::{
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use crate::chart::{Chart, Panel, Series};
+use crate::chart::{Chart, Panel, Series, thousands};
 use crate::harness::{Env, Latency, Result, Rng, Samples, ms, table};
 
 /// Options of the `vector` suite.
@@ -397,7 +397,9 @@ pub async fn run(env: &Env, args: &Args) -> Result<(Value, Chart)> {
     let chart = Chart {
         title: format!(
             "vector: {} memories of {} dimensions, k = {}",
-            args.memories, args.dims, args.k
+            thousands(args.memories as f64, 0),
+            args.dims,
+            args.k
         ),
         panels: vec![
             Panel {
