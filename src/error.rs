@@ -110,12 +110,17 @@ impl Error {
     }
 
     /// True when the cause is a lost, refused or timed-out connection: the kind of
-    /// failure that a retry after the database comes back can cure. A refused login or a
-    /// missing database is not.
+    /// failure that a retry after the database comes back can cure. That includes the
+    /// server ending the session (SQLSTATE `57P01` to `57P03`: an administrator's
+    /// `pg_terminate_backend`, a shutdown, a server still starting) and SQLSTATE class
+    /// `08` (connection exceptions). A refused login or a missing database is not.
     pub fn is_connection(&self) -> bool {
         match self {
             Error::Connect { source, .. } | Error::Database { source, .. } => {
                 match source.downcast_ref::<sqlx::Error>() {
+                    Some(sqlx::Error::Database(db)) => {
+                        db.code().is_some_and(|code| is_connection_sqlstate(&code))
+                    }
                     Some(e) => matches!(
                         e,
                         sqlx::Error::Io(_)
@@ -130,6 +135,13 @@ impl Error {
             _ => false,
         }
     }
+}
+
+/// Whether a PostgreSQL SQLSTATE says the session is gone or cannot be had: class `08`
+/// (connection exception) or `57P01` to `57P03` (terminated by an administrator, by a
+/// shutdown, or the server cannot accept connections now).
+fn is_connection_sqlstate(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
 }
 
 /// Displays an error and all its causes on one line, joined by `: `.
@@ -290,6 +302,17 @@ mod tests {
             url_secrets("postgres://u:p%40ss@h/d"),
             vec!["p%40ss".to_string(), "p@ss".to_string()]
         );
+    }
+
+    #[test]
+    fn connection_sqlstates() {
+        for code in ["08000", "08003", "08006", "57P01", "57P02", "57P03"] {
+            assert!(is_connection_sqlstate(code), "{code}");
+        }
+        // Cancelled by the user, out of disk, a failed login, a unique violation.
+        for code in ["57014", "53100", "28P01", "23505", "57P04"] {
+            assert!(!is_connection_sqlstate(code), "{code}");
+        }
     }
 
     #[test]

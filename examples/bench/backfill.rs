@@ -44,6 +44,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{ConnectOptions, Connection, PgConnection};
 
+use crate::chart::{Chart, Panel, Series, thousands};
 use crate::harness::{Env, Result, Rng, memory_value, table};
 
 /// The agent every generated row belongs to (its folder under the agents path).
@@ -135,7 +136,7 @@ struct Load {
 }
 
 /// Runs the suite, prints its tables, and returns its results for the JSON file.
-pub async fn run(env: &Env, args: &Args) -> Result<Value> {
+pub async fn run(env: &Env, args: &Args) -> Result<(Value, Chart)> {
     if args.rows < 4 || args.batch_size == 0 {
         return Err("--rows must be at least 4, --batch-size at least 1".into());
     }
@@ -898,7 +899,7 @@ fn report(
     pgloader: &std::result::Result<Load, String>,
     copy: &Load,
     tries: &[Load],
-) -> Value {
+) -> (Value, Chart) {
     let row = |load: &Load, what: &str| {
         vec![
             load.name.clone(),
@@ -1029,7 +1030,40 @@ fn report(
         print_profile(args, quarter, socket);
     }
 
-    json!({
+    let mut loads: Vec<&Load> = vec![backfill];
+    loads.extend(pgloader.as_ref().ok());
+    loads.push(copy);
+    let chart = Chart {
+        title: format!(
+            "backfill: {} legacy rows into PostgreSQL",
+            thousands(legacy.rows as f64, 0)
+        ),
+        panels: vec![
+            Panel {
+                title: "rows/s (higher is better)".into(),
+                categories: loads.iter().map(|l| short_name(&l.name)).collect(),
+                series: vec![Series {
+                    name: "rows/s".into(),
+                    values: loads.iter().map(|l| Some(l.rows_per_s)).collect(),
+                }],
+            },
+            Panel {
+                title: "backfill peak RSS, MB (flat is better)".into(),
+                categories: vec![
+                    format!("{} rows", quarter.rows),
+                    format!("{} rows", backfill.rows),
+                ],
+                series: vec![Series {
+                    name: "peak RSS".into(),
+                    values: [quarter, backfill]
+                        .iter()
+                        .map(|l| l.measured.peak_rss_kb.map(|kb| kb as f64 / 1024.0))
+                        .collect(),
+                }],
+            },
+        ],
+    };
+    let results = json!({
         "args": args,
         "legacy_file": {
             "rows": legacy.rows,
@@ -1056,7 +1090,13 @@ fn report(
             "batch_size_tries": tries,
         },
         "ratios": ratios,
-    })
+    });
+    (results, chart)
+}
+
+/// A load's name up to its first space or parenthesis, for a chart's axis.
+fn short_name(name: &str) -> String {
+    name.split(" (").next().unwrap_or(name).to_string()
 }
 
 /// Where the time of the N/4 runs went, statement by statement, over TCP and over the

@@ -22,6 +22,7 @@ use agent_memory::{MemoryBackend, PostgresBackend, PostgresOptions, SqliteBacken
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::chart::{Chart, Panel, Series};
 use crate::harness::{
     AgentLoad, Env, Latency, Result, Samples, concurrently, median, ms, settle, table,
 };
@@ -165,7 +166,7 @@ const TARGETS: [Target; 2] = [
 ];
 
 /// Runs the suite, prints its tables, and returns its results for the JSON file.
-pub async fn run(env: &Env, args: &Args) -> Result<Value> {
+pub async fn run(env: &Env, args: &Args) -> Result<(Value, Chart)> {
     if args.ops == 0 || args.concurrency == 0 || args.reps == 0 {
         return Err("--ops, --concurrency and --reps must be at least 1".into());
     }
@@ -322,7 +323,7 @@ fn check_dual(config: Config, stats: &DualStats) -> Result<()> {
 }
 
 /// Prints the tables and ratios, and returns everything as JSON.
-fn report(args: &Args, runs: &[Vec<Run>]) -> Value {
+fn report(args: &Args, runs: &[Vec<Run>]) -> (Value, Chart) {
     let medians: Vec<Figures> = runs
         .iter()
         .map(|r| Figures::median(&r.iter().map(|run| run.figures).collect::<Vec<_>>()))
@@ -403,7 +404,38 @@ fn report(args: &Args, runs: &[Vec<Run>]) -> Value {
             )
         })
         .collect();
-    json!({"args": args, "configs": configs, "ratios": ratios})
+    // One bar per configuration in each group: its store figure, then its retrieve one.
+    let series = |store: fn(&Figures) -> f64, retrieve: fn(&Figures) -> f64| -> Vec<Series> {
+        Config::ALL
+            .iter()
+            .map(|c| Series {
+                name: c.name().to_string(),
+                values: vec![
+                    Some(store(&medians[c.index()])),
+                    Some(retrieve(&medians[c.index()])),
+                ],
+            })
+            .collect()
+    };
+    let chart = Chart {
+        title: "dual: the dual backend against SQLite and PostgreSQL alone".into(),
+        panels: vec![
+            Panel {
+                title: "p50 latency, one task, ms (lower is better)".into(),
+                categories: vec!["store".into(), "retrieve".into()],
+                series: series(|f| f.store_p50_us / 1000.0, |f| f.retrieve_p50_us / 1000.0),
+            },
+            Panel {
+                title: format!("calls/s, {} tasks (higher is better)", args.concurrency),
+                categories: vec!["store".into(), "retrieve".into()],
+                series: series(|f| f.store_ops_per_s, |f| f.retrieve_ops_per_s),
+            },
+        ],
+    };
+    (
+        json!({"args": args, "configs": configs, "ratios": ratios}),
+        chart,
+    )
 }
 
 /// Where a dual call's time goes: each side's share, as the dual backend timed it.

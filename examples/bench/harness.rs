@@ -12,10 +12,15 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 
+use crate::chart::{self, Chart};
+
 /// Any failure; the bench prints it with its causes and exits.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A result with any failure.
 pub type Result<T> = std::result::Result<T, BoxError>;
+
+/// Load average per CPU above which the header warns that the machine is busy.
+pub const BUSY_LOAD_PER_CPU: f64 = 0.5;
 
 /// PostgreSQL settings that decide whether an acknowledged commit is on disk.
 const DURABILITY_SETTINGS: [&str; 3] = ["fsync", "synchronous_commit", "full_page_writes"];
@@ -168,6 +173,8 @@ pub struct Machine {
     pub sqlite_settings: &'static str,
     /// File system of the SQLite agents folder.
     pub sqlite_filesystem: String,
+    /// The one-minute load average when the run started (from /proc/loadavg).
+    pub load_average: Option<f64>,
 }
 
 impl Machine {
@@ -208,6 +215,9 @@ impl Machine {
             postgres_filesystem: filesystem_of(Path::new(&data)),
             sqlite_settings: "journal_mode=WAL, synchronous=FULL (library default)",
             sqlite_filesystem: filesystem_of(agents),
+            load_average: std::fs::read_to_string("/proc/loadavg")
+                .ok()
+                .and_then(|l| l.split_whitespace().next()?.parse().ok()),
         })
     }
 
@@ -216,6 +226,13 @@ impl Machine {
         DURABILITY_SETTINGS
             .iter()
             .all(|name| self.postgres_settings.get(*name).map(String::as_str) == Some("on"))
+    }
+
+    /// Whether other work kept the machine's CPUs busy when the run started (a load
+    /// average over [`BUSY_LOAD_PER_CPU`] per CPU), which makes the numbers noisy.
+    pub fn busy(&self) -> bool {
+        self.load_average
+            .is_some_and(|load| load > BUSY_LOAD_PER_CPU * self.nproc as f64)
     }
 
     /// The lines printed above every suite's results.
@@ -232,13 +249,21 @@ impl Machine {
         } else {
             "WARNING: PostgreSQL is NOT durable here, so its numbers flatter it"
         };
+        let busy = match self.load_average {
+            Some(load) if self.busy() => format!(
+                "\nWARNING:    the machine was busy at the start (load average {load:.2} on {} CPUs); \
+                 other work competes for the CPUs and disk, so these numbers are noisy",
+                self.nproc
+            ),
+            _ => String::new(),
+        };
         format!(
             "agent-memory bench: {suite}\n\
              machine:    {} CPUs, {}\n\
              postgres:   {}\n\
              durability: PostgreSQL {} {}, data on {}\n\
              \x20           SQLite {}, files on {}\n\
-             \x20           {verdict}",
+             \x20           {verdict}{busy}",
             self.nproc,
             self.cpu_model,
             self.postgres_version,
@@ -279,6 +304,11 @@ impl Samples {
     /// Adds one sample.
     pub fn push(&mut self, took: Duration) {
         self.0.push(took);
+    }
+
+    /// Adds every sample of `other`.
+    pub fn extend(&mut self, other: &Samples) {
+        self.0.extend_from_slice(&other.0);
     }
 
     /// Count, p50, p99 and mean (exact, nearest rank), in microseconds.
@@ -551,17 +581,31 @@ pub fn ms(micros: f64) -> String {
     format!("{:.3}", micros / 1000.0)
 }
 
-/// Writes a suite's results, with the machine's facts, to `path` as pretty JSON.
-pub fn write_json(path: &Path, suite: &str, machine: &Machine, results: Value) -> Result<PathBuf> {
-    if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(folder)?;
-    }
+/// Writes a suite's results, with the machine's facts, as pretty JSON to
+/// `<out>/<suite>.json`, and its chart to `<out>/<suite>.svg`; returns both paths.
+pub fn write_results(
+    out: &Path,
+    suite: &str,
+    machine: &Machine,
+    results: Value,
+    chart: &Chart,
+) -> Result<(PathBuf, PathBuf)> {
+    std::fs::create_dir_all(out)
+        .map_err(|e| format!("cannot create the results folder {}: {e}", out.display()))?;
     let document = json!({
         "suite": suite,
         "finished_at": chrono::Utc::now().to_rfc3339(),
         "machine": machine,
         "results": results,
     });
-    std::fs::write(path, serde_json::to_string_pretty(&document)? + "\n")?;
-    Ok(path.to_path_buf())
+    let (json_path, svg_path) = (
+        out.join(format!("{suite}.json")),
+        out.join(format!("{suite}.svg")),
+    );
+    let write = |path: &Path, text: String| {
+        std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    };
+    write(&json_path, serde_json::to_string_pretty(&document)? + "\n")?;
+    write(&svg_path, chart::svg(chart))?;
+    Ok((json_path, svg_path))
 }

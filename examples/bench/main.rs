@@ -1,29 +1,35 @@
 //! Benchmarks of agent-memory on real, durable storage.
 //!
 //! ```text
-//! scripts/bench dual [--ops N] [--concurrency C] [--value-bytes B] [--reps R] [--json PATH]
-//! scripts/bench backfill [--rows N] [--batch-size B] [--try-batch-sizes B1,B2] [--json PATH]
-//! scripts/bench vector [--memories N] [--dims D] [--queries Q] [--ef-search E1,E2] [--json PATH]
-//! cargo run --release --example bench -- dual ...     # with DATABASE_URL set
+//! scripts/bench ops [--agents 1,4,16,64] [--calls N] [--scale-keys K] ... [--out DIR]
+//! scripts/bench dual [--ops N] [--concurrency C] [--value-bytes B] [--reps R] [--out DIR]
+//! scripts/bench backfill [--rows N] [--batch-size B] [--try-batch-sizes B1,B2] [--out DIR]
+//! scripts/bench vector [--memories N] [--dims D] [--queries Q] [--ef-search E1,E2] [--out DIR]
+//! scripts/bench all [--out DIR]        # every suite above with its defaults
+//! cargo run --release --example bench -- ops ...     # with DATABASE_URL set
 //! ```
 //!
-//! `DATABASE_URL` must be a PostgreSQL superuser (or database owner) URL: the bench
+//! `DATABASE_URL` must be a PostgreSQL superuser (or database owner) URL: each suite
 //! creates a fresh database `agent_memory_bench_<random>`, applies the shipped
-//! migrations, and drops it at the end (with any further database a suite makes). SQLite
+//! migrations, and drops it at the end (with any further database it makes). SQLite
 //! files go to a fresh temporary folder.
 //! `scripts/bench` starts a throwaway server with fsync and synchronous commits on, so
 //! both sides are durable, runs this, and removes the server.
 //!
-//! Suites print a table and write their numbers, with the machine's facts, as JSON to
-//! `--json PATH` (default `target/bench/<suite>.json`). `RUST_LOG` sets the log level
-//! (default `warn`).
+//! Each suite runs its baselines in the same invocation, prints a table with its target
+//! ratios, and writes its numbers, with the machine's facts, to `DIR/<suite>.json` and a
+//! chart of its main numbers to `DIR/<suite>.svg` (`--out DIR`, default `target/bench`).
+//! The header warns when the machine was busy at the start. `RUST_LOG` sets the log
+//! level (default `warn`).
 
 mod backfill;
+mod chart;
 mod dual;
 mod harness;
+mod ops;
 mod vector;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use agent_memory::Chain;
@@ -35,15 +41,19 @@ use clap::{Parser, Subcommand};
     about = "Benchmarks of agent-memory on durable storage"
 )]
 struct Cli {
-    /// Where to write the results as JSON [default: target/bench/<suite>.json].
-    #[arg(long, global = true)]
-    json: Option<PathBuf>,
+    /// Folder for the results: `<suite>.json` and the chart `<suite>.svg`.
+    #[arg(long, global = true, default_value = "target/bench")]
+    out: PathBuf,
     #[command(subcommand)]
     suite: Suite,
 }
 
 #[derive(Debug, Subcommand)]
 enum Suite {
+    /// The everyday calls under an agent workload (store, retrieve, overwrite, list keys)
+    /// at 1 to 64 concurrent agents on sqlite and postgres, the library against the same
+    /// statements through sqlx, and retrieves at 10^3 and 10^6 keys per agent.
+    Ops(ops::Args),
     /// What the dual backend costs over SQLite and PostgreSQL alone: store and retrieve
     /// latency and throughput of sqlite, postgres, dualwrite and live.
     Dual(dual::Args),
@@ -54,38 +64,72 @@ enum Suite {
     /// against exact search, and queries/s and latency of HNSW, PostgreSQL exact and
     /// SQLite exact, with the index's build time.
     Vector(vector::Args),
+    /// Every suite, one after another, each with its defaults and its own database.
+    All,
 }
+
+/// The suites `all` runs, in order.
+const ALL: [&str; 4] = ["ops", "dual", "backfill", "vector"];
 
 impl Suite {
     fn name(&self) -> &'static str {
         match self {
+            Suite::Ops(_) => "ops",
             Suite::Dual(_) => "dual",
             Suite::Backfill(_) => "backfill",
             Suite::Vector(_) => "vector",
+            Suite::All => "all",
         }
     }
 }
 
-async fn run(cli: Cli) -> harness::Result<()> {
-    let name = cli.suite.name();
+/// Runs one suite on a fresh database and writes its results to `out`.
+async fn run_suite(suite: &Suite, out: &Path) -> harness::Result<()> {
+    let name = suite.name();
     let env = harness::Env::setup().await?;
     println!("{}", env.machine.header(name));
-    let outcome = match &cli.suite {
+    let outcome = match suite {
+        Suite::Ops(args) => ops::run(&env, args).await,
         Suite::Dual(args) => dual::run(&env, args).await,
         Suite::Backfill(args) => backfill::run(&env, args).await,
         Suite::Vector(args) => vector::run(&env, args).await,
+        Suite::All => Err("`all` is not a single suite".into()),
     };
     let machine = env.machine.clone();
     // The database goes whatever the outcome; a suite's failure is the one reported.
     let removed = env.teardown().await;
-    let results = outcome?;
+    let (results, chart) = outcome?;
     removed?;
-    let path = cli
-        .json
-        .unwrap_or_else(|| PathBuf::from(format!("target/bench/{name}.json")));
-    let written = harness::write_json(&path, name, &machine, results)?;
-    println!("\nresults written to {}", written.display());
+    let (json, svg) = harness::write_results(out, name, &machine, results, &chart)?;
+    println!(
+        "\nresults written to {} and {}",
+        json.display(),
+        svg.display()
+    );
     Ok(())
+}
+
+async fn run(cli: Cli) -> harness::Result<()> {
+    if !matches!(cli.suite, Suite::All) {
+        return run_suite(&cli.suite, &cli.out).await;
+    }
+    let mut failed = Vec::new();
+    for (i, name) in ALL.iter().enumerate() {
+        // Each suite's defaults, exactly as `bench <suite>` would take them.
+        let suite = Cli::try_parse_from(["bench", name])?.suite;
+        if i > 0 {
+            println!("\n{}\n", "=".repeat(88));
+        }
+        // One suite failing (pgloader missing, a full disk) does not stop the others.
+        if let Err(err) = run_suite(&suite, &cli.out).await {
+            eprintln!("bench: suite {name} failed: {}", Chain(&*err));
+            failed.push(*name);
+        }
+    }
+    match failed.is_empty() {
+        true => Ok(()),
+        false => Err(format!("suites that failed: {}", failed.join(", ")).into()),
+    }
 }
 
 #[tokio::main]

@@ -23,6 +23,7 @@ use agent_memory::{
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::chart::{Chart, Panel, Series, thousands};
 use crate::harness::{Env, Latency, Result, Rng, Samples, ms, table};
 
 /// Options of the `vector` suite.
@@ -236,7 +237,7 @@ async fn measure(
 }
 
 /// Runs the suite.
-pub async fn run(env: &Env, args: &Args) -> Result<Value> {
+pub async fn run(env: &Env, args: &Args) -> Result<(Value, Chart)> {
     if args.memories == 0 || args.dims == 0 || args.queries == 0 || args.k == 0 || args.latent == 0
     {
         return Err("--memories, --dims, --latent, --queries and --k must be at least 1".into());
@@ -389,11 +390,42 @@ pub async fn run(env: &Env, args: &Args) -> Result<Value> {
             lite.latency.p50_us / pg.latency.p50_us
         );
     }
-    Ok(json!({
+    let label = |m: &Measured| match m.ef_search {
+        Some(ef) => format!("{} ef={ef}", m.name),
+        None => m.name.clone(),
+    };
+    let chart = Chart {
+        title: format!(
+            "vector: {} memories of {} dimensions, k = {}",
+            thousands(args.memories as f64, 0),
+            args.dims,
+            args.k
+        ),
+        panels: vec![
+            Panel {
+                title: "queries/s (higher is better)".into(),
+                categories: results.iter().map(label).collect(),
+                series: vec![Series {
+                    name: "queries/s".into(),
+                    values: results.iter().map(|m| Some(m.queries_per_s)).collect(),
+                }],
+            },
+            Panel {
+                title: format!("recall@{} (higher is better)", args.k),
+                categories: results.iter().map(label).collect(),
+                series: vec![Series {
+                    name: "recall".into(),
+                    values: results.iter().map(|m| Some(m.recall_at_k)).collect(),
+                }],
+            },
+        ],
+    };
+    let results = json!({
         "args": args,
         "load_seconds": { "postgres": load_postgres_s, "sqlite": load_sqlite_s },
         "index": built,
         "searches": results,
         "target": { "recall_at_k": 0.95, "measured": default.recall_at_k, "pass": default.recall_at_k >= 0.95 },
-    }))
+    });
+    Ok((results, chart))
 }

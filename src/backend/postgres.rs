@@ -1,17 +1,20 @@
 //! The shared backend: the contract tables in PostgreSQL (with pgvector), one database
 //! for many agents.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::str::FromStr;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use pgvector::Vector;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Json;
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::{Connection, PgConnection, Postgres, Row};
+use tokio::sync::oneshot;
 
 use super::MemoryBackend;
 use super::codec::{json_text, parse_json};
@@ -49,6 +52,8 @@ impl Default for PostgresOptions {
 /// on its first write.
 pub struct PostgresBackend {
     pool: PgPool,
+    health: Arc<PoolHealth>,
+    stash: Stash,
     target: String,
     secrets: Vec<String>,
     known_agents: Mutex<HashSet<AgentId>>,
@@ -80,9 +85,12 @@ impl PostgresBackend {
     /// be reached or refuses the login, [`Error::SchemaMissing`] naming every missing
     /// table, column, key or extension. No message shows the URL's password.
     pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self> {
-        let pool = connect_pool(url, &options).await?;
+        let health = Arc::new(PoolHealth::default());
+        let pool = connect_pool_with(url, &options, health.clone()).await?;
         let backend = PostgresBackend {
+            stash: Stash::new(options.max_connections),
             pool,
+            health,
             target: redact_url(url),
             secrets: url_secrets(url),
             known_agents: Mutex::new(HashSet::new()),
@@ -102,11 +110,11 @@ impl PostgresBackend {
     pub fn connect_lazy(url: &str, options: PostgresOptions) -> Result<Self> {
         let secrets = url_secrets(url);
         let connect = parse_url(url, &secrets)?;
+        let health = Arc::new(PoolHealth::default());
         Ok(PostgresBackend {
-            pool: PgPoolOptions::new()
-                .max_connections(options.max_connections.max(1))
-                .acquire_timeout(options.connect_timeout)
-                .connect_lazy_with(connect),
+            pool: pool_options(&options, health.clone()).connect_lazy_with(connect),
+            health,
+            stash: Stash::new(options.max_connections),
             target: redact_url(url),
             secrets,
             known_agents: Mutex::new(HashSet::new()),
@@ -121,6 +129,7 @@ impl PostgresBackend {
 
     /// Closes the pool, waiting for running statements to finish.
     pub async fn close(&self) {
+        self.stash.drain();
         self.pool.close().await;
     }
 
@@ -169,10 +178,16 @@ impl PostgresBackend {
         &'a self,
         operation: impl FnOnce() -> String + 'a,
     ) -> impl FnOnce(sqlx::Error) -> Error + 'a {
-        move |e| Error::Database {
-            backend: "postgres",
-            operation: operation(),
-            source: scrub(e, &self.secrets),
+        move |e| {
+            let err = Error::Database {
+                backend: "postgres",
+                operation: operation(),
+                source: scrub(e, &self.secrets),
+            };
+            if err.is_connection() {
+                self.health.lost_connection();
+            }
+            err
         }
     }
 
@@ -193,6 +208,47 @@ impl PostgresBackend {
         Ok(())
     }
 
+    /// A connection for one call: handed over by the call before, idle in the stash,
+    /// or from the pool, whichever comes first. Pass it on with [`Lease::keep`] after a
+    /// call that succeeded.
+    async fn lease(&self) -> std::result::Result<Lease<'_>, sqlx::Error> {
+        let lease = |conn, counted| Lease {
+            conn,
+            circulation: Circulation {
+                stash: &self.stash,
+                counted,
+            },
+        };
+        loop {
+            match self.stash.take(&self.health) {
+                Leased::Ready(conn) => return Ok(lease(conn, true)),
+                Leased::Pool => return Ok(lease(self.pool.acquire().await?, false)),
+                Leased::Check(mut conn) => {
+                    if conn.ping().await.is_ok() {
+                        return Ok(lease(conn, true));
+                    }
+                    // Dropped: the pool closes it.
+                    self.stash.forget();
+                }
+                Leased::Wait(handed) => {
+                    let mut waiting = Waiting {
+                        handed,
+                        stash: &self.stash,
+                    };
+                    return tokio::select! {
+                        biased;
+                        conn = &mut waiting.handed => match conn {
+                            Ok(conn) => Ok(lease(conn, true)),
+                            // The stash was drained (the backend is closing).
+                            Err(_) => Ok(lease(self.pool.acquire().await?, false)),
+                        },
+                        conn = self.pool.acquire() => Ok(lease(conn?, false)),
+                    };
+                }
+            }
+        }
+    }
+
     fn lock_known(&self) -> std::sync::MutexGuard<'_, HashSet<AgentId>> {
         // The set only caches inserts that already happened; a poisoned one is still valid.
         self.known_agents
@@ -207,6 +263,15 @@ impl PostgresBackend {
 /// failed login is reported at once with its real cause; a pool would retry until its
 /// timeout and report only that it timed out.
 pub(crate) async fn connect_pool(url: &str, options: &PostgresOptions) -> Result<PgPool> {
+    connect_pool_with(url, options, Arc::new(PoolHealth::default())).await
+}
+
+/// [`connect_pool`], with the pool's connections checked as `health` asks.
+async fn connect_pool_with(
+    url: &str,
+    options: &PostgresOptions,
+    health: Arc<PoolHealth>,
+) -> Result<PgPool> {
     let secrets = url_secrets(url);
     let connect = parse_url(url, &secrets)?;
     let failed = |source| Error::Connect {
@@ -227,10 +292,247 @@ pub(crate) async fn connect_pool(url: &str, options: &PostgresOptions) -> Result
     .map_err(|e| failed(scrub(e, &secrets)))?;
     // The probe only proves the server answers; closing it cleanly is a courtesy.
     let _ = probe.close().await;
-    Ok(PgPoolOptions::new()
+    Ok(pool_options(options, health).connect_lazy_with(connect))
+}
+
+/// How long a pooled connection may have sat idle before the pool checks, with a round
+/// trip, that the server still holds it up before handing it out.
+///
+/// sqlx checks every connection on every acquire by default, which costs each call a
+/// second round trip: it doubled the time of a retrieve. A connection used within the
+/// last second is handed out as it is. If the server dropped it meanwhile (a restart,
+/// `pg_terminate_backend`), the call on it fails with a connection error
+/// ([`Error::is_connection`]), and from then on every connection that was already idle
+/// when that happened is checked before it is handed out, so the next call gets a live
+/// one.
+pub const CHECK_IDLE_AFTER: Duration = Duration::from_secs(1);
+
+/// When the backend last saw a call fail for a lost connection: the other connections
+/// idle at that moment may have been dropped too (a restart drops them all).
+#[derive(Debug)]
+struct PoolHealth {
+    start: Instant,
+    /// Microseconds from `start` to the last lost connection; 0 when there was none.
+    lost_at_us: AtomicU64,
+}
+
+impl Default for PoolHealth {
+    fn default() -> Self {
+        PoolHealth {
+            start: Instant::now(),
+            lost_at_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl PoolHealth {
+    /// Records that a call just failed for a lost connection.
+    fn lost_connection(&self) {
+        let now = u64::try_from(self.start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.lost_at_us.store(now.max(1), Ordering::Relaxed);
+    }
+
+    /// Whether a connection idle for `idle_for` must be checked before use: idle for
+    /// over [`CHECK_IDLE_AFTER`], or idle since before the last lost connection.
+    fn must_check(&self, idle_for: Duration) -> bool {
+        if idle_for > CHECK_IDLE_AFTER {
+            return true;
+        }
+        match self.lost_at_us.load(Ordering::Relaxed) {
+            0 => false,
+            lost => self.start.elapsed().saturating_sub(idle_for) <= Duration::from_micros(lost),
+        }
+    }
+}
+
+/// The backend's pool settings: size and acquire timeout from `options`, and a check of
+/// only the connections `health` says may be gone.
+fn pool_options(options: &PostgresOptions, health: Arc<PoolHealth>) -> PgPoolOptions {
+    PgPoolOptions::new()
         .max_connections(options.max_connections.max(1))
         .acquire_timeout(options.connect_timeout)
-        .connect_lazy_with(connect))
+        .test_before_acquire(false)
+        .before_acquire(move |conn, meta| {
+            let check = health.must_check(meta.idle_for);
+            Box::pin(async move {
+                if check {
+                    // An error closes this connection; the pool tries another or a new one.
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
+}
+
+/// Connections passed from one call to the next without going back to the pool.
+///
+/// sqlx's pool pings every connection as it comes back, a round trip per call that
+/// cannot be turned off and that costs the client and the server about as much CPU as a
+/// short statement. A call that succeeded hands its connection straight to the call
+/// that has waited longest, or keeps it here for the next one, skipping that round trip.
+/// All but one of the pool's connections may circulate this way; the last always goes
+/// back to the pool after its call, so statements that use the pool directly (searches,
+/// index builds, callers of [`PostgresBackend::pool`]) keep getting turns in the pool's
+/// own order.
+#[derive(Debug)]
+struct Stash {
+    state: Mutex<StashState>,
+    cap: usize,
+}
+
+#[derive(Debug, Default)]
+struct StashState {
+    /// Connections no call holds, most recently used last, with when they came back.
+    idle: Vec<(PoolConnection<Postgres>, Instant)>,
+    /// Calls waiting for a connection, longest first.
+    waiters: VecDeque<oneshot::Sender<PoolConnection<Postgres>>>,
+    /// Connections in circulation: idle here, or held by a call that took one from here.
+    circulating: usize,
+    /// Set by [`Stash::drain`] when the backend closes: from then on every connection
+    /// goes back to the pool, so that closing the pool does not wait for one kept here.
+    closed: bool,
+}
+
+/// Where a leased connection came from.
+enum Leased {
+    /// A connection that had a use within [`CHECK_IDLE_AFTER`] (or passed a check).
+    Ready(PoolConnection<Postgres>),
+    /// A stashed connection idle too long, or idle since a lost connection: check it.
+    Check(PoolConnection<Postgres>),
+    /// None to be had: wait for a hand-over or for the pool.
+    Wait(oneshot::Receiver<PoolConnection<Postgres>>),
+    /// The backend is closing: ask the pool.
+    Pool,
+}
+
+impl Stash {
+    fn new(max_connections: u32) -> Self {
+        Stash {
+            state: Mutex::new(StashState::default()),
+            cap: usize::try_from(max_connections.saturating_sub(1)).unwrap_or(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, StashState> {
+        // Every change under this lock leaves the state whole.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An idle connection, or a place in the queue of waiting calls.
+    fn take(&self, health: &PoolHealth) -> Leased {
+        let mut state = self.lock();
+        if state.closed {
+            return Leased::Pool;
+        }
+        state.waiters.retain(|waiter| !waiter.is_closed());
+        if state.waiters.is_empty()
+            && let Some((conn, since)) = state.idle.pop()
+        {
+            return match health.must_check(since.elapsed()) {
+                true => Leased::Check(conn),
+                false => Leased::Ready(conn),
+            };
+        }
+        let (sender, receiver) = oneshot::channel();
+        state.waiters.push_back(sender);
+        Leased::Wait(receiver)
+    }
+
+    /// Takes `conn`, after a call that succeeded, into circulation (when `circulating`,
+    /// it already is): hands it to the longest waiting call, or keeps it idle. A
+    /// connection from the pool beyond the stash's share goes back to the pool.
+    fn put(&self, mut conn: PoolConnection<Postgres>, circulating: bool) {
+        let mut state = self.lock();
+        if state.closed {
+            return; // dropped: back to the pool
+        }
+        if !circulating {
+            if state.circulating >= self.cap {
+                drop(state);
+                return; // dropped: back to the pool
+            }
+            state.circulating += 1;
+        }
+        while let Some(waiter) = state.waiters.pop_front() {
+            match waiter.send(conn) {
+                Ok(()) => return,
+                // That call got one from the pool meanwhile, or gave up.
+                Err(back) => conn = back,
+            }
+        }
+        state.idle.push((conn, Instant::now()));
+    }
+
+    /// A circulating connection leaves circulation (its call failed, or its check).
+    fn forget(&self) {
+        let mut state = self.lock();
+        state.circulating = state.circulating.saturating_sub(1);
+    }
+
+    /// Returns every idle connection to the pool, lets the waiting calls go to it, and
+    /// sends every connection there from now on.
+    fn drain(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        state.circulating = state.circulating.saturating_sub(state.idle.len());
+        state.idle.clear();
+        state.waiters.clear();
+    }
+}
+
+/// A call's place in the stash's queue. Dropped (the call got a connection from the
+/// pool, or was cancelled), it passes on a connection handed over meanwhile.
+struct Waiting<'a> {
+    handed: oneshot::Receiver<PoolConnection<Postgres>>,
+    stash: &'a Stash,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.handed.close();
+        if let Ok(conn) = self.handed.try_recv() {
+            self.stash.put(conn, true);
+        }
+    }
+}
+
+/// A connection taken for one call. Dropped, it goes back to the pool (which checks
+/// it); [`keep`](Lease::keep) passes it on to the next call instead.
+struct Lease<'a> {
+    conn: PoolConnection<Postgres>,
+    circulation: Circulation<'a>,
+}
+
+/// Takes a dropped lease's connection out of the stash's circulation.
+struct Circulation<'a> {
+    stash: &'a Stash,
+    /// Whether the connection counts in the stash's circulation.
+    counted: bool,
+}
+
+impl Drop for Circulation<'_> {
+    fn drop(&mut self) {
+        if self.counted {
+            self.stash.forget();
+        }
+    }
+}
+
+impl Lease<'_> {
+    fn as_mut(&mut self) -> &mut PgConnection {
+        &mut self.conn
+    }
+
+    /// Passes the connection on: only after a call that succeeded, so a connection in
+    /// doubt always goes back through the pool's check.
+    fn keep(self) {
+        let Lease {
+            conn,
+            mut circulation,
+        } = self;
+        let counted = std::mem::replace(&mut circulation.counted, false);
+        circulation.stash.put(conn, counted);
+    }
 }
 
 /// Stores a memory, replacing the key's value whatever its version.
@@ -287,6 +589,8 @@ impl PostgresBackend {
         memory.validate()?;
         self.ensure_agent(agent).await?;
         let key = memory.key.as_deref().unwrap_or_default();
+        let fail = || format!("{verb} memory {key:?} of agent {agent:?}");
+        let mut conn = self.lease().await.map_err(self.fail(fail))?;
         let row = sqlx::query(sql)
             .bind(memory.id)
             .bind(agent.as_str())
@@ -296,9 +600,10 @@ impl PostgresBackend {
             .bind(memory.embedding.clone().map(Vector::from))
             .bind(memory.created_at)
             .bind(memory.updated_at)
-            .fetch_optional(&self.pool)
+            .fetch_optional(conn.as_mut())
             .await
-            .map_err(self.fail(|| format!("{verb} memory {key:?} of agent {agent:?}")))?;
+            .map_err(self.fail(fail))?;
+        conn.keep();
         Ok(row.map(|row| Memory {
             id: row.get("id"),
             created_at: row.get("created_at"),
@@ -431,17 +736,19 @@ impl MemoryBackend for PostgresBackend {
     }
 
     async fn get_memory(&self, agent: &AgentId, key: &str) -> Result<Option<Memory>> {
-        sqlx::query(
+        let fail = || format!("retrieve memory {key:?} of agent {agent:?}");
+        let mut conn = self.lease().await.map_err(self.fail(fail))?;
+        let row = sqlx::query(
             "select id, key, content, metadata, embedding, created_at, updated_at
              from agent_memories where agent_id = $1 and key = $2",
         )
         .bind(agent.as_str())
         .bind(key)
-        .fetch_optional(&self.pool)
+        .fetch_optional(conn.as_mut())
         .await
-        .map_err(self.fail(|| format!("retrieve memory {key:?} of agent {agent:?}")))?
-        .map(|row| memory_from_row(&row, agent))
-        .transpose()
+        .map_err(self.fail(fail))?;
+        conn.keep();
+        row.map(|row| memory_from_row(&row, agent)).transpose()
     }
 
     async fn search_memories(&self, agent: &AgentId, query: &VectorQuery) -> Result<Vec<Neighbor>> {
@@ -465,15 +772,19 @@ impl MemoryBackend for PostgresBackend {
     }
 
     async fn memory_keys(&self, agent: &AgentId) -> Result<Vec<String>> {
+        let fail = || format!("list memory keys of agent {agent:?}");
+        let mut conn = self.lease().await.map_err(self.fail(fail))?;
         // collate "C": byte order, the same as SQLite's, whatever the database's locale.
-        sqlx::query_scalar(
+        let keys = sqlx::query_scalar(
             r#"select key from agent_memories where agent_id = $1 and key is not null
                order by key collate "C""#,
         )
         .bind(agent.as_str())
-        .fetch_all(&self.pool)
+        .fetch_all(conn.as_mut())
         .await
-        .map_err(self.fail(|| format!("list memory keys of agent {agent:?}")))
+        .map_err(self.fail(fail))?;
+        conn.keep();
+        Ok(keys)
     }
 
     async fn put_tool(&self, agent: &AgentId, tool: &Tool) -> Result<Tool> {

@@ -188,6 +188,9 @@ async fn open_file(path: PathBuf, options: &SqliteOptions) -> Result<SqlitePool>
         let pool = SqlitePoolOptions::new()
             .after_connect(|conn, _| Box::pin(crate::vector::sqlite::register_functions(conn)))
             .max_connections(options.max_connections.max(1))
+            // A file cannot drop the connection the way a server can, so checking it
+            // on every acquire (sqlx's default) would only cost a trip to its thread.
+            .test_before_acquire(false)
             .min_connections(0)
             .idle_timeout(Duration::from_secs(300))
             .connect_with(connect)
