@@ -20,7 +20,8 @@
 //! ratios, and writes its numbers, with the machine's facts, to `DIR/<suite>.json` and a
 //! chart of its main numbers to `DIR/<suite>.svg` (`--out DIR`, default `target/bench`).
 //! The header warns when the machine was busy at the start. `RUST_LOG` sets the log
-//! level (default `warn`).
+//! level (default `warn`, without sqlx's slow-statement warnings, which index builds
+//! and exact scans would otherwise print between the tables).
 
 mod backfill;
 mod chart;
@@ -137,7 +138,7 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,sqlx::query=error")),
         )
         .with_writer(std::io::stderr)
         .init();
