@@ -60,7 +60,7 @@ pub struct Args {
     #[arg(long, default_value_t = 20_000)]
     pub max_bytes: usize,
     /// Stores, and as many retrieves, per side (library, sqlx) in the floor comparison.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 5000)]
     pub floor_calls: usize,
     /// Keys of the agent in the first scale measurement.
     #[arg(long, default_value_t = 1000)]
@@ -69,11 +69,11 @@ pub struct Args {
     #[arg(long, default_value_t = 1_000_000)]
     pub scale_keys: usize,
     /// Retrieves timed at each scale.
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, default_value_t = 10_000)]
     pub scale_reads: usize,
     /// Repetitions of the mixed workload, each on fresh agents, the backends' order
     /// alternating; the median of each figure is reported.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     pub reps: usize,
     /// Connections of the PostgreSQL backend's pool [default: the library's default].
     #[arg(long)]
