@@ -215,9 +215,7 @@ impl Machine {
             postgres_filesystem: filesystem_of(Path::new(&data)),
             sqlite_settings: "journal_mode=WAL, synchronous=FULL (library default)",
             sqlite_filesystem: filesystem_of(agents),
-            load_average: std::fs::read_to_string("/proc/loadavg")
-                .ok()
-                .and_then(|l| l.split_whitespace().next()?.parse().ok()),
+            load_average: load_average(),
         })
     }
 
@@ -373,6 +371,28 @@ where
 /// it does not land in the next one.
 pub async fn settle() {
     tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+/// The machine's one-minute load average, when the system reports it.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+}
+
+/// Between the suites of `all`: waits, up to `limit`, until the load the previous suite
+/// left behind has decayed below the busy mark, so that the next suite's header warns
+/// only about other work. Returns the load average it stopped at.
+pub async fn quiet_down(limit: Duration) -> Option<f64> {
+    let nproc = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let started = Instant::now();
+    loop {
+        let load = load_average()?;
+        if load <= BUSY_LOAD_PER_CPU * nproc || started.elapsed() >= limit {
+            return Some(load);
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
 }
 
 /// The median of `values` (the mean of the middle two for an even count); 0 when empty.

@@ -32,6 +32,7 @@ mod vector;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use agent_memory::Chain;
 use clap::{Parser, Subcommand};
@@ -120,6 +121,14 @@ async fn run(cli: Cli) -> harness::Result<()> {
         let suite = Cli::try_parse_from(["bench", name])?.suite;
         if i > 0 {
             println!("\n{}\n", "=".repeat(88));
+            // The previous suite's own load is not "other work": let it decay first.
+            let started = std::time::Instant::now();
+            if let Some(load) = harness::quiet_down(Duration::from_secs(180)).await {
+                println!(
+                    "(waited {:.0} s for the previous suite's load to decay: load average {load:.2})\n",
+                    started.elapsed().as_secs_f64()
+                );
+            }
         }
         // One suite failing (pgloader missing, a full disk) does not stop the others.
         if let Err(err) = run_suite(&suite, &cli.out).await {
