@@ -414,25 +414,11 @@ enum Raw {
     Postgres(PgPool),
 }
 
-// Copies of the statements the backends issue (src/backend/{sqlite,postgres}.rs).
-const SQLITE_PUT: &str = "insert into agent_memories
-        (id, key, content, metadata, embedding, created_at, updated_at)
-    values (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-    on conflict (key) do update set
-        content = excluded.content, metadata = excluded.metadata,
-        embedding = excluded.embedding, updated_at = excluded.updated_at
-    returning id, created_at";
-const SQLITE_GET: &str = "select id, key, content, metadata, embedding, created_at, updated_at
-             from agent_memories where key = ?";
-const POSTGRES_PUT: &str = "insert into agent_memories
-        (id, agent_id, key, content, metadata, embedding, created_at, updated_at)
-    values ($1, $2, $3, $4, $5, $6, $7, $8)
-    on conflict (agent_id, key) do update set
-        content = excluded.content, metadata = excluded.metadata,
-        embedding = excluded.embedding, updated_at = excluded.updated_at
-    returning id, created_at";
-const POSTGRES_GET: &str = "select id, key, content, metadata, embedding, created_at, updated_at
-             from agent_memories where agent_id = $1 and key = $2";
+// The statements the backends issue, so that the floor times exactly those.
+use agent_memory::testing::statements::{
+    POSTGRES_GET_MEMORY as POSTGRES_GET, POSTGRES_PUT_MEMORY as POSTGRES_PUT,
+    SQLITE_GET_MEMORY as SQLITE_GET, SQLITE_PUT_MEMORY as SQLITE_PUT,
+};
 
 /// Times as the SQLite backend writes them.
 fn time_text(at: &DateTime<Utc>) -> String {
@@ -880,9 +866,10 @@ pub async fn run(env: &Env, args: &Args) -> Result<(Value, Chart)> {
 
     let mut floors = Vec::new();
     let mut scales = Vec::new();
-    for kind in Kind::ALL {
-        let agent = AgentId::new(format!("floor_{}", kind.name()))?;
-        // The library makes the agent (its file, or its `agents` row) on the first store.
+    // An agent the library has made (its file, or its `agents` row, on the first
+    // store), and the hand-written client of its tables.
+    let agent_with_raw = async |kind: Kind, purpose: &str| -> Result<(AgentId, Raw)> {
+        let agent = AgentId::new(format!("{purpose}_{}", kind.name()))?;
         backend(kind)
             .put_memory(&agent, &Memory::new("first", json!("makes the agent")))
             .await?;
@@ -890,6 +877,10 @@ pub async fn run(env: &Env, args: &Args) -> Result<(Value, Chart)> {
             Kind::Sqlite => Raw::sqlite(&sqlite.file_of(&agent)).await?,
             Kind::Postgres => Raw::Postgres(postgres.pool().clone()),
         };
+        Ok((agent, raw))
+    };
+    for kind in Kind::ALL {
+        let (agent, raw) = agent_with_raw(kind, "floor").await?;
         let measured = floor(&*backend(kind), &raw, kind, &agent, args).await?;
         eprintln!(
             "  {:<8} floor: store p50 {} / {} ms, retrieve p50 {} / {} ms (library / sqlx)",
@@ -904,14 +895,7 @@ pub async fn run(env: &Env, args: &Args) -> Result<(Value, Chart)> {
             pool.close().await;
         }
 
-        let agent = AgentId::new(format!("scale_{}", kind.name()))?;
-        backend(kind)
-            .put_memory(&agent, &Memory::new("first", json!("makes the agent")))
-            .await?;
-        let raw = match kind {
-            Kind::Sqlite => Raw::sqlite(&sqlite.file_of(&agent)).await?,
-            Kind::Postgres => Raw::Postgres(postgres.pool().clone()),
-        };
+        let (agent, raw) = agent_with_raw(kind, "scale").await?;
         // SQLite reads again through a memory map (SqliteOptions::mmap_size, off by
         // default): how much of a large agent's cost is the page cache.
         let mapped = SqliteBackend::with_options(

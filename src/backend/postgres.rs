@@ -535,8 +535,13 @@ impl Lease<'_> {
     }
 }
 
+/// Reads one memory of an agent by key.
+pub(crate) const GET_MEMORY: &str =
+    "select id, key, content, metadata, embedding, created_at, updated_at
+     from agent_memories where agent_id = $1 and key = $2";
+
 /// Stores a memory, replacing the key's value whatever its version.
-const PUT_MEMORY: &str = "insert into agent_memories
+pub(crate) const PUT_MEMORY: &str = "insert into agent_memories
         (id, agent_id, key, content, metadata, embedding, created_at, updated_at)
     values ($1, $2, $3, $4, $5, $6, $7, $8)
     on conflict (agent_id, key) do update set
@@ -738,15 +743,12 @@ impl MemoryBackend for PostgresBackend {
     async fn get_memory(&self, agent: &AgentId, key: &str) -> Result<Option<Memory>> {
         let fail = || format!("retrieve memory {key:?} of agent {agent:?}");
         let mut conn = self.lease().await.map_err(self.fail(fail))?;
-        let row = sqlx::query(
-            "select id, key, content, metadata, embedding, created_at, updated_at
-             from agent_memories where agent_id = $1 and key = $2",
-        )
-        .bind(agent.as_str())
-        .bind(key)
-        .fetch_optional(conn.as_mut())
-        .await
-        .map_err(self.fail(fail))?;
+        let row = sqlx::query(GET_MEMORY)
+            .bind(agent.as_str())
+            .bind(key)
+            .fetch_optional(conn.as_mut())
+            .await
+            .map_err(self.fail(fail))?;
         conn.keep();
         row.map(|row| memory_from_row(&row, agent)).transpose()
     }

@@ -231,8 +231,13 @@ fn open_problem(err: &sqlx::Error) -> &'static str {
 // which SQLite could only upgrade to a write lock by failing with "database is locked".
 // Times are fixed-width text, so text order is time order.
 
+/// Reads one memory by key.
+pub(crate) const GET_MEMORY: &str =
+    "select id, key, content, metadata, embedding, created_at, updated_at
+     from agent_memories where key = ?";
+
 /// Stores a memory, replacing the key's value whatever its version.
-const PUT_MEMORY: &str = "insert into agent_memories
+pub(crate) const PUT_MEMORY: &str = "insert into agent_memories
         (id, key, content, metadata, embedding, created_at, updated_at)
     values (?1, ?2, ?3, ?4, ?5, ?6, ?7)
     on conflict (key) do update set
@@ -437,16 +442,13 @@ impl MemoryBackend for SqliteBackend {
         let Some(pool) = self.reader(agent).await? else {
             return Ok(None);
         };
-        sqlx::query(
-            "select id, key, content, metadata, embedding, created_at, updated_at
-             from agent_memories where key = ?",
-        )
-        .bind(key)
-        .fetch_optional(&pool)
-        .await
-        .map_err(self.fail(|| format!("retrieve memory {key:?} of agent {agent:?}")))?
-        .map(|row| memory_from_row(&row, agent))
-        .transpose()
+        sqlx::query(GET_MEMORY)
+            .bind(key)
+            .fetch_optional(&pool)
+            .await
+            .map_err(self.fail(|| format!("retrieve memory {key:?} of agent {agent:?}")))?
+            .map(|row| memory_from_row(&row, agent))
+            .transpose()
     }
 
     async fn search_memories(&self, agent: &AgentId, query: &VectorQuery) -> Result<Vec<Neighbor>> {

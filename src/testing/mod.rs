@@ -15,6 +15,21 @@ pub mod search;
 
 use crate::record::AgentId;
 
+/// The statements the backends issue for a single store and a single retrieve, for
+/// benchmarks that time them without the library around them.
+pub mod statements {
+    use crate::backend::{postgres, sqlite};
+
+    /// PostgreSQL: one memory of an agent by key.
+    pub const POSTGRES_GET_MEMORY: &str = postgres::GET_MEMORY;
+    /// PostgreSQL: the upsert of a store.
+    pub const POSTGRES_PUT_MEMORY: &str = postgres::PUT_MEMORY;
+    /// SQLite: one memory of the agent's file by key.
+    pub const SQLITE_GET_MEMORY: &str = sqlite::GET_MEMORY;
+    /// SQLite: the upsert of a store.
+    pub const SQLITE_PUT_MEMORY: &str = sqlite::PUT_MEMORY;
+}
+
 /// A fresh agent id no other test uses: `<prefix>_<random>`.
 pub fn unique_agent(prefix: &str) -> AgentId {
     let suffix = uuid::Uuid::new_v4().simple().to_string();
