@@ -1,6 +1,7 @@
 //! The PostgreSQL side of the data contract: the shipped migrations create exactly the
 //! contract's tables and columns, with its types, keys and defaults; the library's own
-//! bookkeeping stays out of `public`; and connecting runs no DDL on the contract tables.
+//! bookkeeping stays out of `public`; connecting runs no DDL on the contract tables; and
+//! the content compression switch changes how values are stored, not the columns.
 
 use std::collections::BTreeMap;
 
@@ -254,4 +255,84 @@ async fn using_the_backend_changes_no_contract_table_definition() {
         agent_memory::migrate_url(&db.url).await.unwrap().is_empty(),
         "applied twice"
     );
+}
+
+/// (stored bytes, text bytes) of key `key`'s content.
+async fn content_sizes(conn: &mut PgConnection, key: &str) -> (i32, i32) {
+    let row = sqlx::query(
+        "select pg_column_size(content), octet_length(content) from agent_memories
+         where key = $1",
+    )
+    .bind(key)
+    .fetch_one(conn)
+    .await
+    .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test]
+async fn content_compression_turns_off_and_on_for_new_values_only() {
+    use agent_memory::MemoryBackend;
+    let db = TestDatabase::migrated().await;
+    let mut conn = connect(&db).await;
+    let before = columns(&mut conn, "public").await;
+    let backend = db.backend().await;
+    let agent = agent_memory::AgentId::new("compression").unwrap();
+    // Agent text of ~20 KB: it compresses, as real memories do.
+    let text = "the agent noted that the customer asked about the invoice again. ".repeat(300);
+    let store = async |key: &str| {
+        let memory = agent_memory::Memory::new(key, serde_json::json!(text));
+        backend.put_memory(&agent, &memory).await.unwrap();
+    };
+
+    assert!(
+        backend.content_compression().await.unwrap(),
+        "PostgreSQL's default"
+    );
+    store("compressed").await;
+    backend.set_content_compression(false).await.unwrap();
+    assert!(!backend.content_compression().await.unwrap());
+    store("plain").await;
+    backend.set_content_compression(true).await.unwrap();
+    assert!(backend.content_compression().await.unwrap());
+    store("compressed again").await;
+
+    let (stored, len) = content_sizes(&mut conn, "compressed").await;
+    assert!(stored * 4 < len, "compressed: {stored} of {len} bytes");
+    let (stored, len) = content_sizes(&mut conn, "plain").await;
+    assert!(stored >= len, "stored as is: {stored} of {len} bytes");
+    let (stored, len) = content_sizes(&mut conn, "compressed again").await;
+    assert!(
+        stored * 4 < len,
+        "compressed again: {stored} of {len} bytes"
+    );
+    for key in ["compressed", "plain", "compressed again"] {
+        let read = backend.get_memory(&agent, key).await.unwrap().unwrap();
+        assert_eq!(
+            read.content,
+            serde_json::json!(text),
+            "{key} reads back whole"
+        );
+    }
+    assert_eq!(
+        columns(&mut conn, "public").await,
+        before,
+        "the setting changed a contract column"
+    );
+
+    // A statement holding the table: the change gives up instead of queueing calls.
+    let mut holder = connect(&db).await;
+    sqlx::raw_sql("begin; lock table agent_memories in access share mode")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let err = backend.set_content_compression(false).await.unwrap_err();
+    let message = agent_memory::Chain(&err).to_string();
+    assert!(message.contains("lock timeout"), "{message}");
+    assert!(message.contains("agent_memories.content"), "{message}");
+    sqlx::raw_sql("rollback")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    assert!(backend.content_compression().await.unwrap(), "unchanged");
 }

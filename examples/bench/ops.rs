@@ -78,6 +78,11 @@ pub struct Args {
     /// Connections of the PostgreSQL backend's pool [default: the library's default].
     #[arg(long)]
     pub pg_connections: Option<u32>,
+    /// Store PostgreSQL memory contents uncompressed
+    /// (`PostgresBackend::set_content_compression(false)`) [default: compressed, as
+    /// PostgreSQL does].
+    #[arg(long)]
+    pub no_content_compression: bool,
 }
 
 /// The backends measured.
@@ -818,6 +823,12 @@ pub async fn run(env: &Env, args: &Args) -> Result<(Value, Chart)> {
     );
     let sqlite = Arc::new(SqliteBackend::new(env.agents_path()));
     let postgres = Arc::new(PostgresBackend::connect_with(&env.url, pg_options).await?);
+    if args.no_content_compression {
+        postgres.set_content_compression(false).await?;
+        println!(
+            "            PostgreSQL memory contents stored uncompressed (--no-content-compression)"
+        );
+    }
     let backend = |kind: Kind| -> Arc<dyn MemoryBackend> {
         match kind {
             Kind::Sqlite => sqlite.clone(),
