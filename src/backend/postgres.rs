@@ -297,6 +297,21 @@ impl PostgresBackend {
         }
     }
 
+    /// Runs `statement` on a leased connection (see [`Stash`]) and passes the
+    /// connection on after it succeeds; a failure is reported as `operation`.
+    async fn on_lease<T>(
+        &self,
+        operation: impl Fn() -> String,
+        statement: impl AsyncFnOnce(&mut PgConnection) -> std::result::Result<T, sqlx::Error>,
+    ) -> Result<T> {
+        let mut conn = self.lease().await.map_err(self.fail(&operation))?;
+        let out = statement(conn.as_mut())
+            .await
+            .map_err(self.fail(&operation))?;
+        conn.keep();
+        Ok(out)
+    }
+
     fn lock_known(&self) -> std::sync::MutexGuard<'_, HashSet<AgentId>> {
         // The set only caches inserts that already happened; a poisoned one is still valid.
         self.known_agents
@@ -629,6 +644,20 @@ const APPLY_TOOL: &str = "insert into agent_tools
     where agent_tools.updated_at < excluded.updated_at
     returning id, created_at";
 
+/// Records a metric; its id makes a second record of it a no-op.
+const RECORD_METRIC: &str = "insert into agent_metrics
+        (id, agent_id, name, value, content, metadata, created_at)
+    values ($1, $2, $3, $4, $5, $6, $7) on conflict (id) do nothing";
+
+/// Logs an execution; its id makes a second log of it a no-op.
+const LOG_EXECUTION: &str = "insert into agent_executions
+        (id, agent_id, status, content, metadata, created_at)
+    values ($1, $2, $3, $4, $5, $6) on conflict (id) do nothing";
+
+/// Deletes a key's memory if it is not newer than the delete.
+const DELETE_MEMORY_UP_TO: &str =
+    "delete from agent_memories where agent_id = $1 and key = $2 and updated_at <= $3";
+
 impl PostgresBackend {
     /// Runs one of the memory upserts; returns the memory as stored (with the id and
     /// `created_at` of an existing key), or `None` when the statement kept it out.
@@ -643,20 +672,21 @@ impl PostgresBackend {
         self.ensure_agent(agent).await?;
         let key = memory.key.as_deref().unwrap_or_default();
         let fail = || format!("{verb} memory {key:?} of agent {agent:?}");
-        let mut conn = self.lease().await.map_err(self.fail(fail))?;
-        let row = sqlx::query(sql)
-            .bind(memory.id)
-            .bind(agent.as_str())
-            .bind(key)
-            .bind(json_text(&memory.content))
-            .bind(Json(&memory.metadata))
-            .bind(memory.embedding.clone().map(Vector::from))
-            .bind(memory.created_at)
-            .bind(memory.updated_at)
-            .fetch_optional(conn.as_mut())
-            .await
-            .map_err(self.fail(fail))?;
-        conn.keep();
+        let row = self
+            .on_lease(fail, async |c| {
+                sqlx::query(sql)
+                    .bind(memory.id)
+                    .bind(agent.as_str())
+                    .bind(key)
+                    .bind(json_text(&memory.content))
+                    .bind(Json(&memory.metadata))
+                    .bind(memory.embedding.clone().map(Vector::from))
+                    .bind(memory.created_at)
+                    .bind(memory.updated_at)
+                    .fetch_optional(c)
+                    .await
+            })
+            .await?;
         Ok(row.map(|row| Memory {
             id: row.get("id"),
             created_at: row.get("created_at"),
@@ -675,17 +705,23 @@ impl PostgresBackend {
     ) -> Result<Option<Tool>> {
         tool.validate()?;
         self.ensure_agent(agent).await?;
-        let row = sqlx::query(sql)
-            .bind(tool.id)
-            .bind(agent.as_str())
-            .bind(&tool.name)
-            .bind(json_text(&tool.content))
-            .bind(Json(&tool.metadata))
-            .bind(tool.created_at)
-            .bind(tool.updated_at)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(self.fail(|| format!("{verb} tool {:?} of agent {agent:?}", tool.name)))?;
+        let row = self
+            .on_lease(
+                || format!("{verb} tool {:?} of agent {agent:?}", tool.name),
+                async |c| {
+                    sqlx::query(sql)
+                        .bind(tool.id)
+                        .bind(agent.as_str())
+                        .bind(&tool.name)
+                        .bind(json_text(&tool.content))
+                        .bind(Json(&tool.metadata))
+                        .bind(tool.created_at)
+                        .bind(tool.updated_at)
+                        .fetch_optional(c)
+                        .await
+                },
+            )
+            .await?;
         Ok(row.map(|row| Tool {
             id: row.get("id"),
             created_at: row.get("created_at"),
@@ -790,14 +826,15 @@ impl MemoryBackend for PostgresBackend {
 
     async fn get_memory(&self, agent: &AgentId, key: &str) -> Result<Option<Memory>> {
         let fail = || format!("retrieve memory {key:?} of agent {agent:?}");
-        let mut conn = self.lease().await.map_err(self.fail(fail))?;
-        let row = sqlx::query(GET_MEMORY)
-            .bind(agent.as_str())
-            .bind(key)
-            .fetch_optional(conn.as_mut())
-            .await
-            .map_err(self.fail(fail))?;
-        conn.keep();
+        let row = self
+            .on_lease(fail, async |c| {
+                sqlx::query(GET_MEMORY)
+                    .bind(agent.as_str())
+                    .bind(key)
+                    .fetch_optional(c)
+                    .await
+            })
+            .await?;
         row.map(|row| memory_from_row(&row, agent)).transpose()
     }
 
@@ -823,17 +860,18 @@ impl MemoryBackend for PostgresBackend {
 
     async fn memory_keys(&self, agent: &AgentId) -> Result<Vec<String>> {
         let fail = || format!("list memory keys of agent {agent:?}");
-        let mut conn = self.lease().await.map_err(self.fail(fail))?;
         // collate "C": byte order, the same as SQLite's, whatever the database's locale.
-        let keys = sqlx::query_scalar(
-            r#"select key from agent_memories where agent_id = $1 and key is not null
-               order by key collate "C""#,
-        )
-        .bind(agent.as_str())
-        .fetch_all(conn.as_mut())
-        .await
-        .map_err(self.fail(fail))?;
-        conn.keep();
+        let keys = self
+            .on_lease(fail, async |c| {
+                sqlx::query_scalar(
+                    r#"select key from agent_memories where agent_id = $1 and key is not null
+                       order by key collate "C""#,
+                )
+                .bind(agent.as_str())
+                .fetch_all(c)
+                .await
+            })
+            .await?;
         Ok(keys)
     }
 
@@ -844,28 +882,38 @@ impl MemoryBackend for PostgresBackend {
     }
 
     async fn get_tool(&self, agent: &AgentId, name: &str) -> Result<Option<Tool>> {
-        sqlx::query(
-            "select id, name, content, metadata, created_at, updated_at
-             from agent_tools where agent_id = $1 and name = $2",
+        self.on_lease(
+            || format!("get tool {name:?} of agent {agent:?}"),
+            async |c| {
+                sqlx::query(
+                    "select id, name, content, metadata, created_at, updated_at
+                     from agent_tools where agent_id = $1 and name = $2",
+                )
+                .bind(agent.as_str())
+                .bind(name)
+                .fetch_optional(c)
+                .await
+            },
         )
-        .bind(agent.as_str())
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(self.fail(|| format!("get tool {name:?} of agent {agent:?}")))?
+        .await?
         .map(|row| tool_from_row(&row, agent))
         .transpose()
     }
 
     async fn list_tools(&self, agent: &AgentId) -> Result<Vec<Tool>> {
-        sqlx::query(
-            r#"select id, name, content, metadata, created_at, updated_at
-               from agent_tools where agent_id = $1 order by name collate "C""#,
+        self.on_lease(
+            || format!("list tools of agent {agent:?}"),
+            async |c| {
+                sqlx::query(
+                    r#"select id, name, content, metadata, created_at, updated_at
+                       from agent_tools where agent_id = $1 order by name collate "C""#,
+                )
+                .bind(agent.as_str())
+                .fetch_all(c)
+                .await
+            },
         )
-        .bind(agent.as_str())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(self.fail(|| format!("list tools of agent {agent:?}")))?
+        .await?
         .iter()
         .map(|row| tool_from_row(row, agent))
         .collect()
@@ -874,32 +922,39 @@ impl MemoryBackend for PostgresBackend {
     async fn record_metric(&self, agent: &AgentId, metric: &Metric) -> Result<()> {
         metric.validate()?;
         self.ensure_agent(agent).await?;
-        sqlx::query(
-            "insert into agent_metrics (id, agent_id, name, value, content, metadata, created_at)
-             values ($1, $2, $3, $4, $5, $6, $7) on conflict (id) do nothing",
+        self.on_lease(
+            || format!("record metric {:?} of agent {agent:?}", metric.name),
+            async |c| {
+                sqlx::query(RECORD_METRIC)
+                    .bind(metric.id)
+                    .bind(agent.as_str())
+                    .bind(&metric.name)
+                    .bind(metric.value)
+                    .bind(json_text(&metric.content))
+                    .bind(Json(&metric.metadata))
+                    .bind(metric.created_at)
+                    .execute(c)
+                    .await
+            },
         )
-        .bind(metric.id)
-        .bind(agent.as_str())
-        .bind(&metric.name)
-        .bind(metric.value)
-        .bind(json_text(&metric.content))
-        .bind(Json(&metric.metadata))
-        .bind(metric.created_at)
-        .execute(&self.pool)
-        .await
-        .map_err(self.fail(|| format!("record metric {:?} of agent {agent:?}", metric.name)))?;
+        .await?;
         Ok(())
     }
 
     async fn list_metrics(&self, agent: &AgentId) -> Result<Vec<Metric>> {
-        sqlx::query(
-            "select id, name, value, content, metadata, created_at
-             from agent_metrics where agent_id = $1 order by created_at, id",
+        self.on_lease(
+            || format!("list metrics of agent {agent:?}"),
+            async |c| {
+                sqlx::query(
+                    "select id, name, value, content, metadata, created_at
+                     from agent_metrics where agent_id = $1 order by created_at, id",
+                )
+                .bind(agent.as_str())
+                .fetch_all(c)
+                .await
+            },
         )
-        .bind(agent.as_str())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(self.fail(|| format!("list metrics of agent {agent:?}")))?
+        .await?
         .iter()
         .map(|row| metric_from_row(row, agent))
         .collect()
@@ -908,31 +963,38 @@ impl MemoryBackend for PostgresBackend {
     async fn log_execution(&self, agent: &AgentId, execution: &Execution) -> Result<()> {
         execution.validate()?;
         self.ensure_agent(agent).await?;
-        sqlx::query(
-            "insert into agent_executions (id, agent_id, status, content, metadata, created_at)
-             values ($1, $2, $3, $4, $5, $6) on conflict (id) do nothing",
+        self.on_lease(
+            || format!("log execution of agent {agent:?}"),
+            async |c| {
+                sqlx::query(LOG_EXECUTION)
+                    .bind(execution.id)
+                    .bind(agent.as_str())
+                    .bind(&execution.status)
+                    .bind(json_text(&execution.content))
+                    .bind(Json(&execution.metadata))
+                    .bind(execution.created_at)
+                    .execute(c)
+                    .await
+            },
         )
-        .bind(execution.id)
-        .bind(agent.as_str())
-        .bind(&execution.status)
-        .bind(json_text(&execution.content))
-        .bind(Json(&execution.metadata))
-        .bind(execution.created_at)
-        .execute(&self.pool)
-        .await
-        .map_err(self.fail(|| format!("log execution of agent {agent:?}")))?;
+        .await?;
         Ok(())
     }
 
     async fn list_executions(&self, agent: &AgentId) -> Result<Vec<Execution>> {
-        sqlx::query(
-            "select id, status, content, metadata, created_at
-             from agent_executions where agent_id = $1 order by created_at, id",
+        self.on_lease(
+            || format!("list executions of agent {agent:?}"),
+            async |c| {
+                sqlx::query(
+                    "select id, status, content, metadata, created_at
+                     from agent_executions where agent_id = $1 order by created_at, id",
+                )
+                .bind(agent.as_str())
+                .fetch_all(c)
+                .await
+            },
         )
-        .bind(agent.as_str())
-        .fetch_all(&self.pool)
-        .await
-        .map_err(self.fail(|| format!("list executions of agent {agent:?}")))?
+        .await?
         .iter()
         .map(|row| execution_from_row(row, agent))
         .collect()
@@ -951,16 +1013,19 @@ impl MemoryBackend for PostgresBackend {
         // and the delete's own snapshot may not see the new row. Checking again in a new
         // statement, which sees every committed tombstone, closes that window: see
         // apply_memory_delete, which records the tombstone before deleting.
-        let undone = sqlx::query(
-            "delete from agent_memories m using agent_memory.memory_tombstones t
-             where m.agent_id = $1 and m.key = $2 and t.agent_id = $1 and t.key = $2
-               and m.updated_at <= t.deleted_at",
-        )
-        .bind(agent.as_str())
-        .bind(key)
-        .execute(&self.pool)
-        .await
-        .map_err(self.fail(fail))?;
+        let undone = self
+            .on_lease(fail, async |c| {
+                sqlx::query(
+                    "delete from agent_memories m using agent_memory.memory_tombstones t
+                     where m.agent_id = $1 and m.key = $2 and t.agent_id = $1 and t.key = $2
+                     and m.updated_at <= t.deleted_at",
+                )
+                .bind(agent.as_str())
+                .bind(key)
+                .execute(c)
+                .await
+            })
+            .await?;
         Ok((undone.rows_affected() == 0).then_some(stored))
     }
 
@@ -973,27 +1038,30 @@ impl MemoryBackend for PostgresBackend {
         let fail = || format!("delete memory {key:?} of agent {agent:?}");
         // The tombstone commits first, so any apply_memory that started before it sees
         // it in its closing check, and any that starts after it sees it at once.
-        sqlx::query(
-            "insert into agent_memory.memory_tombstones (agent_id, key, deleted_at)
-             values ($1, $2, $3)
-             on conflict (agent_id, key) do update
-             set deleted_at = greatest(memory_tombstones.deleted_at, excluded.deleted_at)",
-        )
-        .bind(agent.as_str())
-        .bind(key)
-        .bind(at)
-        .execute(&self.pool)
-        .await
-        .map_err(self.fail(fail))?;
-        let done = sqlx::query(
-            "delete from agent_memories where agent_id = $1 and key = $2 and updated_at <= $3",
-        )
-        .bind(agent.as_str())
-        .bind(key)
-        .bind(at)
-        .execute(&self.pool)
-        .await
-        .map_err(self.fail(fail))?;
+        self.on_lease(fail, async |c| {
+            sqlx::query(
+                "insert into agent_memory.memory_tombstones (agent_id, key, deleted_at)
+                 values ($1, $2, $3)
+                 on conflict (agent_id, key) do update
+                 set deleted_at = greatest(memory_tombstones.deleted_at, excluded.deleted_at)",
+            )
+            .bind(agent.as_str())
+            .bind(key)
+            .bind(at)
+            .execute(c)
+            .await
+        })
+        .await?;
+        let done = self
+            .on_lease(fail, async |c| {
+                sqlx::query(DELETE_MEMORY_UP_TO)
+                    .bind(agent.as_str())
+                    .bind(key)
+                    .bind(at)
+                    .execute(c)
+                    .await
+            })
+            .await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -1007,7 +1075,7 @@ impl MemoryBackend for PostgresBackend {
         let query = match to {
             Some(memory) => sqlx::query(
                 "update agent_memories set content = $3, metadata = $4, embedding = $5,
-                     updated_at = $6
+                 updated_at = $6
                  where agent_id = $1 and key = $2 and updated_at = $7",
             )
             .bind(agent.as_str())
@@ -1022,24 +1090,30 @@ impl MemoryBackend for PostgresBackend {
             .bind(agent.as_str())
             .bind(key),
         };
-        let done = query
-            .bind(version)
-            .execute(&self.pool)
-            .await
-            .map_err(self.fail(|| format!("restore memory {key:?} of agent {agent:?}")))?;
+        let done = self
+            .on_lease(
+                || format!("restore memory {key:?} of agent {agent:?}"),
+                async |c| query.bind(version).execute(c).await,
+            )
+            .await?;
         Ok(done.rows_affected() > 0)
     }
 
     async fn memory_tombstone(&self, agent: &AgentId, key: &str) -> Result<Option<DateTime<Utc>>> {
-        sqlx::query_scalar(
-            "select deleted_at from agent_memory.memory_tombstones
-             where agent_id = $1 and key = $2",
+        self.on_lease(
+            || format!("read tombstone of {key:?} of agent {agent:?}"),
+            async |c| {
+                sqlx::query_scalar(
+                    "select deleted_at from agent_memory.memory_tombstones
+                     where agent_id = $1 and key = $2",
+                )
+                .bind(agent.as_str())
+                .bind(key)
+                .fetch_optional(c)
+                .await
+            },
         )
-        .bind(agent.as_str())
-        .bind(key)
-        .fetch_optional(&self.pool)
         .await
-        .map_err(self.fail(|| format!("read tombstone of {key:?} of agent {agent:?}")))
     }
 
     async fn apply_tool(&self, agent: &AgentId, tool: &Tool) -> Result<bool> {
@@ -1054,46 +1128,70 @@ impl MemoryBackend for PostgresBackend {
             context: format!("owed {} of agent {agent:?}", write.subject()),
             source,
         })?;
-        sqlx::query("insert into agent_memory.owed_writes (agent_id, op) values ($1, $2)")
-            .bind(agent.as_str())
-            .bind(op)
-            .execute(&self.pool)
-            .await
-            .map_err(self.fail(|| format!("record owed {} of agent {agent:?}", write.subject())))?;
+        self.on_lease(
+            || format!("record owed {} of agent {agent:?}", write.subject()),
+            async |c| {
+                sqlx::query("insert into agent_memory.owed_writes (agent_id, op) values ($1, $2)")
+                    .bind(agent.as_str())
+                    .bind(op)
+                    .execute(c)
+                    .await
+            },
+        )
+        .await?;
         Ok(())
     }
 
     async fn owed_writes(&self, agent: &AgentId, limit: usize) -> Result<Vec<(i64, OwedWrite)>> {
-        let rows: Vec<(i64, String)> = sqlx::query_as(
-            "select seq, op from agent_memory.owed_writes where agent_id = $1
-             order by seq limit $2",
-        )
-        .bind(agent.as_str())
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(self.fail(|| format!("read owed writes of agent {agent:?}")))?;
+        let rows: Vec<(i64, String)> = self
+            .on_lease(
+                || format!("read owed writes of agent {agent:?}"),
+                async |c| {
+                    sqlx::query_as(
+                        "select seq, op from agent_memory.owed_writes where agent_id = $1
+                         order by seq limit $2",
+                    )
+                    .bind(agent.as_str())
+                    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                    .fetch_all(c)
+                    .await
+                },
+            )
+            .await?;
         decode_owed(rows, agent)
     }
 
     async fn clear_owed(&self, agent: &AgentId, seqs: &[i64]) -> Result<()> {
-        sqlx::query("delete from agent_memory.owed_writes where agent_id = $1 and seq = any($2)")
-            .bind(agent.as_str())
-            .bind(seqs)
-            .execute(&self.pool)
-            .await
-            .map_err(self.fail(|| format!("clear owed writes of agent {agent:?}")))?;
+        self.on_lease(
+            || format!("clear owed writes of agent {agent:?}"),
+            async |c| {
+                sqlx::query(
+                    "delete from agent_memory.owed_writes where agent_id = $1 and seq = any($2)",
+                )
+                .bind(agent.as_str())
+                .bind(seqs)
+                .execute(c)
+                .await
+            },
+        )
+        .await?;
         Ok(())
     }
 
     async fn owed_agents(&self) -> Result<Vec<(AgentId, u64)>> {
-        let rows: Vec<(String, i64)> = sqlx::query_as(
-            "select agent_id, count(*) from agent_memory.owed_writes
-             group by agent_id order by agent_id",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(self.fail(|| "list agents with owed writes".to_string()))?;
+        let rows: Vec<(String, i64)> = self
+            .on_lease(
+                || "list agents with owed writes".to_string(),
+                async |c| {
+                    sqlx::query_as(
+                        "select agent_id, count(*) from agent_memory.owed_writes
+                         group by agent_id order by agent_id",
+                    )
+                    .fetch_all(c)
+                    .await
+                },
+            )
+            .await?;
         rows.into_iter()
             .map(|(agent, n)| Ok((AgentId::new(agent)?, n.unsigned_abs())))
             .collect()
