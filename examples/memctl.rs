@@ -9,6 +9,7 @@
 //! cargo run --example memctl -- --agent NAME search '[0.1, 0.2]' [-k 10] [--metric l2]
 //!                               [--prefix P] [--where FIELD=VALUE] [--exact]
 //! cargo run --example memctl -- index --dimensions 384 [--metric cosine] [--drop]
+//! cargo run --example memctl -- compression [on|off]   # PostgreSQL content compression
 //! cargo run --example memctl -- migrate                   # shipped schema -> DATABASE_URL
 //! cargo run --example memctl -- [--agent NAME] repair     # replay owed dual writes
 //! cargo run --example memctl -- [--agent NAME] stats      # journals, and both sides compared
@@ -110,6 +111,13 @@ enum Command {
         #[arg(long)]
         drop: bool,
     },
+    /// Print whether PostgreSQL compresses memory contents (JSON), or with on/off turn
+    /// it on (PostgreSQL's default) or off for values written from now on.
+    Compression {
+        /// on or off; prints the setting when not given.
+        #[arg(value_parser = ["on", "off"])]
+        set: Option<String>,
+    },
     /// Print the JSON value stored under KEY.
     Get {
         /// The key.
@@ -178,6 +186,19 @@ async fn run(cli: Cli) -> Result<Outcome, Error> {
             let built = backend.create_vector_index(&index).await?;
             println!("{}", serde_json::json!(built));
         }
+        return Ok(Outcome::Done);
+    }
+    if let Command::Compression { set } = &cli.command {
+        let url = config.require_database_url("memctl compression")?;
+        let backend = agent_memory::PostgresBackend::connect(url).await?;
+        if let Some(set) = set {
+            backend.set_content_compression(set == "on").await?;
+        }
+        let compressed = backend.content_compression().await?;
+        println!(
+            "{}",
+            serde_json::json!({ "content_compression": compressed })
+        );
         return Ok(Outcome::Done);
     }
     if let Command::Repair | Command::Stats = cli.command {
@@ -269,7 +290,11 @@ async fn run(cli: Cli) -> Result<Outcome, Error> {
                 println!("{key}");
             }
         }
-        Command::Migrate | Command::Repair | Command::Stats | Command::Index { .. } => {
+        Command::Migrate
+        | Command::Repair
+        | Command::Stats
+        | Command::Index { .. }
+        | Command::Compression { .. } => {
             unreachable!("handled above")
         }
     }

@@ -213,3 +213,36 @@ fn memctl_unknown_backend_lists_the_valid_ones() {
     let message = String::from_utf8_lossy(&out.stderr);
     assert!(message.contains("sqlite, postgres"), "{message}");
 }
+
+#[tokio::test]
+async fn memctl_turns_content_compression_off_and_on() {
+    let db = TestDatabase::migrated().await;
+    let env = [("DATABASE_URL", db.url.as_str())];
+    let shown = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout(&out)
+    };
+    let on = "{\"content_compression\":true}\n";
+    let off = "{\"content_compression\":false}\n";
+    assert_eq!(shown(memctl(&env, &["compression"])), on);
+    assert_eq!(shown(memctl(&env, &["compression", "off"])), off);
+    assert_eq!(
+        shown(memctl(&env, &["compression"])),
+        off,
+        "the switch holds"
+    );
+    assert_eq!(shown(memctl(&env, &["compression", "on"])), on);
+    let bad = memctl(&env, &["compression", "maybe"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let none = memctl(&[], &["compression"]);
+    assert_eq!(none.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&none.stderr).contains("DATABASE_URL"),
+        "{}",
+        String::from_utf8_lossy(&none.stderr)
+    );
+}
