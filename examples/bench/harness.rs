@@ -229,8 +229,7 @@ impl Machine {
     /// Whether other work kept the machine's CPUs busy when the run started (a load
     /// average over [`BUSY_LOAD_PER_CPU`] per CPU), which makes the numbers noisy.
     pub fn busy(&self) -> bool {
-        self.load_average
-            .is_some_and(|load| load > BUSY_LOAD_PER_CPU * self.nproc as f64)
+        self.load_average.is_some_and(|load| busy(load, self.nproc))
     }
 
     /// The lines printed above every suite's results.
@@ -373,6 +372,11 @@ pub async fn settle() {
     tokio::time::sleep(Duration::from_millis(200)).await;
 }
 
+/// Whether a load average is over [`BUSY_LOAD_PER_CPU`] per CPU.
+fn busy(load: f64, nproc: usize) -> bool {
+    load > BUSY_LOAD_PER_CPU * nproc as f64
+}
+
 /// The machine's one-minute load average, when the system reports it.
 pub fn load_average() -> Option<f64> {
     std::fs::read_to_string("/proc/loadavg")
@@ -384,11 +388,11 @@ pub fn load_average() -> Option<f64> {
 /// left behind has decayed below the busy mark, so that the next suite's header warns
 /// only about other work. Returns the load average it stopped at.
 pub async fn quiet_down(limit: Duration) -> Option<f64> {
-    let nproc = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let nproc = std::thread::available_parallelism().map_or(1, |n| n.get());
     let started = Instant::now();
     loop {
         let load = load_average()?;
-        if load <= BUSY_LOAD_PER_CPU * nproc || started.elapsed() >= limit {
+        if !busy(load, nproc) || started.elapsed() >= limit {
             return Some(load);
         }
         tokio::time::sleep(Duration::from_secs(5)).await;

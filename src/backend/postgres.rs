@@ -179,7 +179,10 @@ impl PostgresBackend {
     /// raised calls/s by 6-8% in the `ops` benchmark, at the price of storing
     /// large contents at full size (agent text compresses to about half). The setting
     /// is a storage attribute of the column, outside the contract's columns and types
-    /// and invisible to the admin application's schema. The change takes a brief
+    /// and invisible to the admin application's schema. Like the shipped migrations and
+    /// [`create_vector_index`](Self::create_vector_index), this is DDL on a contract
+    /// table that runs only when called; the library never calls it on its own. The
+    /// change takes a brief
     /// exclusive lock on the table; it gives up after `lock_timeout` (5 s) rather than
     /// queue agents' calls behind a long-running statement.
     ///
@@ -861,18 +864,16 @@ impl MemoryBackend for PostgresBackend {
     async fn memory_keys(&self, agent: &AgentId) -> Result<Vec<String>> {
         let fail = || format!("list memory keys of agent {agent:?}");
         // collate "C": byte order, the same as SQLite's, whatever the database's locale.
-        let keys = self
-            .on_lease(fail, async |c| {
-                sqlx::query_scalar(
-                    r#"select key from agent_memories where agent_id = $1 and key is not null
-                       order by key collate "C""#,
-                )
-                .bind(agent.as_str())
-                .fetch_all(c)
-                .await
-            })
-            .await?;
-        Ok(keys)
+        self.on_lease(fail, async |c| {
+            sqlx::query_scalar(
+                r#"select key from agent_memories where agent_id = $1 and key is not null
+                   order by key collate "C""#,
+            )
+            .bind(agent.as_str())
+            .fetch_all(c)
+            .await
+        })
+        .await
     }
 
     async fn put_tool(&self, agent: &AgentId, tool: &Tool) -> Result<Tool> {
@@ -1038,22 +1039,19 @@ impl MemoryBackend for PostgresBackend {
         let fail = || format!("delete memory {key:?} of agent {agent:?}");
         // The tombstone commits first, so any apply_memory that started before it sees
         // it in its closing check, and any that starts after it sees it at once.
-        self.on_lease(fail, async |c| {
-            sqlx::query(
-                "insert into agent_memory.memory_tombstones (agent_id, key, deleted_at)
-                 values ($1, $2, $3)
-                 on conflict (agent_id, key) do update
-                 set deleted_at = greatest(memory_tombstones.deleted_at, excluded.deleted_at)",
-            )
-            .bind(agent.as_str())
-            .bind(key)
-            .bind(at)
-            .execute(c)
-            .await
-        })
-        .await?;
         let done = self
             .on_lease(fail, async |c| {
+                sqlx::query(
+                    "insert into agent_memory.memory_tombstones (agent_id, key, deleted_at)
+                     values ($1, $2, $3)
+                     on conflict (agent_id, key) do update
+                     set deleted_at = greatest(memory_tombstones.deleted_at, excluded.deleted_at)",
+                )
+                .bind(agent.as_str())
+                .bind(key)
+                .bind(at)
+                .execute(&mut *c)
+                .await?;
                 sqlx::query(DELETE_MEMORY_UP_TO)
                     .bind(agent.as_str())
                     .bind(key)
