@@ -10,6 +10,13 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 
+/// The longest memory key or tool name, in bytes (UTF-8), that both backends store.
+///
+/// PostgreSQL keeps keys in a unique btree index whose entries cannot exceed about
+/// 2,700 bytes (with the agent's id beside the key); SQLite has no such limit. One limit
+/// for both, well under PostgreSQL's, so a key one side can hold the other can too.
+pub const MAX_KEY_BYTES: usize = 1024;
+
 /// A memory's or record's metadata: a JSON object.
 pub type Metadata = serde_json::Map<String, Value>;
 
@@ -159,7 +166,7 @@ impl Memory {
             .key
             .as_deref()
             .ok_or_else(|| Error::invalid("key", "a memory is stored under a key"))?;
-        check_text("key", key)?;
+        check_key("key", key)?;
         check_metadata(&self.metadata)?;
         if let Some(embedding) = &self.embedding {
             crate::vector::check_vector("embedding", embedding)?;
@@ -204,7 +211,7 @@ impl Tool {
     /// # Errors
     /// [`Error::InvalidInput`] for NUL in the name or a metadata string.
     pub fn validate(&self) -> Result<()> {
-        check_text("tool name", &self.name)?;
+        check_key("tool name", &self.name)?;
         check_metadata(&self.metadata)
     }
 }
@@ -429,6 +436,22 @@ fn check_text(what: &'static str, text: &str) -> Result<()> {
     Ok(())
 }
 
+/// A key or name: text both databases hold, short enough for PostgreSQL's unique index.
+fn check_key(what: &'static str, key: &str) -> Result<()> {
+    check_text(what, key)?;
+    if key.len() > MAX_KEY_BYTES {
+        let start: String = key.chars().take(40).collect();
+        return Err(Error::invalid(
+            what,
+            format!(
+                "{start:?}... is {} bytes long; keys and names are at most {MAX_KEY_BYTES} bytes",
+                key.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// PostgreSQL `jsonb` rejects `\u0000` in strings and keys.
 fn check_metadata(metadata: &Metadata) -> Result<()> {
     fn walk(value: &Value) -> bool {
@@ -506,6 +529,11 @@ mod tests {
     #[test]
     fn values_postgres_cannot_hold_are_refused_up_front() {
         assert!(Memory::new("a\0", Value::Null).validate().is_err());
+        let long = "k".repeat(MAX_KEY_BYTES + 1);
+        let err = Memory::new(long.clone(), Value::Null).validate().unwrap_err();
+        assert!(err.to_string().contains("at most 1024 bytes"), "{err}");
+        assert!(Tool::new(long, Value::Null).validate().is_err());
+        assert!(Memory::new("é".repeat(MAX_KEY_BYTES / 2), Value::Null).validate().is_ok());
         let mut meta = Metadata::new();
         meta.insert("k".into(), serde_json::json!(["ok", "n\0ul"]));
         assert!(

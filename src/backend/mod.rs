@@ -12,6 +12,7 @@ use chrono::{DateTime, Utc};
 use crate::record::{AgentId, Execution, Memory, Metric, OwedWrite, Tool};
 use crate::vector::{Neighbor, VectorQuery};
 
+pub(crate) mod agent_rows;
 pub(crate) mod codec;
 pub mod dual;
 pub mod postgres;
