@@ -27,7 +27,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use agent_memory::backend::dual::Side;
+use agent_memory::backend::dual::{DualBackend, Side};
 use agent_memory::config::Stage;
 use agent_memory::{
     AgentConfig, AgentId, AgentMemory, BackendKind, Chain, DistanceMetric, Error, Memory,
@@ -133,8 +133,15 @@ enum Command {
     /// Apply the shipped PostgreSQL schema to the database (needs a PostgreSQL URL).
     Migrate,
     /// Replay the writes one side of the dual backend missed, for --agent or for all.
-    Repair,
-    /// Print the owed-write journals and, with --agent, how the two sides compare (JSON).
+    /// Exits 0 when every agent, or at least one, was repaired; the JSON names the
+    /// agents that could not be, and why.
+    Repair {
+        /// First make the parked writes (refused by a side for good) pending again.
+        #[arg(long)]
+        retry_parked: bool,
+    },
+    /// Print the owed-write journals (pending and parked) and, with --agent, how the two
+    /// sides compare (JSON).
     Stats,
 }
 
@@ -201,7 +208,7 @@ async fn run(cli: Cli) -> Result<Outcome, Error> {
         );
         return Ok(Outcome::Done);
     }
-    if let Command::Repair | Command::Stats = cli.command {
+    if let Command::Repair { .. } | Command::Stats = cli.command {
         return both_sides(&cli.command, cli.agent.as_deref(), &config).await;
     }
     if cli.agent.is_none() {
@@ -291,14 +298,28 @@ async fn run(cli: Cli) -> Result<Outcome, Error> {
             }
         }
         Command::Migrate
-        | Command::Repair
+        | Command::Repair { .. }
         | Command::Stats
         | Command::Index { .. }
         | Command::Compression { .. } => {
             unreachable!("handled above")
         }
     }
+    memory.flush().await?;
     Ok(Outcome::Done)
+}
+
+/// Every agent with parked writes on either side.
+async fn parked_agents(dual: &DualBackend) -> Result<Vec<AgentId>, Error> {
+    let mut agents = std::collections::BTreeSet::new();
+    for side in [Side::Sqlite, Side::Postgres] {
+        for count in dual.journal_counts(side).await? {
+            if count.parked > 0 {
+                agents.insert(count.agent);
+            }
+        }
+    }
+    Ok(agents.into_iter().collect())
 }
 
 /// A vector given as a JSON array of numbers.
@@ -318,12 +339,30 @@ async fn both_sides(
     let dual = backend::open_dual(config).await?;
     let agent = agent.map(AgentId::new).transpose()?;
     match (command, agent) {
-        (Command::Repair, Some(agent)) => {
-            let report = dual.repair(&agent).await?;
-            println!("{}", serde_json::json!({ agent.as_str(): report }));
+        (Command::Repair { retry_parked }, Some(agent)) => {
+            let report = match retry_parked {
+                true => dual.retry_parked(&agent).await,
+                false => dual.repair(&agent).await,
+            };
+            dual.flush().await?;
+            println!("{}", serde_json::json!({ agent.as_str(): report? }));
         }
-        (Command::Repair, None) => {
-            println!("{}", serde_json::json!(dual.repair_all().await?));
+        (Command::Repair { retry_parked }, None) => {
+            if *retry_parked {
+                for agent in parked_agents(&dual).await? {
+                    dual.retry_parked(&agent).await.ok();
+                }
+            }
+            let all = dual.repair_all().await?;
+            dual.flush().await?;
+            println!("{}", serde_json::json!(all));
+            if all.repaired.is_empty() && !all.failed.is_empty() {
+                let names: Vec<&str> = all.failed.keys().map(AgentId::as_str).collect();
+                return Err(Error::InvalidInput {
+                    what: "repair",
+                    reason: format!("no agent could be repaired ({})", names.join(", ")),
+                });
+            }
         }
         (_, agent) => {
             // Each part is reported on its own, so a side that is down still leaves
@@ -336,6 +375,10 @@ async fn both_sides(
                 "stage": config.memory_stage,
                 "owed_to_postgres": report(dual.owed_journaled_on(Side::Sqlite).await.map(Into::into)),
                 "owed_to_sqlite": report(dual.owed_journaled_on(Side::Postgres).await.map(Into::into)),
+                "parked": {
+                    "owed_to_postgres": report(dual.owed_parked_on(Side::Sqlite).await.map(Into::into)),
+                    "owed_to_sqlite": report(dual.owed_parked_on(Side::Postgres).await.map(Into::into)),
+                },
             });
             if let Some(agent) = agent {
                 out["agent"] = agent.as_str().into();

@@ -80,6 +80,18 @@ impl AgentMemory {
         self.backend.as_ref()
     }
 
+    /// Finishes the backend's background bookkeeping now (see
+    /// [`MemoryBackend::flush`]); call it before a short-lived process exits.
+    ///
+    /// # Errors
+    /// When the bookkeeping cannot be written; nothing stored is lost.
+    pub async fn flush(&self) -> Result<()> {
+        match &self.backend {
+            Some(backend) => backend.flush().await,
+            None => Ok(()),
+        }
+    }
+
     /// Stores `data` (anything `Serialize`) under `key`, replacing what was there.
     ///
     /// # Errors

@@ -137,6 +137,36 @@ impl Error {
     }
 }
 
+impl Error {
+    /// Whether retrying the same call cannot help: the database refuses this data
+    /// itself (a value it cannot hold, a constraint, a record that cannot be read), as
+    /// opposed to a side that is unreachable, busy, locked, full or slow, or a schema
+    /// that is missing (fixed by an operator, after which everything passes again).
+    pub fn is_lasting(&self) -> bool {
+        match self {
+            Error::InvalidInput { .. } | Error::Json { .. } => true,
+            Error::Database { source, .. } => match source.downcast_ref::<sqlx::Error>() {
+                Some(sqlx::Error::Database(db)) => {
+                    db.code().is_some_and(|code| is_lasting_code(&code))
+                }
+                Some(sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. }) => true,
+                _ => false,
+            },
+            _ => false,
+        }
+    }
+}
+
+/// PostgreSQL SQLSTATE classes `22` (data exception), `23` (integrity constraint
+/// violation) and `54` (program limit exceeded, e.g. an index row too large); SQLite's
+/// CONSTRAINT (19), TOOBIG (18), MISMATCH (20) and RANGE (25), extended codes included.
+fn is_lasting_code(code: &str) -> bool {
+    if let Ok(sqlite) = code.parse::<i64>() {
+        return matches!(sqlite & 0xff, 18 | 19 | 20 | 25);
+    }
+    code.starts_with("22") || code.starts_with("23") || code.starts_with("54")
+}
+
 /// Whether a PostgreSQL SQLSTATE says the session is gone or cannot be had: class `08`
 /// (connection exception) or `57P01` to `57P03` (terminated by an administrator, by a
 /// shutdown, or the server cannot accept connections now).

@@ -46,7 +46,7 @@ pub use agent::AgentMemory;
 pub use backend::{MemoryBackend, PostgresBackend, PostgresOptions, SqliteBackend, SqliteOptions};
 pub use config::{AgentConfig, BackendKind};
 pub use error::{Chain, Error, Result, redact_url};
-pub use record::{AgentId, Execution, MAX_KEY_BYTES, Memory, Metadata, Metric, OwedWrite, Tool};
+pub use record::{AgentId, Execution, MAX_KEY_BYTES, Memory, Metadata, Metric, Tool};
 pub use schema::{migrate, missing_schema};
 pub use vector::{DistanceMetric, Embedder, Neighbor, VectorIndex, VectorQuery};
 

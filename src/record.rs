@@ -302,129 +302,6 @@ impl Execution {
     }
 }
 
-/// A write one side of a dual backend missed, kept in the other side's journal until
-/// repair replays it. Replaying is idempotent: memories and tools apply only over older
-/// versions, deletes only over older values, metrics and executions only when their id
-/// is absent.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-pub enum OwedWrite {
-    /// A stored memory.
-    PutMemory {
-        /// The memory as written.
-        memory: Memory,
-    },
-    /// A version of a memory the agent was told failed, possibly left on the side whose
-    /// journal holds this entry: replaying it makes that side's key match the other
-    /// side's, unless a newer write has replaced that version meanwhile.
-    RestoreMemory {
-        /// The key.
-        key: String,
-        /// The `updated_at` of the version to replace.
-        version: DateTime<Utc>,
-    },
-    /// A deleted key.
-    DeleteMemory {
-        /// The key.
-        key: String,
-        /// When it was deleted.
-        at: DateTime<Utc>,
-    },
-    /// A registered tool.
-    PutTool {
-        /// The tool as written.
-        tool: Tool,
-    },
-    /// A recorded metric.
-    Metric {
-        /// The metric as written.
-        metric: Metric,
-    },
-    /// A logged execution.
-    Execution {
-        /// The execution as written.
-        execution: Execution,
-    },
-}
-
-// Not derived: a derived internally tagged enum buffers its fields first, and that
-// buffer cannot hold serde_json's arbitrary-precision numbers, so a journaled metric
-// value (f64) or embedding (f32) could not be read back. A plain struct reads them
-// directly from the text.
-impl<'de> Deserialize<'de> for OwedWrite {
-    fn deserialize<D: serde::Deserializer<'de>>(
-        deserializer: D,
-    ) -> std::result::Result<Self, D::Error> {
-        use serde::de::Error as _;
-
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Fields {
-            op: String,
-            memory: Option<Memory>,
-            key: Option<String>,
-            at: Option<DateTime<Utc>>,
-            version: Option<DateTime<Utc>>,
-            tool: Option<Tool>,
-            metric: Option<Metric>,
-            execution: Option<Execution>,
-        }
-        let f = Fields::deserialize(deserializer)?;
-        let need = |field: &'static str| D::Error::missing_field(field);
-        Ok(match f.op.as_str() {
-            "put_memory" => OwedWrite::PutMemory {
-                memory: f.memory.ok_or_else(|| need("memory"))?,
-            },
-            "restore_memory" => OwedWrite::RestoreMemory {
-                key: f.key.ok_or_else(|| need("key"))?,
-                version: f.version.ok_or_else(|| need("version"))?,
-            },
-            "delete_memory" => OwedWrite::DeleteMemory {
-                key: f.key.ok_or_else(|| need("key"))?,
-                at: f.at.ok_or_else(|| need("at"))?,
-            },
-            "put_tool" => OwedWrite::PutTool {
-                tool: f.tool.ok_or_else(|| need("tool"))?,
-            },
-            "metric" => OwedWrite::Metric {
-                metric: f.metric.ok_or_else(|| need("metric"))?,
-            },
-            "execution" => OwedWrite::Execution {
-                execution: f.execution.ok_or_else(|| need("execution"))?,
-            },
-            other => {
-                return Err(D::Error::unknown_variant(
-                    other,
-                    &[
-                        "put_memory",
-                        "restore_memory",
-                        "delete_memory",
-                        "put_tool",
-                        "metric",
-                        "execution",
-                    ],
-                ));
-            }
-        })
-    }
-}
-
-impl OwedWrite {
-    /// The key, tool name or id the write is about, for messages.
-    pub fn subject(&self) -> String {
-        match self {
-            OwedWrite::PutMemory { memory } => {
-                format!("memory {:?}", memory.key.as_deref().unwrap_or_default())
-            }
-            OwedWrite::DeleteMemory { key, .. } => format!("delete of memory {key:?}"),
-            OwedWrite::RestoreMemory { key, .. } => format!("restore of memory {key:?}"),
-            OwedWrite::PutTool { tool } => format!("tool {:?}", tool.name),
-            OwedWrite::Metric { metric } => format!("metric {}", metric.id),
-            OwedWrite::Execution { execution } => format!("execution {}", execution.id),
-        }
-    }
-}
-
 /// PostgreSQL text cannot hold NUL; refuse it everywhere so both backends agree.
 fn check_text(what: &'static str, text: &str) -> Result<()> {
     if text.contains('\0') {
@@ -476,38 +353,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn owed_writes_read_back_exactly() {
-        let content: Value =
-            serde_json::from_str(r#"{"n": 1.50, "big": 123456789012345678901234567890}"#).unwrap();
-        let writes = [
-            OwedWrite::PutMemory {
-                memory: Memory::new("k", content.clone()).with_embedding(vec![0.1, -1e-30, 3.4e38]),
-            },
-            OwedWrite::DeleteMemory {
-                key: "k".into(),
-                at: now(),
-            },
-            OwedWrite::PutTool {
-                tool: Tool::new("t", content.clone()),
-            },
-            OwedWrite::Metric {
-                metric: Metric::new("m", Some(12.5)),
-            },
-            OwedWrite::Execution {
-                execution: Execution::new(Some("ok".into()), content),
-            },
-        ];
-        for write in writes {
-            let text = serde_json::to_string(&write).unwrap();
-            let back: OwedWrite = serde_json::from_str(&text).expect(&text);
-            assert_eq!(back, write);
-            assert_eq!(serde_json::to_string(&back).unwrap(), text);
-        }
-        assert!(serde_json::from_str::<OwedWrite>(r#"{"op": "metric"}"#).is_err());
-        assert!(serde_json::from_str::<OwedWrite>(r#"{"op": "nope"}"#).is_err());
-    }
-
-    #[test]
     fn now_never_repeats_and_keeps_microseconds() {
         let times: Vec<_> = (0..10_000).map(|_| now()).collect();
         assert!(times.windows(2).all(|w| w[0] < w[1]));
@@ -530,10 +375,16 @@ mod tests {
     fn values_postgres_cannot_hold_are_refused_up_front() {
         assert!(Memory::new("a\0", Value::Null).validate().is_err());
         let long = "k".repeat(MAX_KEY_BYTES + 1);
-        let err = Memory::new(long.clone(), Value::Null).validate().unwrap_err();
+        let err = Memory::new(long.clone(), Value::Null)
+            .validate()
+            .unwrap_err();
         assert!(err.to_string().contains("at most 1024 bytes"), "{err}");
         assert!(Tool::new(long, Value::Null).validate().is_err());
-        assert!(Memory::new("é".repeat(MAX_KEY_BYTES / 2), Value::Null).validate().is_ok());
+        assert!(
+            Memory::new("é".repeat(MAX_KEY_BYTES / 2), Value::Null)
+                .validate()
+                .is_ok()
+        );
         let mut meta = Metadata::new();
         meta.insert("k".into(), serde_json::json!(["ok", "n\0ul"]));
         assert!(

@@ -36,6 +36,11 @@ pub const SQLITE_MIGRATIONS: &[Migration] = &[
         name: "replication",
         sql: include_str!("../migrations/sqlite/0002_replication.sql"),
     },
+    Migration {
+        version: 3,
+        name: "parked_owed",
+        sql: include_str!("../migrations/sqlite/0003_parked_owed.sql"),
+    },
 ];
 
 /// The library's bookkeeping in PostgreSQL (schema `agent_memory`): applied migrations,
@@ -118,7 +123,10 @@ pub async fn ensure_bookkeeping(pool: &PgPool) -> Result<()> {
         source: Box::new(e),
     };
     let present: bool = sqlx::query_scalar(
-        "select count(*) = 5 from information_schema.tables
+        "select count(*) = 5 and exists (
+                select 1 from information_schema.columns where table_schema = 'agent_memory'
+                and table_name = 'owed_writes' and column_name = 'parked_at')
+         from information_schema.tables
          where table_schema = 'agent_memory'
            and table_name in ('schema_migrations', 'memory_tombstones', 'owed_writes',
                               'backfill_runs', 'backfill_progress')",

@@ -83,7 +83,7 @@ async fn memctl_walks_keys_through_the_stages() {
     );
     assert_eq!(
         stdout(&repaired),
-        "{\"a\":{\"to_postgres\":1,\"to_sqlite\":0}}\n"
+        "{\"repaired\":{\"a\":{\"to_postgres\":1,\"to_sqlite\":0,\"parked\":0}},\"failed\":{}}\n"
     );
     assert_eq!(
         stdout(&get("postgres", "", "offline")),

@@ -43,6 +43,8 @@ async fn value_of(backend: &dyn MemoryBackend, agent: &AgentId, key: &str) -> Op
 async fn assert_consistent(dual: &DualBackend, agent: &AgentId) {
     let comparison = dual.compare(agent).await.expect("compare the sides");
     assert!(comparison.agrees(), "the sides disagree: {comparison:?}");
+    // Records of copies that arrived are cleared in batches; clear them now.
+    dual.flush().await.expect("clear the journals");
     assert_eq!(dual.owed_pending().await.expect("count owed writes"), 0);
 }
 
@@ -57,8 +59,8 @@ async fn timed<T>(f: impl Future<Output = T>) -> (T, Duration) {
 async fn dual_backend_survives_a_postgres_restart() {
     let dir = tempfile::tempdir().expect("temporary agents folder");
     let db = TestDatabase::migrated().await;
-    let sqlite: Arc<dyn MemoryBackend> = Arc::new(SqliteBackend::new(dir.path()));
-    let postgres: Arc<dyn MemoryBackend> = Arc::new(db.backend().await);
+    let sqlite: Arc<dyn agent_memory::backend::Replica> = Arc::new(SqliteBackend::new(dir.path()));
+    let postgres: Arc<dyn agent_memory::backend::Replica> = Arc::new(db.backend().await);
     let dual = DualBackend::new(sqlite.clone(), postgres.clone(), Stage::DualWrite);
     let agent = unique_agent("restart");
     let put = |key: &'static str, content: Value| {

@@ -303,7 +303,7 @@ async fn measure(config: Config, sides: &Sides, args: &Args, round: usize) -> Re
 /// or (in `live`) a read that PostgreSQL did not answer.
 fn check_dual(config: Config, stats: &DualStats) -> Result<()> {
     let problem = if stats.owed_recorded
-        + stats.owed_lost
+        + stats.owed_parked
         + stats.sqlite.errors
         + stats.postgres.errors
         > 0

@@ -44,3 +44,9 @@ create table if not exists agent_memory.backfill_progress (
     finished_at  timestamptz,
     primary key (source_db, source_table)
 );
+
+-- An owed write that failed for a reason that will not go away (the side refuses it) is
+-- parked: kept with its error, skipped by repair so it blocks no other write, and
+-- retried only on request.
+alter table agent_memory.owed_writes add column if not exists parked text;
+alter table agent_memory.owed_writes add column if not exists parked_at timestamptz;

@@ -7,19 +7,20 @@ use async_trait::async_trait;
 
 use crate::config::{AgentConfig, BackendKind};
 use crate::error::Result;
-use chrono::{DateTime, Utc};
 
-use crate::record::{AgentId, Execution, Memory, Metric, OwedWrite, Tool};
+use crate::record::{AgentId, Execution, Memory, Metric, Tool};
 use crate::vector::{Neighbor, VectorQuery};
 
 pub(crate) mod agent_rows;
 pub(crate) mod codec;
 pub mod dual;
 pub mod postgres;
+pub mod replica;
 pub mod sqlite;
 
 pub use dual::DualBackend;
 pub use postgres::{PostgresBackend, PostgresOptions};
+pub use replica::Replica;
 pub use sqlite::{SqliteBackend, SqliteOptions};
 
 /// Storage for the four kinds of agent data: memories, tools, metrics and executions.
@@ -65,7 +66,10 @@ pub trait MemoryBackend: Send + Sync + std::fmt::Debug {
     async fn ping(&self) -> Result<()>;
 
     /// Stores `memory` under its key, replacing the value of an existing key, and returns
-    /// the memory as now stored.
+    /// the memory as now stored. Its version (`updated_at`) is `memory.updated_at`, or,
+    /// when the stored value or the key's last delete is as late or later (a clock that
+    /// stepped back, a value dated in the future), one microsecond past it: versions only
+    /// move forward.
     ///
     /// # Errors
     /// [`InvalidInput`](crate::Error::InvalidInput) for values [`Memory::validate`]
@@ -78,8 +82,8 @@ pub trait MemoryBackend: Send + Sync + std::fmt::Debug {
     /// Database errors, or a stored value that is not valid JSON.
     async fn get_memory(&self, agent: &AgentId, key: &str) -> Result<Option<Memory>>;
 
-    /// Deletes the memory under `key` now, recording the delete (see
-    /// [`apply_memory_delete`](Self::apply_memory_delete)); returns whether there was one.
+    /// Deletes the memory under `key` now, whatever its version, and records the delete so
+    /// that no older copy brings it back; returns whether there was one.
     ///
     /// # Errors
     /// Database errors.
@@ -150,84 +154,15 @@ pub trait MemoryBackend: Send + Sync + std::fmt::Debug {
     /// Database errors.
     async fn list_executions(&self, agent: &AgentId) -> Result<Vec<Execution>>;
 
-    // Replication: what the dual backend, lazy migration and repair build on. Every
-    // conditional write compares versions by `updated_at` (deletes by their time), so
-    // replays in any order, on either side, end in the same state: the newest write.
-
-    /// Stores `memory` unless this backend holds a version of its key at least as new:
-    /// a value with `updated_at >= memory.updated_at`, or a delete recorded at or after
-    /// it. Returns the memory as now stored (an existing key keeps its id and
-    /// `created_at`), or `None` when a newer version kept it out.
+    /// Finishes background bookkeeping now (the dual backend clears the journal records
+    /// of writes that reached both sides); call it before a short-lived process exits.
+    /// Nothing is lost without it: left records are only replayed again.
     ///
     /// # Errors
-    /// As [`put_memory`](Self::put_memory).
-    async fn apply_memory(&self, agent: &AgentId, memory: &Memory) -> Result<Option<Memory>>;
-
-    /// Deletes the memory under `key` unless its value is newer than `at`, and records a
-    /// tombstone at `at` so that no older copy of the key is stored again. Returns
-    /// whether a value was deleted.
-    ///
-    /// # Errors
-    /// Database errors.
-    async fn apply_memory_delete(
-        &self,
-        agent: &AgentId,
-        key: &str,
-        at: DateTime<Utc>,
-    ) -> Result<bool>;
-
-    /// Undoes one version of a memory: if the value under `key` is exactly the version
-    /// written at `version` (its `updated_at`), replaces its content, metadata,
-    /// embedding and `updated_at` with `to`'s, or deletes it when `to` is `None`.
-    /// Returns whether it did. A newer version is left alone.
-    ///
-    /// # Errors
-    /// Database errors.
-    async fn restore_memory(
-        &self,
-        agent: &AgentId,
-        key: &str,
-        version: DateTime<Utc>,
-        to: Option<&Memory>,
-    ) -> Result<bool>;
-
-    /// When `key` was last deleted, if this backend recorded a delete of it.
-    ///
-    /// # Errors
-    /// Database errors.
-    async fn memory_tombstone(&self, agent: &AgentId, key: &str) -> Result<Option<DateTime<Utc>>>;
-
-    /// Registers `tool` unless a version at least as new is registered. Returns whether
-    /// it was stored.
-    ///
-    /// # Errors
-    /// As [`put_tool`](Self::put_tool).
-    async fn apply_tool(&self, agent: &AgentId, tool: &Tool) -> Result<bool>;
-
-    /// Records, durably, a write the other side of a dual backend missed.
-    ///
-    /// # Errors
-    /// Database errors.
-    async fn push_owed(&self, agent: &AgentId, write: &OwedWrite) -> Result<()>;
-
-    /// Up to `limit` of the agent's owed writes, oldest first, with their sequence
-    /// numbers.
-    ///
-    /// # Errors
-    /// Database errors, or a journal entry that cannot be read.
-    async fn owed_writes(&self, agent: &AgentId, limit: usize) -> Result<Vec<(i64, OwedWrite)>>;
-
-    /// Removes replayed owed writes by sequence number.
-    ///
-    /// # Errors
-    /// Database errors.
-    async fn clear_owed(&self, agent: &AgentId, seqs: &[i64]) -> Result<()>;
-
-    /// Every agent with owed writes in this backend's journal, with how many.
-    ///
-    /// # Errors
-    /// Database errors.
-    async fn owed_agents(&self) -> Result<Vec<(AgentId, u64)>>;
+    /// When the bookkeeping cannot be written.
+    async fn flush(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Opens the backend `config` selects.

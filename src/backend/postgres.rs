@@ -1,14 +1,13 @@
 //! The shared backend: the contract tables in PostgreSQL (with pgvector), one database
 //! for many agents.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use pgvector::Vector;
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -17,13 +16,16 @@ use sqlx::{Connection, PgConnection, Postgres, Row};
 use tokio::sync::oneshot;
 
 use super::MemoryBackend;
-use super::codec::{json_text, parse_json};
-use super::sqlite::decode_owed;
+use super::agent_rows::{AgentRowError, agent_row_id};
+use super::codec::parse_json;
+use super::replica::{Change, Outcome};
 use crate::error::{Error, Result, redact_url, scrub, url_secrets};
-use crate::record::{AgentId, Execution, Memory, Metadata, Metric, OwedWrite, Tool, now};
+use crate::record::{AgentId, Execution, Memory, Metadata, Metric, Tool, now};
 use crate::schema::{check_schema, ensure_bookkeeping};
 use crate::vector::postgres::{IndexCache, IndexError};
 use crate::vector::{DistanceMetric, IndexBuild, Neighbor, VectorIndex, VectorQuery};
+
+mod replica;
 
 /// Settings of the PostgreSQL backend's connection pool.
 #[derive(Debug, Clone)]
@@ -56,7 +58,7 @@ pub struct PostgresBackend {
     stash: Stash,
     target: String,
     secrets: Vec<String>,
-    known_agents: Mutex<HashSet<AgentId>>,
+    known_agents: Mutex<HashMap<AgentId, String>>,
     indexes: IndexCache,
 }
 
@@ -93,7 +95,7 @@ impl PostgresBackend {
             health,
             target: redact_url(url),
             secrets: url_secrets(url),
-            known_agents: Mutex::new(HashSet::new()),
+            known_agents: Mutex::new(HashMap::new()),
             indexes: IndexCache::default(),
         };
         check_schema(&backend.pool, &backend.target).await?;
@@ -117,7 +119,7 @@ impl PostgresBackend {
             stash: Stash::new(options.max_connections),
             target: redact_url(url),
             secrets,
-            known_agents: Mutex::new(HashSet::new()),
+            known_agents: Mutex::new(HashMap::new()),
             indexes: IndexCache::default(),
         })
     }
@@ -242,21 +244,26 @@ impl PostgresBackend {
         }
     }
 
-    /// Makes the agent's `agents` row (the contract tables reference it) once per process.
-    async fn ensure_agent(&self, agent: &AgentId) -> Result<()> {
-        if self.lock_known().contains(agent) {
-            return Ok(());
+    /// The id of the agent's `agents` row, made when missing (see
+    /// [`agent_rows`](super::agent_rows)); remembered for the process, since a row's id
+    /// never changes.
+    async fn agent_row(&self, agent: &AgentId) -> Result<String> {
+        if let Some(id) = self.lock_known().get(agent) {
+            return Ok(id.clone());
         }
-        sqlx::query(
-            "insert into agents (id, name, created_at, updated_at)
-             values ($1, $1, now(), now()) on conflict do nothing",
-        )
-        .bind(agent.as_str())
-        .execute(&self.pool)
-        .await
-        .map_err(self.fail(|| format!("register agent {agent:?}")))?;
-        self.lock_known().insert(agent.clone());
-        Ok(())
+        let operation = || format!("find or register agent {agent:?}");
+        let mut conn = self.lease().await.map_err(self.fail(operation))?;
+        let id = match agent_row_id(conn.as_mut(), agent, true).await {
+            Ok(Some(id)) => id,
+            Ok(None) => unreachable!("agent_row_id creates the row when asked to"),
+            Err(AgentRowError::Database(e)) => return Err(self.fail(operation)(e)),
+            Err(taken @ AgentRowError::IdTaken { .. }) => {
+                return Err(Error::invalid("agent", taken.to_string()));
+            }
+        };
+        conn.keep();
+        self.lock_known().insert(agent.clone(), id.clone());
+        Ok(id)
     }
 
     /// A connection for one call: handed over by the call before, idle in the stash,
@@ -315,7 +322,7 @@ impl PostgresBackend {
         Ok(out)
     }
 
-    fn lock_known(&self) -> std::sync::MutexGuard<'_, HashSet<AgentId>> {
+    fn lock_known(&self) -> std::sync::MutexGuard<'_, HashMap<AgentId, String>> {
         // The set only caches inserts that already happened; a poisoned one is still valid.
         self.known_agents
             .lock()
@@ -604,134 +611,95 @@ impl Lease<'_> {
 /// Reads one memory of an agent by key.
 pub(crate) const GET_MEMORY: &str =
     "select id, key, content, metadata, embedding, created_at, updated_at
-     from agent_memories where agent_id = $1 and key = $2";
+     from agent_memories where agent_id = (select id from agents where name = $1) and key = $2";
 
-/// Stores a memory, replacing the key's value whatever its version.
-pub(crate) const PUT_MEMORY: &str = "insert into agent_memories
-        (id, agent_id, key, content, metadata, embedding, created_at, updated_at)
-    values ($1, $2, $3, $4, $5, $6, $7, $8)
-    on conflict (agent_id, key) do update set
-        content = excluded.content, metadata = excluded.metadata,
-        embedding = excluded.embedding, updated_at = excluded.updated_at
-    returning id, created_at";
+// The authoritative side's writes (see `replica::Replica::commit`): the change, its
+// journal record ($10, none when null) and the removal of replayed records ($11) are one
+// statement, so one transaction. A key's new version is past the one it replaces and
+// past its last delete. $9 is the agent's name, which the bookkeeping is keyed by.
 
-/// Stores a memory over older versions only: the select's WHERE skips keys deleted at
-/// or after this version, the upsert's WHERE skips newer values.
-const APPLY_MEMORY: &str = "insert into agent_memories
-        (id, agent_id, key, content, metadata, embedding, created_at, updated_at)
-    select $1, $2, $3, $4, $5, $6, $7, $8
-    where not exists (select 1 from agent_memory.memory_tombstones
-                      where agent_id = $2 and key = $3 and deleted_at >= $8)
-    on conflict (agent_id, key) do update set
-        content = excluded.content, metadata = excluded.metadata,
-        embedding = excluded.embedding, updated_at = excluded.updated_at
-    where agent_memories.updated_at < excluded.updated_at
-    returning id, created_at";
+/// Stores a memory: $1 id, $2 the agent's row id, $3 key, $4 content, $5 metadata, $6
+/// embedding, $7 created_at, $8 the writer's clock; returns the id, `created_at` and
+/// version now stored, and the journal record's sequence number.
+pub(crate) const PUT_MEMORY: &str = "with stored as (
+        insert into agent_memories
+            (id, agent_id, key, content, metadata, embedding, created_at, updated_at)
+        values ($1, $2, $3, $4, $5, $6, $7, greatest($8,
+            (select deleted_at + interval '1 microsecond' from agent_memory.memory_tombstones
+             where agent_id = $9 and key = $3)))
+        on conflict (agent_id, key) do update set
+            content = excluded.content, metadata = excluded.metadata,
+            embedding = excluded.embedding,
+            updated_at = greatest(excluded.updated_at,
+                                  agent_memories.updated_at + interval '1 microsecond')
+        returning id, created_at, updated_at),
+    owed as (insert into agent_memory.owed_writes (agent_id, op)
+             select $9, $10 from stored where $10::text is not null returning seq),
+    cleared as (delete from agent_memory.owed_writes where agent_id = $9 and seq = any($11))
+    select id, created_at, updated_at, (select seq from owed) as seq from stored";
 
-/// Registers a tool, replacing its definition whatever its version.
-const PUT_TOOL: &str = "insert into agent_tools
-        (id, agent_id, name, content, metadata, created_at, updated_at)
-    values ($1, $2, $3, $4, $5, $6, $7)
-    on conflict (agent_id, name) do update set
-        content = excluded.content, metadata = excluded.metadata,
-        updated_at = excluded.updated_at
-    returning id, created_at";
+/// Records a delete: the tombstone, past the value it deletes ($1 row id, $2 key, $3 the
+/// writer's clock); the rows go in a second statement ([`DELETE_MEMORY_UP_TO`]), after
+/// the tombstone has committed.
+const DELETE_MEMORY: &str = "with tomb as (
+        insert into agent_memory.memory_tombstones (agent_id, key, deleted_at)
+        values ($9, $2, greatest($3,
+            (select updated_at + interval '1 microsecond' from agent_memories
+             where agent_id = $1 and key = $2)))
+        on conflict (agent_id, key) do update
+        set deleted_at = greatest(memory_tombstones.deleted_at, excluded.deleted_at)
+        returning deleted_at),
+    owed as (insert into agent_memory.owed_writes (agent_id, op)
+             select $9, $10 where $10::text is not null returning seq),
+    cleared as (delete from agent_memory.owed_writes where agent_id = $9 and seq = any($11))
+    select (select deleted_at from tomb) as deleted_at, (select seq from owed) as seq";
 
-/// Registers a tool over older versions only.
-const APPLY_TOOL: &str = "insert into agent_tools
-        (id, agent_id, name, content, metadata, created_at, updated_at)
-    values ($1, $2, $3, $4, $5, $6, $7)
-    on conflict (agent_id, name) do update set
-        content = excluded.content, metadata = excluded.metadata,
-        updated_at = excluded.updated_at
-    where agent_tools.updated_at < excluded.updated_at
-    returning id, created_at";
+/// Registers a tool ($1 id, $2 row id, $3 name, $4 content, $5 metadata, $6 created_at,
+/// $7 the writer's clock).
+const PUT_TOOL: &str = "with stored as (
+        insert into agent_tools
+            (id, agent_id, name, content, metadata, created_at, updated_at)
+        values ($1, $2, $3, $4, $5, $6, $7)
+        on conflict (agent_id, name) do update set
+            content = excluded.content, metadata = excluded.metadata,
+            updated_at = greatest(excluded.updated_at,
+                                  agent_tools.updated_at + interval '1 microsecond')
+        returning id, created_at, updated_at),
+    owed as (insert into agent_memory.owed_writes (agent_id, op)
+             select $9, $10 from stored where $10::text is not null returning seq),
+    cleared as (delete from agent_memory.owed_writes where agent_id = $9 and seq = any($11))
+    select id, created_at, updated_at, (select seq from owed) as seq from stored";
 
 /// Records a metric; its id makes a second record of it a no-op.
-const RECORD_METRIC: &str = "insert into agent_metrics
-        (id, agent_id, name, value, content, metadata, created_at)
-    values ($1, $2, $3, $4, $5, $6, $7) on conflict (id) do nothing";
+const RECORD_METRIC: &str = "with recorded as (
+        insert into agent_metrics (id, agent_id, name, value, content, metadata, created_at)
+        values ($1, $2, $3, $4, $5, $6, $7) on conflict (id) do nothing),
+    owed as (insert into agent_memory.owed_writes (agent_id, op)
+             select $9, $10 where $10::text is not null returning seq),
+    cleared as (delete from agent_memory.owed_writes where agent_id = $9 and seq = any($11))
+    select (select seq from owed) as seq";
 
 /// Logs an execution; its id makes a second log of it a no-op.
-const LOG_EXECUTION: &str = "insert into agent_executions
-        (id, agent_id, status, content, metadata, created_at)
-    values ($1, $2, $3, $4, $5, $6) on conflict (id) do nothing";
+const LOG_EXECUTION: &str = "with logged as (
+        insert into agent_executions (id, agent_id, status, content, metadata, created_at)
+        values ($1, $2, $3, $4, $5, $6) on conflict (id) do nothing),
+    owed as (insert into agent_memory.owed_writes (agent_id, op)
+             select $9, $10 where $10::text is not null returning seq),
+    cleared as (delete from agent_memory.owed_writes where agent_id = $9 and seq = any($11))
+    select (select seq from owed) as seq";
 
-/// Deletes a key's memory if it is not newer than the delete.
+/// Deletes a key's memory if it is not newer than the delete ($1 row id, $2 key, $3 the
+/// delete's version).
 const DELETE_MEMORY_UP_TO: &str =
     "delete from agent_memories where agent_id = $1 and key = $2 and updated_at <= $3";
 
-impl PostgresBackend {
-    /// Runs one of the memory upserts; returns the memory as stored (with the id and
-    /// `created_at` of an existing key), or `None` when the statement kept it out.
-    async fn upsert_memory(
-        &self,
-        agent: &AgentId,
-        memory: &Memory,
-        sql: &'static str,
-        verb: &str,
-    ) -> Result<Option<Memory>> {
-        memory.validate()?;
-        self.ensure_agent(agent).await?;
-        let key = memory.key.as_deref().unwrap_or_default();
-        let fail = || format!("{verb} memory {key:?} of agent {agent:?}");
-        let row = self
-            .on_lease(fail, async |c| {
-                sqlx::query(sql)
-                    .bind(memory.id)
-                    .bind(agent.as_str())
-                    .bind(key)
-                    .bind(json_text(&memory.content))
-                    .bind(Json(&memory.metadata))
-                    .bind(memory.embedding.clone().map(Vector::from))
-                    .bind(memory.created_at)
-                    .bind(memory.updated_at)
-                    .fetch_optional(c)
-                    .await
-            })
-            .await?;
-        Ok(row.map(|row| Memory {
-            id: row.get("id"),
-            created_at: row.get("created_at"),
-            ..memory.clone()
-        }))
-    }
-
-    /// Runs one of the tool upserts; returns the tool as stored, or `None` when the
-    /// statement kept it out.
-    async fn upsert_tool(
-        &self,
-        agent: &AgentId,
-        tool: &Tool,
-        sql: &'static str,
-        verb: &str,
-    ) -> Result<Option<Tool>> {
-        tool.validate()?;
-        self.ensure_agent(agent).await?;
-        let row = self
-            .on_lease(
-                || format!("{verb} tool {:?} of agent {agent:?}", tool.name),
-                async |c| {
-                    sqlx::query(sql)
-                        .bind(tool.id)
-                        .bind(agent.as_str())
-                        .bind(&tool.name)
-                        .bind(json_text(&tool.content))
-                        .bind(Json(&tool.metadata))
-                        .bind(tool.created_at)
-                        .bind(tool.updated_at)
-                        .fetch_optional(c)
-                        .await
-                },
-            )
-            .await?;
-        Ok(row.map(|row| Tool {
-            id: row.get("id"),
-            created_at: row.get("created_at"),
-            ..tool.clone()
-        }))
-    }
-}
+/// Takes back a value that a delete committed meanwhile outranks ($1 row id, $2 key, $3
+/// the agent's name): an insert does not see a tombstone committed while it ran, and
+/// that delete may not have seen the new row. Run after every memory write, it sees
+/// every tombstone committed before it.
+const DROP_DELETED: &str = "delete from agent_memories m using agent_memory.memory_tombstones t
+    where m.agent_id = $1 and m.key = $2 and t.agent_id = $3 and t.key = $2
+    and m.updated_at <= t.deleted_at";
 
 fn parse_url(url: &str, secrets: &[String]) -> Result<PgConnectOptions> {
     PgConnectOptions::from_str(url).map_err(|e| {
@@ -820,11 +788,14 @@ impl MemoryBackend for PostgresBackend {
     }
 
     async fn put_memory(&self, agent: &AgentId, memory: &Memory) -> Result<Memory> {
-        // An unconditional upsert always returns the row it wrote.
-        let stored = self
-            .upsert_memory(agent, memory, PUT_MEMORY, "store")
-            .await?;
-        Ok(stored.unwrap_or_else(|| memory.clone()))
+        match self
+            .commit_change(agent, Change::PutMemory(memory), None, &[])
+            .await?
+            .outcome
+        {
+            Outcome::Memory(stored) => Ok(stored),
+            other => unreachable!("a store commits a memory, not {other:?}"),
+        }
     }
 
     async fn get_memory(&self, agent: &AgentId, key: &str) -> Result<Option<Memory>> {
@@ -858,7 +829,11 @@ impl MemoryBackend for PostgresBackend {
     }
 
     async fn delete_memory(&self, agent: &AgentId, key: &str) -> Result<bool> {
-        self.apply_memory_delete(agent, key, now()).await
+        let change = Change::DeleteMemory { key, at: now() };
+        match self.commit_change(agent, change, None, &[]).await?.outcome {
+            Outcome::Deleted { existed, .. } => Ok(existed),
+            other => unreachable!("a delete commits a delete, not {other:?}"),
+        }
     }
 
     async fn memory_keys(&self, agent: &AgentId) -> Result<Vec<String>> {
@@ -866,7 +841,7 @@ impl MemoryBackend for PostgresBackend {
         // collate "C": byte order, the same as SQLite's, whatever the database's locale.
         self.on_lease(fail, async |c| {
             sqlx::query_scalar(
-                r#"select key from agent_memories where agent_id = $1 and key is not null
+                r#"select key from agent_memories where agent_id = (select id from agents where name = $1) and key is not null
                    order by key collate "C""#,
             )
             .bind(agent.as_str())
@@ -877,9 +852,14 @@ impl MemoryBackend for PostgresBackend {
     }
 
     async fn put_tool(&self, agent: &AgentId, tool: &Tool) -> Result<Tool> {
-        // An unconditional upsert always returns the row it wrote.
-        let stored = self.upsert_tool(agent, tool, PUT_TOOL, "register").await?;
-        Ok(stored.unwrap_or_else(|| tool.clone()))
+        match self
+            .commit_change(agent, Change::PutTool(tool), None, &[])
+            .await?
+            .outcome
+        {
+            Outcome::Tool(stored) => Ok(stored),
+            other => unreachable!("a registration commits a tool, not {other:?}"),
+        }
     }
 
     async fn get_tool(&self, agent: &AgentId, name: &str) -> Result<Option<Tool>> {
@@ -888,7 +868,7 @@ impl MemoryBackend for PostgresBackend {
             async |c| {
                 sqlx::query(
                     "select id, name, content, metadata, created_at, updated_at
-                     from agent_tools where agent_id = $1 and name = $2",
+                     from agent_tools where agent_id = (select id from agents where name = $1) and name = $2",
                 )
                 .bind(agent.as_str())
                 .bind(name)
@@ -907,7 +887,7 @@ impl MemoryBackend for PostgresBackend {
             async |c| {
                 sqlx::query(
                     r#"select id, name, content, metadata, created_at, updated_at
-                       from agent_tools where agent_id = $1 order by name collate "C""#,
+                       from agent_tools where agent_id = (select id from agents where name = $1) order by name collate "C""#,
                 )
                 .bind(agent.as_str())
                 .fetch_all(c)
@@ -921,25 +901,9 @@ impl MemoryBackend for PostgresBackend {
     }
 
     async fn record_metric(&self, agent: &AgentId, metric: &Metric) -> Result<()> {
-        metric.validate()?;
-        self.ensure_agent(agent).await?;
-        self.on_lease(
-            || format!("record metric {:?} of agent {agent:?}", metric.name),
-            async |c| {
-                sqlx::query(RECORD_METRIC)
-                    .bind(metric.id)
-                    .bind(agent.as_str())
-                    .bind(&metric.name)
-                    .bind(metric.value)
-                    .bind(json_text(&metric.content))
-                    .bind(Json(&metric.metadata))
-                    .bind(metric.created_at)
-                    .execute(c)
-                    .await
-            },
-        )
-        .await?;
-        Ok(())
+        self.commit_change(agent, Change::Metric(metric), None, &[])
+            .await
+            .map(drop)
     }
 
     async fn list_metrics(&self, agent: &AgentId) -> Result<Vec<Metric>> {
@@ -948,7 +912,7 @@ impl MemoryBackend for PostgresBackend {
             async |c| {
                 sqlx::query(
                     "select id, name, value, content, metadata, created_at
-                     from agent_metrics where agent_id = $1 order by created_at, id",
+                     from agent_metrics where agent_id = (select id from agents where name = $1) order by created_at, id",
                 )
                 .bind(agent.as_str())
                 .fetch_all(c)
@@ -962,24 +926,9 @@ impl MemoryBackend for PostgresBackend {
     }
 
     async fn log_execution(&self, agent: &AgentId, execution: &Execution) -> Result<()> {
-        execution.validate()?;
-        self.ensure_agent(agent).await?;
-        self.on_lease(
-            || format!("log execution of agent {agent:?}"),
-            async |c| {
-                sqlx::query(LOG_EXECUTION)
-                    .bind(execution.id)
-                    .bind(agent.as_str())
-                    .bind(&execution.status)
-                    .bind(json_text(&execution.content))
-                    .bind(Json(&execution.metadata))
-                    .bind(execution.created_at)
-                    .execute(c)
-                    .await
-            },
-        )
-        .await?;
-        Ok(())
+        self.commit_change(agent, Change::Execution(execution), None, &[])
+            .await
+            .map(drop)
     }
 
     async fn list_executions(&self, agent: &AgentId) -> Result<Vec<Execution>> {
@@ -988,7 +937,7 @@ impl MemoryBackend for PostgresBackend {
             async |c| {
                 sqlx::query(
                     "select id, status, content, metadata, created_at
-                     from agent_executions where agent_id = $1 order by created_at, id",
+                     from agent_executions where agent_id = (select id from agents where name = $1) order by created_at, id",
                 )
                 .bind(agent.as_str())
                 .fetch_all(c)
@@ -999,199 +948,5 @@ impl MemoryBackend for PostgresBackend {
         .iter()
         .map(|row| execution_from_row(row, agent))
         .collect()
-    }
-
-    async fn apply_memory(&self, agent: &AgentId, memory: &Memory) -> Result<Option<Memory>> {
-        let Some(stored) = self
-            .upsert_memory(agent, memory, APPLY_MEMORY, "apply")
-            .await?
-        else {
-            return Ok(None);
-        };
-        let key = memory.key.as_deref().unwrap_or_default();
-        let fail = || format!("apply memory {key:?} of agent {agent:?}");
-        // A delete committed while the insert ran is invisible to the insert's snapshot,
-        // and the delete's own snapshot may not see the new row. Checking again in a new
-        // statement, which sees every committed tombstone, closes that window: see
-        // apply_memory_delete, which records the tombstone before deleting.
-        let undone = self
-            .on_lease(fail, async |c| {
-                sqlx::query(
-                    "delete from agent_memories m using agent_memory.memory_tombstones t
-                     where m.agent_id = $1 and m.key = $2 and t.agent_id = $1 and t.key = $2
-                     and m.updated_at <= t.deleted_at",
-                )
-                .bind(agent.as_str())
-                .bind(key)
-                .execute(c)
-                .await
-            })
-            .await?;
-        Ok((undone.rows_affected() == 0).then_some(stored))
-    }
-
-    async fn apply_memory_delete(
-        &self,
-        agent: &AgentId,
-        key: &str,
-        at: DateTime<Utc>,
-    ) -> Result<bool> {
-        let fail = || format!("delete memory {key:?} of agent {agent:?}");
-        // The tombstone commits first, so any apply_memory that started before it sees
-        // it in its closing check, and any that starts after it sees it at once.
-        let done = self
-            .on_lease(fail, async |c| {
-                sqlx::query(
-                    "insert into agent_memory.memory_tombstones (agent_id, key, deleted_at)
-                     values ($1, $2, $3)
-                     on conflict (agent_id, key) do update
-                     set deleted_at = greatest(memory_tombstones.deleted_at, excluded.deleted_at)",
-                )
-                .bind(agent.as_str())
-                .bind(key)
-                .bind(at)
-                .execute(&mut *c)
-                .await?;
-                sqlx::query(DELETE_MEMORY_UP_TO)
-                    .bind(agent.as_str())
-                    .bind(key)
-                    .bind(at)
-                    .execute(c)
-                    .await
-            })
-            .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn restore_memory(
-        &self,
-        agent: &AgentId,
-        key: &str,
-        version: DateTime<Utc>,
-        to: Option<&Memory>,
-    ) -> Result<bool> {
-        let query = match to {
-            Some(memory) => sqlx::query(
-                "update agent_memories set content = $3, metadata = $4, embedding = $5,
-                 updated_at = $6
-                 where agent_id = $1 and key = $2 and updated_at = $7",
-            )
-            .bind(agent.as_str())
-            .bind(key)
-            .bind(json_text(&memory.content))
-            .bind(Json(&memory.metadata))
-            .bind(memory.embedding.clone().map(Vector::from))
-            .bind(memory.updated_at),
-            None => sqlx::query(
-                "delete from agent_memories where agent_id = $1 and key = $2 and updated_at = $3",
-            )
-            .bind(agent.as_str())
-            .bind(key),
-        };
-        let done = self
-            .on_lease(
-                || format!("restore memory {key:?} of agent {agent:?}"),
-                async |c| query.bind(version).execute(c).await,
-            )
-            .await?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn memory_tombstone(&self, agent: &AgentId, key: &str) -> Result<Option<DateTime<Utc>>> {
-        self.on_lease(
-            || format!("read tombstone of {key:?} of agent {agent:?}"),
-            async |c| {
-                sqlx::query_scalar(
-                    "select deleted_at from agent_memory.memory_tombstones
-                     where agent_id = $1 and key = $2",
-                )
-                .bind(agent.as_str())
-                .bind(key)
-                .fetch_optional(c)
-                .await
-            },
-        )
-        .await
-    }
-
-    async fn apply_tool(&self, agent: &AgentId, tool: &Tool) -> Result<bool> {
-        Ok(self
-            .upsert_tool(agent, tool, APPLY_TOOL, "apply")
-            .await?
-            .is_some())
-    }
-
-    async fn push_owed(&self, agent: &AgentId, write: &OwedWrite) -> Result<()> {
-        let op = serde_json::to_string(write).map_err(|source| Error::Json {
-            context: format!("owed {} of agent {agent:?}", write.subject()),
-            source,
-        })?;
-        self.on_lease(
-            || format!("record owed {} of agent {agent:?}", write.subject()),
-            async |c| {
-                sqlx::query("insert into agent_memory.owed_writes (agent_id, op) values ($1, $2)")
-                    .bind(agent.as_str())
-                    .bind(op)
-                    .execute(c)
-                    .await
-            },
-        )
-        .await?;
-        Ok(())
-    }
-
-    async fn owed_writes(&self, agent: &AgentId, limit: usize) -> Result<Vec<(i64, OwedWrite)>> {
-        let rows: Vec<(i64, String)> = self
-            .on_lease(
-                || format!("read owed writes of agent {agent:?}"),
-                async |c| {
-                    sqlx::query_as(
-                        "select seq, op from agent_memory.owed_writes where agent_id = $1
-                         order by seq limit $2",
-                    )
-                    .bind(agent.as_str())
-                    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-                    .fetch_all(c)
-                    .await
-                },
-            )
-            .await?;
-        decode_owed(rows, agent)
-    }
-
-    async fn clear_owed(&self, agent: &AgentId, seqs: &[i64]) -> Result<()> {
-        self.on_lease(
-            || format!("clear owed writes of agent {agent:?}"),
-            async |c| {
-                sqlx::query(
-                    "delete from agent_memory.owed_writes where agent_id = $1 and seq = any($2)",
-                )
-                .bind(agent.as_str())
-                .bind(seqs)
-                .execute(c)
-                .await
-            },
-        )
-        .await?;
-        Ok(())
-    }
-
-    async fn owed_agents(&self) -> Result<Vec<(AgentId, u64)>> {
-        let rows: Vec<(String, i64)> = self
-            .on_lease(
-                || "list agents with owed writes".to_string(),
-                async |c| {
-                    sqlx::query_as(
-                        "select agent_id, count(*) from agent_memory.owed_writes
-                         group by agent_id order by agent_id",
-                    )
-                    .fetch_all(c)
-                    .await
-                },
-            )
-            .await?;
-        rows.into_iter()
-            .map(|(agent, n)| Ok((AgentId::new(agent)?, n.unsigned_abs())))
-            .collect()
     }
 }

@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use sqlx::Row;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
@@ -19,10 +18,13 @@ use super::codec::{
     bytes_embedding, embedding_bytes, json_text, metadata_text, parse_json, parse_metadata,
     parse_time, time_text,
 };
+use super::replica::{Change, Outcome, Replica};
 use crate::error::{Error, Result};
-use crate::record::{AgentId, Execution, Memory, Metric, OwedWrite, Tool, now};
+use crate::record::{AgentId, Execution, Memory, Metric, Tool, now};
 use crate::schema::migrate_sqlite;
 use crate::vector::{Neighbor, VectorQuery};
+
+mod replica;
 
 /// The file name of an agent's database inside its folder.
 pub const MEMORY_FILE: &str = "memory.db";
@@ -227,9 +229,12 @@ fn open_problem(err: &sqlx::Error) -> &'static str {
     }
 }
 
-// Each write is one statement: an upsert never needs a read-then-write transaction,
-// which SQLite could only upgrade to a write lock by failing with "database is locked".
-// Times are fixed-width text, so text order is time order.
+// A write of the authoritative side is one `begin immediate` transaction (it takes the
+// write lock at once, so reading the replaced version first never fails on an upgrade
+// to a write lock); a copy from the other side is one statement. Statements with
+// `returning` are stepped to their end (`fetch_all`): SQLite finishes, and in autocommit
+// commits, a statement only then, and an error there (a full disk) must reach the
+// caller. Times are fixed-width text, so text order is time order.
 
 /// Reads one memory by key.
 pub(crate) const GET_MEMORY: &str =
@@ -246,7 +251,8 @@ pub(crate) const PUT_MEMORY: &str = "insert into agent_memories
     returning id, created_at";
 
 /// Stores a memory over older versions only: the select's WHERE skips keys deleted at
-/// or after this version, the upsert's WHERE skips newer values.
+/// or after this version, the upsert's WHERE skips newer values; of two values with the
+/// same version, the one whose content sorts later (by bytes) wins, as in PostgreSQL.
 const APPLY_MEMORY: &str = "insert into agent_memories
         (id, key, content, metadata, embedding, created_at, updated_at)
     select ?1, ?2, ?3, ?4, ?5, ?6, ?7
@@ -256,6 +262,8 @@ const APPLY_MEMORY: &str = "insert into agent_memories
         content = excluded.content, metadata = excluded.metadata,
         embedding = excluded.embedding, updated_at = excluded.updated_at
     where agent_memories.updated_at < excluded.updated_at
+       or (agent_memories.updated_at = excluded.updated_at
+           and agent_memories.content < excluded.content)
     returning id, created_at";
 
 /// Registers a tool, replacing its definition whatever its version.
@@ -275,7 +283,19 @@ const APPLY_TOOL: &str =
         content = excluded.content, metadata = excluded.metadata,
         updated_at = excluded.updated_at
     where agent_tools.updated_at < excluded.updated_at
+       or (agent_tools.updated_at = excluded.updated_at
+           and agent_tools.content < excluded.content)
     returning id, created_at";
+
+/// Records a metric; its id makes a second record of it a no-op.
+const RECORD_METRIC: &str = "insert into agent_metrics
+        (id, name, value, content, metadata, created_at)
+    values (?, ?, ?, ?, ?, ?) on conflict (id) do nothing";
+
+/// Logs an execution; its id makes a second log of it a no-op.
+const LOG_EXECUTION: &str = "insert into agent_executions
+        (id, status, content, metadata, created_at)
+    values (?, ?, ?, ?, ?) on conflict (id) do nothing";
 
 impl SqliteBackend {
     /// Runs one of the memory upserts; returns the memory as stored (with the id and
@@ -298,10 +318,11 @@ impl SqliteBackend {
             .bind(memory.embedding.as_deref().map(embedding_bytes))
             .bind(time_text(&memory.created_at))
             .bind(time_text(&memory.updated_at))
-            .fetch_optional(&pool)
+            .fetch_all(&pool)
             .await
             .map_err(self.fail(|| format!("{verb} memory {key:?} of agent {agent:?}")))?;
-        row.map(|row| stored_identity(&row, memory, agent))
+        row.first()
+            .map(|row| stored_identity(row, memory, agent))
             .transpose()
     }
 
@@ -323,18 +344,19 @@ impl SqliteBackend {
             .bind(metadata_text(&tool.metadata))
             .bind(time_text(&tool.created_at))
             .bind(time_text(&tool.updated_at))
-            .fetch_optional(&pool)
+            .fetch_all(&pool)
             .await
             .map_err(self.fail(|| format!("{verb} tool {:?} of agent {agent:?}", tool.name)))?;
         let what = || format!("tool {:?} of agent {agent:?}", tool.name);
-        row.map(|row| {
-            Ok(Tool {
-                id: parse_id(row.get("id"), what)?,
-                created_at: parse_time(row.get("created_at"), what)?,
-                ..tool.clone()
+        row.first()
+            .map(|row| {
+                Ok(Tool {
+                    id: parse_id(row.get("id"), what)?,
+                    created_at: parse_time(row.get("created_at"), what)?,
+                    ..tool.clone()
+                })
             })
-        })
-        .transpose()
+            .transpose()
     }
 
     fn fail<'a>(
@@ -431,11 +453,14 @@ impl MemoryBackend for SqliteBackend {
     }
 
     async fn put_memory(&self, agent: &AgentId, memory: &Memory) -> Result<Memory> {
-        // An unconditional upsert always returns the row it wrote.
-        let stored = self
-            .upsert_memory(agent, memory, PUT_MEMORY, "store")
-            .await?;
-        Ok(stored.unwrap_or_else(|| memory.clone()))
+        match self
+            .commit(agent, Change::PutMemory(memory), false, &[])
+            .await?
+            .outcome
+        {
+            Outcome::Memory(stored) => Ok(stored),
+            other => unreachable!("a store commits a memory, not {other:?}"),
+        }
     }
 
     async fn get_memory(&self, agent: &AgentId, key: &str) -> Result<Option<Memory>> {
@@ -475,7 +500,11 @@ impl MemoryBackend for SqliteBackend {
         if self.reader(agent).await?.is_none() {
             return Ok(false);
         }
-        self.apply_memory_delete(agent, key, now()).await
+        let change = Change::DeleteMemory { key, at: now() };
+        match self.commit(agent, change, false, &[]).await?.outcome {
+            Outcome::Deleted { existed, .. } => Ok(existed),
+            other => unreachable!("a delete commits a delete, not {other:?}"),
+        }
     }
 
     async fn memory_keys(&self, agent: &AgentId) -> Result<Vec<String>> {
@@ -489,9 +518,14 @@ impl MemoryBackend for SqliteBackend {
     }
 
     async fn put_tool(&self, agent: &AgentId, tool: &Tool) -> Result<Tool> {
-        // An unconditional upsert always returns the row it wrote.
-        let stored = self.upsert_tool(agent, tool, PUT_TOOL, "register").await?;
-        Ok(stored.unwrap_or_else(|| tool.clone()))
+        match self
+            .commit(agent, Change::PutTool(tool), false, &[])
+            .await?
+            .outcome
+        {
+            Outcome::Tool(stored) => Ok(stored),
+            other => unreachable!("a registration commits a tool, not {other:?}"),
+        }
     }
 
     async fn get_tool(&self, agent: &AgentId, name: &str) -> Result<Option<Tool>> {
@@ -527,22 +561,9 @@ impl MemoryBackend for SqliteBackend {
     }
 
     async fn record_metric(&self, agent: &AgentId, metric: &Metric) -> Result<()> {
-        metric.validate()?;
-        let pool = self.writer(agent).await?;
-        sqlx::query(
-            "insert into agent_metrics (id, name, value, content, metadata, created_at)
-             values (?, ?, ?, ?, ?, ?) on conflict (id) do nothing",
-        )
-        .bind(metric.id.to_string())
-        .bind(&metric.name)
-        .bind(metric.value)
-        .bind(json_text(&metric.content))
-        .bind(metadata_text(&metric.metadata))
-        .bind(time_text(&metric.created_at))
-        .execute(&pool)
-        .await
-        .map_err(self.fail(|| format!("record metric {:?} of agent {agent:?}", metric.name)))?;
-        Ok(())
+        self.commit(agent, Change::Metric(metric), false, &[])
+            .await
+            .map(drop)
     }
 
     async fn list_metrics(&self, agent: &AgentId) -> Result<Vec<Metric>> {
@@ -562,21 +583,9 @@ impl MemoryBackend for SqliteBackend {
     }
 
     async fn log_execution(&self, agent: &AgentId, execution: &Execution) -> Result<()> {
-        execution.validate()?;
-        let pool = self.writer(agent).await?;
-        sqlx::query(
-            "insert into agent_executions (id, status, content, metadata, created_at)
-             values (?, ?, ?, ?, ?) on conflict (id) do nothing",
-        )
-        .bind(execution.id.to_string())
-        .bind(&execution.status)
-        .bind(json_text(&execution.content))
-        .bind(metadata_text(&execution.metadata))
-        .bind(time_text(&execution.created_at))
-        .execute(&pool)
-        .await
-        .map_err(self.fail(|| format!("log execution of agent {agent:?}")))?;
-        Ok(())
+        self.commit(agent, Change::Execution(execution), false, &[])
+            .await
+            .map(drop)
     }
 
     async fn list_executions(&self, agent: &AgentId) -> Result<Vec<Execution>> {
@@ -594,168 +603,4 @@ impl MemoryBackend for SqliteBackend {
         .map(|row| execution_from_row(row, agent))
         .collect()
     }
-
-    async fn apply_memory(&self, agent: &AgentId, memory: &Memory) -> Result<Option<Memory>> {
-        self.upsert_memory(agent, memory, APPLY_MEMORY, "apply")
-            .await
-    }
-
-    async fn apply_memory_delete(
-        &self,
-        agent: &AgentId,
-        key: &str,
-        at: DateTime<Utc>,
-    ) -> Result<bool> {
-        // The tombstone is needed even when nothing is stored yet: an older store still
-        // owed to this side (in a dual backend's journal) may be replayed after it.
-        let pool = self.writer(agent).await?;
-        let at = time_text(&at);
-        let fail = self.fail(|| format!("delete memory {key:?} of agent {agent:?}"));
-        let deleted = async {
-            // The first statement writes, so the deferred transaction takes the write
-            // lock at once (waiting out the busy timeout), never failing on an upgrade.
-            let mut tx = pool.begin().await?;
-            let done = sqlx::query("delete from agent_memories where key = ? and updated_at <= ?")
-                .bind(key)
-                .bind(&at)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(
-                "insert into agent_memory_tombstones (key, deleted_at) values (?, ?)
-                 on conflict (key) do update set deleted_at = max(deleted_at, excluded.deleted_at)",
-            )
-            .bind(key)
-            .bind(&at)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(done.rows_affected() > 0)
-        };
-        deleted.await.map_err(fail)
-    }
-
-    async fn restore_memory(
-        &self,
-        agent: &AgentId,
-        key: &str,
-        version: DateTime<Utc>,
-        to: Option<&Memory>,
-    ) -> Result<bool> {
-        let Some(pool) = self.reader(agent).await? else {
-            return Ok(false);
-        };
-        let query = match to {
-            Some(memory) => sqlx::query(
-                "update agent_memories set content = ?, metadata = ?, embedding = ?, updated_at = ?
-                 where key = ? and updated_at = ?",
-            )
-            .bind(json_text(&memory.content))
-            .bind(metadata_text(&memory.metadata))
-            .bind(memory.embedding.as_deref().map(embedding_bytes))
-            .bind(time_text(&memory.updated_at)),
-            None => sqlx::query("delete from agent_memories where key = ? and updated_at = ?"),
-        };
-        let done = query
-            .bind(key)
-            .bind(time_text(&version))
-            .execute(&pool)
-            .await
-            .map_err(self.fail(|| format!("restore memory {key:?} of agent {agent:?}")))?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn memory_tombstone(&self, agent: &AgentId, key: &str) -> Result<Option<DateTime<Utc>>> {
-        let Some(pool) = self.reader(agent).await? else {
-            return Ok(None);
-        };
-        let at: Option<String> =
-            sqlx::query_scalar("select deleted_at from agent_memory_tombstones where key = ?")
-                .bind(key)
-                .fetch_optional(&pool)
-                .await
-                .map_err(self.fail(|| format!("read tombstone of {key:?} of agent {agent:?}")))?;
-        at.map(|t| parse_time(&t, || format!("tombstone of {key:?} of agent {agent:?}")))
-            .transpose()
-    }
-
-    async fn apply_tool(&self, agent: &AgentId, tool: &Tool) -> Result<bool> {
-        Ok(self
-            .upsert_tool(agent, tool, APPLY_TOOL, "apply")
-            .await?
-            .is_some())
-    }
-
-    async fn push_owed(&self, agent: &AgentId, write: &OwedWrite) -> Result<()> {
-        let pool = self.writer(agent).await?;
-        let op = serde_json::to_string(write).map_err(|source| Error::Json {
-            context: format!("owed {} of agent {agent:?}", write.subject()),
-            source,
-        })?;
-        sqlx::query("insert into agent_memory_owed (op) values (?)")
-            .bind(op)
-            .execute(&pool)
-            .await
-            .map_err(self.fail(|| format!("record owed {} of agent {agent:?}", write.subject())))?;
-        Ok(())
-    }
-
-    async fn owed_writes(&self, agent: &AgentId, limit: usize) -> Result<Vec<(i64, OwedWrite)>> {
-        let Some(pool) = self.reader(agent).await? else {
-            return Ok(Vec::new());
-        };
-        let rows: Vec<(i64, String)> =
-            sqlx::query_as("select seq, op from agent_memory_owed order by seq limit ?")
-                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-                .fetch_all(&pool)
-                .await
-                .map_err(self.fail(|| format!("read owed writes of agent {agent:?}")))?;
-        decode_owed(rows, agent)
-    }
-
-    async fn clear_owed(&self, agent: &AgentId, seqs: &[i64]) -> Result<()> {
-        let Some(pool) = self.reader(agent).await? else {
-            return Ok(());
-        };
-        let list = serde_json::Value::from(seqs.to_vec()).to_string();
-        sqlx::query("delete from agent_memory_owed where seq in (select value from json_each(?))")
-            .bind(list)
-            .execute(&pool)
-            .await
-            .map_err(self.fail(|| format!("clear owed writes of agent {agent:?}")))?;
-        Ok(())
-    }
-
-    async fn owed_agents(&self) -> Result<Vec<(AgentId, u64)>> {
-        let mut owed = Vec::new();
-        for agent in self.agents()? {
-            let Some(pool) = self.reader(&agent).await? else {
-                continue;
-            };
-            let count: i64 = sqlx::query_scalar("select count(*) from agent_memory_owed")
-                .fetch_one(&pool)
-                .await
-                .map_err(self.fail(|| format!("count owed writes of agent {agent:?}")))?;
-            if count > 0 {
-                owed.push((agent, count.unsigned_abs()));
-            }
-        }
-        Ok(owed)
-    }
-}
-
-/// Decodes journal rows; shared by both backends.
-pub(crate) fn decode_owed(
-    rows: Vec<(i64, String)>,
-    agent: &AgentId,
-) -> Result<Vec<(i64, OwedWrite)>> {
-    rows.into_iter()
-        .map(|(seq, op)| {
-            serde_json::from_str(&op)
-                .map(|write| (seq, write))
-                .map_err(|source| Error::Json {
-                    context: format!("owed write {seq} of agent {agent:?}"),
-                    source,
-                })
-        })
-        .collect()
 }

@@ -9,7 +9,7 @@ use sqlx::{Connection, PgConnection};
 use super::load::{load_batch, prepare};
 use super::report::{Failure, FileReport, Report, TableReport, rate};
 use super::{BackfillOptions, Progress};
-use crate::backend::{MemoryBackend, PostgresBackend};
+use crate::backend::{MemoryBackend, PostgresBackend, Replica};
 use crate::error::{Chain, Error, Result, redact_url, scrub, url_secrets};
 use crate::legacy::{
     ContractRecord, ContractRow, Found, Probe, Source, SourceRow, TableInfo, TableKind, Target,
@@ -328,7 +328,9 @@ impl Run<'_> {
                             .apply_memory(agent, m)
                             .await
                             .map(|s| s.is_some()),
-                        ContractRecord::Tool(t) => self.backend.apply_tool(agent, t).await,
+                        ContractRecord::Tool(t) => {
+                            self.backend.apply_tool(agent, t).await.map(|s| s.is_some())
+                        }
                         ContractRecord::Metric(m) => {
                             self.backend.record_metric(agent, m).await.map(|()| true)
                         }

@@ -7,8 +7,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::backend::MemoryBackend;
+use crate::backend::replica::{Change, Committed, OwedCount, OwedRecord, Replica};
 use crate::error::{Error, Result};
-use crate::record::{AgentId, Execution, Memory, Metric, OwedWrite, Tool};
+use crate::record::{AgentId, Execution, Memory, Metric, Tool};
 use crate::vector::{Neighbor, VectorQuery};
 
 /// Wraps a backend; while [`set_down`](Self::set_down) is on, every call fails as a
@@ -16,7 +17,7 @@ use crate::vector::{Neighbor, VectorQuery};
 /// [`set_writes_failing`](Self::set_writes_failing) is on, every write does.
 #[derive(Debug)]
 pub struct FaultyBackend {
-    inner: Arc<dyn MemoryBackend>,
+    inner: Arc<dyn Replica>,
     down: AtomicBool,
     writes_failing: AtomicBool,
     injected: AtomicU64,
@@ -24,7 +25,7 @@ pub struct FaultyBackend {
 
 impl FaultyBackend {
     /// Wraps `inner`, healthy.
-    pub fn new(inner: Arc<dyn MemoryBackend>) -> Self {
+    pub fn new(inner: Arc<dyn Replica>) -> Self {
         FaultyBackend {
             inner,
             down: AtomicBool::new(false),
@@ -118,6 +119,19 @@ impl MemoryBackend for FaultyBackend {
     async fn list_executions(&self, agent: &AgentId) -> Result<Vec<Execution>> {
         forward!(self, false, list_executions(agent))
     }
+}
+
+#[async_trait]
+impl Replica for FaultyBackend {
+    async fn commit(
+        &self,
+        agent: &AgentId,
+        change: Change<'_>,
+        journal: bool,
+        clear: &[i64],
+    ) -> Result<Committed> {
+        forward!(self, true, commit(agent, change, journal, clear))
+    }
     async fn apply_memory(&self, agent: &AgentId, memory: &Memory) -> Result<Option<Memory>> {
         forward!(self, true, apply_memory(agent, memory))
     }
@@ -141,19 +155,22 @@ impl MemoryBackend for FaultyBackend {
     async fn memory_tombstone(&self, agent: &AgentId, key: &str) -> Result<Option<DateTime<Utc>>> {
         forward!(self, false, memory_tombstone(agent, key))
     }
-    async fn apply_tool(&self, agent: &AgentId, tool: &Tool) -> Result<bool> {
+    async fn apply_tool(&self, agent: &AgentId, tool: &Tool) -> Result<Option<Tool>> {
         forward!(self, true, apply_tool(agent, tool))
     }
-    async fn push_owed(&self, agent: &AgentId, write: &OwedWrite) -> Result<()> {
-        forward!(self, true, push_owed(agent, write))
-    }
-    async fn owed_writes(&self, agent: &AgentId, limit: usize) -> Result<Vec<(i64, OwedWrite)>> {
+    async fn owed_writes(&self, agent: &AgentId, limit: usize) -> Result<Vec<OwedRecord>> {
         forward!(self, false, owed_writes(agent, limit))
     }
     async fn clear_owed(&self, agent: &AgentId, seqs: &[i64]) -> Result<()> {
         forward!(self, true, clear_owed(agent, seqs))
     }
-    async fn owed_agents(&self) -> Result<Vec<(AgentId, u64)>> {
+    async fn park_owed(&self, agent: &AgentId, seq: i64, error: &str) -> Result<()> {
+        forward!(self, true, park_owed(agent, seq, error))
+    }
+    async fn unpark_owed(&self, agent: &AgentId) -> Result<u64> {
+        forward!(self, true, unpark_owed(agent))
+    }
+    async fn owed_agents(&self) -> Result<Vec<OwedCount>> {
         forward!(self, false, owed_agents())
     }
 }

@@ -68,7 +68,11 @@ pub fn awkward_values() -> Vec<(String, Value)> {
         ),
         (String::new(), json!("the empty key")),
         ("ключ/with\\slashes 'and' \"quotes\" %_".into(), json!(42)),
-        ("🔑".repeat(1000), json!("a long unicode key")),
+        // The longest key both databases hold: MAX_KEY_BYTES bytes of four-byte chars.
+        (
+            "🔑".repeat(crate::MAX_KEY_BYTES / 4),
+            json!("a long unicode key"),
+        ),
     ]
 }
 
@@ -489,6 +493,27 @@ pub async fn unstorable_values_are_refused(backend: &dyn MemoryBackend) {
             .await
             .map(drop),
         "a NUL in a key",
+    );
+    let long = "k".repeat(crate::MAX_KEY_BYTES + 1);
+    refused(
+        backend
+            .put_memory(&agent, &Memory::new(long.clone(), json!(1)))
+            .await
+            .map(drop),
+        "a key longer than PostgreSQL's unique index holds",
+    );
+    refused(
+        backend
+            .put_tool(&agent, &crate::record::Tool::new(long.clone(), json!(1)))
+            .await
+            .map(drop),
+        "a tool name longer than PostgreSQL's unique index holds",
+    );
+    assert_eq!(
+        backend.memory_keys(&agent).await.expect("keys"),
+        Vec::<String>::new(),
+        "{}: a refused write wrote nothing",
+        backend.name()
     );
     let mut meta = Metadata::new();
     meta.insert("note".into(), json!("nul\u{0}inside"));

@@ -132,7 +132,8 @@ pub(crate) async fn search(
         "select id, key, content, metadata, embedding, created_at, updated_at,
                 embedding {op} $2 as distance
          from agent_memories
-         where agent_id = $1 and vector_dims(embedding) = {dims}{filter_sql}
+         where agent_id = (select id from agents where name = $1)
+           and vector_dims(embedding) = {dims}{filter_sql}
          order by {order}
          limit $3"
     );
@@ -179,7 +180,8 @@ pub(crate) async fn search(
     if found.is_empty() {
         let found_dims: Vec<i32> = sqlx::query_scalar(
             "select distinct vector_dims(embedding) from agent_memories
-             where agent_id = $1 and embedding is not null order by 1 limit 16",
+             where agent_id = (select id from agents where name = $1)
+               and embedding is not null order by 1 limit 16",
         )
         .bind(agent.as_str())
         .fetch_all(pool)

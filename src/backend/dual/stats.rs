@@ -128,10 +128,10 @@ pub struct DualStats {
     /// Owed writes replayed by repair (counted when applied, before they leave the
     /// journal: an entry whose removal failed is replayed and counted again).
     pub owed_replayed: u64,
-    /// Owed writes that could not even be journaled (logged at error level).
-    pub owed_lost: u64,
-    /// Writes the agent was told failed that were taken back from the other side.
-    pub writes_undone: u64,
+    /// Owed writes parked by repair after a failure that will not go away (the other
+    /// side refuses them); they stay in the journal, shown by `memctl stats`, and are
+    /// retried on request (`DualBackend::retry_parked`).
+    pub owed_parked: u64,
     /// Owed writes waiting in the journals, when counted (see `DualBackend::owed_pending`).
     pub owed_pending: Option<u64>,
 }
@@ -146,8 +146,7 @@ pub(crate) struct Counters {
     pub(crate) shadow_mismatches: AtomicU64,
     pub(crate) owed_recorded: AtomicU64,
     pub(crate) owed_replayed: AtomicU64,
-    pub(crate) owed_lost: AtomicU64,
-    pub(crate) writes_undone: AtomicU64,
+    pub(crate) owed_parked: AtomicU64,
 }
 
 pub(crate) struct SideCounters {
@@ -192,8 +191,7 @@ impl Counters {
             shadow_mismatches: AtomicU64::new(0),
             owed_recorded: AtomicU64::new(0),
             owed_replayed: AtomicU64::new(0),
-            owed_lost: AtomicU64::new(0),
-            writes_undone: AtomicU64::new(0),
+            owed_parked: AtomicU64::new(0),
         }
     }
 
@@ -210,8 +208,7 @@ impl Counters {
             shadow_mismatches: load(&self.shadow_mismatches),
             owed_recorded: load(&self.owed_recorded),
             owed_replayed: load(&self.owed_replayed),
-            owed_lost: load(&self.owed_lost),
-            writes_undone: load(&self.writes_undone),
+            owed_parked: load(&self.owed_parked),
             owed_pending: None,
         }
     }

@@ -1,0 +1,320 @@
+//! Repair: replaying the journal records (the outbox) of writes one side is owed,
+//! parking the ones that side refuses for good so they block no other.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+
+use super::stats::bump;
+use super::{DualBackend, RepairAll, RepairReport, Side, lock};
+use crate::backend::replica::OwedWrite;
+use crate::config::Stage;
+use crate::error::{Error, Result};
+use crate::record::AgentId;
+
+/// Records read from a journal at a time.
+const BATCH: usize = 256;
+
+impl DualBackend {
+    /// On an agent's first use in this process, looks for writes owed from an earlier
+    /// run, and repairs them in the background.
+    pub(super) fn check_journals(&self, agent: &AgentId, stage: Stage) {
+        if !stage.writes_both() || !lock(&self.inner.checked).insert(agent.clone()) {
+            return;
+        }
+        let this = self.clone();
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let mut owing = false;
+            for side in [Side::Sqlite, Side::Postgres] {
+                owing |=
+                    matches!(this.side(side).owed_writes(&agent, 1).await, Ok(w) if !w.is_empty());
+            }
+            if owing {
+                lock(&this.inner.owing).insert(agent.clone());
+                this.repair_in_background(&agent);
+            }
+        });
+    }
+
+    /// Starts a repair of `agent` if it may owe writes and none is running.
+    pub(super) fn repair_in_background(&self, agent: &AgentId) {
+        if !self.stage().writes_both() || !lock(&self.inner.owing).contains(agent) {
+            return;
+        }
+        if !lock(&self.inner.repairing).insert(agent.clone()) {
+            return;
+        }
+        let this = self.clone();
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            match this.repair(&agent).await {
+                Ok(report) => tracing::info!(agent = %agent, ?report, "repaired owed writes"),
+                Err(err) => {
+                    tracing::warn!(agent = %agent, error = %crate::Chain(&err), "repair stopped; will retry on later use")
+                }
+            }
+            lock(&this.inner.repairing).remove(&agent);
+        });
+    }
+
+    /// Replays every write `agent` owes either side, oldest first, until both journals
+    /// are empty or a side fails. Safe to run at any time and concurrently with writes
+    /// and with other processes' repairs: a replay copies the key's current state from
+    /// the side that journaled it, and copies apply only over older versions.
+    ///
+    /// A record the other side refuses for a reason that will not go away (a value it
+    /// cannot hold, a constraint the admin application added) is parked: kept with its
+    /// error, counted in [`stats`](Self::stats) and `memctl stats`, skipped from then on
+    /// so it blocks no later write, and retried by [`retry_parked`](Self::retry_parked).
+    ///
+    /// # Errors
+    /// The first failure that may pass (the side is down, busy or full); what was
+    /// replayed before it stays replayed.
+    pub async fn repair(&self, agent: &AgentId) -> Result<RepairReport> {
+        self.refresh_health().await;
+        // Cleared before reading the journals: a write journaled while this runs marks
+        // the agent again, so its repair is not lost; a failure below marks it again.
+        lock(&self.inner.owing).remove(agent);
+        let result = self.replay(agent).await;
+        if result.is_err() {
+            lock(&self.inner.owing).insert(agent.clone());
+        }
+        result
+    }
+
+    /// Makes `agent`'s parked writes pending again on both sides and repairs it.
+    ///
+    /// # Errors
+    /// As [`repair`](Self::repair), or when a journal cannot be changed.
+    pub async fn retry_parked(&self, agent: &AgentId) -> Result<RepairReport> {
+        for side in [Side::Sqlite, Side::Postgres] {
+            self.timed(side, true, self.side(side).unpark_owed(agent))
+                .await?;
+        }
+        self.repair(agent).await
+    }
+
+    /// Asks a side marked down whether it answers again, for explicit calls that should
+    /// not trust a stale mark.
+    pub(super) async fn refresh_health(&self) {
+        let side = Side::Postgres;
+        if !self.inner.health[side.index()].is_down() {
+            return;
+        }
+        // A quick look: a server still down must not hold up the call for long.
+        let ping = tokio::time::timeout(self.inner.options.retry_after, self.side(side).ping());
+        if matches!(ping.await, Ok(Ok(()))) {
+            self.inner.health[side.index()].mark_up();
+        }
+    }
+
+    async fn replay(&self, agent: &AgentId) -> Result<RepairReport> {
+        let mut report = RepairReport::default();
+        for from in [Side::Sqlite, Side::Postgres] {
+            let mut last_seq = i64::MIN;
+            loop {
+                let batch = self
+                    .timed(from, false, self.side(from).owed_writes(agent, BATCH))
+                    .await?;
+                let Some(first) = batch.first() else { break };
+                if first.seq <= last_seq {
+                    return Err(Error::invalid(
+                        "journal",
+                        format!(
+                            "owed write {} of agent {agent:?} is still there after it was \
+                             replayed and cleared",
+                            first.seq
+                        ),
+                    ));
+                }
+                let mut done = Vec::with_capacity(batch.len());
+                let mut stop = None;
+                for record in &batch {
+                    last_seq = record.seq;
+                    let replayed = match serde_json::from_str::<OwedWrite>(&record.op) {
+                        Ok(write) => self.replay_one(from, agent, &write).await,
+                        Err(source) => Err(Error::Json {
+                            context: format!("owed write {} of agent {agent:?}", record.seq),
+                            source,
+                        }),
+                    };
+                    match replayed {
+                        Ok(()) => done.push(record.seq),
+                        Err(err) if err.is_lasting() => {
+                            let why = crate::Chain(&err).to_string();
+                            tracing::error!(
+                                agent = %agent, seq = record.seq, to = ?from.other(), error = %why,
+                                "an owed write is refused for good; parked so it blocks no other \
+                                 (memctl stats shows it; memctl repair --retry-parked retries it)"
+                            );
+                            self.timed(
+                                from,
+                                true,
+                                self.side(from).park_owed(agent, record.seq, &why),
+                            )
+                            .await?;
+                            bump(&self.inner.counters.owed_parked);
+                            report.parked += 1;
+                        }
+                        Err(err) => {
+                            stop = Some(err);
+                            break;
+                        }
+                    }
+                }
+                // Counted before the journal entries go, so that whoever sees the
+                // journal empty also sees the count (a failed clear replays them again,
+                // and they are counted again: each replay is real).
+                let replayed = done.len() as u64;
+                self.inner
+                    .counters
+                    .owed_replayed
+                    .fetch_add(replayed, Ordering::Relaxed);
+                self.timed(from, true, self.side(from).clear_owed(agent, &done))
+                    .await?;
+                match from {
+                    Side::Sqlite => report.to_postgres += replayed,
+                    Side::Postgres => report.to_sqlite += replayed,
+                }
+                if let Some(err) = stop {
+                    return Err(err);
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// Replays one record journaled on `from`: brings the other side to the state
+    /// `from` holds now for the record's key, or applies its payload (metrics,
+    /// executions, and the restores of earlier versions' journals).
+    async fn replay_one(&self, from: Side, agent: &AgentId, write: &OwedWrite) -> Result<()> {
+        let (source, target) = (self.side(from), from.other());
+        match write {
+            OwedWrite::SyncMemory { key } | OwedWrite::DeleteMemory { key, .. } => {
+                self.sync_memory(from, agent, key).await
+            }
+            OwedWrite::PutMemory { memory } => {
+                self.sync_memory(from, agent, memory.key.as_deref().unwrap_or_default())
+                    .await
+            }
+            OwedWrite::SyncTool { name } => self.sync_tool(from, agent, name).await,
+            OwedWrite::PutTool { tool } => self.sync_tool(from, agent, &tool.name).await,
+            OwedWrite::Metric { metric } => {
+                self.timed(target, true, self.side(target).record_metric(agent, metric))
+                    .await
+            }
+            OwedWrite::Execution { execution } => {
+                self.timed(
+                    target,
+                    true,
+                    self.side(target).log_execution(agent, execution),
+                )
+                .await
+            }
+            OwedWrite::RestoreMemory { key, version } => {
+                // Journaled (by earlier versions) on the side holding a version the
+                // agent was told failed: the other side is the truth.
+                let truth = self
+                    .timed(target, false, self.side(target).get_memory(agent, key))
+                    .await?;
+                self.timed(
+                    from,
+                    true,
+                    source.restore_memory(agent, key, *version, truth.as_ref()),
+                )
+                .await
+                .map(drop)
+            }
+        }
+    }
+
+    /// Copies `key`'s state on `from` (its value, or its delete) to the other side.
+    async fn sync_memory(&self, from: Side, agent: &AgentId, key: &str) -> Result<()> {
+        let (source, target) = (self.side(from), from.other());
+        let value = self
+            .timed(from, false, source.get_memory(agent, key))
+            .await?;
+        let deleted = self
+            .timed(from, false, source.memory_tombstone(agent, key))
+            .await?;
+        match (value, deleted) {
+            (Some(value), deleted) if deleted.is_none_or(|at| value.updated_at > at) => self
+                .timed(target, true, self.side(target).apply_memory(agent, &value))
+                .await
+                .map(drop),
+            (value, Some(at)) => {
+                self.timed(
+                    target,
+                    true,
+                    self.side(target).apply_memory_delete(agent, key, at),
+                )
+                .await?;
+                if value.is_some() {
+                    // A value the delete outranks, left by a write cut short between
+                    // its two statements: the delete holds on this side too.
+                    self.timed(from, true, source.apply_memory_delete(agent, key, at))
+                        .await?;
+                }
+                Ok(())
+            }
+            (None, None) => Ok(()),
+            (Some(_), None) => unreachable!("handled by the first arm"),
+        }
+    }
+
+    /// Copies tool `name` as `from` holds it to the other side.
+    async fn sync_tool(&self, from: Side, agent: &AgentId, name: &str) -> Result<()> {
+        let target = from.other();
+        let Some(tool) = self
+            .timed(from, false, self.side(from).get_tool(agent, name))
+            .await?
+        else {
+            return Ok(());
+        };
+        self.timed(target, true, self.side(target).apply_tool(agent, &tool))
+            .await
+            .map(drop)
+    }
+
+    /// Repairs every agent with owed writes in either journal, each on its own: an
+    /// agent whose repair fails (a corrupt file, a side that refuses) is reported in
+    /// [`RepairAll::failed`] and the others are still repaired.
+    ///
+    /// # Errors
+    /// When a side's journal cannot be listed at all (the server is down).
+    pub async fn repair_all(&self) -> Result<RepairAll> {
+        self.refresh_health().await;
+        let mut all = RepairAll::default();
+        let mut agents = HashSet::new();
+        for side in [Side::Sqlite, Side::Postgres] {
+            for count in self
+                .timed(side, false, self.side(side).owed_agents())
+                .await?
+            {
+                match count.error {
+                    Some(error) => {
+                        all.failed.insert(count.agent, error);
+                    }
+                    None if count.pending > 0 => {
+                        agents.insert(count.agent);
+                    }
+                    None => {}
+                }
+            }
+        }
+        for agent in agents {
+            if all.failed.contains_key(&agent) {
+                continue;
+            }
+            match self.repair(&agent).await {
+                Ok(report) => {
+                    all.repaired.insert(agent, report);
+                }
+                Err(err) => {
+                    all.failed.insert(agent, crate::Chain(&err).to_string());
+                }
+            }
+        }
+        Ok(all)
+    }
+}

@@ -1,0 +1,171 @@
+//! The dual backend's writes: the authoritative side's outbox transaction, the copy to
+//! the other side, and clearing the journal records of copies that arrived.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::stats::bump;
+use super::{DualBackend, Plan, Side, lock};
+use crate::backend::replica::{Change, Outcome};
+use crate::error::Result;
+use crate::record::AgentId;
+
+/// How long a journal record whose copy arrived may wait for the side's next write
+/// before a background flush removes it.
+const FLUSH_AFTER: Duration = Duration::from_millis(100);
+
+impl DualBackend {
+    /// Performs `change` by `plan`: the authoritative side commits it with its journal
+    /// record, then the other side (when the stage writes both) gets a copy. Returns the
+    /// authoritative side's outcome and, when the other side was written, whether the
+    /// copy changed anything there.
+    ///
+    /// # Errors
+    /// The authoritative side's error; the other side's failure is not the caller's
+    /// (the record stays for repair).
+    pub(super) async fn write(
+        &self,
+        agent: &AgentId,
+        change: Change<'_>,
+        plan: Plan,
+    ) -> Result<(Outcome, Option<bool>)> {
+        self.check_journals(agent, plan.stage);
+        let first = plan.first;
+        let clear = self.take_done(first, agent);
+        let committed = match self
+            .timed(
+                first,
+                true,
+                self.side(first).commit(agent, change, true, &clear),
+            )
+            .await
+        {
+            Ok(committed) => committed,
+            Err(err) => {
+                // Whether they went with it or not, clearing them again is harmless.
+                self.give_done(first, agent, clear);
+                return Err(err);
+            }
+        };
+        let Some(second) = plan.second else {
+            bump(&self.inner.counters.owed_recorded);
+            lock(&self.inner.owing).insert(agent.clone());
+            return Ok((committed.outcome, None));
+        };
+        let copied = self
+            .timed(
+                second,
+                true,
+                self.copy(second, agent, change, &committed.outcome),
+            )
+            .await;
+        match copied {
+            Ok(changed) => {
+                if let Some(seq) = committed.seq {
+                    self.give_done(first, agent, vec![seq]);
+                }
+                self.repair_in_background(agent);
+                Ok((committed.outcome, Some(changed)))
+            }
+            Err(err) => {
+                bump(&self.inner.counters.owed_recorded);
+                lock(&self.inner.owing).insert(agent.clone());
+                tracing::warn!(
+                    agent = %agent, write = %change.describe(), side = ?second,
+                    error = %crate::Chain(&err),
+                    "write missed one side (or its outcome there is unknown); journaled for repair"
+                );
+                Ok((committed.outcome, None))
+            }
+        }
+    }
+
+    /// Copies what the authoritative side committed to `side`, keeping its version;
+    /// returns whether it changed anything there.
+    async fn copy(
+        &self,
+        side: Side,
+        agent: &AgentId,
+        change: Change<'_>,
+        outcome: &Outcome,
+    ) -> Result<bool> {
+        let backend = self.side(side);
+        match (change, outcome) {
+            (_, Outcome::Memory(stored)) => {
+                Ok(backend.apply_memory(agent, stored).await?.is_some())
+            }
+            (Change::DeleteMemory { key, .. }, Outcome::Deleted { at, .. }) => {
+                backend.apply_memory_delete(agent, key, *at).await
+            }
+            (_, Outcome::Tool(stored)) => Ok(backend.apply_tool(agent, stored).await?.is_some()),
+            (Change::Metric(metric), Outcome::Recorded) => {
+                backend.record_metric(agent, metric).await.map(|()| true)
+            }
+            (Change::Execution(execution), Outcome::Recorded) => {
+                backend.log_execution(agent, execution).await.map(|()| true)
+            }
+            (change, outcome) => unreachable!("{} cannot end in {outcome:?}", change.describe()),
+        }
+    }
+
+    /// The records of `side` for `agent` whose copies arrived, to clear with its next
+    /// write.
+    fn take_done(&self, side: Side, agent: &AgentId) -> Vec<i64> {
+        lock(&self.inner.done)
+            .remove(&(side, agent.clone()))
+            .unwrap_or_default()
+    }
+
+    /// Marks records of `side` for `agent` as arrived, and makes sure a flush follows.
+    fn give_done(&self, side: Side, agent: &AgentId, seqs: Vec<i64>) {
+        if seqs.is_empty() {
+            return;
+        }
+        lock(&self.inner.done)
+            .entry((side, agent.clone()))
+            .or_default()
+            .extend(seqs);
+        if self.inner.flushing.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(FLUSH_AFTER).await;
+            this.inner.flushing.store(false, Ordering::SeqCst);
+            if let Err(err) = this.flush().await {
+                tracing::debug!(error = %crate::Chain(&err), "journal flush failed; records replay later");
+            }
+        });
+    }
+
+    /// Removes now the journal records of every write that reached both sides. Records
+    /// left behind (the process ended first) are only replayed again, which changes
+    /// nothing; call this before a short-lived process exits to leave the journals
+    /// empty.
+    ///
+    /// # Errors
+    /// The first journal that could not be cleared (its records stay, and are cleared
+    /// by a later write or flush).
+    pub async fn flush(&self) -> Result<()> {
+        let done: Vec<((Side, AgentId), Vec<i64>)> = lock(&self.inner.done).drain().collect();
+        let mut first_error = None;
+        for ((side, agent), seqs) in done {
+            let cleared = self
+                .timed(side, true, self.side(side).clear_owed(&agent, &seqs))
+                .await;
+            if let Err(err) = cleared {
+                self.give_back_quietly(side, &agent, seqs);
+                first_error.get_or_insert(err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Puts records back without scheduling a flush (after a failed one).
+    fn give_back_quietly(&self, side: Side, agent: &AgentId, seqs: Vec<i64>) {
+        lock(&self.inner.done)
+            .entry((side, agent.clone()))
+            .or_default()
+            .extend(seqs);
+    }
+}

@@ -1,0 +1,454 @@
+//! The PostgreSQL backend as one side of a dual backend: the outbox statements,
+//! versioned copies, tombstones and the journal (`agent_memory.owed_writes`).
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use pgvector::Vector;
+use sqlx::Row;
+use sqlx::types::Json;
+
+use super::{
+    DELETE_MEMORY, DELETE_MEMORY_UP_TO, DROP_DELETED, LOG_EXECUTION, PUT_MEMORY, PUT_TOOL,
+    PostgresBackend, RECORD_METRIC,
+};
+use crate::backend::codec::json_text;
+use crate::backend::replica::{Change, Committed, Outcome, OwedCount, OwedRecord, Replica};
+use crate::error::{Error, Result};
+use crate::record::{AgentId, Memory, Tool};
+
+/// Stores a memory over older versions only ($1-$8 as in [`PUT_MEMORY`], $9 the agent's
+/// name): the select's WHERE skips keys deleted at or after this version, the upsert's
+/// WHERE skips newer values; of two values with the same version, the one whose content
+/// sorts later by bytes wins, as in SQLite.
+const APPLY_MEMORY: &str = r#"insert into agent_memories
+        (id, agent_id, key, content, metadata, embedding, created_at, updated_at)
+    select $1, $2, $3, $4, $5, $6, $7, $8
+    where not exists (select 1 from agent_memory.memory_tombstones
+                      where agent_id = $9 and key = $3 and deleted_at >= $8)
+    on conflict (agent_id, key) do update set
+        content = excluded.content, metadata = excluded.metadata,
+        embedding = excluded.embedding, updated_at = excluded.updated_at
+    where agent_memories.updated_at < excluded.updated_at
+       or (agent_memories.updated_at = excluded.updated_at
+           and agent_memories.content < excluded.content collate "C")
+    returning id, created_at"#;
+
+/// Registers a tool over older versions only (ties as for memories).
+const APPLY_TOOL: &str = r#"insert into agent_tools
+        (id, agent_id, name, content, metadata, created_at, updated_at)
+    values ($1, $2, $3, $4, $5, $6, $7)
+    on conflict (agent_id, name) do update set
+        content = excluded.content, metadata = excluded.metadata,
+        updated_at = excluded.updated_at
+    where agent_tools.updated_at < excluded.updated_at
+       or (agent_tools.updated_at = excluded.updated_at
+           and agent_tools.content < excluded.content collate "C")
+    returning id, created_at"#;
+
+impl PostgresBackend {
+    /// [`Replica::commit`], with the journal record already encoded (`None`: none).
+    pub(super) async fn commit_change(
+        &self,
+        agent: &AgentId,
+        change: Change<'_>,
+        op: Option<String>,
+        clear: &[i64],
+    ) -> Result<Committed> {
+        match change {
+            Change::PutMemory(memory) => memory.validate()?,
+            Change::PutTool(tool) => tool.validate()?,
+            Change::Metric(metric) => metric.validate()?,
+            Change::Execution(execution) => execution.validate()?,
+            Change::DeleteMemory { .. } => {}
+        }
+        let row_id = self.agent_row(agent).await?;
+        let name = agent.as_str();
+        let operation = || format!("{} of agent {agent:?}", change.describe());
+        let committed = self
+            .on_lease(operation, async |c| {
+                let query = match change {
+                    Change::PutMemory(memory) => sqlx::query(PUT_MEMORY)
+                        .bind(memory.id)
+                        .bind(&row_id)
+                        .bind(memory.key.as_deref().unwrap_or_default())
+                        .bind(json_text(&memory.content))
+                        .bind(Json(&memory.metadata))
+                        .bind(memory.embedding.clone().map(Vector::from))
+                        .bind(memory.created_at)
+                        .bind(memory.updated_at),
+                    Change::DeleteMemory { key, at } => {
+                        // $4-$8 are unused by this statement; PostgreSQL needs their
+                        // types anyway, so bind typed nulls.
+                        sqlx::query(DELETE_MEMORY)
+                            .bind(&row_id)
+                            .bind(key)
+                            .bind(at)
+                            .bind(None::<String>)
+                            .bind(None::<String>)
+                            .bind(None::<String>)
+                            .bind(None::<String>)
+                            .bind(None::<String>)
+                    }
+                    Change::PutTool(tool) => sqlx::query(PUT_TOOL)
+                        .bind(tool.id)
+                        .bind(&row_id)
+                        .bind(&tool.name)
+                        .bind(json_text(&tool.content))
+                        .bind(Json(&tool.metadata))
+                        .bind(tool.created_at)
+                        .bind(tool.updated_at)
+                        .bind(None::<String>),
+                    Change::Metric(metric) => sqlx::query(RECORD_METRIC)
+                        .bind(metric.id)
+                        .bind(&row_id)
+                        .bind(&metric.name)
+                        .bind(metric.value)
+                        .bind(json_text(&metric.content))
+                        .bind(Json(&metric.metadata))
+                        .bind(metric.created_at)
+                        .bind(None::<String>),
+                    Change::Execution(execution) => sqlx::query(LOG_EXECUTION)
+                        .bind(execution.id)
+                        .bind(&row_id)
+                        .bind(&execution.status)
+                        .bind(json_text(&execution.content))
+                        .bind(Json(&execution.metadata))
+                        .bind(execution.created_at)
+                        .bind(None::<String>)
+                        .bind(None::<String>),
+                };
+                let row = query
+                    .bind(name)
+                    .bind(&op)
+                    .bind(clear)
+                    .fetch_one(&mut *c)
+                    .await?;
+                let seq: Option<i64> = row.try_get("seq")?;
+                let outcome = match change {
+                    Change::PutMemory(memory) => {
+                        let key = memory.key.as_deref().unwrap_or_default();
+                        sqlx::query(DROP_DELETED)
+                            .bind(&row_id)
+                            .bind(key)
+                            .bind(name)
+                            .execute(&mut *c)
+                            .await?;
+                        Outcome::Memory(Memory {
+                            id: row.try_get("id")?,
+                            created_at: row.try_get("created_at")?,
+                            updated_at: row.try_get("updated_at")?,
+                            ..memory.clone()
+                        })
+                    }
+                    Change::DeleteMemory { key, .. } => {
+                        let at: DateTime<Utc> = row.try_get("deleted_at")?;
+                        let done = sqlx::query(DELETE_MEMORY_UP_TO)
+                            .bind(&row_id)
+                            .bind(key)
+                            .bind(at)
+                            .execute(&mut *c)
+                            .await?;
+                        Outcome::Deleted {
+                            existed: done.rows_affected() > 0,
+                            at,
+                        }
+                    }
+                    Change::PutTool(tool) => Outcome::Tool(Tool {
+                        id: row.try_get("id")?,
+                        created_at: row.try_get("created_at")?,
+                        updated_at: row.try_get("updated_at")?,
+                        ..tool.clone()
+                    }),
+                    Change::Metric(_) | Change::Execution(_) => Outcome::Recorded,
+                };
+                Ok(Committed { outcome, seq })
+            })
+            .await?;
+        Ok(committed)
+    }
+
+    /// Runs one of the memory copies; returns the memory as stored (with the id and
+    /// `created_at` of an existing key), or `None` when a newer version kept it out.
+    async fn apply_memory_row(&self, agent: &AgentId, memory: &Memory) -> Result<Option<Memory>> {
+        memory.validate()?;
+        let row_id = self.agent_row(agent).await?;
+        let key = memory.key.as_deref().unwrap_or_default();
+        let fail = || format!("apply memory {key:?} of agent {agent:?}");
+        self.on_lease(fail, async |c| {
+            let row = sqlx::query(APPLY_MEMORY)
+                .bind(memory.id)
+                .bind(&row_id)
+                .bind(key)
+                .bind(json_text(&memory.content))
+                .bind(Json(&memory.metadata))
+                .bind(memory.embedding.clone().map(Vector::from))
+                .bind(memory.created_at)
+                .bind(memory.updated_at)
+                .bind(agent.as_str())
+                .fetch_optional(&mut *c)
+                .await?;
+            let Some(row) = row else { return Ok(None) };
+            // A delete committed while the insert ran outranks it: see DROP_DELETED.
+            let undone = sqlx::query(DROP_DELETED)
+                .bind(&row_id)
+                .bind(key)
+                .bind(agent.as_str())
+                .execute(&mut *c)
+                .await?;
+            Ok((undone.rows_affected() == 0).then(|| Memory {
+                id: row.get("id"),
+                created_at: row.get("created_at"),
+                ..memory.clone()
+            }))
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Replica for PostgresBackend {
+    async fn commit(
+        &self,
+        agent: &AgentId,
+        change: Change<'_>,
+        journal: bool,
+        clear: &[i64],
+    ) -> Result<Committed> {
+        let op = journal
+            .then(|| serde_json::to_string(&change.owed()))
+            .transpose()
+            .map_err(|source| Error::Json {
+                context: format!("owed {} of agent {agent:?}", change.owed().subject()),
+                source,
+            })?;
+        self.commit_change(agent, change, op, clear).await
+    }
+
+    async fn apply_memory(&self, agent: &AgentId, memory: &Memory) -> Result<Option<Memory>> {
+        self.apply_memory_row(agent, memory).await
+    }
+
+    async fn apply_memory_delete(
+        &self,
+        agent: &AgentId,
+        key: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let fail = || format!("delete memory {key:?} of agent {agent:?}");
+        // The tombstone commits first, so any copy that started before it sees it in its
+        // closing check (DROP_DELETED), and any that starts after it sees it at once.
+        let done = self
+            .on_lease(fail, async |c| {
+                sqlx::query(
+                    "insert into agent_memory.memory_tombstones (agent_id, key, deleted_at)
+                     values ($1, $2, $3)
+                     on conflict (agent_id, key) do update
+                     set deleted_at = greatest(memory_tombstones.deleted_at, excluded.deleted_at)",
+                )
+                .bind(agent.as_str())
+                .bind(key)
+                .bind(at)
+                .execute(&mut *c)
+                .await?;
+                sqlx::query(
+                    "delete from agent_memories
+                     where agent_id = (select id from agents where name = $1)
+                       and key = $2 and updated_at <= $3",
+                )
+                .bind(agent.as_str())
+                .bind(key)
+                .bind(at)
+                .execute(c)
+                .await
+            })
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn restore_memory(
+        &self,
+        agent: &AgentId,
+        key: &str,
+        version: DateTime<Utc>,
+        to: Option<&Memory>,
+    ) -> Result<bool> {
+        let query = match to {
+            Some(memory) => sqlx::query(
+                "update agent_memories set content = $3, metadata = $4, embedding = $5,
+                 updated_at = $6
+                 where agent_id = (select id from agents where name = $1) and key = $2
+                   and updated_at = $7",
+            )
+            .bind(agent.as_str())
+            .bind(key)
+            .bind(json_text(&memory.content))
+            .bind(Json(&memory.metadata))
+            .bind(memory.embedding.clone().map(Vector::from))
+            .bind(memory.updated_at),
+            None => sqlx::query(
+                "delete from agent_memories
+                 where agent_id = (select id from agents where name = $1) and key = $2
+                   and updated_at = $3",
+            )
+            .bind(agent.as_str())
+            .bind(key),
+        };
+        let done = self
+            .on_lease(
+                || format!("restore memory {key:?} of agent {agent:?}"),
+                async |c| query.bind(version).execute(c).await,
+            )
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn memory_tombstone(&self, agent: &AgentId, key: &str) -> Result<Option<DateTime<Utc>>> {
+        self.on_lease(
+            || format!("read tombstone of {key:?} of agent {agent:?}"),
+            async |c| {
+                sqlx::query_scalar(
+                    "select deleted_at from agent_memory.memory_tombstones
+                     where agent_id = $1 and key = $2",
+                )
+                .bind(agent.as_str())
+                .bind(key)
+                .fetch_optional(c)
+                .await
+            },
+        )
+        .await
+    }
+
+    async fn apply_tool(&self, agent: &AgentId, tool: &Tool) -> Result<Option<Tool>> {
+        tool.validate()?;
+        let row_id = self.agent_row(agent).await?;
+        let row = self
+            .on_lease(
+                || format!("apply tool {:?} of agent {agent:?}", tool.name),
+                async |c| {
+                    sqlx::query(APPLY_TOOL)
+                        .bind(tool.id)
+                        .bind(&row_id)
+                        .bind(&tool.name)
+                        .bind(json_text(&tool.content))
+                        .bind(Json(&tool.metadata))
+                        .bind(tool.created_at)
+                        .bind(tool.updated_at)
+                        .fetch_optional(c)
+                        .await
+                },
+            )
+            .await?;
+        Ok(row.map(|row| Tool {
+            id: row.get("id"),
+            created_at: row.get("created_at"),
+            ..tool.clone()
+        }))
+    }
+
+    async fn owed_writes(&self, agent: &AgentId, limit: usize) -> Result<Vec<OwedRecord>> {
+        let rows: Vec<(i64, String)> = self
+            .on_lease(
+                || format!("read owed writes of agent {agent:?}"),
+                async |c| {
+                    sqlx::query_as(
+                        "select seq, op from agent_memory.owed_writes
+                         where agent_id = $1 and parked is null order by seq limit $2",
+                    )
+                    .bind(agent.as_str())
+                    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                    .fetch_all(c)
+                    .await
+                },
+            )
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(seq, op)| OwedRecord { seq, op })
+            .collect())
+    }
+
+    async fn clear_owed(&self, agent: &AgentId, seqs: &[i64]) -> Result<()> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        self.on_lease(
+            || format!("clear owed writes of agent {agent:?}"),
+            async |c| {
+                sqlx::query(
+                    "delete from agent_memory.owed_writes where agent_id = $1 and seq = any($2)",
+                )
+                .bind(agent.as_str())
+                .bind(seqs)
+                .execute(c)
+                .await
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn park_owed(&self, agent: &AgentId, seq: i64, error: &str) -> Result<()> {
+        self.on_lease(
+            || format!("park owed write {seq} of agent {agent:?}"),
+            async |c| {
+                sqlx::query(
+                    "update agent_memory.owed_writes set parked = $3, parked_at = now()
+                     where agent_id = $1 and seq = $2",
+                )
+                .bind(agent.as_str())
+                .bind(seq)
+                .bind(error)
+                .execute(c)
+                .await
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn unpark_owed(&self, agent: &AgentId) -> Result<u64> {
+        let done = self
+            .on_lease(
+                || format!("retry parked writes of agent {agent:?}"),
+                async |c| {
+                    sqlx::query(
+                        "update agent_memory.owed_writes set parked = null, parked_at = null
+                         where agent_id = $1 and parked is not null",
+                    )
+                    .bind(agent.as_str())
+                    .execute(c)
+                    .await
+                },
+            )
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn owed_agents(&self) -> Result<Vec<OwedCount>> {
+        let rows: Vec<(String, i64, i64)> = self
+            .on_lease(
+                || "list agents with owed writes".to_string(),
+                async |c| {
+                    sqlx::query_as(
+                        "select agent_id, count(*) filter (where parked is null),
+                                count(*) filter (where parked is not null)
+                         from agent_memory.owed_writes group by agent_id order by agent_id",
+                    )
+                    .fetch_all(c)
+                    .await
+                },
+            )
+            .await?;
+        rows.into_iter()
+            .map(|(agent, pending, parked)| {
+                Ok(OwedCount {
+                    agent: AgentId::new(agent)?,
+                    pending: pending.unsigned_abs(),
+                    parked: parked.unsigned_abs(),
+                    error: None,
+                })
+            })
+            .collect()
+    }
+}
