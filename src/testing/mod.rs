@@ -10,6 +10,7 @@
 
 pub mod faulty;
 pub mod postgres;
+pub mod replication;
 pub mod scenarios;
 pub mod search;
 
