@@ -682,3 +682,128 @@ async fn a_run_killed_with_sigkill_is_finished_by_the_next() {
         "--verify passes after the kill and the re-run"
     );
 }
+
+/// A table's report in `report`, by file and table name.
+fn table_report<'r>(
+    report: &'r backfill::Report,
+    source_db: &str,
+    table: &str,
+) -> &'r backfill::TableReport {
+    report
+        .files
+        .iter()
+        .filter(|f| f.source_db == source_db)
+        .flat_map(|f| &f.tables)
+        .find(|t| t.table == table)
+        .unwrap_or_else(|| panic!("no table {table} of {source_db} in {report:#?}"))
+}
+
+#[tokio::test]
+async fn a_time_in_the_future_cannot_outrank_what_agents_write_after() {
+    let dir = tempfile::tempdir().unwrap();
+    legacy_file(
+        &dir.path().join("alpha/main.db"),
+        "create table memory (key text, content text, timestamp text);
+         insert into memory values ('plan', 'written by a clock ahead', '2031-01-01 00:00:00'),
+                                   ('old', 'an ordinary row', '2024-01-15 10:30:00');",
+    )
+    .await;
+    let options = BackfillOptions::new(dir.path());
+    // The dry run already says so, in the table, the totals and a warning.
+    let dry = backfill::dry_run(&options).await;
+    let planned = table_report(&dry, "alpha/main.db", "memory");
+    assert_eq!(planned.future_times, 1);
+    assert_eq!(dry.totals.future_times, 1);
+    assert_eq!(dry.warnings.len(), 1, "{:?}", dry.warnings);
+    assert!(
+        dry.warnings[0].starts_with("alpha/main.db table memory: 1 rows have a time later")
+            && dry.warnings[0].contains("rowid 1: 2031-01-01T00:00:00.000000Z"),
+        "{:?}",
+        dry.warnings
+    );
+
+    let db = TestDatabase::migrated().await;
+    let report = backfill::run(&db.url, &options, &()).await.unwrap();
+    assert!(report.succeeded(), "{report:#?}");
+    assert_eq!(
+        table_report(&report, "alpha/main.db", "memory").future_times,
+        1
+    );
+    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["files"][0]["tables"][0]["future_times"], json!(1));
+
+    let mut conn = connect(&db).await;
+    let (created, updated): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as("select created_at, updated_at from agent_memories where key = 'plan'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(created.to_rfc3339(), "2031-01-01T00:00:00+00:00");
+    assert!(
+        updated <= chrono::Utc::now(),
+        "the version is the migration's time, not 2031: {updated}"
+    );
+    // The agent can replace it (over older versions only) and delete it.
+    let backend = db.backend().await;
+    let alpha = AgentId::new("alpha").unwrap();
+    let applied = backend
+        .apply_memory(&alpha, &Memory::new("plan", json!("the agent's plan")))
+        .await
+        .unwrap();
+    assert!(applied.is_some(), "a write after the migration wins");
+    assert_eq!(
+        backend
+            .get_memory(&alpha, "plan")
+            .await
+            .unwrap()
+            .unwrap()
+            .content,
+        json!("the agent's plan")
+    );
+    assert!(backend.delete_memory(&alpha, "old").await.unwrap());
+    assert!(backend.delete_memory(&alpha, "plan").await.unwrap());
+    assert_eq!(backend.get_memory(&alpha, "plan").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn epoch_numbers_in_every_unit_arrive_at_their_time() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2024-11-28T13:20:00.123456Z as seconds, ms, us, ns, and decimal text.
+    legacy_file(
+        &dir.path().join("alpha/times.db"),
+        "create table memory (key text, ts);
+         insert into memory values ('s', 1732800000), ('ms', 1732800000123),
+           ('us', 1732800000123456), ('ns', 1732800000123456789),
+           ('text', '1732800000.123456'), ('us text', '1732800000123456'),
+           ('real us', 1732800000123456.0);",
+    )
+    .await;
+    let db = TestDatabase::migrated().await;
+    let report = backfill::run(&db.url, &BackfillOptions::new(dir.path()), &())
+        .await
+        .unwrap();
+    assert!(report.succeeded(), "{report:#?}");
+    assert_eq!(report.totals.future_times, 0, "no year 56880");
+    let mut conn = connect(&db).await;
+    let got: Vec<(String, String)> = sqlx::query_as(
+        r#"select key, to_char(created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US')
+           from agent_memories order by (metadata->>'source_rowid')::int"#,
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let want = |key: &str, at: &str| (key.to_string(), format!("2024-11-28T13:20:00.{at}"));
+    assert_eq!(
+        got,
+        [
+            want("s", "000000"),
+            want("ms", "123000"),
+            want("us", "123456"),
+            want("ns", "123456"),
+            want("text", "123456"),
+            want("us text", "123456"),
+            want("real us", "123456"),
+        ]
+    );
+}

@@ -184,6 +184,7 @@ impl Run<'_> {
                 match convert_row(agent, &found.source_db, table, target, row, migrated_at) {
                     Ok(mut converted) => {
                         out.unreadable_times += u64::from(converted.time_problem.is_some());
+                        count_future(&converted, converted.record.created_at(), out);
                         if self.options.legacy_embeddings {
                             take_embedding(table, row, &mut converted, out);
                         }
@@ -315,12 +316,23 @@ impl Run<'_> {
                 ..TableReport::default()
             };
             let mut after = 0;
+            let migrated_at = crate::record::now();
             loop {
-                let rows = read_own_records(source, agent, &found.source_db, target, after).await?;
+                let mut rows =
+                    read_own_records(source, agent, &found.source_db, target, after).await?;
                 let Some(last) = rows.last().and_then(|r| r.source.rowid) else {
                     break;
                 };
                 after = last;
+                for row in &mut rows {
+                    let own_time = row
+                        .record
+                        .updated_at()
+                        .into_iter()
+                        .fold(row.record.created_at(), chrono::DateTime::max);
+                    row.cap_version(migrated_at);
+                    count_future(row, own_time, &mut out);
+                }
                 for row in &rows {
                     let applied = match &row.record {
                         ContractRecord::Memory(m) => self
@@ -439,6 +451,23 @@ pub(crate) fn empty_report(
         finished_at: None,
         files: Vec::new(),
         totals: Default::default(),
+        warnings: Vec::new(),
+    }
+}
+
+/// Counts a row whose time (`time`, its latest own time) lies after its migration,
+/// keeping the first as an example.
+fn count_future(row: &ContractRow, time: chrono::DateTime<Utc>, out: &mut TableReport) {
+    if !row.future_time {
+        return;
+    }
+    out.future_times += 1;
+    if out.future_example.is_none() {
+        let at = row
+            .source
+            .rowid
+            .map_or_else(|| "row".to_string(), |r| format!("rowid {r}"));
+        out.future_example = Some(format!("{at}: {}", crate::backend::codec::time_text(&time)));
     }
 }
 
