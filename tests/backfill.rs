@@ -807,3 +807,53 @@ async fn epoch_numbers_in_every_unit_arrive_at_their_time() {
         ]
     );
 }
+
+#[tokio::test]
+async fn keys_too_long_for_postgres_arrive_and_fail_no_batch() {
+    let long = "ключ".repeat(2500); // 10,000 characters, 20,000 bytes
+    let dir = tempfile::tempdir().unwrap();
+    legacy_file(
+        &dir.path().join("alpha/long.db"),
+        &format!(
+            "create table memory (key text, content text);
+             insert into memory values ('{long}', 'first'), ('{long}', 'second'), ('short', 'ok');
+             create table tools (name text, spec text);
+             insert into tools values ('{long}', 'a'), ('{long}', 'b');"
+        ),
+    )
+    .await;
+    let db = TestDatabase::migrated().await;
+    let options = BackfillOptions::new(dir.path());
+    let report = backfill::run(&db.url, &options, &()).await.unwrap();
+    assert!(report.succeeded(), "{report:#?}");
+    assert_eq!((report.totals.inserted, report.totals.failed), (5, 0));
+    let mut conn = connect(&db).await;
+    let memories: Vec<(Option<String>, String, Value)> = sqlx::query_as(
+        "select key, content, metadata from agent_memories
+         order by (metadata->>'source_rowid')::int",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    for (key, content, metadata) in &memories[..2] {
+        assert_eq!(*key, None);
+        assert_eq!(metadata["key_too_long"], json!(20_000));
+        let content: Value = serde_json::from_str(content).unwrap();
+        assert_eq!(
+            content["key"],
+            json!(long),
+            "the key arrives exactly, in content"
+        );
+    }
+    assert_eq!(memories[2].0.as_deref(), Some("short"));
+    let tools: Vec<(String, Value)> =
+        sqlx::query_as("select name, metadata from agent_tools order by name")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t.0.as_str()).collect();
+    assert_eq!(names, ["tools:1", "tools:2"]);
+    assert!(tools.iter().all(|t| t.1["name_too_long"] == json!(20_000)));
+    let verified = backfill::verify(&db.url, &options).await.unwrap();
+    assert!(verified.passed(), "{verified:#?}");
+}

@@ -1179,3 +1179,56 @@ async fn a_library_row_from_a_clock_ahead_gets_its_version_capped() {
         "moved with its version capped at the migration"
     );
 }
+
+#[tokio::test]
+async fn keys_and_names_too_long_for_postgres_arrive_without_them() {
+    let long = "ключ".repeat(2500); // 10,000 characters, 20,000 bytes
+    let at_limit = "k".repeat(agent_memory::MAX_KEY_BYTES);
+    let dir = tempfile::tempdir().unwrap();
+    let path = generated(
+        dir.path(),
+        "a/legacy.db",
+        &format!(
+            "create table memory (key text, content text);
+             insert into memory values ('{long}', 'long'), ('{at_limit}', 'at the limit');
+             create table tools (name text, spec text);
+             insert into tools values ('{long}', 'long');
+             create table metrics (name text primary key, value real) without rowid;
+             insert into metrics values ('{long}', 1.5);"
+        ),
+    )
+    .await;
+    let memories = convert(&path, "a", "a/legacy.db", "memory", Target::Memories).await;
+    let ContractRecord::Memory(first) = &memories[0].record else {
+        panic!()
+    };
+    assert_eq!(first.key, None, "a key PostgreSQL's index cannot hold");
+    assert_eq!(first.metadata["key_too_long"], json!(20_000), "in bytes");
+    assert_eq!(
+        first.content["key"],
+        json!(long),
+        "content keeps the key exactly"
+    );
+    let ContractRecord::Memory(second) = &memories[1].record else {
+        panic!()
+    };
+    assert_eq!(second.key.as_deref(), Some(at_limit.as_str()));
+    assert!(!second.metadata.contains_key("key_too_long"));
+
+    let tools = convert(&path, "a", "a/legacy.db", "tools", Target::Tools).await;
+    let ContractRecord::Tool(tool) = &tools[0].record else {
+        panic!()
+    };
+    assert_eq!(tool.name, "tools:1", "the fallback name");
+    assert_eq!(tool.metadata["name_too_long"], json!(20_000));
+    assert_eq!(tool.content["name"], json!(long));
+    assert!(tool.validate().is_ok());
+    // Without a rowid the fallback would hold the long key itself: the row's id instead.
+    let metrics = convert(&path, "a", "a/legacy.db", "metrics", Target::Metrics).await;
+    let ContractRecord::Metric(metric) = &metrics[0].record else {
+        panic!()
+    };
+    assert_eq!(metric.name, metric.id.to_string());
+    assert_eq!(metric.metadata["name_too_long"], json!(20_000));
+    assert_eq!(metric.value, Some(1.5));
+}

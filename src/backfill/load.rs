@@ -65,9 +65,16 @@ const MEMORY_INSERT: &str = "insert into agent_memories
     on conflict (id) do nothing";
 
 /// Tool names are unique per agent too: a second row of a name arrives renamed, with
-/// `metadata.name_conflict` holding the name.
+/// `metadata.name_conflict` holding the name. A new name longer than the library's
+/// limit (`MAX_KEY_BYTES`, 1024 bytes) is the row's id instead.
 const TOOL_RENAME: &str = "update am_stage s
-    set name = s.name || ' (' || s.source_db || ':' || coalesce(s.source_rowid::text, s.id::text) || ')',
+    set name = case
+            when octet_length(s.name || ' (' || s.source_db || ':'
+                              || coalesce(s.source_rowid::text, s.id::text) || ')') <= 1024
+            then s.name || ' (' || s.source_db || ':'
+                 || coalesce(s.source_rowid::text, s.id::text) || ')'
+            else s.id::text
+        end,
         metadata = s.metadata || jsonb_build_object('name_conflict', s.name)
     from (select id, row_number() over (
               partition by agent_id, name
@@ -77,6 +84,9 @@ const TOOL_RENAME: &str = "update am_stage s
       and (r.rank > 1 or exists (select 1 from agent_tools t
                                  where t.agent_id = s.agent_id and t.name = s.name
                                    and t.id <> s.id))";
+
+// TOOL_RENAME's limit is the library's.
+const _: () = assert!(crate::record::MAX_KEY_BYTES == 1024);
 
 const TOOL_INSERT: &str = "insert into agent_tools
         (id, agent_id, name, content, metadata, created_at, updated_at)

@@ -12,7 +12,7 @@ use super::time::{TIME_COLUMNS, parse_time_value};
 use super::value::{SqlValue, without_nul};
 use crate::backend::codec::time_text;
 use crate::error::{Error, Result};
-use crate::record::{AgentId, Execution, Memory, Metadata, Metric, Tool};
+use crate::record::{AgentId, Execution, MAX_KEY_BYTES, Memory, Metadata, Metric, Tool};
 
 /// The namespace of every legacy row id: UUID v5 of the name
 /// `urn:agent-memory:legacy-row:v1` under the standard URL namespace. Fixed forever:
@@ -249,6 +249,17 @@ pub fn convert_row(
         }
     };
     metadata.insert("migrated_at".into(), time_text(&migrated_at).into());
+    let text = |name: &str| column(name).and_then(SqlValue::typed_text);
+    // Keys and names PostgreSQL's unique index cannot hold are left out of the typed
+    // column (and counted in bytes of the value as stored there); content keeps them.
+    let mut key_text = text("key");
+    if let Some(long) = key_text.take_if(|k| k.len() > MAX_KEY_BYTES) {
+        metadata.insert("key_too_long".into(), long_length(column("key"), &long));
+    }
+    let mut name = text("name");
+    if let Some(long) = name.take_if(|n| n.len() > MAX_KEY_BYTES) {
+        metadata.insert("name_too_long".into(), long_length(column("name"), &long));
+    }
     let metadata: Metadata = metadata
         .into_iter()
         .map(|(k, v)| (k, without_nul(v)))
@@ -269,12 +280,19 @@ pub fn convert_row(
 
     let id = row_id(agent, source_db, &table.name, &key);
     let content = Value::Object(content);
-    let text = |name: &str| column(name).and_then(SqlValue::typed_text);
-    let name = text("name").unwrap_or_else(|| without_nul_text(fallback_name));
+    let name = name.unwrap_or_else(|| {
+        let fallback = without_nul_text(fallback_name);
+        // A WITHOUT ROWID table's fallback holds its primary key, which may be long too.
+        if fallback.len() > MAX_KEY_BYTES {
+            id.to_string()
+        } else {
+            fallback
+        }
+    });
     let record = match target {
         Target::Memories => ContractRecord::Memory(Memory {
             id,
-            key: text("key"),
+            key: key_text,
             content,
             metadata,
             embedding: None,
