@@ -857,3 +857,140 @@ async fn keys_too_long_for_postgres_arrive_and_fail_no_batch() {
     let verified = backfill::verify(&db.url, &options).await.unwrap();
     assert!(verified.passed(), "{verified:#?}");
 }
+
+#[tokio::test]
+async fn an_agent_the_admin_app_registered_keeps_its_id() {
+    let dir = tempfile::tempdir().unwrap();
+    legacy_file(
+        &dir.path().join("sales/main.db"),
+        "create table memory (key text, content text);
+         insert into memory values ('pricing', 'x'), ('pricing', 'y'), ('terms', 'z');
+         create table tools (name text);
+         insert into tools values ('crm'), ('crm');
+         create table metrics (name text, value real);
+         insert into metrics values ('deals', 3);
+         create table execution_log (status text);
+         insert into execution_log values ('ok');",
+    )
+    .await;
+    legacy_file(
+        &dir.path().join("sales/archive/old.sqlite"),
+        "create table agent_memory (key text, content text, created_at text);
+         insert into agent_memory values ('terms', 'older terms', '2020-01-01');",
+    )
+    .await;
+    let db = TestDatabase::migrated().await;
+    let mut conn = connect(&db).await;
+    sqlx::raw_sql(
+        "insert into agents (id, name, created_at, updated_at)
+         values ('clx9adminid', 'sales', now(), now())",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let options = BackfillOptions::new(dir.path());
+    let report = backfill::run(&db.url, &options, &()).await.unwrap();
+    assert!(report.succeeded(), "{report:#?}");
+    assert_eq!(report.totals.inserted, 8);
+    let agents: Vec<(String, String)> = sqlx::query_as("select id, name from agents")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        agents,
+        [("clx9adminid".to_string(), "sales".to_string())],
+        "no second agents row"
+    );
+    let on: Vec<(String, i64)> = sqlx::query_as(
+        "select agent_id, count(*) from (
+           select agent_id from agent_memories union all select agent_id from agent_tools
+           union all select agent_id from agent_metrics
+           union all select agent_id from agent_executions) a group by agent_id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(on, [("clx9adminid".to_string(), 8)]);
+    // Key and name conflicts are settled within the agent, under its real id.
+    let keys: Vec<String> =
+        sqlx::query_scalar("select key from agent_memories where key is not null order by key")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(keys, ["pricing", "terms"]);
+    let verified = backfill::verify(&db.url, &options).await.unwrap();
+    assert!(verified.passed(), "{verified:#?}");
+
+    // A second run adds nothing, also when it reads every table again.
+    let before = counts(&mut conn).await;
+    let again = backfill::run(&db.url, &options, &()).await.unwrap();
+    assert_eq!(again.totals.inserted, 0);
+    sqlx::raw_sql("delete from agent_memory.backfill_progress")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let reread = backfill::run(&db.url, &options, &()).await.unwrap();
+    assert_eq!(
+        (reread.totals.inserted, reread.totals.already_present),
+        (0, 8)
+    );
+    assert_eq!(counts(&mut conn).await[..5], before[..5]);
+
+    // Verify notices rows hung on another agent.
+    sqlx::raw_sql(
+        "insert into agents (id, name, created_at, updated_at) values ('x1', 'other', now(), now());
+         update agent_tools set agent_id = 'x1'",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let broken = backfill::verify(&db.url, &options).await.unwrap();
+    let differing: Vec<&str> = broken
+        .tables
+        .iter()
+        .filter_map(|t| t.difference.as_deref())
+        .collect();
+    assert_eq!(
+        differing,
+        [
+            r#"2 rows have agent_id "x1" (first seen), not "clx9adminid", the id of the agents row named "sales""#
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_agent_whose_id_another_agent_holds_is_reported_not_mixed_in() {
+    let dir = tempfile::tempdir().unwrap();
+    legacy_file(
+        &dir.path().join("sales/main.db"),
+        "create table memory (key text, content text); insert into memory values ('k', 'v');",
+    )
+    .await;
+    let db = TestDatabase::migrated().await;
+    let mut conn = connect(&db).await;
+    sqlx::raw_sql(
+        "insert into agents (id, name, created_at, updated_at)
+         values ('sales', 'sales_eu', now(), now())",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let report = backfill::run(&db.url, &BackfillOptions::new(dir.path()), &())
+        .await
+        .unwrap();
+    assert!(!report.succeeded());
+    let memory = table_report(&report, "sales/main.db", "memory");
+    assert_eq!(memory.failed.len(), 1);
+    assert!(
+        memory.failed[0]
+            .reason
+            .contains(r#"its id "sales" is taken by the agent named "sales_eu""#),
+        "{:?}",
+        memory.failed
+    );
+    let rows: i64 = sqlx::query_scalar("select count(*) from agent_memories")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0, "nothing lands on the other agent");
+}

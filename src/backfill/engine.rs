@@ -9,6 +9,7 @@ use sqlx::{Connection, PgConnection};
 use super::load::{load_batch, prepare};
 use super::report::{Failure, FileReport, Report, TableReport, rate};
 use super::{BackfillOptions, Progress};
+use crate::backend::agent_rows::AgentRowError;
 use crate::backend::{MemoryBackend, PostgresBackend};
 use crate::error::{Chain, Error, Result, redact_url, scrub, url_secrets};
 use crate::legacy::{
@@ -247,13 +248,19 @@ impl Run<'_> {
                     out.already_present += rows.len() as u64 - inserted;
                     return;
                 }
-                Ok(Err(err)) => {
+                Ok(Err(AgentRowError::Database(err))) => {
                     let transient = is_transient(&err);
                     let hint = permission_hint(&err, target);
                     last = Some(format!("{}{hint}", scrub(err, &url_secrets(self.url))));
                     if !transient {
                         break;
                     }
+                }
+                // The agent's name is free but its id is another agent's: only an
+                // operator can settle that.
+                Ok(Err(err @ AgentRowError::IdTaken { .. })) => {
+                    last = Some(err.to_string());
+                    break;
                 }
                 Err(_) => last = Some(format!("batch took longer than {:?}", self.options.timeout)),
             }
