@@ -811,6 +811,7 @@ async fn epoch_numbers_in_every_unit_arrive_at_their_time() {
 #[tokio::test]
 async fn keys_too_long_for_postgres_arrive_and_fail_no_batch() {
     let long = "ключ".repeat(2500); // 10,000 characters, 20,000 bytes
+    let limit = "n".repeat(agent_memory::MAX_KEY_BYTES);
     let dir = tempfile::tempdir().unwrap();
     legacy_file(
         &dir.path().join("alpha/long.db"),
@@ -818,7 +819,8 @@ async fn keys_too_long_for_postgres_arrive_and_fail_no_batch() {
             "create table memory (key text, content text);
              insert into memory values ('{long}', 'first'), ('{long}', 'second'), ('short', 'ok');
              create table tools (name text, spec text);
-             insert into tools values ('{long}', 'a'), ('{long}', 'b');"
+             insert into tools values ('{long}', 'a'), ('{long}', 'b'),
+               ('{limit}', 'c'), ('{limit}', 'd');"
         ),
     )
     .await;
@@ -826,7 +828,7 @@ async fn keys_too_long_for_postgres_arrive_and_fail_no_batch() {
     let options = BackfillOptions::new(dir.path());
     let report = backfill::run(&db.url, &options, &()).await.unwrap();
     assert!(report.succeeded(), "{report:#?}");
-    assert_eq!((report.totals.inserted, report.totals.failed), (5, 0));
+    assert_eq!((report.totals.inserted, report.totals.failed), (7, 0));
     let mut conn = connect(&db).await;
     let memories: Vec<(Option<String>, String, Value)> = sqlx::query_as(
         "select key, content, metadata from agent_memories
@@ -846,14 +848,24 @@ async fn keys_too_long_for_postgres_arrive_and_fail_no_batch() {
         );
     }
     assert_eq!(memories[2].0.as_deref(), Some("short"));
-    let tools: Vec<(String, Value)> =
-        sqlx::query_as("select name, metadata from agent_tools order by name")
-            .fetch_all(&mut conn)
-            .await
-            .unwrap();
+    let tools: Vec<(String, Value, uuid::Uuid)> = sqlx::query_as(
+        "select name, metadata, id from agent_tools order by (metadata->>'source_rowid')::int",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
     let names: Vec<&str> = tools.iter().map(|t| t.0.as_str()).collect();
-    assert_eq!(names, ["tools:1", "tools:2"]);
-    assert!(tools.iter().all(|t| t.1["name_too_long"] == json!(20_000)));
+    assert_eq!(names[..2], ["tools:1", "tools:2"]);
+    assert!(
+        tools[..2]
+            .iter()
+            .all(|t| t.1["name_too_long"] == json!(20_000))
+    );
+    // The older tool of a name at the limit cannot take a longer "(file:rowid)" name:
+    // it gets its id, and the newer keeps the name.
+    assert_eq!(tools[2].0, tools[2].2.to_string());
+    assert_eq!(tools[2].1["name_conflict"], json!(limit));
+    assert_eq!(tools[3].0, limit);
     let verified = backfill::verify(&db.url, &options).await.unwrap();
     assert!(verified.passed(), "{verified:#?}");
 }
