@@ -218,6 +218,9 @@ fn summary(report: &Report) {
         t.seconds,
         t.rows_per_second
     );
+    for warning in &report.warnings {
+        eprintln!("backfill: warning: {warning}");
+    }
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Error> {

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agent_memory::backend::Replica as _;
 use agent_memory::backfill::{self, BackfillOptions};
 use agent_memory::legacy::{self, ContractRecord, ReadOptions, Source, TableKind, TableMap};
 use agent_memory::testing::postgres::TestDatabase;
@@ -681,4 +682,328 @@ async fn a_run_killed_with_sigkill_is_finished_by_the_next() {
         verify.success(),
         "--verify passes after the kill and the re-run"
     );
+}
+
+/// A table's report in `report`, by file and table name.
+fn table_report<'r>(
+    report: &'r backfill::Report,
+    source_db: &str,
+    table: &str,
+) -> &'r backfill::TableReport {
+    report
+        .files
+        .iter()
+        .filter(|f| f.source_db == source_db)
+        .flat_map(|f| &f.tables)
+        .find(|t| t.table == table)
+        .unwrap_or_else(|| panic!("no table {table} of {source_db} in {report:#?}"))
+}
+
+#[tokio::test]
+async fn a_time_in_the_future_cannot_outrank_what_agents_write_after() {
+    let dir = tempfile::tempdir().unwrap();
+    legacy_file(
+        &dir.path().join("alpha/main.db"),
+        "create table memory (key text, content text, timestamp text);
+         insert into memory values ('plan', 'written by a clock ahead', '2031-01-01 00:00:00'),
+                                   ('old', 'an ordinary row', '2024-01-15 10:30:00');",
+    )
+    .await;
+    let options = BackfillOptions::new(dir.path());
+    // The dry run already says so, in the table, the totals and a warning.
+    let dry = backfill::dry_run(&options).await;
+    let planned = table_report(&dry, "alpha/main.db", "memory");
+    assert_eq!(planned.future_times, 1);
+    assert_eq!(dry.totals.future_times, 1);
+    assert_eq!(dry.warnings.len(), 1, "{:?}", dry.warnings);
+    assert!(
+        dry.warnings[0].starts_with("alpha/main.db table memory: 1 rows have a time later")
+            && dry.warnings[0].contains("rowid 1: 2031-01-01T00:00:00.000000Z"),
+        "{:?}",
+        dry.warnings
+    );
+
+    let db = TestDatabase::migrated().await;
+    let report = backfill::run(&db.url, &options, &()).await.unwrap();
+    assert!(report.succeeded(), "{report:#?}");
+    assert_eq!(
+        table_report(&report, "alpha/main.db", "memory").future_times,
+        1
+    );
+    assert_eq!(report.warnings.len(), 1, "{:?}", report.warnings);
+    let json = serde_json::to_value(&report).unwrap();
+    assert_eq!(json["files"][0]["tables"][0]["future_times"], json!(1));
+
+    let mut conn = connect(&db).await;
+    let (created, updated): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>) =
+        sqlx::query_as("select created_at, updated_at from agent_memories where key = 'plan'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(created.to_rfc3339(), "2031-01-01T00:00:00+00:00");
+    assert!(
+        updated <= chrono::Utc::now(),
+        "the version is the migration's time, not 2031: {updated}"
+    );
+    // The agent can replace it (over older versions only) and delete it.
+    let backend = db.backend().await;
+    let alpha = AgentId::new("alpha").unwrap();
+    let applied = backend
+        .apply_memory(&alpha, &Memory::new("plan", json!("the agent's plan")))
+        .await
+        .unwrap();
+    assert!(applied.is_some(), "a write after the migration wins");
+    assert_eq!(
+        backend
+            .get_memory(&alpha, "plan")
+            .await
+            .unwrap()
+            .unwrap()
+            .content,
+        json!("the agent's plan")
+    );
+    assert!(backend.delete_memory(&alpha, "old").await.unwrap());
+    assert!(backend.delete_memory(&alpha, "plan").await.unwrap());
+    assert_eq!(backend.get_memory(&alpha, "plan").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn epoch_numbers_in_every_unit_arrive_at_their_time() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2024-11-28T13:20:00.123456Z as seconds, ms, us, ns, and decimal text.
+    legacy_file(
+        &dir.path().join("alpha/times.db"),
+        "create table memory (key text, ts);
+         insert into memory values ('s', 1732800000), ('ms', 1732800000123),
+           ('us', 1732800000123456), ('ns', 1732800000123456789),
+           ('text', '1732800000.123456'), ('us text', '1732800000123456'),
+           ('real us', 1732800000123456.0);",
+    )
+    .await;
+    let db = TestDatabase::migrated().await;
+    let report = backfill::run(&db.url, &BackfillOptions::new(dir.path()), &())
+        .await
+        .unwrap();
+    assert!(report.succeeded(), "{report:#?}");
+    assert_eq!(report.totals.future_times, 0, "no year 56880");
+    let mut conn = connect(&db).await;
+    let got: Vec<(String, String)> = sqlx::query_as(
+        r#"select key, to_char(created_at at time zone 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US')
+           from agent_memories order by (metadata->>'source_rowid')::int"#,
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let want = |key: &str, at: &str| (key.to_string(), format!("2024-11-28T13:20:00.{at}"));
+    assert_eq!(
+        got,
+        [
+            want("s", "000000"),
+            want("ms", "123000"),
+            want("us", "123456"),
+            want("ns", "123456"),
+            want("text", "123456"),
+            want("us text", "123456"),
+            want("real us", "123456"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn keys_too_long_for_postgres_arrive_and_fail_no_batch() {
+    let long = "ключ".repeat(2500); // 10,000 characters, 20,000 bytes
+    let limit = "n".repeat(agent_memory::MAX_KEY_BYTES);
+    let dir = tempfile::tempdir().unwrap();
+    legacy_file(
+        &dir.path().join("alpha/long.db"),
+        &format!(
+            "create table memory (key text, content text);
+             insert into memory values ('{long}', 'first'), ('{long}', 'second'), ('short', 'ok');
+             create table tools (name text, spec text);
+             insert into tools values ('{long}', 'a'), ('{long}', 'b'),
+               ('{limit}', 'c'), ('{limit}', 'd');"
+        ),
+    )
+    .await;
+    let db = TestDatabase::migrated().await;
+    let options = BackfillOptions::new(dir.path());
+    let report = backfill::run(&db.url, &options, &()).await.unwrap();
+    assert!(report.succeeded(), "{report:#?}");
+    assert_eq!((report.totals.inserted, report.totals.failed), (7, 0));
+    let mut conn = connect(&db).await;
+    let memories: Vec<(Option<String>, String, Value)> = sqlx::query_as(
+        "select key, content, metadata from agent_memories
+         order by (metadata->>'source_rowid')::int",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    for (key, content, metadata) in &memories[..2] {
+        assert_eq!(*key, None);
+        assert_eq!(metadata["key_too_long"], json!(20_000));
+        let content: Value = serde_json::from_str(content).unwrap();
+        assert_eq!(
+            content["key"],
+            json!(long),
+            "the key arrives exactly, in content"
+        );
+    }
+    assert_eq!(memories[2].0.as_deref(), Some("short"));
+    let tools: Vec<(String, Value, uuid::Uuid)> = sqlx::query_as(
+        "select name, metadata, id from agent_tools order by (metadata->>'source_rowid')::int",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let names: Vec<&str> = tools.iter().map(|t| t.0.as_str()).collect();
+    assert_eq!(names[..2], ["tools:1", "tools:2"]);
+    assert!(
+        tools[..2]
+            .iter()
+            .all(|t| t.1["name_too_long"] == json!(20_000))
+    );
+    // The older tool of a name at the limit cannot take a longer "(file:rowid)" name:
+    // it gets its id, and the newer keeps the name.
+    assert_eq!(tools[2].0, tools[2].2.to_string());
+    assert_eq!(tools[2].1["name_conflict"], json!(limit));
+    assert_eq!(tools[3].0, limit);
+    let verified = backfill::verify(&db.url, &options).await.unwrap();
+    assert!(verified.passed(), "{verified:#?}");
+}
+
+#[tokio::test]
+async fn an_agent_the_admin_app_registered_keeps_its_id() {
+    let dir = tempfile::tempdir().unwrap();
+    legacy_file(
+        &dir.path().join("sales/main.db"),
+        "create table memory (key text, content text);
+         insert into memory values ('pricing', 'x'), ('pricing', 'y'), ('terms', 'z');
+         create table tools (name text);
+         insert into tools values ('crm'), ('crm');
+         create table metrics (name text, value real);
+         insert into metrics values ('deals', 3);
+         create table execution_log (status text);
+         insert into execution_log values ('ok');",
+    )
+    .await;
+    legacy_file(
+        &dir.path().join("sales/archive/old.sqlite"),
+        "create table agent_memory (key text, content text, created_at text);
+         insert into agent_memory values ('terms', 'older terms', '2020-01-01');",
+    )
+    .await;
+    let db = TestDatabase::migrated().await;
+    let mut conn = connect(&db).await;
+    sqlx::raw_sql(
+        "insert into agents (id, name, created_at, updated_at)
+         values ('clx9adminid', 'sales', now(), now())",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let options = BackfillOptions::new(dir.path());
+    let report = backfill::run(&db.url, &options, &()).await.unwrap();
+    assert!(report.succeeded(), "{report:#?}");
+    assert_eq!(report.totals.inserted, 8);
+    let agents: Vec<(String, String)> = sqlx::query_as("select id, name from agents")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        agents,
+        [("clx9adminid".to_string(), "sales".to_string())],
+        "no second agents row"
+    );
+    let on: Vec<(String, i64)> = sqlx::query_as(
+        "select agent_id, count(*) from (
+           select agent_id from agent_memories union all select agent_id from agent_tools
+           union all select agent_id from agent_metrics
+           union all select agent_id from agent_executions) a group by agent_id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(on, [("clx9adminid".to_string(), 8)]);
+    // Key and name conflicts are settled within the agent, under its real id.
+    let keys: Vec<String> =
+        sqlx::query_scalar("select key from agent_memories where key is not null order by key")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(keys, ["pricing", "terms"]);
+    let verified = backfill::verify(&db.url, &options).await.unwrap();
+    assert!(verified.passed(), "{verified:#?}");
+
+    // A second run adds nothing, also when it reads every table again.
+    let before = counts(&mut conn).await;
+    let again = backfill::run(&db.url, &options, &()).await.unwrap();
+    assert_eq!(again.totals.inserted, 0);
+    sqlx::raw_sql("delete from agent_memory.backfill_progress")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let reread = backfill::run(&db.url, &options, &()).await.unwrap();
+    assert_eq!(
+        (reread.totals.inserted, reread.totals.already_present),
+        (0, 8)
+    );
+    assert_eq!(counts(&mut conn).await[..5], before[..5]);
+
+    // Verify notices rows hung on another agent.
+    sqlx::raw_sql(
+        "insert into agents (id, name, created_at, updated_at) values ('x1', 'other', now(), now());
+         update agent_tools set agent_id = 'x1'",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let broken = backfill::verify(&db.url, &options).await.unwrap();
+    let differing: Vec<&str> = broken
+        .tables
+        .iter()
+        .filter_map(|t| t.difference.as_deref())
+        .collect();
+    assert_eq!(
+        differing,
+        [
+            r#"2 rows have agent_id "x1" (first seen), not "clx9adminid", the id of the agents row named "sales""#
+        ]
+    );
+}
+
+#[tokio::test]
+async fn an_agent_whose_id_another_agent_holds_is_reported_not_mixed_in() {
+    let dir = tempfile::tempdir().unwrap();
+    legacy_file(
+        &dir.path().join("sales/main.db"),
+        "create table memory (key text, content text); insert into memory values ('k', 'v');",
+    )
+    .await;
+    let db = TestDatabase::migrated().await;
+    let mut conn = connect(&db).await;
+    sqlx::raw_sql(
+        "insert into agents (id, name, created_at, updated_at)
+         values ('sales', 'sales_eu', now(), now())",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let report = backfill::run(&db.url, &BackfillOptions::new(dir.path()), &())
+        .await
+        .unwrap();
+    assert!(!report.succeeded());
+    let memory = table_report(&report, "sales/main.db", "memory");
+    assert_eq!(memory.failed.len(), 1);
+    assert!(
+        memory.failed[0]
+            .reason
+            .contains(r#"its id "sales" is taken by the agent named "sales_eu""#),
+        "{:?}",
+        memory.failed
+    );
+    let rows: i64 = sqlx::query_scalar("select count(*) from agent_memories")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0, "nothing lands on the other agent");
 }

@@ -1057,3 +1057,178 @@ async fn agent_framework_outputs() {
         "2026-01-15T10:01:51.499449+00:00"
     );
 }
+
+/// The (created_at, updated_at) of a memory or tool.
+fn times(row: &ContractRow) -> (String, String) {
+    let (created, updated) = match &row.record {
+        ContractRecord::Memory(m) => (m.created_at, m.updated_at),
+        ContractRecord::Tool(t) => (t.created_at, t.updated_at),
+        other => panic!("{other:?}"),
+    };
+    (created.to_rfc3339(), updated.to_rfc3339())
+}
+
+#[tokio::test]
+async fn a_time_in_the_future_stays_created_at_but_never_the_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = generated(
+        dir.path(),
+        "a/legacy.db",
+        "create table memory (key text, content text, timestamp text);
+         insert into memory values ('plan', 'from the future', '2031-01-01 00:00:00'),
+                                   ('past', 'from the past', '2024-01-15 10:30:00');
+         create table tools (name text, ts integer);
+         insert into tools values ('search', 1924992000000000);",
+    )
+    .await;
+    let memories = convert(&path, "a", "a/legacy.db", "memory", Target::Memories).await;
+    assert_eq!(
+        memories.iter().map(times).collect::<Vec<_>>(),
+        [
+            (
+                "2031-01-01T00:00:00+00:00".into(),
+                "2025-01-01T00:00:00+00:00".into()
+            ),
+            (
+                "2024-01-15T10:30:00+00:00".into(),
+                "2024-01-15T10:30:00+00:00".into()
+            ),
+        ],
+        "updated_at is created_at capped at migrated_at"
+    );
+    assert_eq!(
+        memories.iter().map(|r| r.future_time).collect::<Vec<_>>(),
+        [true, false]
+    );
+    // A microsecond time in 2031: read as microseconds, and capped all the same.
+    let tools = convert(&path, "a", "a/legacy.db", "tools", Target::Tools).await;
+    assert_eq!(
+        times(&tools[0]),
+        (
+            "2031-01-01T00:00:00+00:00".into(),
+            "2025-01-01T00:00:00+00:00".into()
+        )
+    );
+    assert!(tools[0].future_time);
+
+    // The dry run's inventory counts them, with an example.
+    let inv = inventory(dir.path(), &TableMap::new(), &ReadOptions::default()).await;
+    let counted: Vec<(&str, u64, Option<&str>)> = inv.files[0]
+        .tables
+        .iter()
+        .map(|t| (t.name.as_str(), t.future_times, t.future_example.as_deref()))
+        .collect();
+    assert_eq!(
+        counted,
+        [
+            ("memory", 1, Some("rowid 1: 2031-01-01T00:00:00.000000Z")),
+            ("tools", 1, Some("rowid 1: 2031-01-01T00:00:00.000000Z")),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_library_row_from_a_clock_ahead_gets_its_version_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = SqliteBackend::new(dir.path());
+    let me = agent("crawler");
+    backend
+        .put_memory(&me, &Memory::new("k", json!("v")))
+        .await
+        .unwrap();
+    backend.close().await;
+    let path = dir.path().join("crawler/memory.db");
+    let mut conn = SqliteConnectOptions::new()
+        .filename(&path)
+        .connect()
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "update agent_memories set created_at = '2031-01-01T00:00:00.000000Z',
+                                  updated_at = '2031-06-01T00:00:00.000000Z'",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    conn.close().await.unwrap();
+    let mut source = open(&path).await;
+    let mut rows = read_own_records(
+        &mut source,
+        &me,
+        "crawler/memory.db",
+        Target::Memories,
+        i64::MIN,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        times(&rows[0]),
+        (
+            "2031-01-01T00:00:00+00:00".into(),
+            "2031-06-01T00:00:00+00:00".into()
+        ),
+        "read as stored"
+    );
+    assert!(rows[0].cap_version(migrated_at()));
+    assert_eq!(
+        times(&rows[0]),
+        (
+            "2031-01-01T00:00:00+00:00".into(),
+            "2025-01-01T00:00:00+00:00".into()
+        ),
+        "moved with its version capped at the migration"
+    );
+}
+
+#[tokio::test]
+async fn keys_and_names_too_long_for_postgres_arrive_without_them() {
+    let long = "ключ".repeat(2500); // 10,000 characters, 20,000 bytes
+    let at_limit = "k".repeat(agent_memory::MAX_KEY_BYTES);
+    let dir = tempfile::tempdir().unwrap();
+    let path = generated(
+        dir.path(),
+        "a/legacy.db",
+        &format!(
+            "create table memory (key text, content text);
+             insert into memory values ('{long}', 'long'), ('{at_limit}', 'at the limit');
+             create table tools (name text, spec text);
+             insert into tools values ('{long}', 'long');
+             create table metrics (name text primary key, value real) without rowid;
+             insert into metrics values ('{long}', 1.5);"
+        ),
+    )
+    .await;
+    let memories = convert(&path, "a", "a/legacy.db", "memory", Target::Memories).await;
+    let ContractRecord::Memory(first) = &memories[0].record else {
+        panic!()
+    };
+    assert_eq!(first.key, None, "a key PostgreSQL's index cannot hold");
+    assert_eq!(first.metadata["key_too_long"], json!(20_000), "in bytes");
+    assert_eq!(
+        first.content["key"],
+        json!(long),
+        "content keeps the key exactly"
+    );
+    let ContractRecord::Memory(second) = &memories[1].record else {
+        panic!()
+    };
+    assert_eq!(second.key.as_deref(), Some(at_limit.as_str()));
+    assert!(!second.metadata.contains_key("key_too_long"));
+
+    let tools = convert(&path, "a", "a/legacy.db", "tools", Target::Tools).await;
+    let ContractRecord::Tool(tool) = &tools[0].record else {
+        panic!()
+    };
+    assert_eq!(tool.name, "tools:1", "the fallback name");
+    assert_eq!(tool.metadata["name_too_long"], json!(20_000));
+    assert_eq!(tool.content["name"], json!(long));
+    assert!(tool.validate().is_ok());
+    // Without a rowid the fallback would hold the long key itself: the row's id instead.
+    let metrics = convert(&path, "a", "a/legacy.db", "metrics", Target::Metrics).await;
+    let ContractRecord::Metric(metric) = &metrics[0].record else {
+        panic!()
+    };
+    assert_eq!(metric.name, metric.id.to_string());
+    assert_eq!(metric.metadata["name_too_long"], json!(20_000));
+    assert_eq!(metric.value, Some(1.5));
+}

@@ -9,6 +9,7 @@ use sqlx::{Connection, PgConnection};
 use super::load::{load_batch, prepare};
 use super::report::{Failure, FileReport, Report, TableReport, rate};
 use super::{BackfillOptions, Progress};
+use crate::backend::agent_rows::AgentRowError;
 use crate::backend::{MemoryBackend, PostgresBackend, Replica};
 use crate::error::{Chain, Error, Result, redact_url, scrub, url_secrets};
 use crate::legacy::{
@@ -184,6 +185,7 @@ impl Run<'_> {
                 match convert_row(agent, &found.source_db, table, target, row, migrated_at) {
                     Ok(mut converted) => {
                         out.unreadable_times += u64::from(converted.time_problem.is_some());
+                        count_future(&converted, converted.record.created_at(), out);
                         if self.options.legacy_embeddings {
                             take_embedding(table, row, &mut converted, out);
                         }
@@ -246,13 +248,19 @@ impl Run<'_> {
                     out.already_present += rows.len() as u64 - inserted;
                     return;
                 }
-                Ok(Err(err)) => {
+                Ok(Err(AgentRowError::Database(err))) => {
                     let transient = is_transient(&err);
                     let hint = permission_hint(&err, target);
                     last = Some(format!("{}{hint}", scrub(err, &url_secrets(self.url))));
                     if !transient {
                         break;
                     }
+                }
+                // The agent's name is free but its id is another agent's: only an
+                // operator can settle that.
+                Ok(Err(err @ AgentRowError::IdTaken { .. })) => {
+                    last = Some(err.to_string());
+                    break;
                 }
                 Err(_) => last = Some(format!("batch took longer than {:?}", self.options.timeout)),
             }
@@ -315,12 +323,23 @@ impl Run<'_> {
                 ..TableReport::default()
             };
             let mut after = 0;
+            let migrated_at = crate::record::now();
             loop {
-                let rows = read_own_records(source, agent, &found.source_db, target, after).await?;
+                let mut rows =
+                    read_own_records(source, agent, &found.source_db, target, after).await?;
                 let Some(last) = rows.last().and_then(|r| r.source.rowid) else {
                     break;
                 };
                 after = last;
+                for row in &mut rows {
+                    let own_time = row
+                        .record
+                        .updated_at()
+                        .into_iter()
+                        .fold(row.record.created_at(), chrono::DateTime::max);
+                    row.cap_version(migrated_at);
+                    count_future(row, own_time, &mut out);
+                }
                 for row in &rows {
                     let applied = match &row.record {
                         ContractRecord::Memory(m) => self
@@ -441,6 +460,23 @@ pub(crate) fn empty_report(
         finished_at: None,
         files: Vec::new(),
         totals: Default::default(),
+        warnings: Vec::new(),
+    }
+}
+
+/// Counts a row whose time (`time`, its latest own time) lies after its migration,
+/// keeping the first as an example.
+fn count_future(row: &ContractRow, time: chrono::DateTime<Utc>, out: &mut TableReport) {
+    if !row.future_time {
+        return;
+    }
+    out.future_times += 1;
+    if out.future_example.is_none() {
+        let at = row
+            .source
+            .rowid
+            .map_or_else(|| "row".to_string(), |r| format!("rowid {r}"));
+        out.future_example = Some(format!("{at}: {}", crate::backend::codec::time_text(&time)));
     }
 }
 

@@ -1,13 +1,17 @@
 //! Loading one batch of contract rows into PostgreSQL: into a staging table, settle
 //! key and name conflicts, insert what is not there yet, all in one transaction.
 
+use std::collections::BTreeMap;
+
 use sqlx::{Connection, PgConnection};
 
+use crate::backend::agent_rows::{AgentRowError, agent_row_id};
 use crate::legacy::{ContractRecord, ContractRow, Target};
 
 /// The per-connection staging table every batch is copied into (emptied at commit).
+/// `agent_id` is the id of the agent's `agents` row, `agent_name` its name.
 const STAGE: &str = "create temp table if not exists am_stage (
-        id uuid not null, agent_id text not null, key text, name text,
+        id uuid not null, agent_id text not null, agent_name text not null, key text, name text,
         value double precision, status text, content text not null,
         metadata jsonb not null, created_at timestamptz not null,
         updated_at timestamptz not null, source_db text not null, source_rowid bigint,
@@ -17,15 +21,15 @@ const STAGE: &str = "create temp table if not exists am_stage (
 /// Fills the staging table from one array per column, in a single protocol message.
 /// (sqlx 0.9.0's COPY sends its data and its end in two writes without TCP_NODELAY, so
 /// every batch waited out the server's delayed acknowledgement: about 40 ms.)
-const STAGE_ROWS: &str = "insert into am_stage (id, agent_id, key, name, value, status, content,
-        metadata, created_at, updated_at, source_db, source_rowid, embedding)
-    select id, agent_id, key, name, value, status, content, metadata::jsonb, created_at,
-           updated_at, source_db, source_rowid, embedding
-    from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::float8[], $6::text[],
-                $7::text[], $8::text[], $9::timestamptz[], $10::timestamptz[], $11::text[],
-                $12::int8[], $13::vector[])
-         as t(id, agent_id, key, name, value, status, content, metadata, created_at,
-              updated_at, source_db, source_rowid, embedding)";
+const STAGE_ROWS: &str = "insert into am_stage (id, agent_id, agent_name, key, name, value,
+        status, content, metadata, created_at, updated_at, source_db, source_rowid, embedding)
+    select id, agent_id, agent_name, key, name, value, status, content, metadata::jsonb,
+           created_at, updated_at, source_db, source_rowid, embedding
+    from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::float8[],
+                $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[],
+                $12::text[], $13::int8[], $14::vector[])
+         as t(id, agent_id, agent_name, key, name, value, status, content, metadata,
+              created_at, updated_at, source_db, source_rowid, embedding)";
 
 /// Legacy rows of one agent that share a key: the newest (by `created_at`, then file,
 /// then rowid) keeps it; the others arrive with no key and `metadata.key_conflict`.
@@ -49,14 +53,16 @@ const MEMORY_DEMOTE_OLDER: &str = "update agent_memories m
       and not exists (select 1 from agent_memories x where x.id = s.id)";
 
 /// Step 3: a key still held by another row (a newer legacy row, or one the agents wrote),
-/// or deleted since this row was written, is not taken.
+/// or deleted since this row was written, is not taken. Tombstones are the library's
+/// bookkeeping: matched under the agent's row id or its name, whichever the backend
+/// records them by.
 const MEMORY_KEEP_OUT: &str = "update am_stage s
     set key = null, metadata = s.metadata || jsonb_build_object('key_conflict', s.key)
     where s.key is not null
       and (exists (select 1 from agent_memories m
                    where m.agent_id = s.agent_id and m.key = s.key and m.id <> s.id)
            or exists (select 1 from agent_memory.memory_tombstones t
-                      where t.agent_id = s.agent_id and t.key = s.key
+                      where t.agent_id in (s.agent_id, s.agent_name) and t.key = s.key
                         and t.deleted_at >= s.created_at))";
 
 const MEMORY_INSERT: &str = "insert into agent_memories
@@ -65,9 +71,16 @@ const MEMORY_INSERT: &str = "insert into agent_memories
     on conflict (id) do nothing";
 
 /// Tool names are unique per agent too: a second row of a name arrives renamed, with
-/// `metadata.name_conflict` holding the name.
+/// `metadata.name_conflict` holding the name. A new name longer than the library's
+/// limit (`MAX_KEY_BYTES`, 1024 bytes) is the row's id instead.
 const TOOL_RENAME: &str = "update am_stage s
-    set name = s.name || ' (' || s.source_db || ':' || coalesce(s.source_rowid::text, s.id::text) || ')',
+    set name = case
+            when octet_length(s.name || ' (' || s.source_db || ':'
+                              || coalesce(s.source_rowid::text, s.id::text) || ')') <= 1024
+            then s.name || ' (' || s.source_db || ':'
+                 || coalesce(s.source_rowid::text, s.id::text) || ')'
+            else s.id::text
+        end,
         metadata = s.metadata || jsonb_build_object('name_conflict', s.name)
     from (select id, row_number() over (
               partition by agent_id, name
@@ -77,6 +90,9 @@ const TOOL_RENAME: &str = "update am_stage s
       and (r.rank > 1 or exists (select 1 from agent_tools t
                                  where t.agent_id = s.agent_id and t.name = s.name
                                    and t.id <> s.id))";
+
+// TOOL_RENAME's limit is the library's.
+const _: () = assert!(crate::record::MAX_KEY_BYTES == 1024);
 
 const TOOL_INSERT: &str = "insert into agent_tools
         (id, agent_id, name, content, metadata, created_at, updated_at)
@@ -93,10 +109,6 @@ const EXECUTION_INSERT: &str = "insert into agent_executions
     select id, agent_id, status, content, metadata, created_at from am_stage
     on conflict (id) do nothing";
 
-const AGENTS: &str = "insert into agents (id, name, created_at, updated_at)
-    select distinct agent_id, agent_id, now(), now() from am_stage
-    on conflict do nothing";
-
 const PROGRESS: &str =
     "insert into agent_memory.backfill_progress (source_db, source_table, rows_done)
     values ($1, $2, $3)
@@ -111,19 +123,36 @@ pub(crate) async fn prepare(conn: &mut PgConnection) -> Result<(), sqlx::Error> 
 /// Loads `rows` (all of one target, from one source table) in one transaction, recording
 /// `run` on every row it inserts and the batch in the progress table. Returns how many
 /// rows were inserted; the rest were already there.
+///
+/// Each row's `agent_id` is the id of the `agents` row named as its agent (the admin
+/// application may have registered it under an id of its own); the row is made, with
+/// `id` = the name, only when none has the name.
+///
+/// # Errors
+/// [`AgentRowError::IdTaken`] when no row has an agent's name and its id is another
+/// agent's; the database's errors.
 pub(crate) async fn load_batch(
     conn: &mut PgConnection,
     target: Target,
     rows: &[ContractRow],
     run: &str,
     source: (&str, &str),
-) -> Result<u64, sqlx::Error> {
+) -> Result<u64, AgentRowError> {
     let mut tx = conn.begin().await?;
-    stage(&mut tx, rows, run).await?;
+    let mut agent_ids = BTreeMap::new();
+    for row in rows {
+        let agent = &row.source.agent;
+        if !agent_ids.contains_key(agent.as_str()) {
+            let id = agent_row_id(&mut tx, agent, true)
+                .await?
+                .unwrap_or_default();
+            agent_ids.insert(agent.as_str().to_string(), id);
+        }
+    }
+    stage(&mut tx, rows, &agent_ids, run).await?;
     // Statistics for the staging table, so the conflict statements join it to the
     // growing contract tables through their indexes instead of scanning them per batch.
     sqlx::raw_sql("analyze am_stage").execute(&mut *tx).await?;
-    sqlx::raw_sql(AGENTS).execute(&mut *tx).await?;
     let steps: &[&'static str] = match target {
         Target::Memories => &[MEMORY_RANK_IN_BATCH, MEMORY_DEMOTE_OLDER, MEMORY_KEEP_OUT],
         Target::Tools => &[TOOL_RENAME],
@@ -152,15 +181,18 @@ pub(crate) async fn load_batch(
     Ok(inserted)
 }
 
-/// Puts `rows` into the staging table, with `migration_run` added to each row's metadata.
+/// Puts `rows` into the staging table, with `migration_run` added to each row's metadata
+/// and `agent_id` the agent's row id from `agent_ids` (by name).
 async fn stage(
     conn: &mut PgConnection,
     rows: &[ContractRow],
+    agent_ids: &BTreeMap<String, String>,
     run: &str,
 ) -> Result<(), sqlx::Error> {
     let n = rows.len();
     let mut ids = Vec::with_capacity(n);
     let mut agents = Vec::with_capacity(n);
+    let mut agent_names = Vec::with_capacity(n);
     let mut keys = Vec::with_capacity(n);
     let mut names = Vec::with_capacity(n);
     let mut values = Vec::with_capacity(n);
@@ -182,7 +214,14 @@ async fn stage(
             ContractRecord::Execution(e) => (None, None, None, e.status.clone(), e.created_at),
         };
         ids.push(row.record.id());
-        agents.push(row.source.agent.to_string());
+        let agent = row.source.agent.as_str();
+        agents.push(
+            agent_ids
+                .get(agent)
+                .cloned()
+                .unwrap_or_else(|| agent.to_string()),
+        );
+        agent_names.push(agent.to_string());
         keys.push(key);
         names.push(name);
         values.push(value);
@@ -201,6 +240,7 @@ async fn stage(
     sqlx::query(STAGE_ROWS)
         .bind(ids)
         .bind(agents)
+        .bind(agent_names)
         .bind(keys)
         .bind(names)
         .bind(values)

@@ -104,6 +104,8 @@ pub async fn dry_run(options: &BackfillOptions) -> Report {
                         skipped,
                         read: t.rows,
                         unreadable_times: t.unreadable_times,
+                        future_times: t.future_times,
+                        future_example: t.future_example,
                         ..TableReport::default()
                     }
                 })

@@ -27,6 +27,9 @@ pub struct Report {
     pub files: Vec<FileReport>,
     /// Totals over all files.
     pub totals: Totals,
+    /// Things an operator should look at although nothing failed, one line each: tables
+    /// with rows whose time lies in the future ([`TableReport::future_times`]).
+    pub warnings: Vec<String>,
 }
 
 /// One file.
@@ -63,6 +66,16 @@ pub struct TableReport {
     pub failed: Vec<Failure>,
     /// Rows whose time column could not be read (their `created_at` is the migration's).
     pub unreadable_times: u64,
+    /// Rows whose own time lies after their migration (`metadata.migrated_at`; in a dry
+    /// run, after the moment it read them): a clock that was ahead, or a number in a unit
+    /// the contract does not expect. They arrive all the same, with `created_at` = that
+    /// time, but with `updated_at` (their version) = `migrated_at`, so writes agents make
+    /// after the migration still replace and delete them. Each table with such rows also
+    /// gets a line in [`Report::warnings`].
+    pub future_times: u64,
+    /// The first row with a time in the future: `rowid N: <time>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub future_example: Option<String>,
     /// With `legacy_embeddings`: rows whose embedding column was decoded into
     /// `embedding`.
     pub embeddings_decoded: u64,
@@ -110,6 +123,8 @@ pub struct Totals {
     pub already_present: u64,
     /// Rows failed.
     pub failed: u64,
+    /// Rows whose time lies in the future (see [`TableReport::future_times`]).
+    pub future_times: u64,
     /// Seconds the run took.
     pub seconds: f64,
     /// Rows read per second over the run.
@@ -117,7 +132,7 @@ pub struct Totals {
 }
 
 impl Report {
-    /// Adds up the totals.
+    /// Adds up the totals, and lists the warnings.
     pub fn finish(&mut self) {
         let finished = Utc::now();
         let mut totals = Totals {
@@ -136,8 +151,26 @@ impl Report {
                 totals.inserted += table.inserted;
                 totals.already_present += table.already_present;
                 totals.failed += table.failed.iter().map(|f| f.rows).sum::<u64>();
+                totals.future_times += table.future_times;
             }
         }
+        self.warnings = self
+            .files
+            .iter()
+            .flat_map(|f| f.tables.iter().map(move |t| (f, t)))
+            .filter(|(_, t)| t.future_times > 0)
+            .map(|(f, t)| {
+                format!(
+                    "{} table {}: {} rows have a time later than their migration (first: {}); \
+                     they keep it as created_at, but their updated_at is the migration time \
+                     (a clock that was ahead, or numbers in an unexpected unit?)",
+                    f.source_db,
+                    t.table,
+                    t.future_times,
+                    t.future_example.as_deref().unwrap_or("?")
+                )
+            })
+            .collect();
         totals.seconds = (finished - self.started_at).num_milliseconds() as f64 / 1000.0;
         totals.rows_per_second = rate(totals.read, totals.seconds);
         self.totals = totals;

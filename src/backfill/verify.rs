@@ -7,6 +7,7 @@ use sha2::{Digest, Sha256};
 use sqlx::PgConnection;
 
 use super::BackfillOptions;
+use crate::backend::agent_rows::agent_row_id;
 use crate::error::{Chain, Result};
 use crate::legacy::{Probe, Source, TableKind, convert_row, discover};
 
@@ -69,7 +70,8 @@ impl Sum {
 }
 
 /// Compares every mapped legacy table under the agents path with the rows PostgreSQL
-/// holds from it (`metadata.source_db` and `source_table`). Files of the library's own
+/// holds from it (`metadata.source_db` and `source_table`), and checks that those rows
+/// hang on the agent's `agents` row (found by name, whatever its id). Files of the library's own
 /// layout are not compared here: their rows move as themselves and agents may have
 /// changed them since.
 ///
@@ -99,6 +101,15 @@ async fn compare(conn: &mut PgConnection, options: &BackfillOptions) -> Result<V
         };
         let mut source = match Source::open(&found.path, &options.read).await {
             Ok(source) => source,
+            Err(err) => {
+                out.problems
+                    .push((found.source_db.clone(), Chain(&err).to_string()));
+                continue;
+            }
+        };
+        // The rows must hang on the agents row of the agent's name, whatever its id.
+        let agent_row = match agent_row_id(conn, &agent, false).await {
+            Ok(id) => id,
             Err(err) => {
                 out.problems
                     .push((found.source_db.clone(), Chain(&err).to_string()));
@@ -154,18 +165,20 @@ async fn compare(conn: &mut PgConnection, options: &BackfillOptions) -> Result<V
                 }
             }
             let sql = format!(
-                "select id, content from {} where metadata->>'source_db' = $1 and metadata->>'source_table' = $2",
+                "select id, content, agent_id from {} where metadata->>'source_db' = $1 and metadata->>'source_table' = $2",
                 target.table()
             );
             let mut postgres = Sum::default();
             let mut postgres_rows = 0;
+            let mut elsewhere: Option<(u64, String)> = None;
             {
-                let mut rows = sqlx::query_as::<_, (uuid::Uuid, String)>(sqlx::AssertSqlSafe(sql))
-                    .bind(&found.source_db)
-                    .bind(&table.name)
-                    .fetch(&mut *conn);
+                let mut rows =
+                    sqlx::query_as::<_, (uuid::Uuid, String, String)>(sqlx::AssertSqlSafe(sql))
+                        .bind(&found.source_db)
+                        .bind(&table.name)
+                        .fetch(&mut *conn);
                 while let Some(row) = rows.next().await {
-                    let (id, content) = row.map_err(|e| crate::Error::Database {
+                    let (id, content, agent_id) = row.map_err(|e| crate::Error::Database {
                         backend: "postgres",
                         operation: format!(
                             "read the rows of {} from {}",
@@ -175,10 +188,13 @@ async fn compare(conn: &mut PgConnection, options: &BackfillOptions) -> Result<V
                     })?;
                     postgres_rows += 1;
                     postgres.add(&id, &content);
+                    if agent_row.as_deref() != Some(agent_id.as_str()) {
+                        elsewhere.get_or_insert((0, agent_id)).0 += 1;
+                    }
                 }
             }
-            let difference =
-                problem.or_else(
+            let difference = problem
+                .or_else(
                     || match (legacy_rows == postgres_rows, legacy == postgres) {
                         (true, true) => None,
                         (false, _) => Some(format!(
@@ -187,7 +203,22 @@ async fn compare(conn: &mut PgConnection, options: &BackfillOptions) -> Result<V
                         )),
                         (true, false) => Some("same row count, but ids or contents differ".into()),
                     },
-                );
+                )
+                .or_else(|| {
+                    let (rows, agent_id) = elsewhere?;
+                    Some(match &agent_row {
+                        Some(id) => format!(
+                            "{rows} rows have agent_id {agent_id:?} (first seen), not {id:?}, \
+                             the id of the agents row named {:?}",
+                            agent.as_str()
+                        ),
+                        None => format!(
+                            "{rows} rows have agent_id {agent_id:?} (first seen), but no agents \
+                             row is named {:?}",
+                            agent.as_str()
+                        ),
+                    })
+                });
             out.tables.push(TableCheck {
                 source_db: found.source_db.clone(),
                 agent: agent.to_string(),

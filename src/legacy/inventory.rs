@@ -9,6 +9,7 @@ use super::open::{ReadOptions, Source};
 use super::read::TableKind;
 use super::row::convert_row;
 use super::{TableMap, Target};
+use crate::backend::codec::time_text;
 use crate::error::{Chain, Result};
 
 /// What a dry run found under an agents path.
@@ -49,6 +50,11 @@ pub struct TableInventory {
     pub unreadable_times: u64,
     /// Up to five examples of unreadable times.
     pub time_examples: Vec<String>,
+    /// Rows whose own time lies after the moment the dry run read them (a migration
+    /// would keep it as `created_at` but cap `updated_at` at the migration time).
+    pub future_times: u64,
+    /// The first of them, as `rowid N: <time>`.
+    pub future_example: Option<String>,
 }
 
 /// Where a table's rows go.
@@ -126,6 +132,8 @@ async fn inventory_file(
             rows: 0,
             unreadable_times: 0,
             time_examples: Vec::new(),
+            future_times: 0,
+            future_example: None,
         };
         match outcome {
             TableOutcome::Skipped(_) => {}
@@ -139,14 +147,26 @@ async fn inventory_file(
                             entry.rows += 1;
                             let converted =
                                 convert_row(agent, &file.source_db, &table, target, row, at)?;
+                            let place = || {
+                                converted
+                                    .source
+                                    .rowid
+                                    .map_or("row".to_string(), |r| format!("rowid {r}"))
+                            };
+                            if converted.future_time {
+                                entry.future_times += 1;
+                                if entry.future_example.is_none() {
+                                    entry.future_example = Some(format!(
+                                        "{}: {}",
+                                        place(),
+                                        time_text(&converted.record.created_at())
+                                    ));
+                                }
+                            }
                             if let Some(problem) = converted.time_problem {
                                 entry.unreadable_times += 1;
                                 if entry.time_examples.len() < 5 {
-                                    let at = converted
-                                        .source
-                                        .rowid
-                                        .map_or("row".to_string(), |r| format!("rowid {r}"));
-                                    entry.time_examples.push(format!("{at}: {problem}"));
+                                    entry.time_examples.push(format!("{}: {problem}", place()));
                                 }
                             }
                         }

@@ -34,7 +34,9 @@ pub use row::{
     ContractRecord, ContractRow, LEGACY_ROW_NAMESPACE, RowSource, convert_row,
     resolve_key_conflicts, row_id,
 };
-pub use time::{MILLIS_THRESHOLD, TIME_COLUMNS, parse_time_value};
+pub use time::{
+    MICROS_THRESHOLD, MILLIS_THRESHOLD, NANOS_THRESHOLD, TIME_COLUMNS, parse_time_value,
+};
 pub use value::SqlValue;
 
 use std::collections::BTreeMap;

@@ -23,6 +23,9 @@ pub(crate) fn own_table(target: Target) -> &'static str {
 /// (`agent_memory_schema` present), in rowid order after rowid `after` (start with
 /// `i64::MIN`; continue with the last row's `source.rowid`). Each comes back exactly as
 /// the SQLite backend stored it: same id, key, content, metadata, embedding and times.
+/// A caller moving them caps their versions at its migration time first
+/// ([`ContractRow::cap_version`]), so a clock that was ahead cannot make a row outrank
+/// later writes.
 ///
 /// # Errors
 /// [`Error::Database`] when the table cannot be read, [`Error::Json`] or
@@ -73,6 +76,7 @@ pub async fn read_own_records(
                 },
                 record,
                 time_problem: None,
+                future_time: false,
             })
         })
         .collect()

@@ -12,7 +12,7 @@ use super::time::{TIME_COLUMNS, parse_time_value};
 use super::value::{SqlValue, without_nul};
 use crate::backend::codec::time_text;
 use crate::error::{Error, Result};
-use crate::record::{AgentId, Execution, Memory, Metadata, Metric, Tool};
+use crate::record::{AgentId, Execution, MAX_KEY_BYTES, Memory, Metadata, Metric, Tool};
 
 /// The namespace of every legacy row id: UUID v5 of the name
 /// `urn:agent-memory:legacy-row:v1` under the standard URL namespace. Fixed forever:
@@ -94,6 +94,15 @@ impl ContractRecord {
         }
     }
 
+    /// Its `updated_at` (its version), for the two targets that have one.
+    pub fn updated_at(&self) -> Option<DateTime<Utc>> {
+        match self {
+            ContractRecord::Memory(r) => Some(r.updated_at),
+            ContractRecord::Tool(r) => Some(r.updated_at),
+            ContractRecord::Metric(_) | ContractRecord::Execution(_) => None,
+        }
+    }
+
     /// Its `metadata`.
     pub fn metadata(&self) -> &Metadata {
         match self {
@@ -129,12 +138,47 @@ pub struct ContractRow {
     /// Set when the row had a time column whose value is not a time; `created_at` is
     /// then `migrated_at`.
     pub time_problem: Option<String>,
+    /// Set when the row's own time (its `created_at`, or the `updated_at` of a row of the
+    /// library's own layout) is later than `migrated_at`: a clock that was ahead, or a
+    /// number in an unexpected unit. `created_at` keeps the row's time; its version
+    /// (`updated_at`) is capped at `migrated_at` (see [`ContractRow::cap_version`]).
+    pub future_time: bool,
+}
+
+impl ContractRow {
+    /// Caps the row's version (`updated_at`) at `migrated_at`, so that a legacy time in
+    /// the future cannot outrank the writes agents make after the migration (the
+    /// contract's `updated_at` rule); `created_at` stays the row's own time. Sets
+    /// [`future_time`](Self::future_time) when `created_at` or `updated_at` was later
+    /// than `migrated_at`, and returns it.
+    ///
+    /// [`convert_row`] applies it to every row it makes; callers moving rows of the
+    /// library's own layout ([`read_own_records`](super::read_own_records)) apply it
+    /// with their migration time.
+    pub fn cap_version(&mut self, migrated_at: DateTime<Utc>) -> bool {
+        let future = self.record.created_at() > migrated_at
+            || self.record.updated_at().is_some_and(|at| at > migrated_at);
+        match &mut self.record {
+            ContractRecord::Memory(r) => r.updated_at = r.updated_at.min(migrated_at),
+            ContractRecord::Tool(r) => r.updated_at = r.updated_at.min(migrated_at),
+            ContractRecord::Metric(_) | ContractRecord::Execution(_) => {}
+        }
+        self.future_time |= future;
+        self.future_time
+    }
 }
 
 /// Converts one row of a legacy data table by the contract ("One migrated row").
 ///
 /// `migrated_at` is the migration's time (`metadata.migrated_at`, and `created_at` when
-/// the row has no readable time of its own).
+/// the row has no readable time of its own). `updated_at` is `created_at` capped at
+/// `migrated_at` ([`ContractRow::cap_version`]).
+///
+/// A `key` or `name` longer than [`MAX_KEY_BYTES`] (which PostgreSQL's unique index
+/// could not hold, and the library refuses) is not used: the memory arrives with `key`
+/// null and `metadata.key_too_long` = the key's length in bytes; the tool or metric gets
+/// the fallback name `"<source_table>:<rowid>"` and `metadata.name_too_long` = the
+/// name's length in bytes. `content` keeps the full value either way.
 ///
 /// # Errors
 /// [`Error::InvalidInput`] when `table` is a skipped table or `row` does not have its
@@ -205,6 +249,17 @@ pub fn convert_row(
         }
     };
     metadata.insert("migrated_at".into(), time_text(&migrated_at).into());
+    let text = |name: &str| column(name).and_then(SqlValue::typed_text);
+    // Keys and names PostgreSQL's unique index cannot hold are left out of the typed
+    // column (and counted in bytes of the value as stored there); content keeps them.
+    let mut key_text = text("key");
+    if let Some(long) = key_text.take_if(|k| k.len() > MAX_KEY_BYTES) {
+        metadata.insert("key_too_long".into(), long_length(column("key"), &long));
+    }
+    let mut name = text("name");
+    if let Some(long) = name.take_if(|n| n.len() > MAX_KEY_BYTES) {
+        metadata.insert("name_too_long".into(), long_length(column("name"), &long));
+    }
     let metadata: Metadata = metadata
         .into_iter()
         .map(|(k, v)| (k, without_nul(v)))
@@ -225,12 +280,19 @@ pub fn convert_row(
 
     let id = row_id(agent, source_db, &table.name, &key);
     let content = Value::Object(content);
-    let text = |name: &str| column(name).and_then(SqlValue::typed_text);
-    let name = text("name").unwrap_or_else(|| without_nul_text(fallback_name));
+    let name = name.unwrap_or_else(|| {
+        let fallback = without_nul_text(fallback_name);
+        // A WITHOUT ROWID table's fallback holds its primary key, which may be long too.
+        if fallback.len() > MAX_KEY_BYTES {
+            id.to_string()
+        } else {
+            fallback
+        }
+    });
     let record = match target {
         Target::Memories => ContractRecord::Memory(Memory {
             id,
-            key: text("key"),
+            key: key_text,
             content,
             metadata,
             embedding: None,
@@ -261,7 +323,7 @@ pub fn convert_row(
             created_at,
         }),
     };
-    Ok(ContractRow {
+    let mut row = ContractRow {
         source: RowSource {
             agent: agent.clone(),
             source_db: source_db.to_string(),
@@ -270,7 +332,21 @@ pub fn convert_row(
         },
         record,
         time_problem,
-    })
+        future_time: false,
+    };
+    row.cap_version(migrated_at);
+    Ok(row)
+}
+
+/// The length in bytes of a key or name too long for its typed column: of the legacy
+/// text itself (of its bytes for a BLOB), else of the text it would have been stored as.
+fn long_length(value: Option<&SqlValue>, typed: &str) -> Value {
+    let bytes = match value {
+        Some(SqlValue::Text(s)) => s.len(),
+        Some(SqlValue::Blob(b) | SqlValue::InvalidText(b)) => b.len(),
+        _ => typed.len(),
+    };
+    Value::Number(Number::from(bytes))
 }
 
 /// A fallback name holding a key's text may hold NUL; give it the `$base64` form.

@@ -14,10 +14,20 @@ pub const TIME_COLUMNS: &[&str] = &["created_at", "timestamp", "datetime", "time
 /// 1973-03-03, so every plausible time of either kind lands on the right side.
 pub const MILLIS_THRESHOLD: f64 = 1e11;
 
+/// From this magnitude on, numbers are Unix **microseconds** (10^14 ms is the year
+/// 5138, 10^14 us is 1973-03-03).
+pub const MICROS_THRESHOLD: f64 = 1e14;
+
+/// From this magnitude on, numbers are Unix **nanoseconds** (10^17 us is the year 5138,
+/// 10^17 ns is 1973-03-03). Every 64-bit integer is then a time between 1677 and 2262.
+pub const NANOS_THRESHOLD: f64 = 1e17;
+
 /// Reads a time value by the contract's rules, truncated to microseconds (the precision
 /// both databases keep):
 ///
-/// - INTEGER and REAL: Unix seconds, or milliseconds from [`MILLIS_THRESHOLD`] on.
+/// - INTEGER and REAL: Unix seconds; milliseconds from [`MILLIS_THRESHOLD`] (10^11) on,
+///   microseconds from [`MICROS_THRESHOLD`] (10^14) on, nanoseconds from
+///   [`NANOS_THRESHOLD`] (10^17) on (the magnitude decides, so negative numbers too).
 /// - TEXT that is a decimal number (`'1723825537.5902064'`, `'-12'`): the same, read
 ///   exactly from its digits.
 /// - other TEXT: RFC 3339 / ISO 8601 with an offset or `Z`, with `T` or a space between
@@ -29,7 +39,7 @@ pub const MILLIS_THRESHOLD: f64 = 1e11;
 /// A short reason when the value is not a time (BLOB, other text, out of range).
 pub fn parse_time_value(value: &SqlValue) -> Result<DateTime<Utc>, String> {
     let at = match value {
-        SqlValue::Integer(i) => from_unix(*i as f64, *i, 0),
+        SqlValue::Integer(i) => from_unix(*i, 0),
         // Rust prints the shortest decimal that reads back as the same f64: read those
         // digits exactly, as a person reading the stored number would.
         SqlValue::Real(f) if f.is_finite() => parse_decimal(&format!("{f}")),
@@ -83,31 +93,38 @@ fn parse_decimal(s: &str) -> Option<DateTime<Utc>> {
     };
     let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
     let digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
-    if whole.is_empty() || !digits(whole) || !digits(fraction) || whole.len() > 18 {
+    // Nineteen digits hold every nanosecond time an i64 can (up to 2262).
+    if whole.is_empty() || !digits(whole) || !digits(fraction) || whole.len() > 19 {
         return None;
     }
     let whole: i64 = whole.parse().ok()?;
     // Nine digits of fraction are nanoseconds; more cannot matter at microseconds.
     let nanos: i64 = format!("{fraction:0<9}")[..9].parse().ok()?;
-    let magnitude = whole as f64;
     let (whole, nanos) = if negative {
         (-whole, -nanos)
     } else {
         (whole, nanos)
     };
-    from_unix(magnitude, whole, nanos)
+    from_unix(whole, nanos)
 }
 
-/// A Unix time of `whole` units and `nanos` billionths of a unit; `magnitude` (the
-/// number's size) decides whether the unit is seconds or milliseconds.
-fn from_unix(magnitude: f64, whole: i64, nanos: i64) -> Option<DateTime<Utc>> {
-    let millis = magnitude.abs() >= MILLIS_THRESHOLD;
-    let total_nanos = i128::from(whole) * 1_000_000_000 + i128::from(nanos);
-    let total_nanos = if millis {
-        total_nanos / 1000
+/// A Unix time of `whole` units and `nanos` billionths of a unit; the magnitude of
+/// `whole` (the number's integer part, compared exactly) decides the unit: seconds,
+/// milliseconds, microseconds or nanoseconds.
+fn from_unix(whole: i64, nanos: i64) -> Option<DateTime<Utc>> {
+    let magnitude = whole.unsigned_abs();
+    // The thresholds are whole numbers, so comparing the integer part is exact: a
+    // fraction never lifts a number over one.
+    let per_second: i128 = if magnitude >= NANOS_THRESHOLD as u64 {
+        1_000_000_000
+    } else if magnitude >= MICROS_THRESHOLD as u64 {
+        1_000_000
+    } else if magnitude >= MILLIS_THRESHOLD as u64 {
+        1_000
     } else {
-        total_nanos
+        1
     };
+    let total_nanos = (i128::from(whole) * 1_000_000_000 + i128::from(nanos)) / per_second;
     let secs = i64::try_from(total_nanos.div_euclid(1_000_000_000)).ok()?;
     let sub = u32::try_from(total_nanos.rem_euclid(1_000_000_000)).ok()?;
     DateTime::from_timestamp(secs, sub)
@@ -173,14 +190,72 @@ mod tests {
     }
 
     #[test]
+    fn microseconds_and_nanoseconds_start_at_theirs() {
+        // One instant in every unit, as INTEGER, REAL and decimal TEXT.
+        let instant = "2024-11-28T13:20:00.123456Z";
+        for n in [
+            1_732_800_000_i64,
+            1_732_800_000_123,
+            1_732_800_000_123_456,
+            1_732_800_000_123_456_789,
+        ] {
+            let want = if n < 100_000_000_000 {
+                "2024-11-28T13:20:00.000000Z"
+            } else if n < 100_000_000_000_000 {
+                "2024-11-28T13:20:00.123000Z"
+            } else {
+                instant
+            };
+            assert_eq!(at(SqlValue::Integer(n)), want, "{n}");
+            assert_eq!(at(SqlValue::Text(n.to_string())), want, "text {n}");
+            assert_eq!(at(SqlValue::Integer(-n)).get(..2), Some("19"), "-{n}");
+        }
+        // The issue's example: microseconds, not the year 56880.
+        assert_eq!(
+            at(SqlValue::Integer(1_732_800_000_000_000)),
+            "2024-11-28T13:20:00.000000Z"
+        );
+        assert_eq!(
+            at(SqlValue::Real(1_732_800_000_000_000.0)),
+            "2024-11-28T13:20:00.000000Z"
+        );
+        assert_eq!(
+            at(SqlValue::Text("1732800000123456.7".into())),
+            "2024-11-28T13:20:00.123456Z"
+        );
+        // Each threshold: just under it is the unit before (the year 5138), at it 1973.
+        for (under, from) in [
+            (99_999_999_999_999_i64, 100_000_000_000_000_i64),
+            (99_999_999_999_999_999, 100_000_000_000_000_000),
+        ] {
+            assert!(at(SqlValue::Integer(under)).starts_with("5138-11-16T09:46:39"));
+            assert_eq!(at(SqlValue::Integer(from)), "1973-03-03T09:46:40.000000Z");
+            assert!(
+                at(SqlValue::Text(format!("{under}.9"))).starts_with("5138-11-16T09:46:39"),
+                "a fraction does not lift {under} into the next unit"
+            );
+        }
+        // Every 64-bit integer is now a time: nanoseconds reach 2262.
+        assert_eq!(
+            at(SqlValue::Integer(i64::MAX)),
+            "2262-04-11T23:47:16.854775Z"
+        );
+        assert_eq!(
+            at(SqlValue::Text("9223372036854775807".into())),
+            "2262-04-11T23:47:16.854775Z"
+        );
+    }
+
+    #[test]
     fn what_is_not_a_time_is_an_error() {
         for v in [
             SqlValue::Text("toto".into()),
             SqlValue::Text("".into()),
             SqlValue::Text("2024-13-45".into()),
             SqlValue::Blob(vec![1, 2]),
-            SqlValue::Integer(i64::MAX),
             SqlValue::Real(f64::INFINITY),
+            SqlValue::Real(1e300),
+            SqlValue::Text("9223372036854775808".into()),
             SqlValue::Text("99999999999999999999".into()),
         ] {
             assert!(at(v.clone()).starts_with("error"), "{v:?}");

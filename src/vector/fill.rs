@@ -70,7 +70,8 @@ impl TextSource {
 pub struct FillOptions {
     /// Memories per batch (one embedder call and one write each).
     pub batch_size: usize,
-    /// Only this agent's memories; every agent's when `None`.
+    /// Only this agent's memories (those on the `agents` row of its name, whatever that
+    /// row's id); every agent's when `None`.
     pub agent: Option<AgentId>,
     /// Which text of a memory is embedded.
     pub text: TextSource,
@@ -107,14 +108,16 @@ pub struct FillReport {
     pub seconds: f64,
 }
 
-/// How many memories have no embedding (of `agent`, or of every agent).
+/// How many memories have no embedding (of `agent`, found by name in `agents`, or of
+/// every agent).
 ///
 /// # Errors
 /// The database's error.
 pub async fn missing_embeddings(backend: &PostgresBackend, agent: Option<&AgentId>) -> Result<u64> {
     let count: i64 = sqlx::query_scalar(
         "select count(*) from agent_memories
-         where embedding is null and ($1::text is null or agent_id = $1)",
+         where embedding is null
+           and ($1::text is null or agent_id = (select id from agents where name = $1))",
     )
     .bind(agent.map(AgentId::as_str))
     .fetch_one(backend.pool())
@@ -156,7 +159,8 @@ pub async fn fill_embeddings(
     loop {
         let rows = sqlx::query(
             "select id, agent_id, content, updated_at from agent_memories
-             where embedding is null and id > $1 and ($2::text is null or agent_id = $2)
+             where embedding is null and id > $1
+               and ($2::text is null or agent_id = (select id from agents where name = $2))
              order by id limit $3",
         )
         .bind(after)
