@@ -88,7 +88,10 @@ async fn main() -> ExitCode {
             Ok(()) => {
                 // The line is the acknowledgement: written and flushed before the next
                 // store starts, so a kill never loses one the test should know about.
-                if writeln!(out, "{key} {n}").and_then(|()| out.flush()).is_err() {
+                if writeln!(out, "{key} {n}")
+                    .and_then(|()| out.flush())
+                    .is_err()
+                {
                     return ExitCode::from(2);
                 }
             }
