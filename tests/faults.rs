@@ -17,8 +17,8 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_memory::backend::DualBackend;
 use agent_memory::backend::dual::DualOptions;
+use agent_memory::backend::{DualBackend, Replica};
 use agent_memory::config::Stage;
 use agent_memory::testing::postgres::TestDatabase;
 use agent_memory::testing::unique_agent;
@@ -60,8 +60,8 @@ fn shown(output: &Output) -> String {
 /// handles on each side.
 struct Sides {
     dual: DualBackend,
-    sqlite: Arc<dyn MemoryBackend>,
-    postgres: Arc<dyn MemoryBackend>,
+    sqlite: Arc<dyn Replica>,
+    postgres: Arc<dyn Replica>,
     agent: AgentId,
     db: TestDatabase,
     _dir: tempfile::TempDir,
@@ -71,8 +71,8 @@ impl Sides {
     async fn new(stage: Stage, options: DualOptions) -> Self {
         let dir = tempfile::tempdir().expect("temporary agents folder");
         let db = TestDatabase::migrated().await;
-        let sqlite: Arc<dyn MemoryBackend> = Arc::new(SqliteBackend::new(dir.path()));
-        let postgres: Arc<dyn MemoryBackend> = Arc::new(db.backend().await);
+        let sqlite: Arc<dyn Replica> = Arc::new(SqliteBackend::new(dir.path()));
+        let postgres: Arc<dyn Replica> = Arc::new(db.backend().await);
         let dual = DualBackend::with_options(sqlite.clone(), postgres.clone(), stage, options);
         Sides {
             dual,
@@ -453,8 +453,8 @@ async fn full_disk_dualwrite_sides_agree_after_repair() {
     let comparison = stats_comparison(&memctl(&env, &["--agent", agent, "stats"]));
     // Read in this process (a new one to the stores), through the dual backend.
     let memory = {
-        let sqlite: Arc<dyn MemoryBackend> = Arc::new(SqliteBackend::new(disk.path()));
-        let postgres: Arc<dyn MemoryBackend> = Arc::new(db.backend().await);
+        let sqlite: Arc<dyn Replica> = Arc::new(SqliteBackend::new(disk.path()));
+        let postgres: Arc<dyn Replica> = Arc::new(db.backend().await);
         let dual = DualBackend::new(sqlite, postgres, Stage::DualWrite);
         AgentMemory::with_backend(AgentId::new(agent).unwrap(), Arc::new(dual))
     };
@@ -500,8 +500,8 @@ async fn kill_store_loop(stage: Stage, kills: usize) {
     let mut rng = Rng::seeded(&format!("kill -9 in {stage}"));
     let dir = tempfile::tempdir().expect("temporary agents folder");
     let db = TestDatabase::migrated().await;
-    let sqlite: Arc<dyn MemoryBackend> = Arc::new(SqliteBackend::new(dir.path()));
-    let postgres: Arc<dyn MemoryBackend> = Arc::new(db.backend().await);
+    let sqlite: Arc<dyn Replica> = Arc::new(SqliteBackend::new(dir.path()));
+    let postgres: Arc<dyn Replica> = Arc::new(db.backend().await);
     let agents = dir.path().to_str().unwrap();
     let stage_name = stage.to_string();
     let env = [
@@ -777,8 +777,8 @@ async fn two_processes_same_keys_in_dualwrite_agree_after_repair() {
         );
     }
     println!("2 x 3,000 stores in {:?}", started.elapsed());
-    let sqlite: Arc<dyn MemoryBackend> = Arc::new(SqliteBackend::new(dir.path()));
-    let postgres: Arc<dyn MemoryBackend> = Arc::new(db.backend().await);
+    let sqlite: Arc<dyn Replica> = Arc::new(SqliteBackend::new(dir.path()));
+    let postgres: Arc<dyn Replica> = Arc::new(db.backend().await);
     let dual = DualBackend::with_options(sqlite, postgres, Stage::DualWrite, quick_options());
     repair_and_assert_agree(&dual, &agent, "two processes, same keys").await;
 }

@@ -10,12 +10,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent_memory::backend::DualBackend;
 use agent_memory::backend::dual::DualOptions;
+use agent_memory::backend::{DualBackend, Replica};
 use agent_memory::config::Stage;
 use agent_memory::testing::postgres::TestDatabase;
 use agent_memory::testing::unique_agent;
-use agent_memory::{AgentMemory, MemoryBackend, SqliteBackend};
+use agent_memory::{AgentMemory, SqliteBackend};
 use common::{RestartOnDrop, pg};
 use serde_json::{Value, json};
 
@@ -29,8 +29,8 @@ const RESTARTS: usize = 5;
 async fn live_stores_survive_a_server_restart_under_load() {
     let dir = tempfile::tempdir().expect("temporary agents folder");
     let db = TestDatabase::migrated().await;
-    let sqlite: Arc<dyn MemoryBackend> = Arc::new(SqliteBackend::new(dir.path()));
-    let postgres: Arc<dyn MemoryBackend> = Arc::new(db.backend().await);
+    let sqlite: Arc<dyn Replica> = Arc::new(SqliteBackend::new(dir.path()));
+    let postgres: Arc<dyn Replica> = Arc::new(db.backend().await);
     let options = DualOptions {
         retry_after: Duration::from_millis(50),
         ..DualOptions::default()
