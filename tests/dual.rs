@@ -798,14 +798,22 @@ async fn owed_store_replayed_after_a_delete_stays_deleted() {
 
 /// Overwrites `key` on one side only with `content`, keeping the stored times, so the
 /// sides differ in content alone.
-async fn diverge(side: &dyn MemoryBackend, agent: &AgentId, stored: &Memory, content: Value) {
+async fn diverge(side: &dyn Replica, agent: &AgentId, stored: &Memory, content: Value) {
     let changed = Memory {
         content,
         ..stored.clone()
     };
-    side.put_memory(agent, &changed)
+    assert!(
+        side.restore_memory(
+            agent,
+            stored.key.as_deref().unwrap(),
+            stored.updated_at,
+            Some(&changed)
+        )
         .await
-        .expect("write one side directly");
+        .expect("write one side directly"),
+        "the stored version is there to overwrite"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

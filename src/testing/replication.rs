@@ -28,17 +28,17 @@ pub async fn copies_converge_in_any_order(backend: &dyn Replica) {
     let t = now();
     let us = Duration::microseconds;
     enum Op {
-        Put(Memory),
+        Put(Box<Memory>),
         Delete(DateTime<Utc>),
     }
     // A fresh id each time: in PostgreSQL ids are unique across agents.
     let ops = || {
         let base = Memory::new("k", json!(0));
         vec![
-            Op::Put(version(&base, t, json!("v1"))),
-            Op::Put(version(&base, t + us(20), json!("v3"))),
+            Op::Put(Box::new(version(&base, t, json!("v1")))),
+            Op::Put(Box::new(version(&base, t + us(20), json!("v3")))),
             Op::Delete(t + us(10)),
-            Op::Put(version(&base, t + us(5), json!("v2"))),
+            Op::Put(Box::new(version(&base, t + us(5), json!("v2")))),
         ]
     };
     let orders: [[usize; 4]; 4] = [[0, 1, 2, 3], [3, 2, 1, 0], [2, 0, 3, 1], [1, 3, 0, 2]];

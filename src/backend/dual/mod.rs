@@ -281,6 +281,9 @@ impl DualBackend {
     /// When the journal cannot be read (for example, `side` is unreachable).
     pub async fn owed_journaled_on(&self, side: Side) -> Result<u64> {
         self.refresh_health().await;
+        // Records of copies that arrived are not owed: clear them first. A failure
+        // here leaves them counted, which errs on the safe side.
+        self.flush().await.ok();
         let agents = self
             .timed(side, false, self.side(side).owed_agents())
             .await?;
@@ -308,6 +311,27 @@ impl DualBackend {
             .timed(side, false, self.side(side).owed_agents())
             .await?;
         Ok(agents.iter().map(|count| count.parked).sum())
+    }
+
+    /// Runs bookkeeping `call` (journal reads, repair's reads) on `side` within the side
+    /// timeout, without counting it among the agent's reads.
+    async fn quiet<T>(&self, side: Side, call: impl Future<Output = Result<T>>) -> Result<T> {
+        if let Some(refused) = self.inner.health[side.index()].refuse(side) {
+            return Err(refused);
+        }
+        let result = match side {
+            Side::Postgres => {
+                match tokio::time::timeout(self.inner.options.side_timeout, call).await {
+                    Ok(result) => result,
+                    Err(_) => Err(unreachable(side, "no answer within the side timeout")),
+                }
+            }
+            Side::Sqlite => call.await,
+        };
+        if side == Side::Postgres && matches!(&result, Err(err) if err.is_connection()) {
+            self.side_down(side);
+        }
+        result
     }
 
     /// Times `call` on `side`, counting its errors.

@@ -114,7 +114,7 @@ impl DualBackend {
             let mut last_seq = i64::MIN;
             loop {
                 let batch = self
-                    .timed(from, false, self.side(from).owed_writes(agent, BATCH))
+                    .quiet(from, self.side(from).owed_writes(agent, BATCH))
                     .await?;
                 let Some(first) = batch.first() else { break };
                 if first.seq <= last_seq {
@@ -129,8 +129,16 @@ impl DualBackend {
                 }
                 let mut done = Vec::with_capacity(batch.len());
                 let mut stop = None;
+                // Records whose copies already arrived (cleared lazily) need no replay.
+                let delivered = self.take_done(from, agent);
+                let mut cleared = 0;
                 for record in &batch {
                     last_seq = record.seq;
+                    if delivered.contains(&record.seq) {
+                        done.push(record.seq);
+                        cleared += 1;
+                        continue;
+                    }
                     let replayed = match serde_json::from_str::<OwedWrite>(&record.op) {
                         Ok(write) => self.replay_one(from, agent, &write).await,
                         Err(source) => Err(Error::Json {
@@ -165,7 +173,7 @@ impl DualBackend {
                 // Counted before the journal entries go, so that whoever sees the
                 // journal empty also sees the count (a failed clear replays them again,
                 // and they are counted again: each replay is real).
-                let replayed = done.len() as u64;
+                let replayed = (done.len() - cleared) as u64;
                 self.inner
                     .counters
                     .owed_replayed
@@ -215,7 +223,7 @@ impl DualBackend {
                 // Journaled (by earlier versions) on the side holding a version the
                 // agent was told failed: the other side is the truth.
                 let truth = self
-                    .timed(target, false, self.side(target).get_memory(agent, key))
+                    .quiet(target, self.side(target).get_memory(agent, key))
                     .await?;
                 self.timed(
                     from,
@@ -231,11 +239,9 @@ impl DualBackend {
     /// Copies `key`'s state on `from` (its value, or its delete) to the other side.
     async fn sync_memory(&self, from: Side, agent: &AgentId, key: &str) -> Result<()> {
         let (source, target) = (self.side(from), from.other());
-        let value = self
-            .timed(from, false, source.get_memory(agent, key))
-            .await?;
+        let value = self.quiet(from, source.get_memory(agent, key)).await?;
         let deleted = self
-            .timed(from, false, source.memory_tombstone(agent, key))
+            .quiet(from, source.memory_tombstone(agent, key))
             .await?;
         match (value, deleted) {
             (Some(value), deleted) if deleted.is_none_or(|at| value.updated_at > at) => self
@@ -266,7 +272,7 @@ impl DualBackend {
     async fn sync_tool(&self, from: Side, agent: &AgentId, name: &str) -> Result<()> {
         let target = from.other();
         let Some(tool) = self
-            .timed(from, false, self.side(from).get_tool(agent, name))
+            .quiet(from, self.side(from).get_tool(agent, name))
             .await?
         else {
             return Ok(());

@@ -110,7 +110,7 @@ impl DualBackend {
 
     /// The records of `side` for `agent` whose copies arrived, to clear with its next
     /// write.
-    fn take_done(&self, side: Side, agent: &AgentId) -> Vec<i64> {
+    pub(super) fn take_done(&self, side: Side, agent: &AgentId) -> Vec<i64> {
         lock(&self.inner.done)
             .remove(&(side, agent.clone()))
             .unwrap_or_default()
