@@ -22,15 +22,32 @@ async fn value(backend: &dyn Replica, agent: &AgentId, key: &str) -> Option<Valu
     found.map(|m| m.content)
 }
 
+/// A copy of one version of key `k`, or of a delete of it.
+enum Op {
+    Put(Box<Memory>),
+    Delete(DateTime<Utc>),
+}
+
+/// Applies `ops` to `backend` in `order`.
+async fn apply_in_order(backend: &dyn Replica, agent: &AgentId, ops: &[Op], order: &[usize]) {
+    for &i in order {
+        match &ops[i] {
+            Op::Put(m) => drop(backend.apply_memory(agent, m).await.expect("apply")),
+            Op::Delete(at) => drop(
+                backend
+                    .apply_memory_delete(agent, "k", *at)
+                    .await
+                    .expect("delete"),
+            ),
+        }
+    }
+}
+
 /// Versions and deletes of one key applied in any order end in the same state: the
 /// newest write, a delete winning over a value of its own time or older.
 pub async fn copies_converge_in_any_order(backend: &dyn Replica) {
     let t = now();
     let us = Duration::microseconds;
-    enum Op {
-        Put(Box<Memory>),
-        Delete(DateTime<Utc>),
-    }
     // A fresh id each time: in PostgreSQL ids are unique across agents.
     let ops = || {
         let base = Memory::new("k", json!(0));
@@ -45,17 +62,7 @@ pub async fn copies_converge_in_any_order(backend: &dyn Replica) {
     for order in orders {
         let agent = unique_agent("converge");
         let ops = ops();
-        for i in order {
-            match &ops[i] {
-                Op::Put(m) => drop(backend.apply_memory(&agent, m).await.expect("apply")),
-                Op::Delete(at) => drop(
-                    backend
-                        .apply_memory_delete(&agent, "k", *at)
-                        .await
-                        .expect("delete"),
-                ),
-            }
-        }
+        apply_in_order(backend, &agent, &ops, &order).await;
         assert_eq!(
             value(backend, &agent, "k").await,
             Some(json!("v3")),
@@ -75,17 +82,7 @@ pub async fn copies_converge_in_any_order(backend: &dyn Replica) {
         let agent = unique_agent("converge");
         let mut ops = ops();
         ops.remove(1);
-        for i in order {
-            match &ops[i] {
-                Op::Put(m) => drop(backend.apply_memory(&agent, m).await.expect("apply")),
-                Op::Delete(at) => drop(
-                    backend
-                        .apply_memory_delete(&agent, "k", *at)
-                        .await
-                        .expect("delete"),
-                ),
-            }
-        }
+        apply_in_order(backend, &agent, &ops, &order).await;
         assert_eq!(
             value(backend, &agent, "k").await,
             None,
