@@ -80,6 +80,43 @@ pub fn same_tool(a: &Tool, b: &Tool) -> bool {
         && a.updated_at == b.updated_at
 }
 
+impl DualBackend {
+    /// Compares every memory of `agent` between the sides.
+    ///
+    /// # Errors
+    /// When either side cannot be read.
+    pub async fn compare(&self, agent: &AgentId) -> Result<Comparison> {
+        self.refresh_health().await;
+        let (sqlite, postgres) = (self.side(Side::Sqlite), self.side(Side::Postgres));
+        let mut keys: BTreeMap<String, (bool, bool)> = BTreeMap::new();
+        for key in sqlite.memory_keys(agent).await? {
+            keys.entry(key).or_default().0 = true;
+        }
+        for key in postgres.memory_keys(agent).await? {
+            keys.entry(key).or_default().1 = true;
+        }
+        let mut comparison = Comparison::default();
+        for (key, held) in keys {
+            match held {
+                (true, false) => comparison.only_sqlite.push(key),
+                (false, true) => comparison.only_postgres.push(key),
+                _ => {
+                    let a = sqlite.get_memory(agent, &key).await?;
+                    let b = postgres.get_memory(agent, &key).await?;
+                    match (a, b) {
+                        (Some(a), Some(b)) if same_memory(&a, &b) => comparison.same += 1,
+                        (Some(_), None) => comparison.only_sqlite.push(key),
+                        (None, Some(_)) => comparison.only_postgres.push(key),
+                        (None, None) => {}
+                        _ => comparison.different.push(key),
+                    }
+                }
+            }
+        }
+        Ok(comparison)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,42 +152,5 @@ mod tests {
         ] {
             assert!(!same_json(&v(a), &v(b)), "{a} vs {b}");
         }
-    }
-}
-
-impl DualBackend {
-    /// Compares every memory of `agent` between the sides.
-    ///
-    /// # Errors
-    /// When either side cannot be read.
-    pub async fn compare(&self, agent: &AgentId) -> Result<Comparison> {
-        self.refresh_health().await;
-        let (sqlite, postgres) = (self.side(Side::Sqlite), self.side(Side::Postgres));
-        let mut keys: BTreeMap<String, (bool, bool)> = BTreeMap::new();
-        for key in sqlite.memory_keys(agent).await? {
-            keys.entry(key).or_default().0 = true;
-        }
-        for key in postgres.memory_keys(agent).await? {
-            keys.entry(key).or_default().1 = true;
-        }
-        let mut comparison = Comparison::default();
-        for (key, held) in keys {
-            match held {
-                (true, false) => comparison.only_sqlite.push(key),
-                (false, true) => comparison.only_postgres.push(key),
-                _ => {
-                    let a = sqlite.get_memory(agent, &key).await?;
-                    let b = postgres.get_memory(agent, &key).await?;
-                    match (a, b) {
-                        (Some(a), Some(b)) if same_memory(&a, &b) => comparison.same += 1,
-                        (Some(_), None) => comparison.only_sqlite.push(key),
-                        (None, Some(_)) => comparison.only_postgres.push(key),
-                        (None, None) => {}
-                        _ => comparison.different.push(key),
-                    }
-                }
-            }
-        }
-        Ok(comparison)
     }
 }
