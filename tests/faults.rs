@@ -1,4 +1,4 @@
-//! Issue 12's fault suite: acknowledged means stored, under real faults, against the real
+//! The fault suite of the first promise: acknowledged means stored, under real faults, against the real
 //! test server and the shipped binaries (memctl, store_loop) or the public API. Each test
 //! asserts what a user would notice: no acknowledged write unreadable, both sides equal
 //! after `repair`, no deleted key back.
@@ -591,7 +591,7 @@ async fn kill_9_mid_store_loop_in_live() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_store_loop_in_dualwrite() {
-    // The issue saw 1 bad kill in 30 here: the overlapped writes leave a short window.
+    // More kills than in live: a crash between the two sides' writes is a short window.
     kill_store_loop(Stage::DualWrite, 30).await;
 }
 

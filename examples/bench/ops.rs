@@ -476,6 +476,10 @@ impl Raw {
                 .bind(None::<Vector>)
                 .bind(memory.created_at)
                 .bind(memory.updated_at)
+                // The agent's name (its row's id here), no journal record, none to clear.
+                .bind(agent.as_str())
+                .bind(None::<String>)
+                .bind(Vec::<i64>::new())
                 .fetch_optional(pool)
                 .await?
                 .map(|row| row.try_get::<uuid::Uuid, _>("id").map(|_| ())),

@@ -23,11 +23,14 @@ pub mod statements {
 
     /// PostgreSQL: one memory of an agent by key.
     pub const POSTGRES_GET_MEMORY: &str = postgres::GET_MEMORY;
-    /// PostgreSQL: the upsert of a store.
+    /// PostgreSQL: the statement of a store ($1 id, $2 the agent's row id, $3 key, $4
+    /// content, $5 metadata, $6 embedding, $7 created_at, $8 the writer's clock, $9 the
+    /// agent's name, $10 a journal record or null, $11 journal records to clear).
     pub const POSTGRES_PUT_MEMORY: &str = postgres::PUT_MEMORY;
     /// SQLite: one memory of the agent's file by key.
     pub const SQLITE_GET_MEMORY: &str = sqlite::GET_MEMORY;
-    /// SQLite: the upsert of a store.
+    /// SQLite: the upsert of a store (the library runs it in a transaction after reading
+    /// the key's version and tombstone).
     pub const SQLITE_PUT_MEMORY: &str = sqlite::PUT_MEMORY;
 }
 
