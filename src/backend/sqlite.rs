@@ -241,14 +241,50 @@ pub(crate) const GET_MEMORY: &str =
     "select id, key, content, metadata, embedding, created_at, updated_at
      from agent_memories where key = ?";
 
-/// Stores a memory, replacing the key's value whatever its version.
-pub(crate) const PUT_MEMORY: &str = "insert into agent_memories
+/// The version a write as the authoritative side takes (SQL for `Replica::commit`): the
+/// writer's clock `?7` (`?6` for tools), or one microsecond past `r`, the later of the
+/// replaced version and the key's last delete, when `r` is as late or later. Times are
+/// fixed-width text (`YYYY-MM-DDTHH:MM:SS.ffffffZ`), so text order is time order and the
+/// microseconds are characters 21-26.
+macro_rules! next_version_sql {
+    ($clock:literal, $replaced:literal) => {
+        concat!(
+            "(select case
+                when r is null or r < ",
+            $clock,
+            " then ",
+            $clock,
+            "
+                when substr(r, 21, 6) = '999999'
+                    then strftime('%Y-%m-%dT%H:%M:%S', substr(r, 1, 19), '+1 seconds')
+                         || '.000000Z'
+                else substr(r, 1, 20) || printf('%06d', substr(r, 21, 6) + 1) || 'Z'
+              end
+              from (select nullif(max(",
+            $replaced,
+            "), '') as r))"
+        )
+    };
+}
+
+/// Stores a memory as the authoritative side: its version moves past the replaced one
+/// and the key's last delete (see `next_version_sql`); returns the id, `created_at` and
+/// version now stored.
+pub(crate) const PUT_MEMORY: &str = concat!(
+    "insert into agent_memories
         (id, key, content, metadata, embedding, created_at, updated_at)
-    values (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+    values (?1, ?2, ?3, ?4, ?5, ?6, ",
+    next_version_sql!(
+        "?7",
+        "coalesce((select updated_at from agent_memories where key = ?2), ''),
+         coalesce((select deleted_at from agent_memory_tombstones where key = ?2), '')"
+    ),
+    ")
     on conflict (key) do update set
         content = excluded.content, metadata = excluded.metadata,
         embedding = excluded.embedding, updated_at = excluded.updated_at
-    returning id, created_at";
+    returning id, created_at, updated_at"
+);
 
 /// Stores a memory over older versions only: the select's WHERE skips keys deleted at
 /// or after this version, the upsert's WHERE skips newer values; of two values with the
@@ -266,14 +302,21 @@ const APPLY_MEMORY: &str = "insert into agent_memories
            and agent_memories.content < excluded.content)
     returning id, created_at";
 
-/// Registers a tool, replacing its definition whatever its version.
-const PUT_TOOL: &str =
+/// Registers a tool as the authoritative side, its version moving past the replaced
+/// one; returns the id, `created_at` and version now stored.
+const PUT_TOOL: &str = concat!(
     "insert into agent_tools (id, name, content, metadata, created_at, updated_at)
-    values (?1, ?2, ?3, ?4, ?5, ?6)
+    values (?1, ?2, ?3, ?4, ?5, ",
+    next_version_sql!(
+        "?6",
+        "coalesce((select updated_at from agent_tools where name = ?2), ''), ''"
+    ),
+    ")
     on conflict (name) do update set
         content = excluded.content, metadata = excluded.metadata,
         updated_at = excluded.updated_at
-    returning id, created_at";
+    returning id, created_at, updated_at"
+);
 
 /// Registers a tool over older versions only.
 const APPLY_TOOL: &str =

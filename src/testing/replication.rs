@@ -247,6 +247,33 @@ pub async fn commits_move_versions_forward(backend: &dyn Replica) {
         .expect("store after the delete");
     assert_eq!(value(backend, &agent, "k").await, Some(json!("again")));
 
+    // One microsecond past the last of a year carries into the next.
+    let year_end = DateTime::parse_from_rfc3339("2031-12-31T23:59:59.999999Z")
+        .unwrap()
+        .with_timezone(&Utc);
+    let last = version(&Memory::new("carry", json!(1)), year_end, json!(1));
+    backend.apply_memory(&agent, &last).await.unwrap();
+    let Outcome::Memory(next) = backend
+        .commit(
+            &agent,
+            Change::PutMemory(&Memory::new("carry", json!(2))),
+            false,
+            &[],
+        )
+        .await
+        .unwrap()
+        .outcome
+    else {
+        panic!("a store commits a memory")
+    };
+    assert_eq!(
+        next.updated_at
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "2032-01-01T00:00:00.000000Z",
+        "{}",
+        backend.name()
+    );
+
     let tool = Tool {
         updated_at: future,
         ..Tool::new("t", json!(1))

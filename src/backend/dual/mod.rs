@@ -323,7 +323,10 @@ impl DualBackend {
             Side::Postgres => {
                 match tokio::time::timeout(self.inner.options.side_timeout, call).await {
                     Ok(result) => result,
-                    Err(_) => Err(unreachable(side, "no answer within the side timeout")),
+                    Err(_) => Err(unreachable(
+                        side,
+                        "no answer within the side timeout; the outcome of a write is unknown (if it landed, it landed with its journal record, and repair copies it)",
+                    )),
                 }
             }
             Side::Sqlite => call.await,
@@ -354,7 +357,10 @@ impl DualBackend {
             Side::Postgres => {
                 match tokio::time::timeout(self.inner.options.side_timeout, call).await {
                     Ok(result) => result,
-                    Err(_) => Err(unreachable(side, "no answer within the side timeout")),
+                    Err(_) => Err(unreachable(
+                        side,
+                        "no answer within the side timeout; the outcome of a write is unknown (if it landed, it landed with its journal record, and repair copies it)",
+                    )),
                 }
             }
             Side::Sqlite => call.await,

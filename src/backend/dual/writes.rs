@@ -44,6 +44,11 @@ impl DualBackend {
             Err(err) => {
                 // Whether they went with it or not, clearing them again is harmless.
                 self.give_done(first, agent, clear);
+                if err.is_connection() {
+                    // The outcome is unknown: the change and its record may have
+                    // committed. Repair looks when the side answers again.
+                    lock(&self.inner.owing).insert(agent.clone());
+                }
                 return Err(err);
             }
         };

@@ -126,13 +126,19 @@ impl PostgresBackend {
                 let seq: Option<i64> = row.try_get("seq")?;
                 let outcome = match change {
                     Change::PutMemory(memory) => {
-                        let key = memory.key.as_deref().unwrap_or_default();
-                        sqlx::query(DROP_DELETED)
-                            .bind(&row_id)
-                            .bind(key)
-                            .bind(name)
-                            .execute(&mut *c)
-                            .await?;
+                        // Replication needs the order of a store and a concurrent delete
+                        // to match their versions (see DROP_DELETED); a plain backend,
+                        // with no other side, takes the store as the later of the two
+                        // and saves the round trip.
+                        if op.is_some() {
+                            let key = memory.key.as_deref().unwrap_or_default();
+                            sqlx::query(DROP_DELETED)
+                                .bind(&row_id)
+                                .bind(key)
+                                .bind(name)
+                                .execute(&mut *c)
+                                .await?;
+                        }
                         Outcome::Memory(Memory {
                             id: row.try_get("id")?,
                             created_at: row.try_get("created_at")?,

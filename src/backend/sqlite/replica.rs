@@ -24,24 +24,21 @@ impl SqliteBackend {
     ) -> std::result::Result<Outcome, sqlx::Error> {
         Ok(match change {
             Change::PutMemory(memory) => {
-                let key = memory.key.as_deref().unwrap_or_default();
-                let (replaced, deleted) = versions_of(conn, key).await?;
-                let version = next_version(memory.updated_at, replaced, deleted);
                 let rows = sqlx::query(PUT_MEMORY)
                     .bind(memory.id.to_string())
-                    .bind(key)
+                    .bind(memory.key.as_deref().unwrap_or_default())
                     .bind(json_text(&memory.content))
                     .bind(metadata_text(&memory.metadata))
                     .bind(memory.embedding.as_deref().map(embedding_bytes))
                     .bind(time_text(&memory.created_at))
-                    .bind(time_text(&version))
+                    .bind(time_text(&memory.updated_at))
                     .fetch_all(&mut *conn)
                     .await?;
-                let (id, created_at) = identity(&rows)?;
+                let (id, created_at, updated_at) = identity(&rows)?;
                 Outcome::Memory(Memory {
                     id,
                     created_at,
-                    updated_at: version,
+                    updated_at,
                     ..memory.clone()
                 })
             }
@@ -67,27 +64,20 @@ impl SqliteBackend {
                 }
             }
             Change::PutTool(tool) => {
-                let replaced: Option<String> =
-                    sqlx::query_scalar("select updated_at from agent_tools where name = ?")
-                        .bind(&tool.name)
-                        .fetch_optional(&mut *conn)
-                        .await?;
-                let replaced = replaced.map(|t| read_time(&t)).transpose()?;
-                let version = next_version(tool.updated_at, replaced, None);
                 let rows = sqlx::query(PUT_TOOL)
                     .bind(tool.id.to_string())
                     .bind(&tool.name)
                     .bind(json_text(&tool.content))
                     .bind(metadata_text(&tool.metadata))
                     .bind(time_text(&tool.created_at))
-                    .bind(time_text(&version))
+                    .bind(time_text(&tool.updated_at))
                     .fetch_all(&mut *conn)
                     .await?;
-                let (id, created_at) = identity(&rows)?;
+                let (id, created_at, updated_at) = identity(&rows)?;
                 Outcome::Tool(Tool {
                     id,
                     created_at,
-                    updated_at: version,
+                    updated_at,
                     ..tool.clone()
                 })
             }
@@ -143,16 +133,20 @@ fn read_time(text: &str) -> std::result::Result<DateTime<Utc>, sqlx::Error> {
     parse_time(text, || "stored version".to_string()).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
-/// The id and `created_at` an upsert returned.
+/// The id, `created_at` and version an upsert returned.
 fn identity(
     rows: &[sqlx::sqlite::SqliteRow],
-) -> std::result::Result<(uuid::Uuid, DateTime<Utc>), sqlx::Error> {
+) -> std::result::Result<(uuid::Uuid, DateTime<Utc>, DateTime<Utc>), sqlx::Error> {
     let row = rows
         .first()
         .ok_or_else(|| sqlx::Error::Protocol("an upsert returned no row".into()))?;
     let id = parse_id(row.get("id"), || "stored row".to_string())
         .map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
-    Ok((id, read_time(row.get("created_at"))?))
+    Ok((
+        id,
+        read_time(row.get("created_at"))?,
+        read_time(row.get("updated_at"))?,
+    ))
 }
 
 #[async_trait]
@@ -179,8 +173,16 @@ impl Replica for SqliteBackend {
                 source,
             })?;
         let pool = self.writer(agent).await?;
+        // A store, registration or record with nothing to journal is one statement, in
+        // autocommit; anything more is one `begin immediate` transaction.
+        let single =
+            record.is_none() && clear.is_empty() && !matches!(change, Change::DeleteMemory { .. });
         let committed = async {
             let mut conn = pool.acquire().await?;
+            if single {
+                let outcome = Self::commit_in(&mut conn, change).await?;
+                return Ok(Committed { outcome, seq: None });
+            }
             let mut tx = conn.begin_with("begin immediate").await?;
             let outcome = Self::commit_in(&mut tx, change).await?;
             let seq = match &record {
