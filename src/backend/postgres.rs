@@ -266,6 +266,29 @@ impl PostgresBackend {
         Ok(id)
     }
 
+    /// The id of the agent's `agents` row, if it has one (remembered once found): reads
+    /// of an agent without one find nothing. Statements get the id itself rather than
+    /// a lookup by name, so PostgreSQL plans them for that agent's rows.
+    async fn agent_row_if_any(&self, agent: &AgentId) -> Result<Option<String>> {
+        if let Some(id) = self.lock_known().get(agent) {
+            return Ok(Some(id.clone()));
+        }
+        let operation = || format!("find agent {agent:?}");
+        let mut conn = self.lease().await.map_err(self.fail(operation))?;
+        let id = match agent_row_id(conn.as_mut(), agent, false).await {
+            Ok(id) => id,
+            Err(AgentRowError::Database(e)) => return Err(self.fail(operation)(e)),
+            Err(taken @ AgentRowError::IdTaken { .. }) => {
+                return Err(Error::invalid("agent", taken.to_string()));
+            }
+        };
+        conn.keep();
+        if let Some(id) = &id {
+            self.lock_known().insert(agent.clone(), id.clone());
+        }
+        Ok(id)
+    }
+
     /// A connection for one call: handed over by the call before, idle in the stash,
     /// or from the pool, whichever comes first. Pass it on with [`Lease::keep`] after a
     /// call that succeeded.
@@ -611,7 +634,7 @@ impl Lease<'_> {
 /// Reads one memory of an agent by key.
 pub(crate) const GET_MEMORY: &str =
     "select id, key, content, metadata, embedding, created_at, updated_at
-     from agent_memories where agent_id = (select id from agents where name = $1) and key = $2";
+     from agent_memories where agent_id = $1 and key = $2";
 
 // The authoritative side's writes (see `replica::Replica::commit`): the change, its
 // journal record ($10, none when null) and the removal of replayed records ($11) are one
@@ -799,11 +822,14 @@ impl MemoryBackend for PostgresBackend {
     }
 
     async fn get_memory(&self, agent: &AgentId, key: &str) -> Result<Option<Memory>> {
+        let Some(row_id) = self.agent_row_if_any(agent).await? else {
+            return Ok(None);
+        };
         let fail = || format!("retrieve memory {key:?} of agent {agent:?}");
         let row = self
             .on_lease(fail, async |c| {
                 sqlx::query(GET_MEMORY)
-                    .bind(agent.as_str())
+                    .bind(&row_id)
                     .bind(key)
                     .fetch_optional(c)
                     .await
@@ -817,10 +843,14 @@ impl MemoryBackend for PostgresBackend {
         if query.k == 0 {
             return Ok(Vec::new());
         }
+        let Some(row_id) = self.agent_row_if_any(agent).await? else {
+            return Ok(Vec::new());
+        };
         crate::vector::postgres::search(
             &self.pool,
             &self.indexes,
             agent,
+            &row_id,
             query,
             |row| memory_from_row(row, agent),
             |e| self.fail(|| format!("search memories of agent {agent:?}"))(e),
@@ -837,14 +867,17 @@ impl MemoryBackend for PostgresBackend {
     }
 
     async fn memory_keys(&self, agent: &AgentId) -> Result<Vec<String>> {
+        let Some(row_id) = self.agent_row_if_any(agent).await? else {
+            return Ok(Vec::new());
+        };
         let fail = || format!("list memory keys of agent {agent:?}");
         // collate "C": byte order, the same as SQLite's, whatever the database's locale.
         self.on_lease(fail, async |c| {
             sqlx::query_scalar(
-                r#"select key from agent_memories where agent_id = (select id from agents where name = $1) and key is not null
+                r#"select key from agent_memories where agent_id = $1 and key is not null
                    order by key collate "C""#,
             )
-            .bind(agent.as_str())
+            .bind(&row_id)
             .fetch_all(c)
             .await
         })
@@ -863,14 +896,17 @@ impl MemoryBackend for PostgresBackend {
     }
 
     async fn get_tool(&self, agent: &AgentId, name: &str) -> Result<Option<Tool>> {
+        let Some(row_id) = self.agent_row_if_any(agent).await? else {
+            return Ok(None);
+        };
         self.on_lease(
             || format!("get tool {name:?} of agent {agent:?}"),
             async |c| {
                 sqlx::query(
                     "select id, name, content, metadata, created_at, updated_at
-                     from agent_tools where agent_id = (select id from agents where name = $1) and name = $2",
+                     from agent_tools where agent_id = $1 and name = $2",
                 )
-                .bind(agent.as_str())
+                .bind(&row_id)
                 .bind(name)
                 .fetch_optional(c)
                 .await
@@ -882,14 +918,17 @@ impl MemoryBackend for PostgresBackend {
     }
 
     async fn list_tools(&self, agent: &AgentId) -> Result<Vec<Tool>> {
+        let Some(row_id) = self.agent_row_if_any(agent).await? else {
+            return Ok(Vec::new());
+        };
         self.on_lease(
             || format!("list tools of agent {agent:?}"),
             async |c| {
                 sqlx::query(
                     r#"select id, name, content, metadata, created_at, updated_at
-                       from agent_tools where agent_id = (select id from agents where name = $1) order by name collate "C""#,
+                       from agent_tools where agent_id = $1 order by name collate "C""#,
                 )
-                .bind(agent.as_str())
+                .bind(&row_id)
                 .fetch_all(c)
                 .await
             },
@@ -907,14 +946,17 @@ impl MemoryBackend for PostgresBackend {
     }
 
     async fn list_metrics(&self, agent: &AgentId) -> Result<Vec<Metric>> {
+        let Some(row_id) = self.agent_row_if_any(agent).await? else {
+            return Ok(Vec::new());
+        };
         self.on_lease(
             || format!("list metrics of agent {agent:?}"),
             async |c| {
                 sqlx::query(
                     "select id, name, value, content, metadata, created_at
-                     from agent_metrics where agent_id = (select id from agents where name = $1) order by created_at, id",
+                     from agent_metrics where agent_id = $1 order by created_at, id",
                 )
-                .bind(agent.as_str())
+                .bind(&row_id)
                 .fetch_all(c)
                 .await
             },
@@ -932,14 +974,17 @@ impl MemoryBackend for PostgresBackend {
     }
 
     async fn list_executions(&self, agent: &AgentId) -> Result<Vec<Execution>> {
+        let Some(row_id) = self.agent_row_if_any(agent).await? else {
+            return Ok(Vec::new());
+        };
         self.on_lease(
             || format!("list executions of agent {agent:?}"),
             async |c| {
                 sqlx::query(
                     "select id, status, content, metadata, created_at
-                     from agent_executions where agent_id = (select id from agents where name = $1) order by created_at, id",
+                     from agent_executions where agent_id = $1 order by created_at, id",
                 )
-                .bind(agent.as_str())
+                .bind(&row_id)
                 .fetch_all(c)
                 .await
             },

@@ -96,6 +96,7 @@ pub(crate) async fn search(
     pool: &PgPool,
     cache: &IndexCache,
     agent: &AgentId,
+    agent_row: &str,
     query: &VectorQuery,
     decode: impl Fn(&PgRow) -> Result<Memory>,
     fail: impl Fn(sqlx::Error) -> Error,
@@ -114,7 +115,7 @@ pub(crate) async fn search(
     };
     let bind_err = |e| Error::invalid("query vector", format!("cannot be bound: {e}"));
     let mut args = PgArguments::default();
-    args.add(agent.as_str()).map_err(bind_err)?;
+    args.add(agent_row).map_err(bind_err)?;
     args.add(Vector::from(query.vector.clone()))
         .map_err(bind_err)?;
     args.add(i64::try_from(query.k).unwrap_or(i64::MAX))
@@ -132,8 +133,7 @@ pub(crate) async fn search(
         "select id, key, content, metadata, embedding, created_at, updated_at,
                 embedding {op} $2 as distance
          from agent_memories
-         where agent_id = (select id from agents where name = $1)
-           and vector_dims(embedding) = {dims}{filter_sql}
+         where agent_id = $1 and vector_dims(embedding) = {dims}{filter_sql}
          order by {order}
          limit $3"
     );
@@ -180,10 +180,9 @@ pub(crate) async fn search(
     if found.is_empty() {
         let found_dims: Vec<i32> = sqlx::query_scalar(
             "select distinct vector_dims(embedding) from agent_memories
-             where agent_id = (select id from agents where name = $1)
-               and embedding is not null order by 1 limit 16",
+             where agent_id = $1 and embedding is not null order by 1 limit 16",
         )
-        .bind(agent.as_str())
+        .bind(agent_row)
         .fetch_all(pool)
         .await
         .map_err(&fail)?;

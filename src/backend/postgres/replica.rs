@@ -241,6 +241,7 @@ impl Replica for PostgresBackend {
         at: DateTime<Utc>,
     ) -> Result<bool> {
         let fail = || format!("delete memory {key:?} of agent {agent:?}");
+        let row_id = self.agent_row_if_any(agent).await?;
         // The tombstone commits first, so any copy that started before it sees it in its
         // closing check (DROP_DELETED), and any that starts after it sees it at once.
         let done = self
@@ -256,19 +257,19 @@ impl Replica for PostgresBackend {
                 .bind(at)
                 .execute(&mut *c)
                 .await?;
-                sqlx::query(
-                    "delete from agent_memories
-                     where agent_id = (select id from agents where name = $1)
-                       and key = $2 and updated_at <= $3",
-                )
-                .bind(agent.as_str())
-                .bind(key)
-                .bind(at)
-                .execute(c)
-                .await
+                let Some(row_id) = &row_id else {
+                    return Ok(false);
+                };
+                let done = sqlx::query(DELETE_MEMORY_UP_TO)
+                    .bind(row_id)
+                    .bind(key)
+                    .bind(at)
+                    .execute(c)
+                    .await?;
+                Ok(done.rows_affected() > 0)
             })
             .await?;
-        Ok(done.rows_affected() > 0)
+        Ok(done)
     }
 
     async fn restore_memory(
@@ -278,25 +279,25 @@ impl Replica for PostgresBackend {
         version: DateTime<Utc>,
         to: Option<&Memory>,
     ) -> Result<bool> {
+        let Some(row_id) = self.agent_row_if_any(agent).await? else {
+            return Ok(false);
+        };
         let query = match to {
             Some(memory) => sqlx::query(
                 "update agent_memories set content = $3, metadata = $4, embedding = $5,
                  updated_at = $6
-                 where agent_id = (select id from agents where name = $1) and key = $2
-                   and updated_at = $7",
+                 where agent_id = $1 and key = $2 and updated_at = $7",
             )
-            .bind(agent.as_str())
+            .bind(&row_id)
             .bind(key)
             .bind(json_text(&memory.content))
             .bind(Json(&memory.metadata))
             .bind(memory.embedding.clone().map(Vector::from))
             .bind(memory.updated_at),
             None => sqlx::query(
-                "delete from agent_memories
-                 where agent_id = (select id from agents where name = $1) and key = $2
-                   and updated_at = $3",
+                "delete from agent_memories where agent_id = $1 and key = $2 and updated_at = $3",
             )
-            .bind(agent.as_str())
+            .bind(&row_id)
             .bind(key),
         };
         let done = self
