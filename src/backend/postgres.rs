@@ -661,6 +661,19 @@ pub(crate) const PUT_MEMORY: &str = "with stored as (
     cleared as (delete from agent_memory.owed_writes where agent_id = $9 and seq = any($11))
     select id, created_at, updated_at, (select seq from owed) as seq from stored";
 
+/// [`PUT_MEMORY`] without a journal record or records to clear ($10 and $11 unused).
+pub(crate) const PUT_MEMORY_PLAIN: &str = "insert into agent_memories
+        (id, agent_id, key, content, metadata, embedding, created_at, updated_at)
+    values ($1, $2, $3, $4, $5, $6, $7, greatest($8,
+        (select deleted_at + interval '1 microsecond' from agent_memory.memory_tombstones
+         where agent_id = $9 and key = $3)))
+    on conflict (agent_id, key) do update set
+        content = excluded.content, metadata = excluded.metadata,
+        embedding = excluded.embedding,
+        updated_at = greatest(excluded.updated_at,
+                              agent_memories.updated_at + interval '1 microsecond')
+    returning id, created_at, updated_at, null::bigint as seq";
+
 /// Records a delete: the tombstone, past the value it deletes ($1 row id, $2 key, $3 the
 /// writer's clock); the rows go in a second statement ([`DELETE_MEMORY_UP_TO`]), after
 /// the tombstone has committed.

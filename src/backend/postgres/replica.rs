@@ -8,8 +8,8 @@ use sqlx::Row;
 use sqlx::types::Json;
 
 use super::{
-    DELETE_MEMORY, DELETE_MEMORY_UP_TO, DROP_DELETED, LOG_EXECUTION, PUT_MEMORY, PUT_TOOL,
-    PostgresBackend, RECORD_METRIC,
+    DELETE_MEMORY, DELETE_MEMORY_UP_TO, DROP_DELETED, LOG_EXECUTION, PUT_MEMORY, PUT_MEMORY_PLAIN,
+    PUT_TOOL, PostgresBackend, RECORD_METRIC,
 };
 use crate::backend::codec::json_text;
 use crate::backend::replica::{Change, Committed, Outcome, OwedCount, OwedRecord, Replica};
@@ -63,19 +63,22 @@ impl PostgresBackend {
         }
         let row_id = self.agent_row(agent).await?;
         let name = agent.as_str();
+        let plain = op.is_none() && clear.is_empty();
         let operation = || format!("{} of agent {agent:?}", change.describe());
         let committed = self
             .on_lease(operation, async |c| {
                 let query = match change {
-                    Change::PutMemory(memory) => sqlx::query(PUT_MEMORY)
-                        .bind(memory.id)
-                        .bind(&row_id)
-                        .bind(memory.key.as_deref().unwrap_or_default())
-                        .bind(json_text(&memory.content))
-                        .bind(Json(&memory.metadata))
-                        .bind(memory.embedding.clone().map(Vector::from))
-                        .bind(memory.created_at)
-                        .bind(memory.updated_at),
+                    Change::PutMemory(memory) => {
+                        sqlx::query(if plain { PUT_MEMORY_PLAIN } else { PUT_MEMORY })
+                            .bind(memory.id)
+                            .bind(&row_id)
+                            .bind(memory.key.as_deref().unwrap_or_default())
+                            .bind(json_text(&memory.content))
+                            .bind(Json(&memory.metadata))
+                            .bind(memory.embedding.clone().map(Vector::from))
+                            .bind(memory.created_at)
+                            .bind(memory.updated_at)
+                    }
                     Change::DeleteMemory { key, at } => {
                         // $4-$8 are unused by this statement; PostgreSQL needs their
                         // types anyway, so bind typed nulls.
