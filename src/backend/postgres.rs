@@ -641,11 +641,11 @@ pub(crate) const GET_MEMORY: &str =
 // statement, so one transaction. A key's new version is past the one it replaces and
 // past its last delete. $9 is the agent's name, which the bookkeeping is keyed by.
 
-/// Stores a memory: $1 id, $2 the agent's row id, $3 key, $4 content, $5 metadata, $6
-/// embedding, $7 created_at, $8 the writer's clock; returns the id, `created_at` and
-/// version now stored, and the journal record's sequence number.
-pub(crate) const PUT_MEMORY: &str = "with stored as (
-        insert into agent_memories
+/// The upsert of [`PUT_MEMORY`], which also runs alone when there is no journal record
+/// to write and none to clear.
+macro_rules! put_memory_upsert {
+    () => {
+        "insert into agent_memories
             (id, agent_id, key, content, metadata, embedding, created_at, updated_at)
         values ($1, $2, $3, $4, $5, $6, $7, greatest($8,
             (select deleted_at + interval '1 microsecond' from agent_memory.memory_tombstones
@@ -655,24 +655,25 @@ pub(crate) const PUT_MEMORY: &str = "with stored as (
             embedding = excluded.embedding,
             updated_at = greatest(excluded.updated_at,
                                   agent_memories.updated_at + interval '1 microsecond')
-        returning id, created_at, updated_at),
+        returning id, created_at, updated_at"
+    };
+}
+
+/// Stores a memory: $1 id, $2 the agent's row id, $3 key, $4 content, $5 metadata, $6
+/// embedding, $7 created_at, $8 the writer's clock; returns the id, `created_at` and
+/// version now stored, and the journal record's sequence number.
+pub(crate) const PUT_MEMORY: &str = concat!(
+    "with stored as (",
+    put_memory_upsert!(),
+    "),
     owed as (insert into agent_memory.owed_writes (agent_id, op)
              select $9, $10 from stored where $10::text is not null returning seq),
     cleared as (delete from agent_memory.owed_writes where agent_id = $9 and seq = any($11))
-    select id, created_at, updated_at, (select seq from owed) as seq from stored";
+    select id, created_at, updated_at, (select seq from owed) as seq from stored"
+);
 
 /// [`PUT_MEMORY`] without a journal record or records to clear ($10 and $11 unused).
-pub(crate) const PUT_MEMORY_PLAIN: &str = "insert into agent_memories
-        (id, agent_id, key, content, metadata, embedding, created_at, updated_at)
-    values ($1, $2, $3, $4, $5, $6, $7, greatest($8,
-        (select deleted_at + interval '1 microsecond' from agent_memory.memory_tombstones
-         where agent_id = $9 and key = $3)))
-    on conflict (agent_id, key) do update set
-        content = excluded.content, metadata = excluded.metadata,
-        embedding = excluded.embedding,
-        updated_at = greatest(excluded.updated_at,
-                              agent_memories.updated_at + interval '1 microsecond')
-    returning id, created_at, updated_at, null::bigint as seq";
+pub(crate) const PUT_MEMORY_PLAIN: &str = concat!(put_memory_upsert!(), ", null::bigint as seq");
 
 /// Records a delete: the tombstone, past the value it deletes ($1 row id, $2 key, $3 the
 /// writer's clock); the rows go in a second statement ([`DELETE_MEMORY_UP_TO`]), after

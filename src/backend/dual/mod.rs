@@ -319,18 +319,30 @@ impl DualBackend {
         if let Some(refused) = self.inner.health[side.index()].refuse(side) {
             return Err(refused);
         }
+        self.bounded(side, call).await
+    }
+
+    /// Runs `call` on `side`: cut short after the side timeout on the server, and marking
+    /// the server down on a connection error.
+    async fn bounded<T>(&self, side: Side, call: impl Future<Output = Result<T>>) -> Result<T> {
+        // Only the server's calls are cut short: a SQLite statement keeps running on its
+        // worker thread when its future is dropped, so cutting it would report a failure
+        // for a write that then lands. SQLite's own busy timeout bounds it instead.
         let result = match side {
             Side::Postgres => {
                 match tokio::time::timeout(self.inner.options.side_timeout, call).await {
                     Ok(result) => result,
                     Err(_) => Err(unreachable(
                         side,
-                        "no answer within the side timeout; the outcome of a write is unknown (if it landed, it landed with its journal record, and repair copies it)",
+                        "no answer within the side timeout; the outcome of a write is \
+                         unknown (if it landed, it landed with its journal record, and \
+                         repair copies it)",
                     )),
                 }
             }
             Side::Sqlite => call.await,
         };
+        // Only the server is skipped when down; the embedded side is always tried.
         if side == Side::Postgres && matches!(&result, Err(err) if err.is_connection()) {
             self.side_down(side);
         }
@@ -350,25 +362,7 @@ impl DualBackend {
             return Err(refused);
         }
         let started = Instant::now();
-        // Only the server's calls are cut short: a SQLite statement keeps running on its
-        // worker thread when its future is dropped, so cutting it would report a failure
-        // for a write that then lands. SQLite's own busy timeout bounds it instead.
-        let result = match side {
-            Side::Postgres => {
-                match tokio::time::timeout(self.inner.options.side_timeout, call).await {
-                    Ok(result) => result,
-                    Err(_) => Err(unreachable(
-                        side,
-                        "no answer within the side timeout; the outcome of a write is unknown (if it landed, it landed with its journal record, and repair copies it)",
-                    )),
-                }
-            }
-            Side::Sqlite => call.await,
-        };
-        // Only the server is skipped when down; the embedded side is always tried.
-        if side == Side::Postgres && matches!(&result, Err(err) if err.is_connection()) {
-            self.side_down(side);
-        }
+        let result = self.bounded(side, call).await;
         let histogram = if write {
             &counters.write_latency
         } else {
