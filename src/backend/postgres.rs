@@ -248,40 +248,31 @@ impl PostgresBackend {
     /// [`agent_rows`](super::agent_rows)); remembered for the process, since a row's id
     /// never changes.
     async fn agent_row(&self, agent: &AgentId) -> Result<String> {
-        if let Some(id) = self.lock_known().get(agent) {
-            return Ok(id.clone());
-        }
-        let operation = || format!("find or register agent {agent:?}");
-        // Straight from the pool, not through the stash: leasing here, in the first
-        // call of many agents at once and before the call's own lease, left the stash
-        // in a state that cost every later call about a third of its throughput
-        // (`scripts/bench ops`, 16 agents: 2,000-3,300 calls/s in most runs instead of
-        // 5,200-7,300). A lookup happens once per agent and process.
-        let mut conn = self.pool.acquire().await.map_err(self.fail(operation))?;
-        let id = match agent_row_id(&mut conn, agent, true).await {
-            Ok(Some(id)) => id,
-            Ok(None) => unreachable!("agent_row_id creates the row when asked to"),
-            Err(AgentRowError::Database(e)) => return Err(self.fail(operation)(e)),
-            Err(taken @ AgentRowError::IdTaken { .. }) => {
-                return Err(Error::invalid("agent", taken.to_string()));
-            }
-        };
-        drop(conn);
-        self.lock_known().insert(agent.clone(), id.clone());
-        Ok(id)
+        let id = self.find_agent_row(agent, true).await?;
+        Ok(id.expect("agent_row_id creates the row when asked to"))
     }
 
     /// The id of the agent's `agents` row, if it has one (remembered once found): reads
     /// of an agent without one find nothing. Statements get the id itself rather than
     /// a lookup by name, so PostgreSQL plans them for that agent's rows.
     async fn agent_row_if_any(&self, agent: &AgentId) -> Result<Option<String>> {
+        self.find_agent_row(agent, false).await
+    }
+
+    /// [`agent_row`](Self::agent_row) with `create`, else
+    /// [`agent_row_if_any`](Self::agent_row_if_any).
+    async fn find_agent_row(&self, agent: &AgentId, create: bool) -> Result<Option<String>> {
         if let Some(id) = self.lock_known().get(agent) {
             return Ok(Some(id.clone()));
         }
         let operation = || format!("find agent {agent:?}");
-        // From the pool, as in `agent_row`.
+        // Straight from the pool, not through the stash: leasing here, in the first
+        // call of many agents at once and before the call's own lease, left the stash
+        // in a state that cost every later call about a third of its throughput
+        // (`scripts/bench ops`, 16 agents: 2,000-3,300 calls/s in most runs instead of
+        // 5,200-7,300). A lookup happens once per agent and process.
         let mut conn = self.pool.acquire().await.map_err(self.fail(operation))?;
-        let id = match agent_row_id(&mut conn, agent, false).await {
+        let id = match agent_row_id(&mut conn, agent, create).await {
             Ok(id) => id,
             Err(AgentRowError::Database(e)) => return Err(self.fail(operation)(e)),
             Err(taken @ AgentRowError::IdTaken { .. }) => {

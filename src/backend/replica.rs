@@ -21,7 +21,7 @@
 //! catches up. A record is cleared only after its write reached the other side.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::MemoryBackend;
@@ -135,21 +135,6 @@ pub struct OwedCount {
     pub parked: u64,
     /// Why the agent's journal could not be read, when it could not (a corrupt file).
     pub error: Option<String>,
-}
-
-/// The next version of a key: the later of the writer's clock and one microsecond past
-/// both the replaced version and the key's last delete.
-pub(crate) fn next_version(
-    clock: DateTime<Utc>,
-    replaced: Option<DateTime<Utc>>,
-    deleted: Option<DateTime<Utc>>,
-) -> DateTime<Utc> {
-    let tick = Duration::microseconds(1);
-    [replaced, deleted]
-        .into_iter()
-        .flatten()
-        .map(|v| v + tick)
-        .fold(clock, DateTime::max)
 }
 
 /// The replication side of a storage backend: versioned writes that converge in any
@@ -459,17 +444,5 @@ mod tests {
         }
         assert!(serde_json::from_str::<OwedWrite>(r#"{"op": "metric"}"#).is_err());
         assert!(serde_json::from_str::<OwedWrite>(r#"{"op": "nope"}"#).is_err());
-    }
-
-    #[test]
-    fn versions_move_past_what_they_replace_and_past_deletes() {
-        let t = now();
-        let us = Duration::microseconds(1);
-        assert_eq!(next_version(t, None, None), t);
-        assert_eq!(next_version(t, Some(t - us * 5), None), t);
-        assert_eq!(next_version(t, Some(t), None), t + us);
-        let future = t + Duration::days(365 * 5);
-        assert_eq!(next_version(t, Some(future), None), future + us);
-        assert_eq!(next_version(t, Some(t), Some(future)), future + us);
     }
 }

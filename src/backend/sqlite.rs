@@ -330,6 +330,20 @@ const APPLY_TOOL: &str =
            and agent_tools.content < excluded.content)
     returning id, created_at";
 
+/// Records a delete as the authoritative side ($1 key, $2 the writer's clock): a
+/// tombstone past the value it deletes (and never earlier than one already there);
+/// returns its time. The rows go in a second statement of the same transaction.
+const DELETE_MEMORY: &str = concat!(
+    "insert into agent_memory_tombstones (key, deleted_at) values (?1, ",
+    next_version_sql!(
+        "?2",
+        "coalesce((select updated_at from agent_memories where key = ?1), ''), ''"
+    ),
+    ")
+    on conflict (key) do update set deleted_at = max(deleted_at, excluded.deleted_at)
+    returning deleted_at"
+);
+
 /// Records a metric; its id makes a second record of it a no-op.
 const RECORD_METRIC: &str = "insert into agent_metrics
         (id, name, value, content, metadata, created_at)
@@ -341,19 +355,14 @@ const LOG_EXECUTION: &str = "insert into agent_executions
     values (?, ?, ?, ?, ?) on conflict (id) do nothing";
 
 impl SqliteBackend {
-    /// Runs one of the memory upserts; returns the memory as stored (with the id and
-    /// `created_at` of an existing key), or `None` when the statement kept it out.
-    async fn upsert_memory(
-        &self,
-        agent: &AgentId,
-        memory: &Memory,
-        sql: &'static str,
-        verb: &str,
-    ) -> Result<Option<Memory>> {
+    /// Copies `memory` over older versions only ([`APPLY_MEMORY`]); returns the memory
+    /// as stored (with the id and `created_at` of an existing key), or `None` when a
+    /// newer version kept it out.
+    async fn apply_memory_row(&self, agent: &AgentId, memory: &Memory) -> Result<Option<Memory>> {
         memory.validate()?;
         let pool = self.writer(agent).await?;
         let key = memory.key.as_deref().unwrap_or_default();
-        let row = sqlx::query(sql)
+        let row = sqlx::query(APPLY_MEMORY)
             .bind(memory.id.to_string())
             .bind(key)
             .bind(json_text(&memory.content))
@@ -363,24 +372,18 @@ impl SqliteBackend {
             .bind(time_text(&memory.updated_at))
             .fetch_all(&pool)
             .await
-            .map_err(self.fail(|| format!("{verb} memory {key:?} of agent {agent:?}")))?;
+            .map_err(self.fail(|| format!("apply memory {key:?} of agent {agent:?}")))?;
         row.first()
             .map(|row| stored_identity(row, memory, agent))
             .transpose()
     }
 
-    /// Runs one of the tool upserts; returns the tool as stored, or `None` when the
-    /// statement kept it out.
-    async fn upsert_tool(
-        &self,
-        agent: &AgentId,
-        tool: &Tool,
-        sql: &'static str,
-        verb: &str,
-    ) -> Result<Option<Tool>> {
+    /// Copies `tool` over older versions only ([`APPLY_TOOL`]); returns the tool as
+    /// registered, or `None` when a newer version kept it out.
+    async fn apply_tool_row(&self, agent: &AgentId, tool: &Tool) -> Result<Option<Tool>> {
         tool.validate()?;
         let pool = self.writer(agent).await?;
-        let row = sqlx::query(sql)
+        let row = sqlx::query(APPLY_TOOL)
             .bind(tool.id.to_string())
             .bind(&tool.name)
             .bind(json_text(&tool.content))
@@ -389,7 +392,7 @@ impl SqliteBackend {
             .bind(time_text(&tool.updated_at))
             .fetch_all(&pool)
             .await
-            .map_err(self.fail(|| format!("{verb} tool {:?} of agent {agent:?}", tool.name)))?;
+            .map_err(self.fail(|| format!("apply tool {:?} of agent {agent:?}", tool.name)))?;
         let what = || format!("tool {:?} of agent {agent:?}", tool.name);
         row.first()
             .map(|row| {

@@ -6,13 +6,10 @@ use chrono::{DateTime, Utc};
 use sqlx::{Connection, Row, SqliteConnection};
 
 use super::{
-    APPLY_MEMORY, APPLY_TOOL, LOG_EXECUTION, PUT_MEMORY, PUT_TOOL, RECORD_METRIC, SqliteBackend,
-    parse_id,
+    DELETE_MEMORY, LOG_EXECUTION, PUT_MEMORY, PUT_TOOL, RECORD_METRIC, SqliteBackend, parse_id,
 };
 use crate::backend::codec::{embedding_bytes, json_text, metadata_text, parse_time, time_text};
-use crate::backend::replica::{
-    Change, Committed, Outcome, OwedCount, OwedRecord, Replica, next_version,
-};
+use crate::backend::replica::{Change, Committed, Outcome, OwedCount, OwedRecord, Replica};
 use crate::error::{Error, Result};
 use crate::record::{AgentId, Memory, Tool};
 
@@ -43,21 +40,20 @@ impl SqliteBackend {
                 })
             }
             Change::DeleteMemory { key, at } => {
-                let (replaced, deleted) = versions_of(conn, key).await?;
-                // Past the value it deletes, so no copy of that value outranks it.
-                let at = next_version(at, replaced, None).max(deleted.unwrap_or(at));
+                // The tombstone first, while the value it deletes is there to be past.
+                let rows = sqlx::query(DELETE_MEMORY)
+                    .bind(key)
+                    .bind(time_text(&at))
+                    .fetch_all(&mut *conn)
+                    .await?;
+                let at = match rows.first() {
+                    Some(row) => read_time(row.get("deleted_at"))?,
+                    None => return Err(sqlx::Error::RowNotFound),
+                };
                 let done = sqlx::query("delete from agent_memories where key = ?")
                     .bind(key)
                     .execute(&mut *conn)
                     .await?;
-                sqlx::query(
-                    "insert into agent_memory_tombstones (key, deleted_at) values (?, ?)
-                     on conflict (key) do update set deleted_at = excluded.deleted_at",
-                )
-                .bind(key)
-                .bind(time_text(&at))
-                .execute(&mut *conn)
-                .await?;
                 Outcome::Deleted {
                     existed: done.rows_affected() > 0,
                     at,
@@ -106,26 +102,6 @@ impl SqliteBackend {
             }
         })
     }
-}
-
-/// The key's stored version and its last delete.
-async fn versions_of(
-    conn: &mut SqliteConnection,
-    key: &str,
-) -> std::result::Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), sqlx::Error> {
-    let row = sqlx::query(
-        "select (select updated_at from agent_memories where key = ?1) as replaced,
-                (select deleted_at from agent_memory_tombstones where key = ?1) as deleted",
-    )
-    .bind(key)
-    .fetch_one(&mut *conn)
-    .await?;
-    let read = |column: &str| {
-        row.get::<Option<String>, _>(column)
-            .map(|t| read_time(&t))
-            .transpose()
-    };
-    Ok((read("replaced")?, read("deleted")?))
 }
 
 /// A stored time, as a decode error of the statement that read it.
@@ -211,8 +187,7 @@ impl Replica for SqliteBackend {
     }
 
     async fn apply_memory(&self, agent: &AgentId, memory: &Memory) -> Result<Option<Memory>> {
-        self.upsert_memory(agent, memory, APPLY_MEMORY, "apply")
-            .await
+        self.apply_memory_row(agent, memory).await
     }
 
     async fn apply_memory_delete(
@@ -293,7 +268,7 @@ impl Replica for SqliteBackend {
     }
 
     async fn apply_tool(&self, agent: &AgentId, tool: &Tool) -> Result<Option<Tool>> {
-        self.upsert_tool(agent, tool, APPLY_TOOL, "apply").await
+        self.apply_tool_row(agent, tool).await
     }
 
     async fn owed_writes(&self, agent: &AgentId, limit: usize) -> Result<Vec<OwedRecord>> {
