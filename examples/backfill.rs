@@ -14,7 +14,7 @@
 //! `embedding` null. `--fill-embeddings EMBEDDER` fills every null embedding in
 //! PostgreSQL (of `--agent`, or all) and prints what it did as JSON; the built-in
 //! embedder is `hash:DIMS`, a deterministic one for trials (a real model is an
-//! `agent_memory::Embedder` of your own, passed to `agent_memory::vector::fill_embeddings`).
+//! `memshift::Embedder` of your own, passed to `memshift::vector::fill_embeddings`).
 //!
 //! Reads `DATABASE_URL` (for `--postgres-url`), `MIGRATION_BATCH_SIZE` (rows per
 //! transaction, default 1000), `MIGRATION_TIMEOUT` (seconds per batch, default 300) and
@@ -29,9 +29,9 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use agent_memory::backfill::{self, BackfillOptions, Progress, Report, backup};
-use agent_memory::legacy::Target;
-use agent_memory::{Chain, Error};
+use memshift::backfill::{self, BackfillOptions, Progress, Report, backup};
+use memshift::legacy::Target;
+use memshift::{Chain, Error};
 use clap::Parser;
 
 #[derive(Debug, Parser)]
@@ -94,7 +94,7 @@ struct Cli {
 }
 
 /// The embedder named on the command line.
-fn embedder(spec: &str) -> Result<agent_memory::vector::HashEmbedder, Error> {
+fn embedder(spec: &str) -> Result<memshift::vector::HashEmbedder, Error> {
     let dims = spec
         .strip_prefix("hash:")
         .and_then(|d| d.parse::<usize>().ok())
@@ -104,7 +104,7 @@ fn embedder(spec: &str) -> Result<agent_memory::vector::HashEmbedder, Error> {
                 "{spec:?} is not an embedder; the built-in one is hash:DIMS, e.g. hash:384"
             ),
         })?;
-    agent_memory::vector::HashEmbedder::new(dims)
+    memshift::vector::HashEmbedder::new(dims)
 }
 
 /// Progress on standard error: a bar (rows and rows/s) on a terminal, a log line every
@@ -226,10 +226,10 @@ fn summary(report: &Report) {
 async fn run(cli: Cli) -> Result<ExitCode, Error> {
     let options = options(&cli)?;
     if cli.backup {
-        let found = agent_memory::legacy::discover(&options.agents_path, &options.read).await;
+        let found = memshift::legacy::discover(&options.agents_path, &options.read).await;
         let sources: Vec<PathBuf> = found
             .iter()
-            .filter(|f| !matches!(f.probe, agent_memory::legacy::Probe::Problem(_)))
+            .filter(|f| !matches!(f.probe, memshift::legacy::Probe::Problem(_)))
             .map(|f| PathBuf::from(&f.source_db))
             .collect();
         std::fs::create_dir_all(&cli.backup_path).map_err(|e| Error::InvalidInput {
@@ -304,25 +304,25 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         });
     }
     if cli.migrate {
-        agent_memory::migrate_url(url).await?;
+        memshift::migrate_url(url).await?;
     }
     if let Some(spec) = &cli.fill_embeddings {
         let embedder = embedder(spec)?;
-        let backend = agent_memory::PostgresBackend::connect(url).await?;
-        let fill = agent_memory::vector::FillOptions {
+        let backend = memshift::PostgresBackend::connect(url).await?;
+        let fill = memshift::vector::FillOptions {
             batch_size: cli.fill_batch_size.max(1),
             agent: cli
                 .agent
                 .as_deref()
-                .map(agent_memory::AgentId::new)
+                .map(memshift::AgentId::new)
                 .transpose()?,
             ..Default::default()
         };
         let missing =
-            agent_memory::vector::missing_embeddings(&backend, fill.agent.as_ref()).await?;
+            memshift::vector::missing_embeddings(&backend, fill.agent.as_ref()).await?;
         let progress = ShowProgress::bar(missing, "memories");
         let report =
-            agent_memory::vector::fill_embeddings(&backend, &embedder, &fill, &progress).await;
+            memshift::vector::fill_embeddings(&backend, &embedder, &fill, &progress).await;
         progress.finish();
         let report = report?;
         eprintln!(

@@ -27,9 +27,9 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use agent_memory::backend::dual::{DualBackend, Side};
-use agent_memory::config::Stage;
-use agent_memory::{
+use memshift::backend::dual::{DualBackend, Side};
+use memshift::config::Stage;
+use memshift::{
     AgentConfig, AgentId, AgentMemory, BackendKind, Chain, DistanceMetric, Error, Memory,
     VectorIndex, VectorQuery, backend,
 };
@@ -167,7 +167,7 @@ async fn run(cli: Cli) -> Result<Outcome, Error> {
     }
     if let Command::Migrate = cli.command {
         let applied =
-            agent_memory::migrate_url(config.require_database_url("memctl migrate")?).await?;
+            memshift::migrate_url(config.require_database_url("memctl migrate")?).await?;
         match applied.as_slice() {
             [] => println!("schema already up to date"),
             versions => println!("applied migrations {versions:?}"),
@@ -182,7 +182,7 @@ async fn run(cli: Cli) -> Result<Outcome, Error> {
     } = &cli.command
     {
         let url = config.require_database_url("memctl index")?;
-        let backend = agent_memory::PostgresBackend::connect(url).await?;
+        let backend = memshift::PostgresBackend::connect(url).await?;
         let metric = DistanceMetric::parse(metric)?;
         if *drop {
             let dropped = backend.drop_vector_index(*dimensions, metric).await?;
@@ -197,7 +197,7 @@ async fn run(cli: Cli) -> Result<Outcome, Error> {
     }
     if let Command::Compression { set } = &cli.command {
         let url = config.require_database_url("memctl compression")?;
-        let backend = agent_memory::PostgresBackend::connect(url).await?;
+        let backend = memshift::PostgresBackend::connect(url).await?;
         if let Some(set) = set {
             backend.set_content_compression(set == "on").await?;
         }
@@ -212,7 +212,7 @@ async fn run(cli: Cli) -> Result<Outcome, Error> {
         return both_sides(&cli.command, cli.agent.as_deref(), &config).await;
     }
     if cli.agent.is_none() {
-        return Err(agent_memory::Error::InvalidInput {
+        return Err(memshift::Error::InvalidInput {
             what: "arguments",
             reason: "--agent NAME is required for this command".into(),
         });

@@ -9,7 +9,7 @@
 //! `MEMORY_BACKEND`, `DATABASE_URL` and `AGENTS_PATH` when they are set, so the same
 //! program runs on PostgreSQL with `MEMORY_BACKEND=postgres DATABASE_URL=...`.
 
-use agent_memory::{AgentConfig, AgentMemory, Chain};
+use memshift::{AgentConfig, AgentMemory, Chain};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -21,7 +21,7 @@ struct Conversation {
     last_answer: String,
 }
 
-async fn run() -> agent_memory::Result<()> {
+async fn run() -> memshift::Result<()> {
     let config = AgentConfig::from_env("quickstart_agent")?;
     let memory = AgentMemory::open(&config).await?;
     println!(

@@ -16,8 +16,8 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use agent_memory::config::Stage;
-use agent_memory::{AgentConfig, AgentMemory, BackendKind, Chain};
+use memshift::config::Stage;
+use memshift::{AgentConfig, AgentMemory, BackendKind, Chain};
 
 struct Args {
     agent: String,

@@ -23,8 +23,8 @@ use crate::vector::{Neighbor, VectorQuery};
 /// every read finds nothing.
 ///
 /// ```no_run
-/// # async fn demo() -> agent_memory::Result<()> {
-/// use agent_memory::{AgentConfig, AgentMemory};
+/// # async fn demo() -> memshift::Result<()> {
+/// use memshift::{AgentConfig, AgentMemory};
 ///
 /// let memory = AgentMemory::open(&AgentConfig::from_env("operational_crawler")?).await?;
 /// memory.store_memory("last_query", &serde_json::json!({"q": "pricing"})).await?;
@@ -169,8 +169,8 @@ impl AgentMemory {
     /// ([`MemoryBackend::search_memories`]); empty when memory is disabled.
     ///
     /// ```no_run
-    /// # async fn demo(memory: agent_memory::AgentMemory) -> agent_memory::Result<()> {
-    /// use agent_memory::{DistanceMetric, VectorQuery};
+    /// # async fn demo(memory: memshift::AgentMemory) -> memshift::Result<()> {
+    /// use memshift::{DistanceMetric, VectorQuery};
     /// let query = VectorQuery::new(vec![0.1, 0.7, 0.2], 5)
     ///     .metric(DistanceMetric::Cosine)
     ///     .key_prefix("notes/")

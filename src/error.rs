@@ -10,7 +10,7 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 /// `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// Everything that can go wrong in agent-memory, grouped by what the caller does next.
+/// Everything that can go wrong in memshift, grouped by what the caller does next.
 ///
 /// `Display` gives this error's own message; the cause, when there is one, is its
 /// [`source`](StdError::source). Use [`Chain`] to print the whole chain on one line.
@@ -177,8 +177,8 @@ fn is_connection_sqlstate(code: &str) -> bool {
 /// Displays an error and all its causes on one line, joined by `: `.
 ///
 /// ```
-/// use agent_memory::{Chain, Error};
-/// let err: Error = "nope".parse::<agent_memory::BackendKind>().unwrap_err();
+/// use memshift::{Chain, Error};
+/// let err: Error = "nope".parse::<memshift::BackendKind>().unwrap_err();
 /// assert!(Chain(&err).to_string().contains("nope"));
 /// ```
 pub struct Chain<'a>(pub &'a (dyn StdError + 'static));
@@ -220,7 +220,7 @@ impl StdError for Redacted {}
 ///
 /// ```
 /// assert_eq!(
-///     agent_memory::redact_url("postgres://app:hunter2@db:5432/agents"),
+///     memshift::redact_url("postgres://app:hunter2@db:5432/agents"),
 ///     "postgres://app:***@db:5432/agents"
 /// );
 /// ```

@@ -1,4 +1,4 @@
-//! agent-memory: one memory API for AI agents, over embedded SQLite or shared
+//! memshift: one memory API for AI agents, over embedded SQLite or shared
 //! PostgreSQL with pgvector.
 //!
 //! Agents call [`AgentMemory::store_memory`] and [`AgentMemory::retrieve_memory`]; the
@@ -7,8 +7,8 @@
 //! lists what all of them guarantee.
 //!
 //! ```no_run
-//! # async fn demo() -> agent_memory::Result<()> {
-//! use agent_memory::{AgentConfig, AgentMemory};
+//! # async fn demo() -> memshift::Result<()> {
+//! use memshift::{AgentConfig, AgentMemory};
 //!
 //! // MEMORY_BACKEND, DATABASE_URL and AGENTS_PATH; by default SQLite under ./agents.
 //! let config = AgentConfig::from_env("operational_crawler")?;

@@ -51,7 +51,7 @@ const BOOKKEEPING_SQL: &str = include_str!("../migrations/postgres/bookkeeping.s
 const MIGRATE_LOCK: i64 = 0x6167_656e_745f_6d65; // "agent_me"
 
 const HINT: &str = "apply the shipped schema (backfill --migrate, memctl migrate, or \
-                    agent_memory::migrate), or run the admin app's prisma db push";
+                    memshift::migrate), or run the admin app's prisma db push";
 
 /// Applies the shipped PostgreSQL migrations that `pool`'s database has not had yet, in
 /// one transaction, and returns the versions it applied.

@@ -3,8 +3,8 @@
 
 mod common;
 
-use agent_memory::testing::postgres::TestDatabase;
-use agent_memory::{AgentConfig, AgentMemory, BackendKind, Error};
+use memshift::testing::postgres::TestDatabase;
+use memshift::{AgentConfig, AgentMemory, BackendKind, Error};
 use common::{memctl, stdout};
 use serde::{Deserialize, Serialize};
 use serde_json::json;

@@ -6,11 +6,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_memory::backend::Replica as _;
-use agent_memory::backfill::{self, BackfillOptions};
-use agent_memory::legacy::{self, ContractRecord, ReadOptions, Source, TableKind, TableMap};
-use agent_memory::testing::postgres::TestDatabase;
-use agent_memory::{AgentId, Memory, MemoryBackend, SqliteBackend};
+use memshift::backend::Replica as _;
+use memshift::backfill::{self, BackfillOptions};
+use memshift::legacy::{self, ContractRecord, ReadOptions, Source, TableKind, TableMap};
+use memshift::testing::postgres::TestDatabase;
+use memshift::{AgentId, Memory, MemoryBackend, SqliteBackend};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, Row};
 
@@ -812,7 +812,7 @@ async fn epoch_numbers_in_every_unit_arrive_at_their_time() {
 #[tokio::test]
 async fn keys_too_long_for_postgres_arrive_and_fail_no_batch() {
     let long = "ключ".repeat(2500); // 10,000 characters, 20,000 bytes
-    let limit = "n".repeat(agent_memory::MAX_KEY_BYTES);
+    let limit = "n".repeat(memshift::MAX_KEY_BYTES);
     let dir = tempfile::tempdir().unwrap();
     legacy_file(
         &dir.path().join("alpha/long.db"),

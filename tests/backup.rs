@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use agent_memory::backfill::backup::{Backup, FileOutcome, backup};
-use agent_memory::legacy::{ReadOptions, discover};
+use memshift::backfill::backup::{Backup, FileOutcome, backup};
+use memshift::legacy::{ReadOptions, discover};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode};
@@ -121,7 +121,7 @@ fn assert_no_pwned(dirs: &[&Path]) {
 fn details<'a>(
     backup: &'a Backup,
     source_db: &str,
-) -> &'a agent_memory::backfill::backup::CopyDetails {
+) -> &'a memshift::backfill::backup::CopyDetails {
     let file = backup
         .files
         .iter()

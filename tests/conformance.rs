@@ -1,23 +1,23 @@
-//! The conformance scenarios of `agent_memory::testing`, run against every backend.
+//! The conformance scenarios of `memshift::testing`, run against every backend.
 
 mod sqlite {
     use std::sync::Arc;
 
-    use agent_memory::{MemoryBackend, SqliteBackend};
+    use memshift::{MemoryBackend, SqliteBackend};
 
     async fn fixture() -> (Arc<dyn MemoryBackend>, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("temporary agents folder");
         (Arc::new(SqliteBackend::new(dir.path())), dir)
     }
 
-    agent_memory::conformance_suite!(fixture);
+    memshift::conformance_suite!(fixture);
 }
 
 /// SQLite reading through a memory map.
 mod sqlite_mmap {
     use std::sync::Arc;
 
-    use agent_memory::{MemoryBackend, SqliteBackend, SqliteOptions};
+    use memshift::{MemoryBackend, SqliteBackend, SqliteOptions};
 
     async fn fixture() -> (Arc<dyn MemoryBackend>, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("temporary agents folder");
@@ -31,21 +31,21 @@ mod sqlite_mmap {
         )
     }
 
-    agent_memory::conformance_suite!(fixture);
+    memshift::conformance_suite!(fixture);
 }
 
 mod postgres {
     use std::sync::Arc;
 
-    use agent_memory::MemoryBackend;
-    use agent_memory::testing::postgres::TestDatabase;
+    use memshift::MemoryBackend;
+    use memshift::testing::postgres::TestDatabase;
 
     async fn fixture() -> (Arc<dyn MemoryBackend>, TestDatabase) {
         let db = TestDatabase::migrated().await;
         (Arc::new(db.backend().await), db)
     }
 
-    agent_memory::conformance_suite!(fixture);
+    memshift::conformance_suite!(fixture);
 }
 
 /// The dual backend in every stage, over a temporary agents folder and a fresh database.
@@ -54,9 +54,9 @@ macro_rules! dual_stage {
         mod $module {
             use std::sync::Arc;
 
-            use agent_memory::backend::DualBackend;
-            use agent_memory::testing::postgres::TestDatabase;
-            use agent_memory::{MemoryBackend, SqliteBackend};
+            use memshift::backend::DualBackend;
+            use memshift::testing::postgres::TestDatabase;
+            use memshift::{MemoryBackend, SqliteBackend};
 
             async fn fixture() -> (Arc<dyn MemoryBackend>, (tempfile::TempDir, TestDatabase)) {
                 let dir = tempfile::tempdir().expect("temporary agents folder");
@@ -69,24 +69,24 @@ macro_rules! dual_stage {
                 (Arc::new(dual), (dir, db))
             }
 
-            agent_memory::conformance_suite!(fixture);
+            memshift::conformance_suite!(fixture);
         }
     };
 }
 
-dual_stage!(dual_sqlite, agent_memory::config::Stage::Sqlite);
-dual_stage!(dual_dualwrite, agent_memory::config::Stage::DualWrite);
-dual_stage!(dual_shadow, agent_memory::config::Stage::Shadow);
-dual_stage!(dual_live, agent_memory::config::Stage::Live);
-dual_stage!(dual_rampdown, agent_memory::config::Stage::RampDown);
-dual_stage!(dual_postgres, agent_memory::config::Stage::Postgres);
+dual_stage!(dual_sqlite, memshift::config::Stage::Sqlite);
+dual_stage!(dual_dualwrite, memshift::config::Stage::DualWrite);
+dual_stage!(dual_shadow, memshift::config::Stage::Shadow);
+dual_stage!(dual_live, memshift::config::Stage::Live);
+dual_stage!(dual_rampdown, memshift::config::Stage::RampDown);
+dual_stage!(dual_postgres, memshift::config::Stage::Postgres);
 
 /// The fault-injecting wrapper, healthy, must be invisible.
 mod faulty_passthrough {
     use std::sync::Arc;
 
-    use agent_memory::testing::faulty::FaultyBackend;
-    use agent_memory::{MemoryBackend, SqliteBackend};
+    use memshift::testing::faulty::FaultyBackend;
+    use memshift::{MemoryBackend, SqliteBackend};
 
     async fn fixture() -> (Arc<dyn MemoryBackend>, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("temporary agents folder");
@@ -94,5 +94,5 @@ mod faulty_passthrough {
         (Arc::new(FaultyBackend::new(inner)), dir)
     }
 
-    agent_memory::conformance_suite!(fixture);
+    memshift::conformance_suite!(fixture);
 }

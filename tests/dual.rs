@@ -7,14 +7,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_memory::backend::DualBackend;
-use agent_memory::backend::dual::DualOptions;
-use agent_memory::backend::replica::{OwedWrite, Replica};
-use agent_memory::config::Stage;
-use agent_memory::testing::faulty::FaultyBackend;
-use agent_memory::testing::postgres::TestDatabase;
-use agent_memory::testing::unique_agent;
-use agent_memory::{AgentId, Execution, Memory, MemoryBackend, Metric, SqliteBackend, Tool};
+use memshift::backend::DualBackend;
+use memshift::backend::dual::DualOptions;
+use memshift::backend::replica::{OwedWrite, Replica};
+use memshift::config::Stage;
+use memshift::testing::faulty::FaultyBackend;
+use memshift::testing::postgres::TestDatabase;
+use memshift::testing::unique_agent;
+use memshift::{AgentId, Execution, Memory, MemoryBackend, Metric, SqliteBackend, Tool};
 use futures_util::future::join_all as futures_join_all;
 use serde_json::{Value, json};
 
@@ -81,7 +81,7 @@ impl Fixture {
     }
 
     /// Stores `content` under `key` through the dual backend.
-    async fn try_put(&self, key: &str, content: Value) -> agent_memory::Result<Memory> {
+    async fn try_put(&self, key: &str, content: Value) -> memshift::Result<Memory> {
         let memory = Memory::new(key, content);
         self.dual.put_memory(&self.agent, &memory).await
     }

@@ -6,9 +6,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use agent_memory::testing::postgres::TestDatabase;
-use agent_memory::testing::unique_agent;
-use agent_memory::{
+use memshift::testing::postgres::TestDatabase;
+use memshift::testing::unique_agent;
+use memshift::{
     AgentConfig, AgentId, AgentMemory, BackendKind, Chain, Error, Memory, MemoryBackend,
     PostgresBackend, PostgresOptions, SqliteBackend, migrate_url,
 };
@@ -552,7 +552,7 @@ async fn sqlite_agents_path_without_write_permission_is_named() {
     let probe = agents.join("probe");
     if fs::create_dir(&probe).is_ok() {
         fs::remove_dir(&probe).expect("remove the probe");
-        let sysfs = Path::new("/sys/agent-memory-unwritable");
+        let sysfs = Path::new("/sys/memshift-unwritable");
         assert_agent_folder_refused(dir.path(), sysfs, std::io::ErrorKind::PermissionDenied).await;
         return;
     }

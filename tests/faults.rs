@@ -6,8 +6,8 @@
 //! None of these stops the server (that one is in `faults_restart.rs`), so they run in
 //! parallel. The full-disk cases mount small tmpfs file systems and need root; without
 //! it they say so plainly ("faults: full-disk case NOT RUN: ...") and fail, unless
-//! `AGENT_MEMORY_ALLOW_NO_ROOT=1`. The kill -9 cases are seeded from the clock, or from
-//! `AGENT_MEMORY_FAULT_SEED`; the seed is printed.
+//! `MEMSHIFT_ALLOW_NO_ROOT=1`. The kill -9 cases are seeded from the clock, or from
+//! `MEMSHIFT_FAULT_SEED`; the seed is printed.
 
 mod common;
 
@@ -17,12 +17,12 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_memory::backend::dual::DualOptions;
-use agent_memory::backend::{DualBackend, Replica};
-use agent_memory::config::Stage;
-use agent_memory::testing::postgres::TestDatabase;
-use agent_memory::testing::unique_agent;
-use agent_memory::{AgentId, AgentMemory, Memory, MemoryBackend, SqliteBackend};
+use memshift::backend::dual::DualOptions;
+use memshift::backend::{DualBackend, Replica};
+use memshift::config::Stage;
+use memshift::testing::postgres::TestDatabase;
+use memshift::testing::unique_agent;
+use memshift::{AgentId, AgentMemory, Memory, MemoryBackend, SqliteBackend};
 use chrono::{DateTime, TimeZone, Utc};
 use common::{example_path, memctl, stdout};
 use serde_json::{Value, json};
@@ -149,16 +149,16 @@ fn i_of(value: &Value) -> u64 {
 struct Rng(u64);
 
 impl Rng {
-    /// Seeded from `AGENT_MEMORY_FAULT_SEED`, else the clock; prints the seed.
+    /// Seeded from `MEMSHIFT_FAULT_SEED`, else the clock; prints the seed.
     fn seeded(what: &str) -> Self {
-        let seed = std::env::var("AGENT_MEMORY_FAULT_SEED")
+        let seed = std::env::var("MEMSHIFT_FAULT_SEED")
             .ok()
             .and_then(|s| s.parse().ok())
             .unwrap_or_else(|| {
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
                 now.expect("a clock after 1970").as_nanos() as u64
             });
-        println!("faults: {what}: seed {seed} (AGENT_MEMORY_FAULT_SEED={seed} repeats it)");
+        println!("faults: {what}: seed {seed} (MEMSHIFT_FAULT_SEED={seed} repeats it)");
         Rng(seed)
     }
 
@@ -237,19 +237,19 @@ impl Drop for Tmpfs {
 }
 
 /// A tmpfs, or `None` (after saying so plainly) when it cannot be mounted and
-/// `AGENT_MEMORY_ALLOW_NO_ROOT=1`; without that variable the test fails.
+/// `MEMSHIFT_ALLOW_NO_ROOT=1`; without that variable the test fails.
 fn tmpfs_or_not_run(size: &str) -> Option<Tmpfs> {
     match Tmpfs::mount(size) {
         Ok(tmpfs) => Some(tmpfs),
         Err(reason) => {
             println!("faults: full-disk case NOT RUN: {reason}");
             eprintln!("faults: full-disk case NOT RUN: {reason}");
-            if std::env::var("AGENT_MEMORY_ALLOW_NO_ROOT").as_deref() == Ok("1") {
+            if std::env::var("MEMSHIFT_ALLOW_NO_ROOT").as_deref() == Ok("1") {
                 None
             } else {
                 panic!(
                     "faults: full-disk case NOT RUN: {reason} (run as root, as CI does, or set \
-                     AGENT_MEMORY_ALLOW_NO_ROOT=1 to accept not running it)"
+                     MEMSHIFT_ALLOW_NO_ROOT=1 to accept not running it)"
                 )
             }
         }
@@ -640,7 +640,7 @@ async fn row_lock_past_the_side_timeout_in_live() {
         "live store under a row lock: {:?} after {:?}",
         stored
             .as_ref()
-            .map_err(|e| agent_memory::Chain(e).to_string()),
+            .map_err(|e| memshift::Chain(e).to_string()),
         started.elapsed()
     );
     tokio::time::sleep(Duration::from_millis(1500).saturating_sub(started.elapsed())).await;
@@ -651,7 +651,7 @@ async fn row_lock_past_the_side_timeout_in_live() {
         "store {}",
         match &stored {
             Ok(()) => "acknowledged".to_string(),
-            Err(e) => format!("failed ({})", agent_memory::Chain(e)),
+            Err(e) => format!("failed ({})", memshift::Chain(e)),
         }
     );
     let (sqlite, postgres) = sides.on_sides("k").await;

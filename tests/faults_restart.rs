@@ -10,12 +10,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent_memory::backend::dual::DualOptions;
-use agent_memory::backend::{DualBackend, Replica};
-use agent_memory::config::Stage;
-use agent_memory::testing::postgres::TestDatabase;
-use agent_memory::testing::unique_agent;
-use agent_memory::{AgentMemory, SqliteBackend};
+use memshift::backend::dual::DualOptions;
+use memshift::backend::{DualBackend, Replica};
+use memshift::config::Stage;
+use memshift::testing::postgres::TestDatabase;
+use memshift::testing::unique_agent;
+use memshift::{AgentMemory, SqliteBackend};
 use common::{RestartOnDrop, pg};
 use serde_json::{Value, json};
 

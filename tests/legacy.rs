@@ -4,12 +4,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use agent_memory::legacy::{
+use memshift::legacy::{
     ContractRecord, ContractRow, OpenStrategy, Probe, ReadOptions, Source, SourceRow, TableInfo,
     TableKind, TableMap, TableOutcome, Target, convert_row, discover, inventory, read_own_records,
     resolve_key_conflicts, row_id,
 };
-use agent_memory::{AgentId, Execution, Memory, MemoryBackend, Metric, SqliteBackend, Tool};
+use memshift::{AgentId, Execution, Memory, MemoryBackend, Metric, SqliteBackend, Tool};
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
@@ -1183,7 +1183,7 @@ async fn a_library_row_from_a_clock_ahead_gets_its_version_capped() {
 #[tokio::test]
 async fn keys_and_names_too_long_for_postgres_arrive_without_them() {
     let long = "ключ".repeat(2500); // 10,000 characters, 20,000 bytes
-    let at_limit = "k".repeat(agent_memory::MAX_KEY_BYTES);
+    let at_limit = "k".repeat(memshift::MAX_KEY_BYTES);
     let dir = tempfile::tempdir().unwrap();
     let path = generated(
         dir.path(),

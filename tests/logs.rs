@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_memory::backend::DualBackend;
-use agent_memory::config::Stage;
-use agent_memory::testing::postgres::TestDatabase;
-use agent_memory::testing::unique_agent;
-use agent_memory::{
+use memshift::backend::DualBackend;
+use memshift::config::Stage;
+use memshift::testing::postgres::TestDatabase;
+use memshift::testing::unique_agent;
+use memshift::{
     AgentConfig, AgentMemory, BackendKind, Memory, MemoryBackend, SqliteBackend, migrate_url,
 };
 use serde_json::json;

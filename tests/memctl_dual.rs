@@ -5,7 +5,7 @@
 
 mod common;
 
-use agent_memory::testing::postgres::TestDatabase;
+use memshift::testing::postgres::TestDatabase;
 use common::{RestartOnDrop, memctl, pg, stdout};
 
 const STAGES: [&str; 6] = [

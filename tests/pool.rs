@@ -9,10 +9,10 @@
 
 use std::time::Duration;
 
-use agent_memory::backend::postgres::CHECK_IDLE_AFTER;
-use agent_memory::testing::postgres::{TestDatabase, admin_url};
-use agent_memory::testing::unique_agent;
-use agent_memory::{Chain, Memory, MemoryBackend, PostgresBackend, PostgresOptions};
+use memshift::backend::postgres::CHECK_IDLE_AFTER;
+use memshift::testing::postgres::{TestDatabase, admin_url};
+use memshift::testing::unique_agent;
+use memshift::{Chain, Memory, MemoryBackend, PostgresBackend, PostgresOptions};
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
 
@@ -36,7 +36,7 @@ async fn terminate_all(database: &str) -> i64 {
 }
 
 /// Opens every connection of the pool by running `POOL` reads at once.
-async fn fill_pool(backend: &PostgresBackend, agent: &agent_memory::AgentId) {
+async fn fill_pool(backend: &PostgresBackend, agent: &memshift::AgentId) {
     let reads = (0..POOL).map(|_| backend.get_memory(agent, "k"));
     for read in futures_util::future::join_all(reads).await {
         read.expect("a read before anything is dropped");

@@ -5,14 +5,14 @@
 //!
 //! The schema is read by Prisma's own engine (`@prisma/prisma-schema-wasm`, through
 //! `tests/prisma/dmmf.mjs`); `scripts/test` installs the pinned package and sets
-//! `AGENT_MEMORY_NODE_MODULES`. Without node or the package these tests fail, saying how
+//! `MEMSHIFT_NODE_MODULES`. Without node or the package these tests fail, saying how
 //! to install them; they never skip.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use agent_memory::testing::postgres::TestDatabase;
+use memshift::testing::postgres::TestDatabase;
 use serde_json::Value;
 use sqlx::{Connection, PgConnection, Row};
 
@@ -34,7 +34,7 @@ fn run_dmmf(schema: &Path) -> Output {
             panic!(
                 "cannot run `node` ({e}): these tests need Node.js 18 or later on PATH \
                  (e.g. `apt-get install nodejs npm`), then run them with `scripts/test`, \
-                 which installs @prisma/prisma-schema-wasm and sets AGENT_MEMORY_NODE_MODULES"
+                 which installs @prisma/prisma-schema-wasm and sets MEMSHIFT_NODE_MODULES"
             )
         });
     if output.status.code() == Some(3) {

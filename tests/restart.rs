@@ -9,11 +9,11 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_memory::backend::DualBackend;
-use agent_memory::config::Stage;
-use agent_memory::testing::postgres::TestDatabase;
-use agent_memory::testing::unique_agent;
-use agent_memory::{AgentId, Memory, MemoryBackend, SqliteBackend};
+use memshift::backend::DualBackend;
+use memshift::config::Stage;
+use memshift::testing::postgres::TestDatabase;
+use memshift::testing::unique_agent;
+use memshift::{AgentId, Memory, MemoryBackend, SqliteBackend};
 use common::{RestartOnDrop, pg};
 use serde_json::{Value, json};
 
@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 /// backend's ping finds the server back); fails after 30 s.
 async fn eventually<T, F>(what: &str, mut attempt: impl FnMut() -> F) -> T
 where
-    F: Future<Output = agent_memory::Result<T>>,
+    F: Future<Output = memshift::Result<T>>,
 {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -59,8 +59,8 @@ async fn timed<T>(f: impl Future<Output = T>) -> (T, Duration) {
 async fn dual_backend_survives_a_postgres_restart() {
     let dir = tempfile::tempdir().expect("temporary agents folder");
     let db = TestDatabase::migrated().await;
-    let sqlite: Arc<dyn agent_memory::backend::Replica> = Arc::new(SqliteBackend::new(dir.path()));
-    let postgres: Arc<dyn agent_memory::backend::Replica> = Arc::new(db.backend().await);
+    let sqlite: Arc<dyn memshift::backend::Replica> = Arc::new(SqliteBackend::new(dir.path()));
+    let postgres: Arc<dyn memshift::backend::Replica> = Arc::new(db.backend().await);
     let dual = DualBackend::new(sqlite.clone(), postgres.clone(), Stage::DualWrite);
     let agent = unique_agent("restart");
     let put = |key: &'static str, content: Value| {

@@ -6,8 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use agent_memory::backfill::{self, BackfillOptions};
-use agent_memory::testing::postgres::TestDatabase;
+use memshift::backfill::{self, BackfillOptions};
+use memshift::testing::postgres::TestDatabase;
 use common::{RestartOnDrop, legacy_file, memory_rows_once, memory_table, pg};
 use sqlx::{Connection, PgConnection};
 

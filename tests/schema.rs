@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use agent_memory::testing::postgres::TestDatabase;
+use memshift::testing::postgres::TestDatabase;
 use sqlx::{Connection, PgConnection, Row};
 
 /// A column as the contract states it: (name, type, nullable).
@@ -224,12 +224,12 @@ async fn using_the_backend_changes_no_contract_table_definition() {
         .unwrap();
     let before = columns(&mut conn, "public").await;
     let backend = db.backend().await;
-    let agent = agent_memory::AgentId::new("schema_probe").unwrap();
-    use agent_memory::MemoryBackend;
+    let agent = memshift::AgentId::new("schema_probe").unwrap();
+    use memshift::MemoryBackend;
     backend
         .put_memory(
             &agent,
-            &agent_memory::Memory::new("k", serde_json::json!(1)),
+            &memshift::Memory::new("k", serde_json::json!(1)),
         )
         .await
         .unwrap();
@@ -245,14 +245,14 @@ async fn using_the_backend_changes_no_contract_table_definition() {
         "bookkeeping is made where it is missing"
     );
     // Over tables someone else made, the migration changes nothing and is then recorded.
-    assert_eq!(agent_memory::migrate_url(&db.url).await.unwrap(), [1]);
+    assert_eq!(memshift::migrate_url(&db.url).await.unwrap(), [1]);
     assert_eq!(
         columns(&mut conn, "public").await,
         before,
         "migrating over existing tables changed them"
     );
     assert!(
-        agent_memory::migrate_url(&db.url).await.unwrap().is_empty(),
+        memshift::migrate_url(&db.url).await.unwrap().is_empty(),
         "applied twice"
     );
 }
@@ -272,16 +272,16 @@ async fn content_sizes(conn: &mut PgConnection, key: &str) -> (i32, i32) {
 
 #[tokio::test]
 async fn content_compression_turns_off_and_on_for_new_values_only() {
-    use agent_memory::MemoryBackend;
+    use memshift::MemoryBackend;
     let db = TestDatabase::migrated().await;
     let mut conn = connect(&db).await;
     let before = columns(&mut conn, "public").await;
     let backend = db.backend().await;
-    let agent = agent_memory::AgentId::new("compression").unwrap();
+    let agent = memshift::AgentId::new("compression").unwrap();
     // Agent text of ~20 KB: it compresses, as real memories do.
     let text = "the agent noted that the customer asked about the invoice again. ".repeat(300);
     let store = async |key: &str| {
-        let memory = agent_memory::Memory::new(key, serde_json::json!(text));
+        let memory = memshift::Memory::new(key, serde_json::json!(text));
         backend.put_memory(&agent, &memory).await.unwrap();
     };
 
@@ -327,7 +327,7 @@ async fn content_compression_turns_off_and_on_for_new_values_only() {
         .await
         .unwrap();
     let err = backend.set_content_compression(false).await.unwrap_err();
-    let message = agent_memory::Chain(&err).to_string();
+    let message = memshift::Chain(&err).to_string();
     assert!(message.contains("lock timeout"), "{message}");
     assert!(message.contains("agent_memories.content"), "{message}");
     sqlx::raw_sql("rollback")

@@ -8,16 +8,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use agent_memory::backend::DualBackend;
-use agent_memory::backfill::{self, BackfillOptions};
-use agent_memory::config::Stage;
-use agent_memory::legacy::Target;
-use agent_memory::testing::postgres::TestDatabase;
-use agent_memory::testing::unique_agent;
-use agent_memory::vector::{
+use memshift::backend::DualBackend;
+use memshift::backfill::{self, BackfillOptions};
+use memshift::config::Stage;
+use memshift::legacy::Target;
+use memshift::testing::postgres::TestDatabase;
+use memshift::testing::unique_agent;
+use memshift::vector::{
     Embedder, FillOptions, HashEmbedder, fill_embeddings, missing_embeddings,
 };
-use agent_memory::{
+use memshift::{
     AgentId, DistanceMetric, Error, Memory, MemoryBackend, PostgresBackend, SqliteBackend,
     VectorIndex, VectorQuery,
 };
@@ -129,7 +129,7 @@ async fn bulk_load_vectors(backend: &PostgresBackend, agent: &AgentId, vectors: 
         .unwrap();
 }
 
-fn keys(found: &[agent_memory::Neighbor]) -> Vec<String> {
+fn keys(found: &[memshift::Neighbor]) -> Vec<String> {
     found
         .iter()
         .map(|h| h.memory.key.clone().unwrap())
@@ -137,7 +137,7 @@ fn keys(found: &[agent_memory::Neighbor]) -> Vec<String> {
 }
 
 /// Share of `exact`'s keys that `approximate` found.
-fn recall(approximate: &[agent_memory::Neighbor], exact: &[agent_memory::Neighbor]) -> f64 {
+fn recall(approximate: &[memshift::Neighbor], exact: &[memshift::Neighbor]) -> f64 {
     let wanted = keys(exact);
     let hits = keys(approximate)
         .iter()
@@ -152,7 +152,7 @@ async fn mean_recall(
     backend: &PostgresBackend,
     agent: &AgentId,
     queries: impl IntoIterator<Item = VectorQuery>,
-    check: impl Fn(&VectorQuery, &[agent_memory::Neighbor]),
+    check: impl Fn(&VectorQuery, &[memshift::Neighbor]),
 ) -> f64 {
     let (mut total, mut n) = (0.0, 0);
     for query in queries {
@@ -358,7 +358,7 @@ async fn above_2000_dimensions_the_index_holds_halfvec_and_answers_rank_by_full_
         .collect();
     let mean = mean_recall(&backend, &agent, queries, |query, approximate| {
         for hit in approximate {
-            let truth = agent_memory::vector::distance(
+            let truth = memshift::vector::distance(
                 DistanceMetric::L2,
                 &query.vector,
                 hit.memory.embedding.as_ref().unwrap(),
@@ -517,7 +517,7 @@ impl Embedder for Meddling {
     fn dimensions(&self) -> usize {
         self.inner.dimensions()
     }
-    async fn embed(&self, texts: &[String]) -> agent_memory::Result<Vec<Vec<f32>>> {
+    async fn embed(&self, texts: &[String]) -> memshift::Result<Vec<Vec<f32>>> {
         if !self.done.swap(true, Ordering::SeqCst) {
             let mut memory = self
                 .backend
@@ -525,7 +525,7 @@ impl Embedder for Meddling {
                 .await?
                 .unwrap();
             memory.content = json!({"content": "rewritten while embedding"});
-            memory.updated_at = agent_memory::record::now();
+            memory.updated_at = memshift::record::now();
             self.backend.put_memory(&self.agent, &memory).await?;
         }
         self.inner.embed(texts).await
@@ -543,7 +543,7 @@ impl Embedder for Wrong {
     fn dimensions(&self) -> usize {
         8
     }
-    async fn embed(&self, texts: &[String]) -> agent_memory::Result<Vec<Vec<f32>>> {
+    async fn embed(&self, texts: &[String]) -> memshift::Result<Vec<Vec<f32>>> {
         Ok(texts.iter().map(|_| vec![1.0; 7]).collect())
     }
 }

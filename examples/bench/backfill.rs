@@ -35,8 +35,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use agent_memory::AgentId;
-use agent_memory::legacy::{ContractRecord, ContractRow, ReadOptions, Source, Target, convert_row};
+use memshift::AgentId;
+use memshift::legacy::{ContractRecord, ContractRow, ReadOptions, Source, Target, convert_row};
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -150,11 +150,11 @@ pub async fn run(env: &Env, args: &Args) -> Result<(Value, Chart)> {
         std::fs::copy(&backfill_bin, &copy)?;
         copy
     };
-    let psql = std::env::var_os("AGENT_MEMORY_TEST_PG_BIN")
+    let psql = std::env::var_os("MEMSHIFT_TEST_PG_BIN")
         .map(|bin| PathBuf::from(bin).join("psql"))
         .filter(|p| p.is_file())
         .or_else(|| find_program("psql"))
-        .ok_or("psql not found: set AGENT_MEMORY_TEST_PG_BIN (scripts/bench does) or PATH")?;
+        .ok_or("psql not found: set MEMSHIFT_TEST_PG_BIN (scripts/bench does) or PATH")?;
     println!(
         "plan:       {} legacy memory rows (and {} for memory flatness), contents ~{} B; \
          backfill --batch-size {}; each load a child process into a fresh database after a CHECKPOINT",
@@ -373,7 +373,7 @@ async fn write_copy_file(legacy: &Legacy, out: &Path, batch_size: usize) -> Resu
                     migrated_at,
                 )
             })
-            .collect::<agent_memory::Result<Vec<_>>>()?;
+            .collect::<memshift::Result<Vec<_>>>()?;
         stages.convert_seconds += started.elapsed().as_secs_f64();
         if let Some(problem) = rows.iter().find_map(|r| r.time_problem.as_ref()) {
             return Err(format!("a generated time does not read as one: {problem}").into());
@@ -551,9 +551,9 @@ struct Server {
 }
 
 impl Server {
-    /// From `AGENT_MEMORY_TEST_PG_DIR` (set by scripts/pg); `None` elsewhere.
+    /// From `MEMSHIFT_TEST_PG_DIR` (set by scripts/pg); `None` elsewhere.
     fn find() -> Option<Server> {
-        let dir = PathBuf::from(std::env::var_os("AGENT_MEMORY_TEST_PG_DIR")?);
+        let dir = PathBuf::from(std::env::var_os("MEMSHIFT_TEST_PG_DIR")?);
         let server = Server {
             log: dir.join("log"),
             socket: dir.join("socket"),

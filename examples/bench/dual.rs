@@ -15,10 +15,10 @@
 
 use std::sync::Arc;
 
-use agent_memory::backend::DualBackend;
-use agent_memory::backend::dual::DualStats;
-use agent_memory::config::Stage;
-use agent_memory::{MemoryBackend, PostgresBackend, PostgresOptions, SqliteBackend};
+use memshift::backend::DualBackend;
+use memshift::backend::dual::DualStats;
+use memshift::config::Stage;
+use memshift::{MemoryBackend, PostgresBackend, PostgresOptions, SqliteBackend};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -440,7 +440,7 @@ fn report(args: &Args, runs: &[Vec<Run>]) -> (Value, Chart) {
 
 /// Where a dual call's time goes: each side's share, as the dual backend timed it.
 fn breakdown(runs: &[Vec<Run>]) -> String {
-    let p50 = |l: &agent_memory::backend::dual::Latency| l.p50_us.unwrap_or(0) as f64;
+    let p50 = |l: &memshift::backend::dual::Latency| l.p50_us.unwrap_or(0) as f64;
     let rows: Vec<Vec<String>> = [Config::DualWrite, Config::Live]
         .iter()
         .map(|c| {

@@ -6,8 +6,8 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use agent_memory::testing::postgres::with_database;
-use agent_memory::{AgentId, MemoryBackend, redact_url};
+use memshift::testing::postgres::with_database;
+use memshift::{AgentId, MemoryBackend, redact_url};
 use serde::Serialize;
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
@@ -61,7 +61,7 @@ impl Env {
             .await
             .map_err(|e| format!("cannot connect to {}: {e}", redact_url(&admin_url)))?;
         let agents = tempfile::Builder::new()
-            .prefix("agent-memory-bench-")
+            .prefix("memshift-bench-")
             .tempdir()?;
         let machine = Machine::probe(&mut conn, agents.path()).await?;
         let database = format!(
@@ -80,7 +80,7 @@ impl Env {
             machine,
             extra: std::sync::Mutex::new(Vec::new()),
         };
-        if let Err(err) = agent_memory::migrate_url(&env.url).await {
+        if let Err(err) = memshift::migrate_url(&env.url).await {
             env.teardown().await.ok();
             return Err(err.into());
         }
@@ -116,7 +116,7 @@ impl Env {
             .push(name.clone());
         let url = with_database(&self.admin_url, &name);
         if migrate {
-            agent_memory::migrate_url(&url).await?;
+            memshift::migrate_url(&url).await?;
         }
         Ok(Database { name, url })
     }
@@ -255,7 +255,7 @@ impl Machine {
             _ => String::new(),
         };
         format!(
-            "agent-memory bench: {suite}\n\
+            "memshift bench: {suite}\n\
              machine:    {} CPUs, {}\n\
              postgres:   {}\n\
              durability: PostgreSQL {} {}, data on {}\n\
@@ -535,7 +535,7 @@ impl AgentLoad {
             self.keys[self.rng.below(self.keys.len())].clone()
         };
         self.stores += 1;
-        let memory = agent_memory::Memory::new(key, memory_value(self.value_bytes, &mut self.rng));
+        let memory = memshift::Memory::new(key, memory_value(self.value_bytes, &mut self.rng));
         let (stored, took) = timed(self.backend.put_memory(&self.agent, &memory)).await;
         stored?;
         Ok(took)

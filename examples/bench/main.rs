@@ -1,4 +1,4 @@
-//! Benchmarks of agent-memory on real, durable storage.
+//! Benchmarks of memshift on real, durable storage.
 //!
 //! ```text
 //! scripts/bench ops [--agents 1,4,16,64] [--calls N] [--scale-keys K] ... [--out DIR]
@@ -34,13 +34,13 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use agent_memory::Chain;
+use memshift::Chain;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
     name = "bench",
-    about = "Benchmarks of agent-memory on durable storage"
+    about = "Benchmarks of memshift on durable storage"
 )]
 struct Cli {
     /// Folder for the results: `<suite>.json` and the chart `<suite>.svg`.

@@ -22,7 +22,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_memory::{
+use memshift::{
     AgentId, Memory, MemoryBackend, PostgresBackend, PostgresOptions, SqliteBackend, SqliteOptions,
 };
 use chrono::{DateTime, Utc};
@@ -420,7 +420,7 @@ enum Raw {
 }
 
 // The statements the backends issue, so that the floor times exactly those.
-use agent_memory::testing::statements::{
+use memshift::testing::statements::{
     POSTGRES_GET_MEMORY as POSTGRES_GET, POSTGRES_PUT_MEMORY as POSTGRES_PUT,
     SQLITE_GET_MEMORY as SQLITE_GET, SQLITE_PUT_MEMORY as SQLITE_PUT,
 };
@@ -434,7 +434,7 @@ impl Raw {
     /// Opens the agent's SQLite file as the library does (WAL, `synchronous = FULL`, the
     /// default busy timeout and pool size); the library has created it already.
     async fn sqlite(file: &std::path::Path) -> Result<Raw> {
-        let defaults = agent_memory::SqliteOptions::default();
+        let defaults = memshift::SqliteOptions::default();
         let connect = SqliteConnectOptions::new()
             .filename(file)
             .journal_mode(SqliteJournalMode::Wal)

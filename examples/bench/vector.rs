@@ -16,8 +16,8 @@
 
 use std::time::Instant;
 
-use agent_memory::vector::{self, DistanceMetric, Neighbor, VectorIndex, VectorQuery};
-use agent_memory::{
+use memshift::vector::{self, DistanceMetric, Neighbor, VectorIndex, VectorQuery};
+use memshift::{
     AgentId, Memory, MemoryBackend, PostgresBackend, PostgresOptions, SqliteBackend, SqliteOptions,
 };
 use serde::Serialize;

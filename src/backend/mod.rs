@@ -31,7 +31,7 @@ pub use sqlite::{SqliteBackend, SqliteOptions};
 /// # Contract
 ///
 /// Every implementation, and every wrapper around one, upholds these rules; the
-/// scenarios in `agent_memory::testing` (feature `testing`) check them.
+/// scenarios in `memshift::testing` (feature `testing`) check them.
 ///
 /// - **Exact values.** What [`put_memory`](Self::put_memory) stores,
 ///   [`get_memory`](Self::get_memory) returns unchanged: the same JSON text (key order and

@@ -142,7 +142,7 @@ pub struct OwedCount {
 ///
 /// # Contract
 ///
-/// The scenarios in `agent_memory::testing::replication` (feature `testing`) check
+/// The scenarios in `memshift::testing::replication` (feature `testing`) check
 /// these on both implementations:
 ///
 /// - **Versions move forward.** [`commit`](Self::commit) of a memory stores a version

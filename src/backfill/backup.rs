@@ -575,7 +575,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 /// reads back exactly these bytes. The empty string becomes `''`.
 ///
 /// ```
-/// use agent_memory::backfill::backup::shell_quote;
+/// use memshift::backfill::backup::shell_quote;
 /// assert_eq!(shell_quote("it's $(x).db".as_ref()), b"'it'\\''s $(x).db'".to_vec());
 /// ```
 pub fn shell_quote(text: &OsStr) -> Vec<u8> {
@@ -639,7 +639,7 @@ fn backup_script(manifest: &Manifest<'_>, backup_root: &Path) -> Vec<u8> {
         .text(" of the legacy SQLite files, with the sqlite3\n")
         .text("# command-line tool's .backup command (safe while agents run; sources are only read).\n")
         .text("# Usage: bash backup_sqlite.sh [DEST]   (DEST defaults to a new sqlite_backup_<UTC time>\n")
-        .text("# folder beside this backup). Written by agent-memory's backfill --backup.\n")
+        .text("# folder beside this backup). Written by memshift's backfill --backup.\n")
         .text("set -euo pipefail\n\n")
         .text("command -v sqlite3 >/dev/null 2>&1 || { echo 'backup_sqlite.sh: the sqlite3 command-line tool is needed' >&2; exit 1; }\n\n")
         .text("agents=")
@@ -702,7 +702,7 @@ fn restore_script(manifest: &Manifest<'_>) -> Vec<u8> {
         .text("# Stop every agent first. Usage: bash restore_sqlite.sh [--force]\n")
         .text("#   --force  restore even where a -wal with content lies next to a target\n")
         .text("# Every copy is checked against the manifest's sha256 (below) before anything is touched.\n")
-        .text("# Written by agent-memory's backfill --backup.\n")
+        .text("# Written by memshift's backfill --backup.\n")
         .text("set -euo pipefail\n\n")
         .text(RESTORE_HEAD);
     if copied(manifest).next().is_none() {

@@ -219,7 +219,7 @@ struct Scratch {
 impl Scratch {
     fn copy_of(path: &Path) -> Result<Scratch> {
         let dir =
-            std::env::temp_dir().join(format!("agent-memory-legacy-{}", uuid::Uuid::new_v4()));
+            std::env::temp_dir().join(format!("memshift-legacy-{}", uuid::Uuid::new_v4()));
         let scratch = Scratch {
             db: dir.join("source.db"),
             dir,

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! async fn fixture() -> (Arc<dyn MemoryBackend>, impl Sized) { /* backend, guard */ }
-//! agent_memory::conformance_suite!(fixture);
+//! memshift::conformance_suite!(fixture);
 //! ```
 
 pub mod faulty;

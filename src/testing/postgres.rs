@@ -5,7 +5,7 @@ use sqlx::{Connection, PgConnection};
 use crate::backend::{PostgresBackend, PostgresOptions};
 
 /// The variable holding the test server's superuser URL; `scripts/test` sets it.
-pub const URL_VAR: &str = "AGENT_MEMORY_TEST_DATABASE_URL";
+pub const URL_VAR: &str = "MEMSHIFT_TEST_DATABASE_URL";
 
 /// The test server's superuser URL.
 ///

@@ -46,8 +46,8 @@ pub fn stdout(output: &Output) -> String {
 
 /// Stops (`stop`) or starts again (`start-existing`) the test server, on the same port.
 pub fn pg(action: &str) {
-    let dir = std::env::var("AGENT_MEMORY_TEST_PG_DIR")
-        .expect("AGENT_MEMORY_TEST_PG_DIR is not set: run the tests with scripts/test");
+    let dir = std::env::var("MEMSHIFT_TEST_PG_DIR")
+        .expect("MEMSHIFT_TEST_PG_DIR is not set: run the tests with scripts/test");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/pg");
     let status = Command::new(script)
         .args([action, &dir])
@@ -100,7 +100,7 @@ pub async fn captured_logs<F: std::future::Future<Output = ()>>(work: F) -> Stri
 
 /// The test server's real password, from its superuser URL.
 pub fn real_password() -> String {
-    let url = url::Url::parse(&agent_memory::testing::postgres::admin_url())
+    let url = url::Url::parse(&memshift::testing::postgres::admin_url())
         .expect("the test URL is a valid URL");
     let password = url.password().expect("the test URL has a password");
     assert!(

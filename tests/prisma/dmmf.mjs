@@ -6,7 +6,7 @@
 //
 //   node tests/prisma/dmmf.mjs path/to/schema.prisma
 //
-// The package comes from $AGENT_MEMORY_NODE_MODULES (a node_modules directory; scripts/test
+// The package comes from $MEMSHIFT_NODE_MODULES (a node_modules directory; scripts/test
 // installs the pinned version there) or else from normal module resolution.
 //
 // Exit status: 0 valid (JSON on stdout); 1 the schema is invalid (Prisma's errors on
@@ -38,7 +38,7 @@ function prismaError(e) {
 
 function loadPackage() {
   const require = createRequire(import.meta.url);
-  const dir = process.env.AGENT_MEMORY_NODE_MODULES;
+  const dir = process.env.MEMSHIFT_NODE_MODULES;
   const target = dir ? path.resolve(dir, PACKAGE) : PACKAGE;
   // Without a registry, a panic inside the Wasm module hides its message behind a TypeError.
   globalThis.PRISMA_WASM_PANIC_REGISTRY ??= {
@@ -53,10 +53,10 @@ function loadPackage() {
   } catch (e) {
     fail(
       3,
-      `cannot load ${PACKAGE} from ${dir ? `AGENT_MEMORY_NODE_MODULES=${dir}` : "the module path"}: ` +
+      `cannot load ${PACKAGE} from ${dir ? `MEMSHIFT_NODE_MODULES=${dir}` : "the module path"}: ` +
         `${e.message}\nInstall it with scripts/test (which caches the pinned version and sets ` +
-        `AGENT_MEMORY_NODE_MODULES), or: npm install --prefix DIR --no-audit --no-fund ` +
-        `${PACKAGE}@VERSION and export AGENT_MEMORY_NODE_MODULES=DIR/node_modules`,
+        `MEMSHIFT_NODE_MODULES), or: npm install --prefix DIR --no-audit --no-fund ` +
+        `${PACKAGE}@VERSION and export MEMSHIFT_NODE_MODULES=DIR/node_modules`,
     );
   }
   return { wasm, version };
