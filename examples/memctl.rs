@@ -27,13 +27,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
 use memshift::backend::dual::{DualBackend, Side};
 use memshift::config::Stage;
 use memshift::{
     AgentConfig, AgentId, AgentMemory, BackendKind, Chain, DistanceMetric, Error, Memory,
     VectorIndex, VectorQuery, backend,
 };
-use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(name = "memctl", about = "Read and write an agent's memory")]
@@ -166,8 +166,7 @@ async fn run(cli: Cli) -> Result<Outcome, Error> {
         config.agents_path = path;
     }
     if let Command::Migrate = cli.command {
-        let applied =
-            memshift::migrate_url(config.require_database_url("memctl migrate")?).await?;
+        let applied = memshift::migrate_url(config.require_database_url("memctl migrate")?).await?;
         match applied.as_slice() {
             [] => println!("schema already up to date"),
             versions => println!("applied migrations {versions:?}"),

@@ -36,6 +36,7 @@ pub mod config;
 pub mod error;
 pub mod legacy;
 pub mod record;
+mod redact;
 pub mod schema;
 pub mod vector;
 
@@ -57,7 +58,7 @@ pub use vector::{DistanceMetric, Embedder, Neighbor, VectorIndex, VectorQuery};
 /// Connection errors (never showing the password) and migration errors.
 pub async fn migrate_url(url: &str) -> Result<Vec<i64>> {
     let pool = backend::postgres::connect_pool(
-        url,
+        &backend::PgTarget::parse(url)?,
         &PostgresOptions {
             max_connections: 1,
             ..PostgresOptions::default()

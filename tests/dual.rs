@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::join_all as futures_join_all;
 use memshift::backend::DualBackend;
 use memshift::backend::dual::DualOptions;
 use memshift::backend::replica::{OwedWrite, Replica};
@@ -15,7 +16,6 @@ use memshift::testing::faulty::FaultyBackend;
 use memshift::testing::postgres::TestDatabase;
 use memshift::testing::unique_agent;
 use memshift::{AgentId, Execution, Memory, MemoryBackend, Metric, SqliteBackend, Tool};
-use futures_util::future::join_all as futures_join_all;
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------

@@ -4,13 +4,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use chrono::{DateTime, Utc};
 use memshift::legacy::{
     ContractRecord, ContractRow, OpenStrategy, Probe, ReadOptions, Source, SourceRow, TableInfo,
     TableKind, TableMap, TableOutcome, Target, convert_row, discover, inventory, read_own_records,
     resolve_key_conflicts, row_id,
 };
 use memshift::{AgentId, Execution, Memory, MemoryBackend, Metric, SqliteBackend, Tool};
-use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{ConnectOptions, Connection};

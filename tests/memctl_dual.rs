@@ -5,8 +5,8 @@
 
 mod common;
 
-use memshift::testing::postgres::TestDatabase;
 use common::{RestartOnDrop, memctl, pg, stdout};
+use memshift::testing::postgres::TestDatabase;
 
 const STAGES: [&str; 6] = [
     "sqlite",

@@ -22,10 +22,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
 use memshift::{
     AgentId, Memory, MemoryBackend, PostgresBackend, PostgresOptions, SqliteBackend, SqliteOptions,
 };
-use chrono::{DateTime, Utc};
 use pgvector::Vector;
 use serde::Serialize;
 use serde_json::{Value, json};

@@ -19,8 +19,9 @@ use super::MemoryBackend;
 use super::agent_rows::{AgentRowError, agent_row_id};
 use super::codec::parse_json;
 use super::replica::{Change, Outcome};
-use crate::error::{Error, Result, redact_url, scrub, url_secrets};
+use crate::error::{Error, Result};
 use crate::record::{AgentId, Execution, Memory, Metadata, Metric, Tool, now};
+use crate::redact::ConnectionString;
 use crate::schema::{check_schema, ensure_bookkeeping};
 use crate::vector::postgres::{IndexCache, IndexError};
 use crate::vector::{DistanceMetric, IndexBuild, Neighbor, VectorIndex, VectorQuery};
@@ -56,8 +57,7 @@ pub struct PostgresBackend {
     pool: PgPool,
     health: Arc<PoolHealth>,
     stash: Stash,
-    target: String,
-    secrets: Vec<String>,
+    target: ConnectionString,
     known_agents: Mutex<HashMap<AgentId, String>>,
     indexes: IndexCache,
 }
@@ -65,7 +65,7 @@ pub struct PostgresBackend {
 impl std::fmt::Debug for PostgresBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresBackend")
-            .field("target", &self.target)
+            .field("target", &self.target.shown())
             .finish_non_exhaustive()
     }
 }
@@ -87,18 +87,22 @@ impl PostgresBackend {
     /// be reached or refuses the login, [`Error::SchemaMissing`] naming every missing
     /// table, column, key or extension. No message shows the URL's password.
     pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self> {
+        Self::connect_to(PgTarget::parse(url)?, options).await
+    }
+
+    /// [`connect_with`](Self::connect_with) to a URL already read.
+    pub(crate) async fn connect_to(target: PgTarget, options: PostgresOptions) -> Result<Self> {
         let health = Arc::new(PoolHealth::default());
-        let pool = connect_pool_with(url, &options, health.clone()).await?;
+        let pool = connect_pool_with(&target, &options, health.clone()).await?;
         let backend = PostgresBackend {
             stash: Stash::new(options.max_connections),
             pool,
             health,
-            target: redact_url(url),
-            secrets: url_secrets(url),
+            target: target.url,
             known_agents: Mutex::new(HashMap::new()),
             indexes: IndexCache::default(),
         };
-        check_schema(&backend.pool, &backend.target).await?;
+        check_schema(&backend.pool, backend.target.shown()).await?;
         ensure_bookkeeping(&backend.pool).await?;
         Ok(backend)
     }
@@ -110,18 +114,26 @@ impl PostgresBackend {
     /// # Errors
     /// [`Error::Config`] for a malformed URL.
     pub fn connect_lazy(url: &str, options: PostgresOptions) -> Result<Self> {
-        let secrets = url_secrets(url);
-        let connect = parse_url(url, &secrets)?;
+        Ok(Self::lazy_to(PgTarget::parse(url)?, options))
+    }
+
+    /// [`connect_lazy`](Self::connect_lazy) to a URL already read.
+    pub(crate) fn lazy_to(target: PgTarget, options: PostgresOptions) -> Self {
         let health = Arc::new(PoolHealth::default());
-        Ok(PostgresBackend {
-            pool: pool_options(&options, health.clone()).connect_lazy_with(connect),
+        PostgresBackend {
+            pool: pool_options(&options, health.clone()).connect_lazy_with(target.options),
             health,
             stash: Stash::new(options.max_connections),
-            target: redact_url(url),
-            secrets,
+            target: target.url,
             known_agents: Mutex::new(HashMap::new()),
             indexes: IndexCache::default(),
-        })
+        }
+    }
+
+    /// The error of a statement run for `operation` that failed with `e`, which shows no
+    /// password.
+    pub(crate) fn error(&self, operation: impl Into<String>, e: sqlx::Error) -> Error {
+        Error::database("postgres", operation, e, Some(&self.target))
     }
 
     /// The connection pool, for callers that run their own statements.
@@ -232,11 +244,7 @@ impl PostgresBackend {
         operation: impl FnOnce() -> String + 'a,
     ) -> impl FnOnce(sqlx::Error) -> Error + 'a {
         move |e| {
-            let err = Error::Database {
-                backend: "postgres",
-                operation: operation(),
-                source: scrub(e, &self.secrets),
-            };
+            let err = self.error(operation(), e);
             if err.is_connection() {
                 self.health.lost_connection();
             }
@@ -350,42 +358,80 @@ impl PostgresBackend {
     }
 }
 
+/// A PostgreSQL database to connect to, read once: the driver's options, and the URL as
+/// messages show it with the secrets it holds. `Debug` shows only the shown URL.
+#[derive(Clone)]
+pub(crate) struct PgTarget {
+    pub(crate) url: ConnectionString,
+    pub(crate) options: PgConnectOptions,
+}
+
+impl std::fmt::Debug for PgTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("PgTarget").field(&self.url.shown()).finish()
+    }
+}
+
+impl PgTarget {
+    /// Reads `url`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] when it is not a PostgreSQL URL, or one the driver would
+    /// misread (see [`ConnectionString::problem`]); the message shows no password.
+    pub(crate) fn parse(url: &str) -> Result<Self> {
+        let read = ConnectionString::parse(url);
+        let invalid = |why: &dyn std::fmt::Display| {
+            Error::config(format!(
+                "{} is not a valid PostgreSQL URL: {why}",
+                read.shown()
+            ))
+        };
+        if let Some(problem) = read.problem() {
+            return Err(invalid(&problem));
+        }
+        let options = PgConnectOptions::from_str(url).map_err(|e| invalid(&read.scrub(e)))?;
+        Ok(PgTarget { url: read, options })
+    }
+
+    /// One connection, outside any pool, within `timeout`.
+    ///
+    /// # Errors
+    /// [`Error::Connect`], showing no password.
+    pub(crate) async fn connect(&self, timeout: Duration) -> Result<PgConnection> {
+        tokio::time::timeout(timeout, PgConnection::connect_with(&self.options))
+            .await
+            .map_err(|_| {
+                Error::connect_timed_out(
+                    &self.url,
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer within {timeout:?}"),
+                    ),
+                )
+            })?
+            .map_err(|e| Error::connect(&self.url, e))
+    }
+}
+
 /// Opens a pool to `url`, with errors that never show its password.
 ///
 /// One connection is made first, outside the pool, so that a refused connection or a
 /// failed login is reported at once with its real cause; a pool would retry until its
 /// timeout and report only that it timed out.
-pub(crate) async fn connect_pool(url: &str, options: &PostgresOptions) -> Result<PgPool> {
-    connect_pool_with(url, options, Arc::new(PoolHealth::default())).await
+pub(crate) async fn connect_pool(target: &PgTarget, options: &PostgresOptions) -> Result<PgPool> {
+    connect_pool_with(target, options, Arc::new(PoolHealth::default())).await
 }
 
 /// [`connect_pool`], with the pool's connections checked as `health` asks.
 async fn connect_pool_with(
-    url: &str,
+    target: &PgTarget,
     options: &PostgresOptions,
     health: Arc<PoolHealth>,
 ) -> Result<PgPool> {
-    let secrets = url_secrets(url);
-    let connect = parse_url(url, &secrets)?;
-    let failed = |source| Error::Connect {
-        target: redact_url(url),
-        source,
-    };
-    let probe = tokio::time::timeout(
-        options.connect_timeout,
-        PgConnection::connect_with(&connect),
-    )
-    .await
-    .map_err(|_| {
-        failed(Box::new(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("no answer within {:?}", options.connect_timeout),
-        )))
-    })?
-    .map_err(|e| failed(scrub(e, &secrets)))?;
+    let probe = target.connect(options.connect_timeout).await?;
     // The probe only proves the server answers; closing it cleanly is a courtesy.
     let _ = probe.close().await;
-    Ok(pool_options(options, health).connect_lazy_with(connect))
+    Ok(pool_options(options, health).connect_lazy_with(target.options.clone()))
 }
 
 /// How long a pooled connection may have sat idle before the pool checks, with a round
@@ -734,16 +780,6 @@ const DELETE_MEMORY_UP_TO: &str =
 const DROP_DELETED: &str = "delete from agent_memories m using agent_memory.memory_tombstones t
     where m.agent_id = $1 and m.key = $2 and t.agent_id = $3 and t.key = $2
     and m.updated_at <= t.deleted_at";
-
-fn parse_url(url: &str, secrets: &[String]) -> Result<PgConnectOptions> {
-    PgConnectOptions::from_str(url).map_err(|e| {
-        Error::config(format!(
-            "{} is not a valid PostgreSQL URL: {}",
-            redact_url(url),
-            scrub(e, secrets)
-        ))
-    })
-}
 
 fn metadata_of(row: &PgRow) -> Metadata {
     row.get::<Json<Metadata>, _>("metadata").0

@@ -10,8 +10,8 @@ use super::load::{load_batch, prepare};
 use super::report::{Failure, FileReport, Report, TableReport, rate};
 use super::{BackfillOptions, Progress};
 use crate::backend::agent_rows::AgentRowError;
-use crate::backend::{MemoryBackend, PostgresBackend, Replica};
-use crate::error::{Chain, Error, Result, redact_url, scrub, url_secrets};
+use crate::backend::{MemoryBackend, PgTarget, PostgresBackend, Replica};
+use crate::error::{Chain, Error, Fault, Result};
 use crate::legacy::{
     ContractRecord, ContractRow, Found, Probe, Source, SourceRow, TableInfo, TableKind, Target,
     convert_row, discover, read_own_records, read_own_tombstones,
@@ -24,7 +24,7 @@ const ATTEMPTS: u32 = 4;
 /// One worker's run: a backend for the library-layout files and one connection holding
 /// the claims and the staging table.
 pub(crate) struct Run<'a> {
-    pub(crate) url: &'a str,
+    pub(crate) target: &'a PgTarget,
     pub(crate) options: &'a BackfillOptions,
     pub(crate) backend: &'a PostgresBackend,
     pub(crate) conn: PgConnection,
@@ -34,11 +34,11 @@ pub(crate) struct Run<'a> {
 
 impl Run<'_> {
     /// Connects the worker's own connection, with its staging table.
-    pub(crate) async fn connect(url: &str) -> Result<PgConnection> {
-        let mut conn = connect(url).await?;
+    pub(crate) async fn connect(target: &PgTarget) -> Result<PgConnection> {
+        let mut conn = connect_to(target).await?;
         prepare(&mut conn)
             .await
-            .map_err(|e| db("prepare the staging table", e, &url_secrets(url)))?;
+            .map_err(|e| db(target, "prepare the staging table", e))?;
         Ok(conn)
     }
 
@@ -110,12 +110,11 @@ impl Run<'_> {
         } else {
             "select pg_advisory_unlock(hashtextextended('agent_memory.backfill:' || $1, 0))"
         };
-        let secrets = url_secrets(self.url);
         sqlx::query_scalar(sql)
             .bind(source_db)
             .fetch_one(&mut self.conn)
             .await
-            .map_err(|e| db("claim a source file", e, &secrets))
+            .map_err(|e| db(self.target, "claim a source file", e))
     }
 
     async fn legacy_file(
@@ -227,7 +226,7 @@ impl Run<'_> {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(500 << (attempt - 1))).await;
                 if self.conn.ping().await.is_err() {
-                    match Run::connect(self.url).await {
+                    match Run::connect(self.target).await {
                         Ok(conn) => self.conn = conn,
                         Err(err) => {
                             last = Some(Chain(&err).to_string());
@@ -251,7 +250,7 @@ impl Run<'_> {
                 Ok(Err(AgentRowError::Database(err))) => {
                     let transient = is_transient(&err);
                     let hint = permission_hint(&err, target);
-                    last = Some(format!("{}{hint}", scrub(err, &url_secrets(self.url))));
+                    last = Some(format!("{}{hint}", self.target.url.scrub(err)));
                     if !transient {
                         break;
                     }
@@ -399,27 +398,23 @@ impl Run<'_> {
 
 /// One connection to `url`, with errors that never show its password.
 pub(crate) async fn connect(url: &str) -> Result<PgConnection> {
-    PgConnection::connect(url)
-        .await
-        .map_err(|e| Error::Connect {
-            target: redact_url(url),
-            source: scrub(e, &url_secrets(url)),
-        })
+    connect_to(&PgTarget::parse(url)?).await
 }
 
-/// Worth retrying: a lost connection, a timeout, a deadlock, a serialization failure or
-/// a unique key taken by a concurrent writer between the conflict check and the insert.
+/// One connection to `target`, with errors that never show its password.
+async fn connect_to(target: &PgTarget) -> Result<PgConnection> {
+    PgConnection::connect_with(&target.options)
+        .await
+        .map_err(|e| Error::connect(&target.url, e))
+}
+
+/// Worth retrying: a lost connection, a deadlock or a serialization failure (the
+/// library's one rule, [`Fault::of`]), or a unique key taken by a concurrent run between
+/// the batch's conflict check and its insert (SQLSTATE `23505`, which elsewhere is a
+/// lasting refusal).
 fn is_transient(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => true,
-        sqlx::Error::Database(db) => {
-            matches!(
-                db.code().as_deref(),
-                Some("40001" | "40P01" | "23505" | "57P01" | "08006" | "08003")
-            )
-        }
-        _ => false,
-    }
+    let taken = matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"));
+    taken || matches!(Fault::of(err), Fault::Connection | Fault::Collision)
 }
 
 /// For a refused privilege, which privileges on which tables a backfill needs.
@@ -436,12 +431,8 @@ fn permission_hint(err: &sqlx::Error, target: Target) -> String {
     }
 }
 
-fn db(operation: &str, e: sqlx::Error, secrets: &[String]) -> Error {
-    Error::Database {
-        backend: "postgres",
-        operation: operation.into(),
-        source: scrub(e, secrets),
-    }
+fn db(target: &PgTarget, operation: &str, e: sqlx::Error) -> Error {
+    Error::database("postgres", operation, e, Some(&target.url))
 }
 
 /// The report of a run that has not started loading.
