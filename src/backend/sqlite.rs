@@ -417,20 +417,75 @@ impl SqliteBackend {
     }
 }
 
-fn memory_from_row(row: &SqliteRow, agent: &AgentId) -> Result<Memory> {
-    let key: Option<String> = row.get("key");
-    let what = || format!("memory {key:?} of agent {agent:?}");
+// Reading the library's own rows: the one decoder of the SQLite backend's value forms,
+// for its reads and for a backfill moving a file of its layout (`crate::legacy`). Columns
+// are read with `try_get`, so a hand-edited file gives an error, never a panic. `whose`
+// ends the name of a value in messages: `of agent "a"`, `in <file> (agent "a")`.
+
+/// One column of `row`; `what` names the value in the error.
+fn column<'r, T>(row: &'r SqliteRow, name: &str, what: impl FnOnce() -> String) -> Result<T>
+where
+    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+{
+    row.try_get(name)
+        .map_err(|e| Error::database("sqlite", format!("read {}", what()), e, None))
+}
+
+/// A memory as the SQLite backend stores it.
+pub(crate) fn memory_from_row(row: &SqliteRow, whose: &str) -> Result<Memory> {
+    let key: Option<String> = column(row, "key", || format!("a memory {whose}"))?;
+    let what = || format!("memory {key:?} {whose}");
     Ok(Memory {
-        id: parse_id(row.get("id"), what)?,
-        content: parse_json(row.get("content"), what)?,
-        metadata: parse_metadata(row.get("metadata"), what)?,
-        embedding: row
-            .get::<Option<Vec<u8>>, _>("embedding")
+        id: parse_id(column(row, "id", what)?, what)?,
+        content: parse_json(column(row, "content", what)?, what)?,
+        metadata: parse_metadata(column(row, "metadata", what)?, what)?,
+        embedding: column::<Option<Vec<u8>>>(row, "embedding", what)?
             .map(|b| bytes_embedding(&b, what))
             .transpose()?,
-        created_at: parse_time(row.get("created_at"), what)?,
-        updated_at: parse_time(row.get("updated_at"), what)?,
+        created_at: parse_time(column(row, "created_at", what)?, what)?,
+        updated_at: parse_time(column(row, "updated_at", what)?, what)?,
         key,
+    })
+}
+
+/// A tool as the SQLite backend stores it.
+pub(crate) fn tool_from_row(row: &SqliteRow, whose: &str) -> Result<Tool> {
+    let name: String = column(row, "name", || format!("a tool {whose}"))?;
+    let what = || format!("tool {name:?} {whose}");
+    Ok(Tool {
+        id: parse_id(column(row, "id", what)?, what)?,
+        content: parse_json(column(row, "content", what)?, what)?,
+        metadata: parse_metadata(column(row, "metadata", what)?, what)?,
+        created_at: parse_time(column(row, "created_at", what)?, what)?,
+        updated_at: parse_time(column(row, "updated_at", what)?, what)?,
+        name,
+    })
+}
+
+/// A metric as the SQLite backend stores it.
+pub(crate) fn metric_from_row(row: &SqliteRow, whose: &str) -> Result<Metric> {
+    let name: String = column(row, "name", || format!("a metric {whose}"))?;
+    let what = || format!("metric {name:?} {whose}");
+    Ok(Metric {
+        id: parse_id(column(row, "id", what)?, what)?,
+        value: column(row, "value", what)?,
+        content: parse_json(column(row, "content", what)?, what)?,
+        metadata: parse_metadata(column(row, "metadata", what)?, what)?,
+        created_at: parse_time(column(row, "created_at", what)?, what)?,
+        name,
+    })
+}
+
+/// An execution as the SQLite backend stores it.
+pub(crate) fn execution_from_row(row: &SqliteRow, whose: &str) -> Result<Execution> {
+    let id: String = column(row, "id", || format!("an execution {whose}"))?;
+    let what = || format!("execution {id} {whose}");
+    Ok(Execution {
+        id: parse_id(&id, what)?,
+        status: column(row, "status", what)?,
+        content: parse_json(column(row, "content", what)?, what)?,
+        metadata: parse_metadata(column(row, "metadata", what)?, what)?,
+        created_at: parse_time(column(row, "created_at", what)?, what)?,
     })
 }
 
@@ -438,8 +493,8 @@ fn memory_from_row(row: &SqliteRow, agent: &AgentId) -> Result<Memory> {
 fn stored_identity(row: &SqliteRow, memory: &Memory, agent: &AgentId) -> Result<Memory> {
     let what = || format!("memory {:?} of agent {agent:?}", memory.key);
     Ok(Memory {
-        id: parse_id(row.get("id"), what)?,
-        created_at: parse_time(row.get("created_at"), what)?,
+        id: parse_id(column(row, "id", what)?, what)?,
+        created_at: parse_time(column(row, "created_at", what)?, what)?,
         ..memory.clone()
     })
 }
@@ -449,42 +504,9 @@ fn parse_id(text: &str, what: impl FnOnce() -> String) -> Result<uuid::Uuid> {
         .map_err(|e| Error::invalid("stored id", format!("{}: {e}", what())))
 }
 
-fn tool_from_row(row: &SqliteRow, agent: &AgentId) -> Result<Tool> {
-    let name: String = row.get("name");
-    let what = || format!("tool {name:?} of agent {agent:?}");
-    Ok(Tool {
-        id: parse_id(row.get("id"), what)?,
-        content: parse_json(row.get("content"), what)?,
-        metadata: parse_metadata(row.get("metadata"), what)?,
-        created_at: parse_time(row.get("created_at"), what)?,
-        updated_at: parse_time(row.get("updated_at"), what)?,
-        name,
-    })
-}
-
-fn metric_from_row(row: &SqliteRow, agent: &AgentId) -> Result<Metric> {
-    let name: String = row.get("name");
-    let what = || format!("metric {name:?} of agent {agent:?}");
-    Ok(Metric {
-        id: parse_id(row.get("id"), what)?,
-        value: row.get("value"),
-        content: parse_json(row.get("content"), what)?,
-        metadata: parse_metadata(row.get("metadata"), what)?,
-        created_at: parse_time(row.get("created_at"), what)?,
-        name,
-    })
-}
-
-fn execution_from_row(row: &SqliteRow, agent: &AgentId) -> Result<Execution> {
-    let id: String = row.get("id");
-    let what = || format!("execution {id} of agent {agent:?}");
-    Ok(Execution {
-        id: parse_id(&id, what)?,
-        status: row.get("status"),
-        content: parse_json(row.get("content"), what)?,
-        metadata: parse_metadata(row.get("metadata"), what)?,
-        created_at: parse_time(row.get("created_at"), what)?,
-    })
+/// `of agent "a"`: how values of `agent` are named in messages.
+fn of_agent(agent: &AgentId) -> String {
+    format!("of agent {agent:?}")
 }
 
 #[async_trait]
@@ -518,7 +540,7 @@ impl MemoryBackend for SqliteBackend {
             .fetch_optional(&pool)
             .await
             .map_err(self.fail(|| format!("retrieve memory {key:?} of agent {agent:?}")))?
-            .map(|row| memory_from_row(&row, agent))
+            .map(|row| memory_from_row(&row, &of_agent(agent)))
             .transpose()
     }
 
@@ -534,7 +556,7 @@ impl MemoryBackend for SqliteBackend {
             &pool,
             agent,
             query,
-            |row| memory_from_row(row, agent),
+            |row| memory_from_row(row, &of_agent(agent)),
             |e| self.fail(|| format!("search memories of agent {agent:?}"))(e),
         )
         .await
@@ -586,7 +608,7 @@ impl MemoryBackend for SqliteBackend {
         .fetch_optional(&pool)
         .await
         .map_err(self.fail(|| format!("get tool {name:?} of agent {agent:?}")))?
-        .map(|row| tool_from_row(&row, agent))
+        .map(|row| tool_from_row(&row, &of_agent(agent)))
         .transpose()
     }
 
@@ -602,7 +624,7 @@ impl MemoryBackend for SqliteBackend {
         .await
         .map_err(self.fail(|| format!("list tools of agent {agent:?}")))?
         .iter()
-        .map(|row| tool_from_row(row, agent))
+        .map(|row| tool_from_row(row, &of_agent(agent)))
         .collect()
     }
 
@@ -624,7 +646,7 @@ impl MemoryBackend for SqliteBackend {
         .await
         .map_err(self.fail(|| format!("list metrics of agent {agent:?}")))?
         .iter()
-        .map(|row| metric_from_row(row, agent))
+        .map(|row| metric_from_row(row, &of_agent(agent)))
         .collect()
     }
 
@@ -646,7 +668,7 @@ impl MemoryBackend for SqliteBackend {
         .await
         .map_err(self.fail(|| format!("list executions of agent {agent:?}")))?
         .iter()
-        .map(|row| execution_from_row(row, agent))
+        .map(|row| execution_from_row(row, &of_agent(agent)))
         .collect()
     }
 }

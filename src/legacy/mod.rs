@@ -11,7 +11,8 @@
 //!   WAL strategy), lists its tables ([`Source::tables`], with skip reasons) and streams
 //!   their rows in key order ([`Source::rows`]).
 //! - [`convert_row`] turns one [`SourceRow`] into a [`ContractRow`]; [`row_id`] is the
-//!   deterministic id; [`resolve_key_conflicts`] settles duplicate memory keys.
+//!   deterministic id. Which of several rows keeps a shared key is settled where the
+//!   rows meet, in PostgreSQL, by the backfill's load (`backfill::load`).
 //! - [`read_own_records`] reads a file of the library's own layout as its records,
 //!   unchanged.
 //! - [`inventory`] counts everything for a dry run.
@@ -30,10 +31,7 @@ pub use inventory::{FileInventory, Inventory, TableInventory, TableOutcome, inve
 pub use open::{OpenStrategy, ReadOptions, Source};
 pub use own::{read_own_records, read_own_tombstones};
 pub use read::{RowBatches, SourceRow, TableInfo, TableKind};
-pub use row::{
-    ContractRecord, ContractRow, LEGACY_ROW_NAMESPACE, RowSource, convert_row,
-    resolve_key_conflicts, row_id,
-};
+pub use row::{ContractRecord, ContractRow, LEGACY_ROW_NAMESPACE, RowSource, convert_row, row_id};
 pub use time::{
     MICROS_THRESHOLD, MILLIS_THRESHOLD, NANOS_THRESHOLD, TIME_COLUMNS, parse_time_value,
 };
