@@ -1,5 +1,6 @@
 //! The crate's one error type, and the one rule that says what kind of failure an error
-//! is. Secrets are kept out of it by [`crate::redact`].
+//! is. Secrets are kept out of it by reading connection strings once (see
+//! [`redact_url`]).
 
 use std::error::Error as StdError;
 use std::fmt;

@@ -482,7 +482,7 @@ fn take_embedding(
     let ContractRecord::Memory(memory) = &mut converted.record else {
         return;
     };
-    match crate::vector::legacy::embedding_of(table, row) {
+    match crate::legacy::embedding_of(table, row) {
         None | Some(Ok(None)) => {}
         Some(Ok(Some(embedding))) => {
             memory.embedding = Some(embedding);

@@ -26,6 +26,8 @@ use std::time::Duration;
 pub use report::{Failure, FileReport, Report, TableReport, Totals};
 pub use verify::{TableCheck, Verification, verify};
 
+pub use crate::progress::Progress;
+
 use crate::backend::{PgTarget, PostgresBackend, PostgresOptions};
 use crate::error::{Error, Result};
 use crate::legacy::{ReadOptions, TableMap, TableOutcome, inventory};
@@ -65,17 +67,6 @@ impl BackfillOptions {
             legacy_embeddings: false,
         }
     }
-}
-
-/// Told about progress as rows are read, for a progress bar or log lines.
-pub trait Progress: Send + Sync {
-    /// `rows` more rows were read and handled.
-    fn rows(&self, rows: u64);
-}
-
-/// No progress reporting.
-impl Progress for () {
-    fn rows(&self, _: u64) {}
 }
 
 /// Reads every legacy file and reports what a run would migrate (agents, files, tables,

@@ -1,8 +1,12 @@
 //! Legacy SQLite files: finding them, reading them undisturbed, and turning their rows into contract rows.
 //!
 //! This is the one place that decides how a legacy row becomes a row of the data
-//! contract (`CONTRACT.md`, "One migrated row") and which id it gets, so the bulk
-//! backfill and lazy migration cannot disagree:
+//! contract (`CONTRACT.md`, "One migrated row") and which id it gets: the bulk backfill
+//! loads what it decides and `--verify` compares with it, so the two cannot disagree.
+//! Lazy migration does not come here: the dual backend's copy on a read that misses
+//! PostgreSQL copies a row the SQLite backend stored, as itself, and never reads a
+//! legacy file; the backfill moves files of the library's own layout the same way
+//! ([`read_own_records`]).
 //!
 //! - [`discover`] walks the agents path and probes every `*.db`, `*.sqlite`, `*.sqlite3`
 //!   file ([`Found`]): a legacy database, a file of the library's own layout, or a
@@ -15,9 +19,12 @@
 //!   rows meet, in PostgreSQL, by the backfill's load (`backfill::load`).
 //! - [`read_own_records`] reads a file of the library's own layout as its records,
 //!   unchanged.
+//! - [`embedding_of`] decodes an embedding a legacy row kept, when the backfill is asked
+//!   to.
 //! - [`inventory`] counts everything for a dry run.
 
 mod discover;
+mod embedding;
 mod inventory;
 mod open;
 mod own;
@@ -27,6 +34,7 @@ mod time;
 mod value;
 
 pub use discover::{Found, Probe, discover};
+pub use embedding::{EMBEDDING_COLUMNS, decode_embedding, embedding_of};
 pub use inventory::{FileInventory, Inventory, TableInventory, TableOutcome, inventory};
 pub use open::{OpenStrategy, ReadOptions, Source};
 pub use own::{read_own_records, read_own_tombstones};

@@ -25,8 +25,8 @@ use uuid::Uuid;
 
 use super::Embedder;
 use crate::PostgresBackend;
-use crate::backfill::Progress;
 use crate::error::{Error, Result};
+use crate::progress::Progress;
 use crate::record::AgentId;
 
 /// Which text of a memory is embedded.
