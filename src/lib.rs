@@ -32,6 +32,7 @@
 pub mod agent;
 pub mod backend;
 pub mod backfill;
+pub mod backup;
 pub mod config;
 pub mod error;
 pub mod legacy;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use chrono::{DateTime, Utc};
-use memshift::backfill::backup::{Backup, FileOutcome, backup};
+use memshift::backup::{Backup, FileOutcome, backup};
 use memshift::legacy::{ReadOptions, discover};
 use sha2::{Digest, Sha256};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode};
@@ -118,7 +118,7 @@ fn assert_no_pwned(dirs: &[&Path]) {
     }
 }
 
-fn details<'a>(backup: &'a Backup, source_db: &str) -> &'a memshift::backfill::backup::CopyDetails {
+fn details<'a>(backup: &'a Backup, source_db: &str) -> &'a memshift::backup::CopyDetails {
     let file = backup
         .files
         .iter()

@@ -18,7 +18,8 @@ mod load;
 mod report;
 mod verify;
 
-pub mod backup;
+/// The backup that `--backup` makes before a run, at its former place.
+pub use crate::backup;
 
 use std::path::PathBuf;
 use std::time::Duration;
