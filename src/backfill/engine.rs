@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use backon::{ExponentialBuilder, RetryableWithContext};
 use chrono::Utc;
 use sqlx::{Connection, PgConnection};
 
@@ -18,8 +19,47 @@ use crate::legacy::{
 };
 use crate::record::AgentId;
 
-/// Attempts per batch before it is reported failed; transient errors wait 0.5, 1, 2 s.
-const ATTEMPTS: u32 = 4;
+/// When a batch that failed for a transient reason is tried again: after 0.5, 1 and 2 s,
+/// four attempts in all, then it is reported failed.
+fn retry_schedule() -> ExponentialBuilder {
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(500))
+        .with_factor(2.0)
+        .with_max_times(3)
+}
+
+/// `attempt`, typed as a retried attempt that is lent the run and gives it back (a
+/// closure's own signature would lend the run for each call alone, too short for the
+/// future it returns).
+fn attempts<'a, 'r: 'a, F, Fut>(attempt: F) -> F
+where
+    F: FnMut(&'a mut Run<'r>) -> Fut,
+    Fut: std::future::Future<Output = (&'a mut Run<'r>, std::result::Result<u64, Attempt>)>,
+{
+    attempt
+}
+
+/// Why one attempt at a batch failed, and whether another may succeed.
+struct Attempt {
+    reason: String,
+    retry: bool,
+}
+
+impl Attempt {
+    fn again(reason: String) -> Self {
+        Attempt {
+            reason,
+            retry: true,
+        }
+    }
+
+    fn last(reason: String) -> Self {
+        Attempt {
+            reason,
+            retry: false,
+        }
+    }
+}
 
 /// One worker's run: a backend for the library-layout files and one connection holding
 /// the claims and the staging table.
@@ -221,56 +261,79 @@ impl Run<'_> {
             return;
         }
         let run = self.report.run_id.clone();
-        let mut last = None;
-        for attempt in 0..ATTEMPTS {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(500 << (attempt - 1))).await;
-                if self.conn.ping().await.is_err() {
-                    match Run::connect(self.target).await {
-                        Ok(conn) => self.conn = conn,
-                        Err(err) => {
-                            last = Some(Chain(&err).to_string());
-                            continue;
-                        }
-                    }
-                    // The claim died with the old session; take it again or stop.
-                    if !matches!(self.claim(source.0, true).await, Ok(true)) {
-                        last = Some("lost the claim on the file after reconnecting".into());
-                        break;
-                    }
-                }
+        let mut tried = false;
+        let attempt = attempts(|this| {
+            let retrying = std::mem::replace(&mut tried, true);
+            let run = &run;
+            async move {
+                let loaded = this.load_once(target, rows, run, source, retrying).await;
+                (this, loaded)
             }
-            let loading = load_batch(&mut self.conn, target, rows, &run, source);
-            match tokio::time::timeout(self.options.timeout, loading).await {
-                Ok(Ok(inserted)) => {
-                    out.inserted += inserted;
-                    out.already_present += rows.len() as u64 - inserted;
-                    return;
-                }
-                Ok(Err(AgentRowError::Database(err))) => {
-                    let transient = is_transient(&err);
-                    let hint = permission_hint(&err, target);
-                    last = Some(format!("{}{hint}", self.target.url.scrub(err)));
-                    if !transient {
-                        break;
-                    }
-                }
-                // The agent's name is free but its id is another agent's: only an
-                // operator can settle that.
-                Ok(Err(err @ AgentRowError::IdTaken { .. })) => {
-                    last = Some(err.to_string());
-                    break;
-                }
-                Err(_) => last = Some(format!("batch took longer than {:?}", self.options.timeout)),
+        });
+        let (_, loaded) = attempt
+            .retry(retry_schedule())
+            .sleep(tokio::time::sleep)
+            .context(self)
+            .when(|failed: &Attempt| failed.retry)
+            .await;
+        match loaded {
+            Ok(inserted) => {
+                out.inserted += inserted;
+                out.already_present += rows.len() as u64 - inserted;
+            }
+            Err(failed) => {
+                let first = rows.first().and_then(|r| r.source.rowid);
+                let end = rows.last().and_then(|r| r.source.rowid);
+                out.failed.push(Failure {
+                    rowids: first.zip(end),
+                    rows: rows.len() as u64,
+                    reason: failed.reason,
+                });
             }
         }
-        let first = rows.first().and_then(|r| r.source.rowid);
-        let end = rows.last().and_then(|r| r.source.rowid);
-        out.failed.push(Failure {
-            rowids: first.zip(end),
-            rows: rows.len() as u64,
-            reason: last.unwrap_or_default(),
-        });
+    }
+
+    /// One attempt at a batch; a `retrying` one first checks the connection, and makes
+    /// a new one (taking the file's claim again) when the old one is gone.
+    async fn load_once(
+        &mut self,
+        target: Target,
+        rows: &[ContractRow],
+        run: &str,
+        source: (&str, &str),
+        retrying: bool,
+    ) -> std::result::Result<u64, Attempt> {
+        if retrying && self.conn.ping().await.is_err() {
+            self.conn = Run::connect(self.target)
+                .await
+                .map_err(|err| Attempt::again(Chain(&err).to_string()))?;
+            // The claim died with the old session; take it again or stop.
+            if !matches!(self.claim(source.0, true).await, Ok(true)) {
+                return Err(Attempt::last(
+                    "lost the claim on the file after reconnecting".into(),
+                ));
+            }
+        }
+        let loading = load_batch(&mut self.conn, target, rows, run, source);
+        match tokio::time::timeout(self.options.timeout, loading).await {
+            Ok(Ok(inserted)) => Ok(inserted),
+            Ok(Err(AgentRowError::Database(err))) => {
+                let transient = is_transient(&err);
+                let hint = permission_hint(&err, target);
+                let reason = format!("{}{hint}", self.target.url.scrub(err));
+                Err(Attempt {
+                    reason,
+                    retry: transient,
+                })
+            }
+            // The agent's name is free but its id is another agent's: only an
+            // operator can settle that.
+            Ok(Err(err @ AgentRowError::IdTaken { .. })) => Err(Attempt::last(err.to_string())),
+            Err(_) => Err(Attempt::again(format!(
+                "batch took longer than {:?}",
+                self.options.timeout
+            ))),
+        }
     }
 
     async fn finished_earlier(&mut self, source_db: &str, table: &str) -> bool {
@@ -497,5 +560,21 @@ fn take_embedding(
                 out.embedding_problem = Some(format!("{reason}{at}"));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backon::BackoffBuilder;
+
+    #[test]
+    fn a_batch_is_tried_four_times_over_three_and_a_half_seconds() {
+        let waits: Vec<Duration> = retry_schedule().build().collect();
+        assert_eq!(
+            waits,
+            [500, 1000, 2000].map(Duration::from_millis),
+            "no jitter, no fourth wait"
+        );
     }
 }
