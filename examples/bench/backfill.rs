@@ -35,9 +35,9 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use memshift::AgentId;
 use memshift::legacy::{ContractRecord, ContractRow, ReadOptions, Source, Target, convert_row};
-use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use serde::Serialize;
 use serde_json::{Value, json};
 use sqlx::postgres::PgConnectOptions;

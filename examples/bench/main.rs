@@ -34,14 +34,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use memshift::Chain;
 use clap::{Parser, Subcommand};
+use memshift::Chain;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "bench",
-    about = "Benchmarks of memshift on durable storage"
-)]
+#[command(name = "bench", about = "Benchmarks of memshift on durable storage")]
 struct Cli {
     /// Folder for the results: `<suite>.json` and the chart `<suite>.svg`.
     #[arg(long, global = true, default_value = "target/bench")]

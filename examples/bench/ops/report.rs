@@ -1,0 +1,301 @@
+//! The printed tables and targets of the suite, and its results for the JSON file.
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use super::floor::{FLOOR_BYTES, Floor};
+use super::scale::{HOT_KEYS, Scale};
+use super::workload::Step;
+use super::{Args, Kind};
+use crate::chart::{Chart, Panel, Series};
+use crate::harness::{ms, table};
+
+/// A target of the issue, its measured value and verdict.
+#[derive(Debug, Serialize)]
+struct Target {
+    name: String,
+    formula: String,
+    value: Option<f64>,
+    target: f64,
+    at_least: bool,
+    pass: Option<bool>,
+}
+
+impl Target {
+    fn new(
+        name: String,
+        formula: String,
+        value: Option<f64>,
+        target: f64,
+        at_least: bool,
+    ) -> Target {
+        let pass = value.map(|v| if at_least { v >= target } else { v <= target });
+        Target {
+            name,
+            formula,
+            value,
+            target,
+            at_least,
+            pass,
+        }
+    }
+
+    fn line(&self) -> String {
+        format!(
+            "  {:<62} {:>6}  target {} {:.2}  {}",
+            self.formula,
+            self.value.map_or("-".into(), |v| format!("{v:.3}")),
+            if self.at_least { ">=" } else { "<=" },
+            self.target,
+            match self.pass {
+                Some(true) => "PASS",
+                Some(false) => "MISS",
+                None => "n/a",
+            }
+        )
+    }
+}
+
+/// How much slower the library may be than the same statements through sqlx.
+const LIBRARY_OVERHEAD_LIMIT: f64 = 1.10;
+/// How much slower a retrieve may be at the large scale than at the small one and still
+/// count as flat (a B-tree one level deeper and colder pages, not a scan).
+const FLAT_LIMIT: f64 = 1.5;
+
+/// Prints the tables and targets; returns the results (`steps`: medians of `runs`) and
+/// the chart.
+pub(super) fn report(
+    args: &Args,
+    steps: &[Step],
+    runs: &[Step],
+    floors: &[Floor],
+    scales: &[Scale],
+) -> (Value, Chart) {
+    let rows: Vec<Vec<String>> = steps
+        .iter()
+        .map(|s| {
+            vec![
+                s.backend.name().to_string(),
+                s.agents.to_string(),
+                s.calls.to_string(),
+                format!("{:.0}", s.calls_per_s),
+                ms(s.all.p50_us),
+                ms(s.all.p99_us),
+                ms(s.store.p50_us),
+                ms(s.overwrite.p50_us),
+                ms(s.retrieve.p50_us),
+                ms(s.list_keys.p50_us),
+                ms(s.store.p99_us.max(s.overwrite.p99_us)),
+                ms(s.retrieve.p99_us),
+                s.client_cpu_us_per_call
+                    .map_or("-".into(), |us| format!("{us:.0}")),
+                s.server_cpu_us_per_call
+                    .map_or("-".into(), |us| format!("{us:.0}")),
+            ]
+        })
+        .collect();
+    println!(
+        "\nmixed workload, median of {} repetitions: calls/s of wall time, latency in ms, \
+         CPU time per call in µs (this process; the PostgreSQL server's processes)\n{}",
+        args.reps,
+        table(
+            &[
+                "backend",
+                "agents",
+                "calls",
+                "calls/s",
+                "p50",
+                "p99",
+                "store p50",
+                "overwrite p50",
+                "retrieve p50",
+                "list p50",
+                "write p99",
+                "retrieve p99",
+                "client µs/call",
+                "server µs/call",
+            ],
+            &rows
+        )
+    );
+
+    let floor_rows: Vec<Vec<String>> = floors
+        .iter()
+        .flat_map(|f| {
+            [
+                ("store", &f.library_store, &f.sqlx_store, f.store_ratio()),
+                (
+                    "retrieve",
+                    &f.library_retrieve,
+                    &f.sqlx_retrieve,
+                    f.retrieve_ratio(),
+                ),
+            ]
+            .map(|(call, lib, raw, ratio)| {
+                vec![
+                    format!("{} {call}", f.backend.name()),
+                    ms(lib.p50_us),
+                    ms(raw.p50_us),
+                    format!("{ratio:.2}"),
+                    ms(lib.p99_us),
+                    ms(raw.p99_us),
+                ]
+            })
+        })
+        .collect();
+    println!(
+        "\nthe library against the same statements through sqlx, one task, values ~{FLOOR_BYTES} B, ms\n{}",
+        table(
+            &[
+                "call",
+                "library p50",
+                "sqlx p50",
+                "ratio",
+                "library p99",
+                "sqlx p99"
+            ],
+            &floor_rows
+        )
+    );
+
+    let scale_rows: Vec<Vec<String>> = scales
+        .iter()
+        .map(|s| {
+            vec![
+                s.label(),
+                ms(s.small.p50_us),
+                ms(s.small.p99_us),
+                ms(s.large.p50_us),
+                ms(s.large.p99_us),
+                format!("{:.2}", s.ratio()),
+                ms(s.large_hot.p50_us),
+                format!("{:.1}", s.load_seconds),
+            ]
+        })
+        .collect();
+    let (small, large) = (args.scale_small, args.scale_keys);
+    println!(
+        "\nretrieve of one agent's random keys at {small} and at {large} keys, ms\n{}",
+        table(
+            &[
+                "backend",
+                &format!("p50 @{small}"),
+                &format!("p99 @{small}"),
+                &format!("p50 @{large}"),
+                &format!("p99 @{large}"),
+                "p50 ratio",
+                &format!("p50 @{large}, {HOT_KEYS} keys read"),
+                "load s",
+            ],
+            &scale_rows
+        )
+    );
+
+    let step = |kind: Kind, agents: usize| {
+        steps
+            .iter()
+            .find(|s| s.backend == kind && s.agents == agents)
+    };
+    let mut targets = Vec::new();
+    for agents in [16, 64] {
+        let (lite, pg) = (step(Kind::Sqlite, agents), step(Kind::Postgres, agents));
+        targets.push(Target::new(
+            format!("postgres_vs_sqlite_{agents}"),
+            format!("postgres calls/s / sqlite calls/s, {agents} agents"),
+            lite.zip(pg).map(|(l, p)| p.calls_per_s / l.calls_per_s),
+            1.0,
+            true,
+        ));
+    }
+    for f in floors {
+        let name = f.backend.name();
+        targets.push(Target::new(
+            format!("{name}_store_overhead"),
+            format!("{name} store p50, library / sqlx"),
+            Some(f.store_ratio()),
+            LIBRARY_OVERHEAD_LIMIT,
+            false,
+        ));
+        targets.push(Target::new(
+            format!("{name}_retrieve_overhead"),
+            format!("{name} retrieve p50, library / sqlx"),
+            Some(f.retrieve_ratio()),
+            LIBRARY_OVERHEAD_LIMIT,
+            false,
+        ));
+    }
+    for s in scales.iter().filter(|s| s.variant.is_none()) {
+        let name = s.backend.name();
+        targets.push(Target::new(
+            format!("{name}_retrieve_flat"),
+            format!("{name} retrieve p50 @{large} keys / @{small} keys"),
+            Some(s.ratio()),
+            FLAT_LIMIT,
+            false,
+        ));
+    }
+    println!("\ntargets");
+    for target in &targets {
+        println!("{}", target.line());
+    }
+    for agents in [16, 64] {
+        if let (Some(l), Some(p)) = (step(Kind::Sqlite, agents), step(Kind::Postgres, agents)) {
+            println!(
+                "  p99 at {agents} agents: sqlite {} ms, postgres {} ms",
+                ms(l.all.p99_us),
+                ms(p.all.p99_us)
+            );
+        }
+    }
+
+    let categories: Vec<String> = args
+        .agents
+        .iter()
+        .map(|&a| match a {
+            1 => "1 agent".to_string(),
+            _ => format!("{a} agents"),
+        })
+        .collect();
+    let series = |value: fn(&Step) -> f64| -> Vec<Series> {
+        Kind::ALL
+            .iter()
+            .map(|&kind| Series {
+                name: kind.name().to_string(),
+                values: args
+                    .agents
+                    .iter()
+                    .map(|&a| step(kind, a).map(value))
+                    .collect(),
+            })
+            .collect()
+    };
+    let chart = Chart {
+        title: "ops: mixed agent workload (store, retrieve, overwrite, list keys)".into(),
+        panels: vec![
+            Panel {
+                title: "throughput, calls/s (higher is better)".into(),
+                categories: categories.clone(),
+                series: series(|s| s.calls_per_s),
+            },
+            Panel {
+                title: "p50 latency, ms (lower is better)".into(),
+                categories: categories.clone(),
+                series: series(|s| s.all.p50_us / 1000.0),
+            },
+            Panel {
+                title: "p99 latency, ms (lower is better)".into(),
+                categories,
+                series: series(|s| s.all.p99_us / 1000.0),
+            },
+        ],
+    };
+    let results = json!({
+        "args": args,
+        "mixed": steps,
+        "mixed_repetitions": runs,
+        "floor": floors,
+        "scale": scales,
+        "ratios": targets,
+    });
+    (results, chart)
+}
