@@ -6,6 +6,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use memshift::testing::postgres::with_database;
 use memshift::{AgentId, MemoryBackend, redact_url};
 use serde::Serialize;
@@ -293,38 +294,47 @@ fn filesystem_of(path: &Path) -> String {
         .map_or_else(|| "unknown".into(), |(_, fs)| fs)
 }
 
-/// Latency samples of one kind of call.
-#[derive(Debug, Default)]
-pub struct Samples(Vec<Duration>);
+/// Latency samples of one kind of call, in a histogram of nanoseconds to three
+/// significant figures (values within 0.1%), which grows to the largest sample.
+#[derive(Debug)]
+pub struct Samples(Histogram<u64>);
+
+/// Significant figures the latency histograms keep.
+const SIGNIFICANT_FIGURES: u8 = 3;
+
+impl Default for Samples {
+    fn default() -> Self {
+        // An auto-resizing histogram with a valid precision (0 to 5 figures) always builds.
+        Samples(Histogram::new(SIGNIFICANT_FIGURES).expect("3 significant figures are valid"))
+    }
+}
 
 impl Samples {
     /// Adds one sample.
     pub fn push(&mut self, took: Duration) {
-        self.0.push(took);
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.0.saturating_record(nanos);
     }
 
     /// Adds every sample of `other`.
     pub fn extend(&mut self, other: &Samples) {
-        self.0.extend_from_slice(&other.0);
+        // Cannot fail: this histogram resizes to take `other`'s largest value.
+        self.0
+            .add(&other.0)
+            .expect("an auto-resizing histogram takes any other");
     }
 
-    /// Count, p50, p99 and mean (exact, nearest rank), in microseconds.
-    pub fn summary(mut self) -> Latency {
-        self.0.sort_unstable();
-        let count = self.0.len();
-        let micros = |d: Duration| d.as_secs_f64() * 1e6;
-        let rank = |p: f64| {
-            let i = ((count as f64) * p).ceil() as usize;
-            micros(self.0[i.clamp(1, count) - 1])
-        };
-        if count == 0 {
+    /// Count, p50, p99 (nearest rank) and mean, in microseconds, within 0.1%.
+    pub fn summary(self) -> Latency {
+        let micros = |nanos: f64| nanos / 1000.0;
+        if self.0.is_empty() {
             return Latency::default();
         }
         Latency {
-            count,
-            p50_us: rank(0.50),
-            p99_us: rank(0.99),
-            mean_us: self.0.iter().copied().map(micros).sum::<f64>() / count as f64,
+            count: usize::try_from(self.0.len()).unwrap_or(usize::MAX),
+            p50_us: micros(self.0.value_at_quantile(0.50) as f64),
+            p99_us: micros(self.0.value_at_quantile(0.99) as f64),
+            mean_us: micros(self.0.mean()),
         }
     }
 }
@@ -630,6 +640,6 @@ pub fn write_results(
         std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
     };
     write(&json_path, serde_json::to_string_pretty(&document)? + "\n")?;
-    write(&svg_path, chart::svg(chart))?;
+    write(&svg_path, chart::svg(chart)?)?;
     Ok((json_path, svg_path))
 }
