@@ -28,6 +28,7 @@ mod chart;
 mod dual;
 mod harness;
 mod ops;
+mod results;
 mod vector;
 
 use std::path::{Path, PathBuf};
@@ -99,7 +100,7 @@ async fn run_suite(suite: &Suite, out: &Path) -> harness::Result<()> {
     let removed = env.teardown().await;
     let (results, chart) = outcome?;
     removed?;
-    let (json, svg) = harness::write_results(out, name, &machine, results, &chart)?;
+    let (json, svg) = results::write_results(out, name, &machine, results, &chart)?;
     println!(
         "\nresults written to {} and {}",
         json.display(),
