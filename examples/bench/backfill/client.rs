@@ -8,7 +8,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use memshift::AgentId;
 use memshift::legacy::{ContractRecord, ContractRow, ReadOptions, Source, Target, convert_row};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::AGENT;
@@ -20,7 +20,7 @@ use crate::harness::Result;
 const COPY_RUN_ID: &str = "20000101T000000Z-c0c0c0c0";
 
 /// How long each client-side stage of the backfill's pipeline took for the whole file.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(super) struct Stages {
     pub(super) rows: usize,
     pub(super) read_seconds: f64,

@@ -36,13 +36,13 @@ mod loads;
 mod process;
 mod profile;
 mod report;
+mod saved;
 
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::chart::Chart;
 use crate::harness::{Env, Result};
 
 use client::write_copy_file;
@@ -50,11 +50,15 @@ use legacy::build_legacy;
 use loads::{Backfill, Server, time_backfill, time_copy, time_pgloader};
 use process::{find_program, sibling_binary};
 use report::report;
+
+pub use saved::summary;
 /// The agent every generated row belongs to (its folder under the agents path).
 const AGENT: &str = "bench_agent";
 
 /// Options of the `backfill` suite.
-#[derive(Debug, Clone, clap::Args, Serialize)]
+/// (Read back from saved results too: an option added later needs `#[serde(default)]`,
+/// since earlier files lack it.)
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
 pub struct Args {
     /// Legacy `memory` rows to generate and load.
     #[arg(long, default_value_t = 1_000_000)]
@@ -72,7 +76,7 @@ pub struct Args {
 }
 
 /// Runs the suite, prints its tables, and returns its results for the JSON file.
-pub async fn run(env: &Env, args: &Args) -> Result<(Value, Chart)> {
+pub async fn run(env: &Env, args: &Args) -> Result<Value> {
     if args.rows < 4 || args.batch_size == 0 {
         return Err("--rows must be at least 4, --batch-size at least 1".into());
     }

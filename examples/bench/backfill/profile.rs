@@ -2,12 +2,12 @@
 
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::harness::Result;
 
 /// Server-side time of one kind of statement over a run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct StatementKind {
     pub(super) statement: String,
     pub(super) count: usize,

@@ -8,8 +8,8 @@ use super::legacy::Legacy;
 use super::loads::Load;
 use super::process::mb;
 use super::profile::StatementKind;
-use crate::chart::{Chart, Panel, Series, thousands};
 use crate::harness::table;
+use crate::results::Ratio;
 
 /// `peak(N) / peak(N/4)` at most this is flat; memory growing with the rows would be ~4.
 const FLAT_LIMIT: f64 = 1.5;
@@ -26,7 +26,7 @@ pub(super) fn report(
     pgloader: &std::result::Result<Load, String>,
     copy: &Load,
     tries: &[Load],
-) -> (Value, Chart) {
+) -> Value {
     let row = |load: &Load, what: &str| {
         vec![
             load.name.clone(),
@@ -97,8 +97,8 @@ pub(super) fn report(
     println!("\ntargets");
     let mut ratios = Vec::new();
     let mut target = |name: &str, formula: &str, value: Option<f64>, limit: f64, at_least: bool| {
-        let pass = value.map(|v| if at_least { v >= limit } else { v <= limit });
-        let verdict = match pass {
+        let ratio = Ratio::new(name, formula, value, limit, at_least);
+        let verdict = match ratio.pass {
             Some(true) => "PASS",
             Some(false) => "MISS",
             None => "n/a",
@@ -108,10 +108,7 @@ pub(super) fn report(
             value.map_or("-".into(), |v| format!("{v:.2}")),
             if at_least { ">=" } else { "<=" },
         );
-        ratios.push(json!({
-            "name": name, "formula": formula, "value": value, "target": limit,
-            "at_least": at_least, "pass": pass,
-        }));
+        ratios.push(ratio);
     };
     target(
         "backfill_vs_pgloader",
@@ -157,40 +154,7 @@ pub(super) fn report(
         print_profile(args, quarter, socket);
     }
 
-    let mut loads: Vec<&Load> = vec![backfill];
-    loads.extend(pgloader.as_ref().ok());
-    loads.push(copy);
-    let chart = Chart {
-        title: format!(
-            "backfill: {} legacy rows into PostgreSQL",
-            thousands(legacy.rows as f64, 0)
-        ),
-        panels: vec![
-            Panel {
-                title: "rows/s (higher is better)".into(),
-                categories: loads.iter().map(|l| short_name(&l.name)).collect(),
-                series: vec![Series {
-                    name: "rows/s".into(),
-                    values: loads.iter().map(|l| Some(l.rows_per_s)).collect(),
-                }],
-            },
-            Panel {
-                title: "backfill peak RSS, MB (flat is better)".into(),
-                categories: vec![
-                    format!("{} rows", quarter.rows),
-                    format!("{} rows", backfill.rows),
-                ],
-                series: vec![Series {
-                    name: "peak RSS".into(),
-                    values: [quarter, backfill]
-                        .iter()
-                        .map(|l| l.measured.peak_rss_kb.map(|kb| kb as f64 / 1024.0))
-                        .collect(),
-                }],
-            },
-        ],
-    };
-    let results = json!({
+    json!({
         "args": args,
         "legacy_file": {
             "rows": legacy.rows,
@@ -217,13 +181,7 @@ pub(super) fn report(
             "batch_size_tries": tries,
         },
         "ratios": ratios,
-    });
-    (results, chart)
-}
-
-/// A load's name up to its first space or parenthesis, for a chart's axis.
-fn short_name(name: &str) -> String {
-    name.split(" (").next().unwrap_or(name).to_string()
+    })
 }
 
 /// Where the time of the N/4 runs went, statement by statement, over TCP and over the

@@ -55,7 +55,7 @@ impl Env {
             .execute(&mut conn)
             .await?;
         conn.close().await.ok();
-        let env = Env {
+        let mut env = Env {
             url: with_database(&admin_url, &database),
             admin_url,
             database,
@@ -67,6 +67,7 @@ impl Env {
             env.teardown().await.ok();
             return Err(err.into());
         }
+        env.machine.probe_pgvector(&env.url).await;
         Ok(env)
     }
 

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-use sqlx::PgConnection;
+use serde::{Deserialize, Serialize};
+use sqlx::{Connection, PgConnection};
 
 use super::Result;
 
@@ -15,8 +15,8 @@ const BUSY_LOAD_PER_CPU: f64 = 0.5;
 /// PostgreSQL settings that decide whether an acknowledged commit is on disk.
 const DURABILITY_SETTINGS: [&str; 3] = ["fsync", "synchronous_commit", "full_page_writes"];
 
-/// The facts a result depends on.
-#[derive(Debug, Clone, Serialize)]
+/// The facts a result depends on, as each suite's JSON file keeps them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Machine {
     /// CPUs this process may use.
     pub nproc: usize,
@@ -24,12 +24,16 @@ pub struct Machine {
     pub cpu_model: String,
     /// `select version()`.
     pub postgres_version: String,
+    /// The `vector` extension's version in the bench database (not recorded by runs
+    /// before it was).
+    #[serde(default)]
+    pub pgvector_version: Option<String>,
     /// The durability settings (and `wal_sync_method`, `shared_buffers`) of the server.
     pub postgres_settings: BTreeMap<String, String>,
     /// File system of PostgreSQL's data directory.
     pub postgres_filesystem: String,
     /// The SQLite backend's settings (the library's defaults).
-    pub sqlite_settings: &'static str,
+    pub sqlite_settings: String,
     /// File system of the SQLite agents folder.
     pub sqlite_filesystem: String,
     /// The one-minute load average when the run started (from /proc/loadavg).
@@ -70,12 +74,43 @@ impl Machine {
             nproc: std::thread::available_parallelism().map_or(1, |n| n.get()),
             cpu_model,
             postgres_version,
+            pgvector_version: None,
             postgres_settings,
             postgres_filesystem: filesystem_of(Path::new(&data)),
-            sqlite_settings: "journal_mode=WAL, synchronous=FULL (library default)",
+            sqlite_settings: "journal_mode=WAL, synchronous=FULL (library default)".into(),
             sqlite_filesystem: filesystem_of(agents),
             load_average: load_average(),
         })
+    }
+
+    /// Records the version of the `vector` extension in the database at `url`, when it
+    /// can be read.
+    pub(super) async fn probe_pgvector(&mut self, url: &str) {
+        let version = async {
+            let mut conn = PgConnection::connect(url).await.ok()?;
+            let version: Option<String> =
+                sqlx::query_scalar("select extversion from pg_extension where extname = 'vector'")
+                    .fetch_optional(&mut conn)
+                    .await
+                    .ok()?;
+            conn.close().await.ok();
+            version
+        };
+        self.pgvector_version = version.await;
+    }
+
+    /// The server's product and version, with pgvector's: `PostgreSQL 18.3, pgvector
+    /// 0.8.2` (the words of `select version()` before ` on <platform>`).
+    pub fn server(&self) -> String {
+        let postgres = self
+            .postgres_version
+            .split(" on ")
+            .next()
+            .unwrap_or(&self.postgres_version);
+        match &self.pgvector_version {
+            Some(vector) => format!("{postgres}, pgvector {vector}"),
+            None => postgres.to_string(),
+        }
     }
 
     /// Whether PostgreSQL waits for the disk on every commit.
@@ -91,20 +126,29 @@ impl Machine {
         self.load_average.is_some_and(|load| busy(load, self.nproc))
     }
 
-    /// The lines printed above every suite's results.
-    pub fn header(&self, suite: &str) -> String {
-        let settings = |names: &[&str]| {
-            names
-                .iter()
-                .map(|n| format!("{n}={}", self.postgres_settings.get(*n).map_or("?", |v| v)))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-        let verdict = if self.postgres_durable() {
+    /// The server's durability settings, then `wal_sync_method` and `shared_buffers`:
+    /// `fsync=on synchronous_commit=on full_page_writes=on wal_sync_method=fdatasync
+    /// shared_buffers=256MB`.
+    pub fn postgres_settings_text(&self) -> String {
+        DURABILITY_SETTINGS
+            .iter()
+            .chain(&["wal_sync_method", "shared_buffers"])
+            .map(|n| format!("{n}={}", self.postgres_settings.get(*n).map_or("?", |v| v)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Whether both sides are durable, in words.
+    pub fn verdict(&self) -> &'static str {
+        if self.postgres_durable() {
             "both sides durable: every acknowledged write is on disk"
         } else {
             "WARNING: PostgreSQL is NOT durable here, so its numbers flatter it"
-        };
+        }
+    }
+
+    /// The lines printed above every suite's results.
+    pub fn header(&self, suite: &str) -> String {
         let busy = match self.load_average {
             Some(load) if self.busy() => format!(
                 "\nWARNING:    the machine was busy at the start (load average {load:.2} on {} CPUs); \
@@ -116,18 +160,21 @@ impl Machine {
         format!(
             "memshift bench: {suite}\n\
              machine:    {} CPUs, {}\n\
-             postgres:   {}\n\
-             durability: PostgreSQL {} {}, data on {}\n\
+             postgres:   {}{}\n\
+             durability: PostgreSQL {}, data on {}\n\
              \x20           SQLite {}, files on {}\n\
-             \x20           {verdict}{busy}",
+             \x20           {}{busy}",
             self.nproc,
             self.cpu_model,
             self.postgres_version,
-            settings(&DURABILITY_SETTINGS),
-            settings(&["wal_sync_method", "shared_buffers"]),
+            self.pgvector_version
+                .as_ref()
+                .map_or_else(String::new, |v| format!(", pgvector {v}")),
+            self.postgres_settings_text(),
             self.postgres_filesystem,
             self.sqlite_settings,
             self.sqlite_filesystem,
+            self.verdict(),
         )
     }
 }

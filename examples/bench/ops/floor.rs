@@ -1,14 +1,14 @@
 //! The floor: the library against the same statements through sqlx, one task.
 
 use memshift::{AgentId, Memory, MemoryBackend};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::raw::Raw;
 use super::{Args, Kind};
 use crate::harness::{Latency, Result, Rng, Samples, memory_value, timed};
 
 /// Library and sqlx latencies of a single store and a single retrieve on one backend.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(super) struct Floor {
     pub(super) backend: Kind,
     pub(super) library_store: Latency,

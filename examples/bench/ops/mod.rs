@@ -23,6 +23,7 @@ mod cpu;
 mod floor;
 mod raw;
 mod report;
+mod saved;
 mod scale;
 mod workload;
 
@@ -31,10 +32,9 @@ use std::sync::Arc;
 use memshift::{
     AgentId, Memory, MemoryBackend, PostgresBackend, PostgresOptions, SqliteBackend, SqliteOptions,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::chart::Chart;
 use crate::harness::{Env, Result, ms, settle};
 
 use cpu::postmaster_of;
@@ -44,8 +44,12 @@ use report::report;
 use scale::scale;
 use workload::{Step, mixed};
 
+pub use saved::summary;
+
 /// Options of the `ops` suite.
-#[derive(Debug, Clone, clap::Args, Serialize)]
+/// (Read back from saved results too: an option added later needs `#[serde(default)]`,
+/// since earlier files lack it.)
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
 pub struct Args {
     /// Numbers of concurrent agents to run the mixed workload at, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = [1, 4, 16, 64])]
@@ -85,11 +89,12 @@ pub struct Args {
     /// (`PostgresBackend::set_content_compression(false)`) [default: compressed, as
     /// PostgreSQL does].
     #[arg(long)]
+    #[serde(default)]
     pub no_content_compression: bool,
 }
 
 /// The backends measured.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum Kind {
     Sqlite,
@@ -110,8 +115,8 @@ impl Kind {
 /// The memory map of the SQLite scale variant: larger than the file at 10^6 keys.
 const MMAP_SIZE: u64 = 1 << 30;
 
-/// Runs the suite, prints its tables and targets, and returns its results and chart.
-pub async fn run(env: &Env, args: &Args) -> Result<(Value, Chart)> {
+/// Runs the suite, prints its tables and targets, and returns its results.
+pub async fn run(env: &Env, args: &Args) -> Result<Value> {
     if args.agents.is_empty() || args.agents.contains(&0) || args.calls == 0 || args.reps == 0 {
         return Err("--agents needs numbers of at least 1, --calls and --reps at least 1".into());
     }

@@ -1,59 +1,28 @@
 //! The printed tables and targets of the suite, and its results for the JSON file.
 
-use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::floor::{FLOOR_BYTES, Floor};
 use super::scale::{HOT_KEYS, Scale};
 use super::workload::Step;
 use super::{Args, Kind};
-use crate::chart::{Chart, Panel, Series};
 use crate::harness::{ms, table};
+use crate::results::Ratio;
 
-/// A target of the issue, its measured value and verdict.
-#[derive(Debug, Serialize)]
-struct Target {
-    name: String,
-    formula: String,
-    value: Option<f64>,
-    target: f64,
-    at_least: bool,
-    pass: Option<bool>,
-}
-
-impl Target {
-    fn new(
-        name: String,
-        formula: String,
-        value: Option<f64>,
-        target: f64,
-        at_least: bool,
-    ) -> Target {
-        let pass = value.map(|v| if at_least { v >= target } else { v <= target });
-        Target {
-            name,
-            formula,
-            value,
-            target,
-            at_least,
-            pass,
+/// A target's line in the printed list of targets.
+fn line(target: &Ratio) -> String {
+    format!(
+        "  {:<62} {:>6}  target {} {:.2}  {}",
+        target.formula,
+        target.value.map_or("-".into(), |v| format!("{v:.3}")),
+        if target.at_least { ">=" } else { "<=" },
+        target.target,
+        match target.pass {
+            Some(true) => "PASS",
+            Some(false) => "MISS",
+            None => "n/a",
         }
-    }
-
-    fn line(&self) -> String {
-        format!(
-            "  {:<62} {:>6}  target {} {:.2}  {}",
-            self.formula,
-            self.value.map_or("-".into(), |v| format!("{v:.3}")),
-            if self.at_least { ">=" } else { "<=" },
-            self.target,
-            match self.pass {
-                Some(true) => "PASS",
-                Some(false) => "MISS",
-                None => "n/a",
-            }
-        )
-    }
+    )
 }
 
 /// How much slower the library may be than the same statements through sqlx.
@@ -62,15 +31,14 @@ const LIBRARY_OVERHEAD_LIMIT: f64 = 1.10;
 /// count as flat (a B-tree one level deeper and colder pages, not a scan).
 const FLAT_LIMIT: f64 = 1.5;
 
-/// Prints the tables and targets; returns the results (`steps`: medians of `runs`) and
-/// the chart.
+/// Prints the tables and targets; returns the results (`steps`: medians of `runs`).
 pub(super) fn report(
     args: &Args,
     steps: &[Step],
     runs: &[Step],
     floors: &[Floor],
     scales: &[Scale],
-) -> (Value, Chart) {
+) -> Value {
     let rows: Vec<Vec<String>> = steps
         .iter()
         .map(|s| {
@@ -199,7 +167,7 @@ pub(super) fn report(
     let mut targets = Vec::new();
     for agents in [16, 64] {
         let (lite, pg) = (step(Kind::Sqlite, agents), step(Kind::Postgres, agents));
-        targets.push(Target::new(
+        targets.push(Ratio::new(
             format!("postgres_vs_sqlite_{agents}"),
             format!("postgres calls/s / sqlite calls/s, {agents} agents"),
             lite.zip(pg).map(|(l, p)| p.calls_per_s / l.calls_per_s),
@@ -209,14 +177,14 @@ pub(super) fn report(
     }
     for f in floors {
         let name = f.backend.name();
-        targets.push(Target::new(
+        targets.push(Ratio::new(
             format!("{name}_store_overhead"),
             format!("{name} store p50, library / sqlx"),
             Some(f.store_ratio()),
             LIBRARY_OVERHEAD_LIMIT,
             false,
         ));
-        targets.push(Target::new(
+        targets.push(Ratio::new(
             format!("{name}_retrieve_overhead"),
             format!("{name} retrieve p50, library / sqlx"),
             Some(f.retrieve_ratio()),
@@ -226,7 +194,7 @@ pub(super) fn report(
     }
     for s in scales.iter().filter(|s| s.variant.is_none()) {
         let name = s.backend.name();
-        targets.push(Target::new(
+        targets.push(Ratio::new(
             format!("{name}_retrieve_flat"),
             format!("{name} retrieve p50 @{large} keys / @{small} keys"),
             Some(s.ratio()),
@@ -236,7 +204,7 @@ pub(super) fn report(
     }
     println!("\ntargets");
     for target in &targets {
-        println!("{}", target.line());
+        println!("{}", line(target));
     }
     for agents in [16, 64] {
         if let (Some(l), Some(p)) = (step(Kind::Sqlite, agents), step(Kind::Postgres, agents)) {
@@ -248,54 +216,12 @@ pub(super) fn report(
         }
     }
 
-    let categories: Vec<String> = args
-        .agents
-        .iter()
-        .map(|&a| match a {
-            1 => "1 agent".to_string(),
-            _ => format!("{a} agents"),
-        })
-        .collect();
-    let series = |value: fn(&Step) -> f64| -> Vec<Series> {
-        Kind::ALL
-            .iter()
-            .map(|&kind| Series {
-                name: kind.name().to_string(),
-                values: args
-                    .agents
-                    .iter()
-                    .map(|&a| step(kind, a).map(value))
-                    .collect(),
-            })
-            .collect()
-    };
-    let chart = Chart {
-        title: "ops: mixed agent workload (store, retrieve, overwrite, list keys)".into(),
-        panels: vec![
-            Panel {
-                title: "throughput, calls/s (higher is better)".into(),
-                categories: categories.clone(),
-                series: series(|s| s.calls_per_s),
-            },
-            Panel {
-                title: "p50 latency, ms (lower is better)".into(),
-                categories: categories.clone(),
-                series: series(|s| s.all.p50_us / 1000.0),
-            },
-            Panel {
-                title: "p99 latency, ms (lower is better)".into(),
-                categories,
-                series: series(|s| s.all.p99_us / 1000.0),
-            },
-        ],
-    };
-    let results = json!({
+    json!({
         "args": args,
         "mixed": steps,
         "mixed_repetitions": runs,
         "floor": floors,
         "scale": scales,
         "ratios": targets,
-    });
-    (results, chart)
+    })
 }

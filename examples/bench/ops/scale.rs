@@ -3,19 +3,19 @@
 use std::time::Instant;
 
 use memshift::{AgentId, Memory, MemoryBackend};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::raw::Raw;
 use super::{Args, Kind};
 use crate::harness::{Latency, Result, Rng, Samples, memory_value, timed};
 
 /// Retrieve latency of one agent at two sizes.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(super) struct Scale {
     pub(super) backend: Kind,
     /// How the reads were made, when not with the backend's defaults.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) variant: Option<&'static str>,
+    pub(super) variant: Option<String>,
     pub(super) small_keys: usize,
     /// Retrieves of random keys of all `small_keys`.
     pub(super) small: Latency,
@@ -32,7 +32,7 @@ pub(super) struct Scale {
 impl Scale {
     /// The backend's name, with the variant.
     pub(super) fn label(&self) -> String {
-        match self.variant {
+        match &self.variant {
             Some(variant) => format!("{}, {variant}", self.backend.name()),
             None => self.backend.name().to_string(),
         }
@@ -151,7 +151,7 @@ pub(super) async fn scale(
     for ((variant, reader), small) in readers.into_iter().zip(small) {
         scales.push(Scale {
             backend: kind,
-            variant,
+            variant: variant.map(str::to_string),
             small_keys: args.scale_small,
             small,
             large_keys: args.scale_keys,

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use memshift::{AgentId, Memory, MemoryBackend};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::cpu::{process_cpu, server_cpu};
@@ -137,7 +137,7 @@ impl OpsAgent {
 }
 
 /// The mixed workload of one backend at one number of agents.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(super) struct Step {
     pub(super) backend: Kind,
     pub(super) agents: usize,

@@ -13,22 +13,27 @@
 //!
 //! Every figure reported is the median over the repetitions.
 
+mod saved;
+
+pub use saved::summary;
+
 use std::sync::Arc;
 
 use memshift::backend::DualBackend;
 use memshift::backend::dual::DualStats;
 use memshift::config::Stage;
 use memshift::{MemoryBackend, PostgresBackend, PostgresOptions, SqliteBackend};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::chart::{Chart, Panel, Series};
 use crate::harness::{
     AgentLoad, Env, Latency, Result, Samples, concurrently, median, ms, settle, table,
 };
 
 /// Options of the `dual` suite.
-#[derive(Debug, Clone, clap::Args, Serialize)]
+/// (Read back from saved results too: an option added later needs `#[serde(default)]`,
+/// since earlier files lack it.)
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
 pub struct Args {
     /// Stores, and as many retrieves, per pass, configuration and repetition.
     #[arg(long, default_value_t = 1000)]
@@ -102,7 +107,7 @@ struct Sides {
 }
 
 /// The figures of one configuration: latencies in microseconds, throughput in calls/s.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 struct Figures {
     store_p50_us: f64,
     store_p99_us: f64,
@@ -166,7 +171,7 @@ const TARGETS: [Target; 2] = [
 ];
 
 /// Runs the suite, prints its tables, and returns its results for the JSON file.
-pub async fn run(env: &Env, args: &Args) -> Result<(Value, Chart)> {
+pub async fn run(env: &Env, args: &Args) -> Result<Value> {
     if args.ops == 0 || args.concurrency == 0 || args.reps == 0 {
         return Err("--ops, --concurrency and --reps must be at least 1".into());
     }
@@ -323,7 +328,7 @@ fn check_dual(config: Config, stats: &DualStats) -> Result<()> {
 }
 
 /// Prints the tables and ratios, and returns everything as JSON.
-fn report(args: &Args, runs: &[Vec<Run>]) -> (Value, Chart) {
+fn report(args: &Args, runs: &[Vec<Run>]) -> Value {
     let medians: Vec<Figures> = runs
         .iter()
         .map(|r| Figures::median(&r.iter().map(|run| run.figures).collect::<Vec<_>>()))
@@ -404,38 +409,7 @@ fn report(args: &Args, runs: &[Vec<Run>]) -> (Value, Chart) {
             )
         })
         .collect();
-    // One bar per configuration in each group: its store figure, then its retrieve one.
-    let series = |store: fn(&Figures) -> f64, retrieve: fn(&Figures) -> f64| -> Vec<Series> {
-        Config::ALL
-            .iter()
-            .map(|c| Series {
-                name: c.name().to_string(),
-                values: vec![
-                    Some(store(&medians[c.index()])),
-                    Some(retrieve(&medians[c.index()])),
-                ],
-            })
-            .collect()
-    };
-    let chart = Chart {
-        title: "dual: the dual backend against SQLite and PostgreSQL alone".into(),
-        panels: vec![
-            Panel {
-                title: "p50 latency, one task, ms (lower is better)".into(),
-                categories: vec!["store".into(), "retrieve".into()],
-                series: series(|f| f.store_p50_us / 1000.0, |f| f.retrieve_p50_us / 1000.0),
-            },
-            Panel {
-                title: format!("calls/s, {} tasks (higher is better)", args.concurrency),
-                categories: vec!["store".into(), "retrieve".into()],
-                series: series(|f| f.store_ops_per_s, |f| f.retrieve_ops_per_s),
-            },
-        ],
-    };
-    (
-        json!({"args": args, "configs": configs, "ratios": ratios}),
-        chart,
-    )
+    json!({"args": args, "configs": configs, "ratios": ratios})
 }
 
 /// Where a dual call's time goes: each side's share, as the dual backend timed it.
