@@ -330,6 +330,14 @@ pub fn markdown_table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// How figures over `n` repetitions were made: `medians of 5 repetitions`.
+pub fn repetitions(n: usize) -> String {
+    match n {
+        1 => "from one repetition".into(),
+        n => format!("medians of {n} repetitions"),
+    }
+}
+
 /// Microseconds as `0.123 ms`.
 pub fn ms_text(micros: f64) -> String {
     format!("{:.3} ms", micros / 1000.0)

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::{Args, Config, Figures};
 use crate::chart::{Chart, Panel, Series, thousands};
 use crate::harness::{Result, median};
-use crate::results::{Ratio, Summary, markdown_table, ms_text};
+use crate::results::{Ratio, Summary, markdown_table, ms_text, repetitions};
 
 /// The suite's results as `report` saves them.
 #[derive(Debug, Deserialize)]
@@ -108,12 +108,12 @@ fn markdown(saved: &Saved) -> String {
     let mut out = format!(
         "`sqlite`, `postgres`, and the dual backend at `dualwrite` and at `live` over the \
          same two: {} stores and {} retrieves of values of about {} B per pass; latency \
-         from one task, throughput from {tasks} tasks on distinct agents; medians of {} \
-         repetitions, the order of the configurations rotated each time.\n\n",
+         from one task, throughput from {tasks} tasks on distinct agents; {}, the \
+         order of the configurations rotated each time.\n\n",
         thousands(args.ops as f64, 0),
         thousands(args.ops as f64, 0),
         thousands(args.value_bytes as f64, 0),
-        args.reps,
+        repetitions(args.reps),
     );
     let rows: Vec<Vec<String>> = saved
         .configs()

@@ -10,7 +10,7 @@ use super::workload::Step;
 use super::{Args, Kind};
 use crate::chart::{Chart, Panel, Series, thousands};
 use crate::harness::Result;
-use crate::results::{Ratio, Summary, markdown_table, ms_text};
+use crate::results::{Ratio, Summary, markdown_table, ms_text, repetitions};
 
 /// The suite's results as `report` saves them.
 #[derive(Debug, Deserialize)]
@@ -114,12 +114,12 @@ fn markdown(saved: &Saved) -> String {
          list keys; JSON values of {} B to {} B. Each agent has its own memory (its own \
          SQLite file; its own rows in the shared PostgreSQL database), is given {} keys \
          first, and makes its calls one after another: {} calls per backend and number of \
-         agents. Medians of {} repetitions on fresh agents.{}\n\n",
+         agents. Figures are {} on fresh agents.{}\n\n",
         thousands(args.min_bytes as f64, 0),
         thousands(args.max_bytes as f64, 0),
         args.preload,
         thousands(args.calls as f64, 0),
-        args.reps,
+        repetitions(args.reps),
         if args.no_content_compression {
             " PostgreSQL stored memory contents uncompressed (`--no-content-compression`)."
         } else {
