@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::chart::{self, Chart};
-use crate::harness::{Machine, Result};
+use crate::harness::{Machine, Result, markdown_table};
 
 /// The page of measured figures, beside the JSON files and charts.
 pub const PAGE: &str = "RESULTS.md";
@@ -316,18 +316,6 @@ fn measured(ratio: &Ratio) -> String {
         0 | 1 => format!("{value:.2}"),
         _ => format!("{value:.2} (repetitions {low:.2}-{high:.2})"),
     }
-}
-
-/// A Markdown table.
-pub fn markdown_table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let line = |cells: &[&str]| format!("| {} |\n", cells.join(" | "));
-    let mut out = line(headers);
-    out.push_str(&line(&vec!["---"; headers.len()]));
-    for row in rows {
-        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
-        out.push_str(&line(&cells));
-    }
-    out
 }
 
 /// How figures over `n` repetitions were made: `medians of 5 repetitions`.

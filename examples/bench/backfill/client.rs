@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use super::AGENT;
 use super::legacy::Legacy;
-use crate::harness::Result;
+use crate::harness::{Result, Table};
 
 /// A stand-in for the run id the backfill records in `metadata.migration_run` (same
 /// length: `<UTC time>-<8 hex>`), so the `\copy`'d rows are as large as the backfill's.
@@ -32,6 +32,27 @@ pub(super) struct Stages {
 impl Stages {
     pub(super) fn rate(&self, seconds: f64) -> f64 {
         self.rows as f64 / seconds
+    }
+
+    /// Seconds and rows/s of each stage, and of the three one after another.
+    pub(super) fn table(&self) -> Table {
+        let all = self.read_seconds + self.convert_seconds + self.encode_seconds;
+        let rows = [
+            ("read (Source::rows)", self.read_seconds),
+            ("convert (convert_row)", self.convert_seconds),
+            ("encode (COPY text)", self.encode_seconds),
+            ("all three, one after another", all),
+        ]
+        .iter()
+        .map(|(name, seconds)| {
+            vec![
+                name.to_string(),
+                format!("{seconds:.1}"),
+                format!("{:.0}", self.rate(*seconds)),
+            ]
+        })
+        .collect();
+        Table::new(&["stage", "seconds", "rows/s"], rows)
     }
 }
 

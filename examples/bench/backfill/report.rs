@@ -74,24 +74,7 @@ pub(super) fn report(
     println!(
         "\nthe backfill's client side alone, in-process over the same file (batches of {}), rows/s\n{}",
         args.batch_size,
-        table(
-            &["stage", "seconds", "rows/s"],
-            &[
-                ("read (Source::rows)", stages.read_seconds),
-                ("convert (convert_row)", stages.convert_seconds),
-                ("encode (COPY text)", stages.encode_seconds),
-                ("all three, one after another", client),
-            ]
-            .iter()
-            .map(|(name, secs)| {
-                vec![
-                    name.to_string(),
-                    format!("{secs:.1}"),
-                    format!("{:.0}", stages.rate(*secs)),
-                ]
-            })
-            .collect::<Vec<_>>()
-        )
+        stages.table().text()
     );
 
     println!("\ntargets");

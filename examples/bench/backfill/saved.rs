@@ -8,8 +8,8 @@ use super::Args;
 use super::client::Stages;
 use super::profile::StatementKind;
 use crate::chart::{Chart, Panel, Series, thousands};
-use crate::harness::Result;
-use crate::results::{Ratio, Summary, markdown_table, mb_text};
+use crate::harness::{Result, markdown_table};
+use crate::results::{Ratio, Summary, mb_text};
 
 /// The suite's results as `report` saves them.
 #[derive(Debug, Deserialize)]
@@ -170,28 +170,11 @@ fn markdown(saved: &Saved, pgloader: &std::result::Result<Load, String>) -> Stri
         &rows,
     ));
 
-    let stages = &saved.client_side.stages;
-    let client = stages.read_seconds + stages.convert_seconds + stages.encode_seconds;
     out.push_str(
         "\nThe backfill's client side alone, in-process over the same file: reading, \
          converting and encoding the rows as COPY text, without a database.\n\n",
     );
-    let rows: Vec<Vec<String>> = [
-        ("read (`Source::rows`)", stages.read_seconds),
-        ("convert (`convert_row`)", stages.convert_seconds),
-        ("encode (COPY text)", stages.encode_seconds),
-        ("all three, one after another", client),
-    ]
-    .iter()
-    .map(|(stage, seconds)| {
-        vec![
-            stage.to_string(),
-            format!("{seconds:.1}"),
-            thousands(stages.rate(*seconds), 0),
-        ]
-    })
-    .collect();
-    out.push_str(&markdown_table(&["stage", "seconds", "rows/s"], &rows));
+    out.push_str(&saved.client_side.stages.table().markdown());
 
     let quarter = &loads.backfill_quarter;
     if let Some(statements) = quarter.statements.as_deref().filter(|s| !s.is_empty()) {

@@ -367,9 +367,20 @@ fn report(args: &Args, runs: &[Vec<Run>]) -> Value {
         )
     );
 
+    let configs: serde_json::Map<String, Value> = Config::ALL
+        .iter()
+        .map(|c| {
+            (
+                c.name().to_string(),
+                json!({"median": medians[c.index()], "repetitions": runs[c.index()]}),
+            )
+        })
+        .collect();
+    // Printed from the results as saved, as the results page shows it.
+    let configs = Value::Object(configs);
     println!(
         "\ndual backend per side, from DualBackend::stats() over the latency pass (histogram, within 9%), ms p50\n{}",
-        breakdown(runs)
+        saved::breakdown(&configs).map_or_else(|e| format!("(not shown: {e})"), |t| t.text())
     );
 
     println!("\ntargets");
@@ -400,52 +411,5 @@ fn report(args: &Args, runs: &[Vec<Run>]) -> Value {
         })
         .collect();
 
-    let configs: serde_json::Map<String, Value> = Config::ALL
-        .iter()
-        .map(|c| {
-            (
-                c.name().to_string(),
-                json!({"median": medians[c.index()], "repetitions": runs[c.index()]}),
-            )
-        })
-        .collect();
     json!({"args": args, "configs": configs, "ratios": ratios})
-}
-
-/// Where a dual call's time goes: each side's share, as the dual backend timed it.
-fn breakdown(runs: &[Vec<Run>]) -> String {
-    let p50 = |l: &memshift::backend::dual::Latency| l.p50_us.unwrap_or(0) as f64;
-    let rows: Vec<Vec<String>> = [Config::DualWrite, Config::Live]
-        .iter()
-        .map(|c| {
-            let runs = &runs[c.index()];
-            let m = |f: &dyn Fn(&DualStats) -> f64| {
-                median(runs.iter().filter_map(|r| r.dual.as_ref()).map(f).collect())
-            };
-            let figures = Figures::median(&runs.iter().map(|r| r.figures).collect::<Vec<_>>());
-            vec![
-                c.name().to_string(),
-                ms(figures.store_p50_us),
-                ms(m(&|s| p50(&s.sqlite.write_latency))),
-                ms(m(&|s| p50(&s.postgres.write_latency))),
-                ms(figures.retrieve_p50_us),
-                ms(m(&|s| p50(&s.sqlite.read_latency))),
-                ms(m(&|s| p50(&s.postgres.read_latency))),
-                format!("{:.0}", m(&|s| s.shadow_compares as f64)),
-            ]
-        })
-        .collect();
-    table(
-        &[
-            "config",
-            "store",
-            "sqlite write",
-            "postgres write",
-            "retrieve",
-            "sqlite read",
-            "postgres read",
-            "compares",
-        ],
-        &rows,
-    )
 }

@@ -8,8 +8,8 @@ use serde_json::Value;
 
 use super::{Args, Config, Figures};
 use crate::chart::{Chart, Panel, Series, thousands};
-use crate::harness::{Result, median};
-use crate::results::{Ratio, Summary, markdown_table, ms_text, repetitions};
+use crate::harness::{Result, Table, markdown_table, median, ms};
+use crate::results::{Ratio, Summary, ms_text, repetitions};
 
 /// The suite's results as `report` saves them.
 #[derive(Debug, Deserialize)]
@@ -50,14 +50,12 @@ struct P50 {
     p50_us: Option<u64>,
 }
 
-impl Saved {
-    /// The configurations saved, in the suite's order.
-    fn configs(&self) -> Vec<(&'static str, &SavedConfig)> {
-        Config::ALL
-            .iter()
-            .filter_map(|c| Some((c.name(), self.configs.get(c.name())?)))
-            .collect()
-    }
+/// The configurations in `configs`, in the suite's order.
+fn in_order(configs: &BTreeMap<String, SavedConfig>) -> Vec<(&'static str, &SavedConfig)> {
+    Config::ALL
+        .iter()
+        .filter_map(|c| Some((c.name(), configs.get(c.name())?)))
+        .collect()
 }
 
 /// The chart, targets and section of the page of the suite's saved `results`.
@@ -73,8 +71,7 @@ pub fn summary(results: &Value) -> Result<Summary> {
 fn chart(saved: &Saved) -> Chart {
     // One bar per configuration in each group: its store figure, then its retrieve one.
     let series = |store: fn(&Figures) -> f64, retrieve: fn(&Figures) -> f64| -> Vec<Series> {
-        saved
-            .configs()
+        in_order(&saved.configs)
             .iter()
             .map(|(name, c)| Series {
                 name: name.to_string(),
@@ -115,8 +112,7 @@ fn markdown(saved: &Saved) -> String {
         thousands(args.value_bytes as f64, 0),
         repetitions(args.reps),
     );
-    let rows: Vec<Vec<String>> = saved
-        .configs()
+    let rows: Vec<Vec<String>> = in_order(&saved.configs)
         .iter()
         .map(|(name, c)| {
             let f = &c.median;
@@ -144,9 +140,26 @@ fn markdown(saved: &Saved) -> String {
         &rows,
     ));
 
-    // Each side's share of a dual call, as the dual backend's own histograms timed it.
-    let rows: Vec<Vec<String>> = saved
-        .configs()
+    if let Some(table) = breakdown_table(&saved.configs) {
+        out.push_str(
+            "\nWhere a dual call's time goes: p50 of each side as `DualBackend::stats()` timed \
+             it over the latency pass (histograms, within 9%), medians of the repetitions, in \
+             ms.\n\n",
+        );
+        out.push_str(&table.markdown());
+    }
+    out
+}
+
+/// Each side's share of the dual configurations' calls in the saved `configs`, as the
+/// dual backend's own histograms timed it: p50 in ms, medians of the repetitions.
+pub(super) fn breakdown(configs: &Value) -> Result<Table> {
+    let configs = BTreeMap::<String, SavedConfig>::deserialize(configs)?;
+    breakdown_table(&configs).ok_or_else(|| "no dual configuration saved its statistics".into())
+}
+
+fn breakdown_table(configs: &BTreeMap<String, SavedConfig>) -> Option<Table> {
+    let rows: Vec<Vec<String>> = in_order(configs)
         .iter()
         .filter_map(|(name, c)| {
             let sides: Vec<&DualSides> = c
@@ -166,15 +179,15 @@ fn markdown(saved: &Saved) -> String {
                     .collect();
                 match values.is_empty() {
                     true => "-".to_string(),
-                    false => ms_text(median(values)),
+                    false => ms(median(values)),
                 }
             };
             Some(vec![
-                format!("`{name}`"),
-                ms_text(c.median.store_p50_us),
+                name.to_string(),
+                ms(c.median.store_p50_us),
                 m(|s| s.sqlite.write_latency.p50_us),
                 m(|s| s.postgres.write_latency.p50_us),
-                ms_text(c.median.retrieve_p50_us),
+                ms(c.median.retrieve_p50_us),
                 m(|s| s.sqlite.read_latency.p50_us),
                 m(|s| s.postgres.read_latency.p50_us),
                 format!(
@@ -184,12 +197,8 @@ fn markdown(saved: &Saved) -> String {
             ])
         })
         .collect();
-    if !rows.is_empty() {
-        out.push_str(
-            "\nWhere a dual call's time goes: p50 of each side as `DualBackend::stats()` timed \
-             it over the latency pass (histograms, within 9%), medians of the repetitions.\n\n",
-        );
-        out.push_str(&markdown_table(
+    (!rows.is_empty()).then(|| {
+        Table::new(
             &[
                 "config",
                 "store",
@@ -198,10 +207,9 @@ fn markdown(saved: &Saved) -> String {
                 "retrieve",
                 "sqlite read",
                 "postgres read",
-                "shadow compares",
+                "compares",
             ],
-            &rows,
-        ));
-    }
-    out
+            rows,
+        )
+    })
 }

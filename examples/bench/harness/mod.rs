@@ -9,7 +9,7 @@ mod workload;
 
 pub use env::Env;
 pub use machine::{Machine, quiet_down};
-pub use table::{ms, table};
+pub use table::{Table, markdown_table, ms, table};
 pub use timing::{Latency, Samples, concurrently, median, settle, timed};
 pub use workload::{AgentLoad, Rng, memory_value};
 

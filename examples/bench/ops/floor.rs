@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::raw::Raw;
 use super::{Args, Kind};
-use crate::harness::{Latency, Result, Rng, Samples, memory_value, timed};
+use crate::harness::{Latency, Result, Rng, Samples, Table, memory_value, ms, timed};
 
 /// Library and sqlx latencies of a single store and a single retrieve on one backend.
 #[derive(Debug, Serialize, Deserialize)]
@@ -90,4 +90,43 @@ pub(super) async fn floor(
         library_retrieve: lib_get.summary(),
         sqlx_retrieve: raw_get.summary(),
     })
+}
+
+/// Each backend's store and retrieve, the library against sqlx, in ms.
+pub(super) fn floor_table(floors: &[Floor]) -> Table {
+    let rows = floors
+        .iter()
+        .flat_map(|f| {
+            [
+                ("store", &f.library_store, &f.sqlx_store, f.store_ratio()),
+                (
+                    "retrieve",
+                    &f.library_retrieve,
+                    &f.sqlx_retrieve,
+                    f.retrieve_ratio(),
+                ),
+            ]
+            .map(|(call, library, sqlx, ratio)| {
+                vec![
+                    format!("{} {call}", f.backend.name()),
+                    ms(library.p50_us),
+                    ms(sqlx.p50_us),
+                    format!("{ratio:.2}"),
+                    ms(library.p99_us),
+                    ms(sqlx.p99_us),
+                ]
+            })
+        })
+        .collect();
+    Table::new(
+        &[
+            "call",
+            "library p50",
+            "sqlx p50",
+            "ratio",
+            "library p99",
+            "sqlx p99",
+        ],
+        rows,
+    )
 }

@@ -2,8 +2,8 @@
 
 use serde_json::{Value, json};
 
-use super::floor::{FLOOR_BYTES, Floor};
-use super::scale::{HOT_KEYS, Scale};
+use super::floor::{FLOOR_BYTES, Floor, floor_table};
+use super::scale::{Scale, scale_table};
 use super::workload::Step;
 use super::{Args, Kind};
 use crate::harness::{ms, table};
@@ -87,76 +87,15 @@ pub(super) fn report(
         )
     );
 
-    let floor_rows: Vec<Vec<String>> = floors
-        .iter()
-        .flat_map(|f| {
-            [
-                ("store", &f.library_store, &f.sqlx_store, f.store_ratio()),
-                (
-                    "retrieve",
-                    &f.library_retrieve,
-                    &f.sqlx_retrieve,
-                    f.retrieve_ratio(),
-                ),
-            ]
-            .map(|(call, lib, raw, ratio)| {
-                vec![
-                    format!("{} {call}", f.backend.name()),
-                    ms(lib.p50_us),
-                    ms(raw.p50_us),
-                    format!("{ratio:.2}"),
-                    ms(lib.p99_us),
-                    ms(raw.p99_us),
-                ]
-            })
-        })
-        .collect();
     println!(
         "\nthe library against the same statements through sqlx, one task, values ~{FLOOR_BYTES} B, ms\n{}",
-        table(
-            &[
-                "call",
-                "library p50",
-                "sqlx p50",
-                "ratio",
-                "library p99",
-                "sqlx p99"
-            ],
-            &floor_rows
-        )
+        floor_table(floors).text()
     );
 
-    let scale_rows: Vec<Vec<String>> = scales
-        .iter()
-        .map(|s| {
-            vec![
-                s.label(),
-                ms(s.small.p50_us),
-                ms(s.small.p99_us),
-                ms(s.large.p50_us),
-                ms(s.large.p99_us),
-                format!("{:.2}", s.ratio()),
-                ms(s.large_hot.p50_us),
-                format!("{:.1}", s.load_seconds),
-            ]
-        })
-        .collect();
     let (small, large) = (args.scale_small, args.scale_keys);
     println!(
         "\nretrieve of one agent's random keys at {small} and at {large} keys, ms\n{}",
-        table(
-            &[
-                "backend",
-                &format!("p50 @{small}"),
-                &format!("p99 @{small}"),
-                &format!("p50 @{large}"),
-                &format!("p99 @{large}"),
-                "p50 ratio",
-                &format!("p50 @{large}, {HOT_KEYS} keys read"),
-                "load s",
-            ],
-            &scale_rows
-        )
+        scale_table(scales, small, large).text()
     );
 
     let step = |kind: Kind, agents: usize| {

@@ -4,13 +4,13 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::floor::{FLOOR_BYTES, Floor};
-use super::scale::{HOT_KEYS, Scale};
+use super::floor::{FLOOR_BYTES, Floor, floor_table};
+use super::scale::{HOT_KEYS, Scale, scale_table};
 use super::workload::Step;
 use super::{Args, Kind};
 use crate::chart::{Chart, Panel, Series, thousands};
-use crate::harness::Result;
-use crate::results::{Ratio, Summary, markdown_table, ms_text, repetitions};
+use crate::harness::{Result, markdown_table};
+use crate::results::{Ratio, Summary, ms_text, repetitions};
 
 /// The suite's results as `report` saves them.
 #[derive(Debug, Deserialize)]
@@ -160,46 +160,12 @@ fn markdown(saved: &Saved) -> String {
     out.push_str(&format!(
         "\nThe floor: the library against the very statements it issues, bound and decoded \
          by hand through sqlx on a pool with the library's settings; one task, {} stores and \
-         as many retrieves each, values of about {} B, the two alternating in blocks.\n\n",
+         as many retrieves each, values of about {} B, the two alternating in blocks; in \
+         ms.\n\n",
         thousands(args.floor_calls as f64, 0),
         thousands(FLOOR_BYTES as f64, 0),
     ));
-    let rows: Vec<Vec<String>> = saved
-        .floor
-        .iter()
-        .flat_map(|f| {
-            [
-                ("store", &f.library_store, &f.sqlx_store, f.store_ratio()),
-                (
-                    "retrieve",
-                    &f.library_retrieve,
-                    &f.sqlx_retrieve,
-                    f.retrieve_ratio(),
-                ),
-            ]
-            .map(|(call, library, sqlx, ratio)| {
-                vec![
-                    format!("`{}` {call}", f.backend.name()),
-                    ms_text(library.p50_us),
-                    ms_text(sqlx.p50_us),
-                    format!("{ratio:.2}"),
-                    ms_text(library.p99_us),
-                    ms_text(sqlx.p99_us),
-                ]
-            })
-        })
-        .collect();
-    out.push_str(&markdown_table(
-        &[
-            "call",
-            "library p50",
-            "sqlx p50",
-            "ratio",
-            "library p99",
-            "sqlx p99",
-        ],
-        &rows,
-    ));
+    out.push_str(&floor_table(&saved.floor).markdown());
 
     let (small, large) = (
         thousands(args.scale_small as f64, 0),
@@ -208,37 +174,9 @@ fn markdown(saved: &Saved) -> String {
     out.push_str(&format!(
         "\nData size: {} retrieves of one agent's random keys when it holds {small} keys and \
          when it holds {large} (loaded in bulk inside the database); the last column reads \
-         {HOT_KEYS} keys spread over the {large}, whose pages stay cached.\n\n",
+         {HOT_KEYS} keys spread over the {large}, whose pages stay cached; in ms.\n\n",
         thousands(args.scale_reads as f64, 0),
     ));
-    let rows: Vec<Vec<String>> = saved
-        .scale
-        .iter()
-        .map(|s| {
-            vec![
-                format!("`{}`", s.label()),
-                ms_text(s.small.p50_us),
-                ms_text(s.small.p99_us),
-                ms_text(s.large.p50_us),
-                ms_text(s.large.p99_us),
-                format!("{:.2}", s.ratio()),
-                ms_text(s.large_hot.p50_us),
-                format!("{:.1}", s.load_seconds),
-            ]
-        })
-        .collect();
-    out.push_str(&markdown_table(
-        &[
-            "backend",
-            &format!("p50 at {small}"),
-            &format!("p99 at {small}"),
-            &format!("p50 at {large}"),
-            &format!("p99 at {large}"),
-            "p50 ratio",
-            &format!("p50 at {large}, {HOT_KEYS} keys read"),
-            "bulk load s",
-        ],
-        &rows,
-    ));
+    out.push_str(&scale_table(&saved.scale, args.scale_small, args.scale_keys).markdown());
     out
 }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::raw::Raw;
 use super::{Args, Kind};
-use crate::harness::{Latency, Result, Rng, Samples, memory_value, timed};
+use crate::harness::{Latency, Result, Rng, Samples, Table, memory_value, ms, timed};
 
 /// Retrieve latency of one agent at two sizes.
 #[derive(Debug, Serialize, Deserialize)]
@@ -174,3 +174,35 @@ pub(super) async fn scale(
 /// Keys the last scale measurement reads over and over: their pages (about 4 per
 /// key) fit in SQLite's default 2 MB page cache.
 pub(super) const HOT_KEYS: usize = 100;
+
+/// Retrieve latency at `small` and at `large` keys per backend and variant, in ms.
+pub(super) fn scale_table(scales: &[Scale], small: usize, large: usize) -> Table {
+    let rows = scales
+        .iter()
+        .map(|s| {
+            vec![
+                s.label(),
+                ms(s.small.p50_us),
+                ms(s.small.p99_us),
+                ms(s.large.p50_us),
+                ms(s.large.p99_us),
+                format!("{:.2}", s.ratio()),
+                ms(s.large_hot.p50_us),
+                format!("{:.1}", s.load_seconds),
+            ]
+        })
+        .collect();
+    Table::new(
+        &[
+            "backend",
+            &format!("p50 @{small}"),
+            &format!("p99 @{small}"),
+            &format!("p50 @{large}"),
+            &format!("p99 @{large}"),
+            "p50 ratio",
+            &format!("p50 @{large}, {HOT_KEYS} keys read"),
+            "load s",
+        ],
+        rows,
+    )
+}

@@ -6,8 +6,8 @@ use serde_json::Value;
 
 use super::{Args, Measured};
 use crate::chart::{Chart, Panel, Series, thousands};
-use crate::harness::Result;
-use crate::results::{Ratio, Summary, markdown_table, ms_text};
+use crate::harness::{Result, markdown_table};
+use crate::results::{Ratio, Summary, ms_text};
 
 /// The suite's results as `run` saves them.
 #[derive(Debug, Deserialize)]
