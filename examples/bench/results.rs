@@ -181,7 +181,7 @@ fn page(saved: &[(&Suite, Document, Summary)]) -> String {
          files beside this page (`<suite>.json`: every figure, with the machine's facts). \
          Do not edit it by hand: `scripts/bench all --out docs/bench` measures again, and \
          `scripts/bench report --out docs/bench` writes this page and the charts again from \
-         the JSON files alone. DEVELOPERS.md says how the suites measure.\n"
+         the JSON files alone. docs/performance.md says what the suites measure.\n"
     );
 
     // One description per distinct machine, with the suites that ran on it.
