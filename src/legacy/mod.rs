@@ -1,11 +1,11 @@
 //! Legacy SQLite files: finding them, reading them undisturbed, and turning their rows into contract rows.
 //!
 //! This is the one place that decides how a legacy row becomes a row of the data
-//! contract (`CONTRACT.md`, "One migrated row") and which id it gets: the bulk backfill
-//! loads what it decides and `--verify` compares with it, so the two cannot disagree.
-//! Lazy migration does not come here: the dual backend's copy on a read that misses
-//! PostgreSQL copies a row the SQLite backend stored, as itself, and never reads a
-//! legacy file; the backfill moves files of the library's own layout the same way
+//! contract (`docs/contract.md`, "One migrated row") and which id it gets: the bulk
+//! backfill loads what it decides and `--verify` compares with it, so the two cannot
+//! disagree. Lazy migration does not come here: the dual backend's copy on a read that
+//! misses PostgreSQL copies a row the SQLite backend stored, as itself, and never reads
+//! a legacy file; the backfill moves files of the library's own layout the same way
 //! ([`read_own_records`]).
 //!
 //! - [`discover`] walks the agents path and probes every `*.db`, `*.sqlite`, `*.sqlite3`
