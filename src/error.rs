@@ -19,8 +19,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// `Display` gives this error's own message; the cause, when there is one, is its
 /// [`source`](StdError::source). Use [`Chain`] to print the whole chain on one line.
-/// No variant ever holds a password: connection targets are stored redacted, and a
-/// cause whose text would reveal one is replaced by its redacted text.
+/// No variant holds a password: connection targets are stored as [`redact_url`] shows
+/// them, and a cause whose text shows the URL, or its password as credentials
+/// (`:password@`, `password=...`) or, when 8 bytes or longer, anywhere, is replaced by
+/// its text with those parts as `***`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {

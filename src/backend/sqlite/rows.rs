@@ -25,47 +25,91 @@ where
         .map_err(|e| Error::database("sqlite", format!("read {}", what()), e, None))
 }
 
+/// One row read in the backend's value forms; `what` names the value in errors.
+struct Columns<'r> {
+    row: &'r SqliteRow,
+    what: String,
+}
+
+impl<'r> Columns<'r> {
+    /// The reader of a row whose value is named by its `name_column` (a key, a name, an
+    /// id): `<kind> <name> <whose>`, and that name.
+    fn named<T>(row: &'r SqliteRow, kind: &str, name_column: &str, whose: &str) -> Result<(T, Self)>
+    where
+        T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + std::fmt::Debug,
+    {
+        let name: T = column(row, name_column, || format!("a {kind} {whose}"))?;
+        let what = format!("{kind} {name:?} {whose}");
+        Ok((name, Columns { row, what }))
+    }
+
+    fn what(&self) -> impl Fn() -> String + Copy + '_ {
+        || self.what.clone()
+    }
+
+    fn get<T>(&self, name: &str) -> Result<T>
+    where
+        T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+    {
+        column(self.row, name, self.what())
+    }
+
+    fn id(&self) -> Result<uuid::Uuid> {
+        parse_id(self.get("id")?, self.what())
+    }
+
+    fn content(&self) -> Result<serde_json::Value> {
+        parse_json(self.get("content")?, self.what())
+    }
+
+    fn metadata(&self) -> Result<crate::record::Metadata> {
+        parse_metadata(self.get("metadata")?, self.what())
+    }
+
+    fn time(&self, name: &str) -> Result<chrono::DateTime<chrono::Utc>> {
+        parse_time(self.get(name)?, self.what())
+    }
+}
+
 /// A memory as the SQLite backend stores it.
 pub(crate) fn memory_from_row(row: &SqliteRow, whose: &str) -> Result<Memory> {
-    let key: Option<String> = column(row, "key", || format!("a memory {whose}"))?;
-    let what = || format!("memory {key:?} {whose}");
+    let (key, c) = Columns::named::<Option<String>>(row, "memory", "key", whose)?;
+    let embedding: Option<Vec<u8>> = c.get("embedding")?;
     Ok(Memory {
-        id: parse_id(column(row, "id", what)?, what)?,
-        content: parse_json(column(row, "content", what)?, what)?,
-        metadata: parse_metadata(column(row, "metadata", what)?, what)?,
-        embedding: column::<Option<Vec<u8>>>(row, "embedding", what)?
-            .map(|b| bytes_embedding(&b, what))
+        id: c.id()?,
+        content: c.content()?,
+        metadata: c.metadata()?,
+        embedding: embedding
+            .map(|b| bytes_embedding(&b, c.what()))
             .transpose()?,
-        created_at: parse_time(column(row, "created_at", what)?, what)?,
-        updated_at: parse_time(column(row, "updated_at", what)?, what)?,
+        created_at: c.time("created_at")?,
+        updated_at: c.time("updated_at")?,
         key,
     })
 }
 
 /// A tool as the SQLite backend stores it.
 pub(crate) fn tool_from_row(row: &SqliteRow, whose: &str) -> Result<Tool> {
-    let name: String = column(row, "name", || format!("a tool {whose}"))?;
-    let what = || format!("tool {name:?} {whose}");
+    let (name, c) = Columns::named(row, "tool", "name", whose)?;
     Ok(Tool {
-        id: parse_id(column(row, "id", what)?, what)?,
-        content: parse_json(column(row, "content", what)?, what)?,
-        metadata: parse_metadata(column(row, "metadata", what)?, what)?,
-        created_at: parse_time(column(row, "created_at", what)?, what)?,
-        updated_at: parse_time(column(row, "updated_at", what)?, what)?,
+        id: c.id()?,
+        content: c.content()?,
+        metadata: c.metadata()?,
+        created_at: c.time("created_at")?,
+        updated_at: c.time("updated_at")?,
         name,
     })
 }
 
 /// A metric as the SQLite backend stores it.
 pub(crate) fn metric_from_row(row: &SqliteRow, whose: &str) -> Result<Metric> {
-    let name: String = column(row, "name", || format!("a metric {whose}"))?;
-    let what = || format!("metric {name:?} {whose}");
+    let (name, c) = Columns::named(row, "metric", "name", whose)?;
     Ok(Metric {
-        id: parse_id(column(row, "id", what)?, what)?,
-        value: column(row, "value", what)?,
-        content: parse_json(column(row, "content", what)?, what)?,
-        metadata: parse_metadata(column(row, "metadata", what)?, what)?,
-        created_at: parse_time(column(row, "created_at", what)?, what)?,
+        id: c.id()?,
+        value: c.get("value")?,
+        content: c.content()?,
+        metadata: c.metadata()?,
+        created_at: c.time("created_at")?,
         name,
     })
 }
@@ -73,13 +117,14 @@ pub(crate) fn metric_from_row(row: &SqliteRow, whose: &str) -> Result<Metric> {
 /// An execution as the SQLite backend stores it.
 pub(crate) fn execution_from_row(row: &SqliteRow, whose: &str) -> Result<Execution> {
     let id: String = column(row, "id", || format!("an execution {whose}"))?;
-    let what = || format!("execution {id} {whose}");
+    let what = format!("execution {id} {whose}");
+    let c = Columns { row, what };
     Ok(Execution {
-        id: parse_id(&id, what)?,
-        status: column(row, "status", what)?,
-        content: parse_json(column(row, "content", what)?, what)?,
-        metadata: parse_metadata(column(row, "metadata", what)?, what)?,
-        created_at: parse_time(column(row, "created_at", what)?, what)?,
+        id: parse_id(&id, c.what())?,
+        status: c.get("status")?,
+        content: c.content()?,
+        metadata: c.metadata()?,
+        created_at: c.time("created_at")?,
     })
 }
 
