@@ -18,6 +18,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! A stored value keeps its exact JSON text ([`Json`]): key order, numbers of any size in
+//! their written form, escapes. The crate turns on no `serde_json` feature that would
+//! change how your own code serializes or deserializes.
+//!
 //! The PostgreSQL tables are those of the data contract, shared with an admin
 //! application; [`migrate`] creates them when asked, and [`PostgresBackend::connect`]
 //! checks that they are there.
@@ -35,6 +39,7 @@ pub mod backfill;
 pub mod backup;
 pub mod config;
 pub mod error;
+mod json;
 pub mod legacy;
 mod progress;
 pub mod record;
@@ -49,6 +54,7 @@ pub use agent::AgentMemory;
 pub use backend::{MemoryBackend, PostgresBackend, PostgresOptions, SqliteBackend, SqliteOptions};
 pub use config::{AgentConfig, BackendKind};
 pub use error::{Chain, Error, Result, redact_url};
+pub use json::Json;
 pub use progress::Progress;
 pub use record::{AgentId, Execution, MAX_KEY_BYTES, Memory, Metadata, Metric, Tool};
 pub use schema::{migrate, missing_schema};

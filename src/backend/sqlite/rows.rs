@@ -58,7 +58,7 @@ impl<'r> Columns<'r> {
         parse_id(self.get("id")?, self.what())
     }
 
-    fn content(&self) -> Result<serde_json::Value> {
+    fn content(&self) -> Result<crate::json::Json> {
         parse_json(self.get("content")?, self.what())
     }
 
