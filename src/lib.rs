@@ -23,7 +23,7 @@
 //! change how your own code serializes or deserializes.
 //!
 //! The PostgreSQL tables are those of the data contract, shared with an admin
-//! application; [`migrate`] creates them when asked, and [`PostgresBackend::connect`]
+//! application; [`migrate_url`] creates them when asked, and [`PostgresBackend::connect`]
 //! checks that they are there.
 //!
 //! Memories with embeddings can be searched by nearness ([`AgentMemory::search`],
@@ -31,7 +31,7 @@
 //! [`vector`] module has the details, the [`Embedder`] trait and the pass that fills the
 //! embeddings of migrated memories.
 
-#![warn(missing_docs)]
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 pub mod agent;
 pub mod backend;
@@ -44,7 +44,7 @@ pub mod legacy;
 mod progress;
 pub mod record;
 mod redact;
-pub mod schema;
+mod schema;
 pub mod vector;
 
 #[cfg(feature = "testing")]
@@ -57,11 +57,10 @@ pub use error::{Chain, Error, Result, redact_url};
 pub use json::Json;
 pub use progress::Progress;
 pub use record::{AgentId, Execution, MAX_KEY_BYTES, Memory, Metadata, Metric, Tool};
-pub use schema::{migrate, missing_schema};
 pub use vector::{DistanceMetric, Embedder, Neighbor, VectorIndex, VectorQuery};
 
-/// Connects to `url` and applies the shipped PostgreSQL migrations (see [`migrate`]),
-/// returning the versions applied.
+/// Connects to `url` and applies the shipped PostgreSQL migrations, returning the
+/// versions applied.
 ///
 /// # Errors
 /// Connection errors (never showing the password) and migration errors.
@@ -74,7 +73,7 @@ pub async fn migrate_url(url: &str) -> Result<Vec<i64>> {
         },
     )
     .await?;
-    let applied = migrate(&pool).await;
+    let applied = schema::migrate(&pool).await;
     pool.close().await;
     applied
 }

@@ -965,7 +965,9 @@ async fn a_repair_waits_for_a_copy_under_way_instead_of_replaying_it() {
     fx.dual.flush().await.expect("flush");
     assert!(fx.journal(Side::Sqlite).await.is_empty());
 
-    let mut lock = sqlx::PgConnection::connect(&fx._db.url).await.expect("connect");
+    let mut lock = sqlx::PgConnection::connect(&fx._db.url)
+        .await
+        .expect("connect");
     sqlx::query("begin").execute(&mut lock).await.unwrap();
     sqlx::query(
         "select 1 from agent_memories m join agents a on a.id = m.agent_id
@@ -995,7 +997,8 @@ async fn a_repair_waits_for_a_copy_under_way_instead_of_replaying_it() {
 
     assert_eq!((report.to_postgres, report.to_sqlite), (0, 0), "{report:?}");
     assert_eq!(fx.dual.stats().owed_replayed, 0);
-    fx.assert_value("k", Some(&Json::from(json!("second"))), BOTH).await;
+    fx.assert_value("k", Some(&Json::from(json!("second"))), BOTH)
+        .await;
     fx.dual.flush().await.expect("flush");
     assert_eq!(fx.dual.owed_pending().await.unwrap(), 0);
 }

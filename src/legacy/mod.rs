@@ -34,15 +34,23 @@ mod time;
 mod value;
 
 pub use discover::{Found, Probe, discover};
-pub use embedding::{EMBEDDING_COLUMNS, decode_embedding, embedding_of};
+pub(crate) use embedding::embedding_of;
 pub use inventory::{FileInventory, Inventory, TableInventory, TableOutcome, inventory};
-pub use open::{OpenStrategy, ReadOptions, Source};
-pub use own::{read_own_records, read_own_tombstones};
-pub use read::{RowBatches, SourceRow, TableInfo, TableKind};
+pub use open::{OpenStrategy, ReadOptions};
+pub(crate) use own::read_own_tombstones;
+pub use read::TableKind;
+
+// Doors for tests/legacy.rs, tests/backfill.rs and the bench's client-side backfill,
+// which read and convert rows themselves; not part of the API.
+#[doc(hidden)]
+pub use open::Source;
+#[doc(hidden)]
+pub use own::read_own_records;
+#[doc(hidden)]
+pub use read::{RowBatches, SourceRow, TableInfo};
+#[doc(hidden)]
 pub use row::{ContractRecord, ContractRow, LEGACY_ROW_NAMESPACE, RowSource, convert_row, row_id};
-pub use time::{
-    MICROS_THRESHOLD, MILLIS_THRESHOLD, NANOS_THRESHOLD, TIME_COLUMNS, parse_time_value,
-};
+#[doc(hidden)]
 pub use value::SqlValue;
 
 use std::collections::BTreeMap;

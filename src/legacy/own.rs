@@ -91,7 +91,7 @@ pub async fn read_own_records(
 /// # Errors
 /// [`Error::Database`] when the table cannot be read (files written before tombstones
 /// existed have none, and give an empty list).
-pub async fn read_own_tombstones(
+pub(crate) async fn read_own_tombstones(
     source: &mut Source,
 ) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>> {
     if !source.has_table("agent_memory_tombstones").await? {

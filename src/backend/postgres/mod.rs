@@ -33,7 +33,10 @@ mod rows;
 mod sql;
 
 pub(crate) use self::connect::{PgTarget, connect_pool};
+// Door for tests/pool.rs, which waits past it; not part of the API.
+#[doc(hidden)]
 pub use self::recycle::CHECK_IDLE_AFTER;
+#[cfg(feature = "testing")]
 pub(crate) use self::sql::{GET_MEMORY, PUT_MEMORY};
 
 /// Settings of the PostgreSQL backend's connection pool.
@@ -144,7 +147,10 @@ impl PostgresBackend {
         Error::database("postgres", operation, e, Some(&self.target))
     }
 
-    /// The connection pool, for callers that run their own statements.
+    /// The connection pool. Door for tests/pool.rs (the pool's own users beside the
+    /// library's), tests/vector.rs and the bench (statements of their own); not part of
+    /// the API, whose signatures name no sqlx type.
+    #[doc(hidden)]
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
