@@ -59,11 +59,16 @@ pub use progress::Progress;
 pub use record::{AgentId, Execution, MAX_KEY_BYTES, Memory, Metadata, Metric, Tool};
 pub use vector::{DistanceMetric, Embedder, Neighbor, VectorIndex, VectorQuery};
 
-/// Connects to `url` and applies the shipped PostgreSQL migrations, returning the
-/// versions applied.
+/// Connects to `url` and applies the shipped PostgreSQL migrations its database has not
+/// had yet, in one transaction, returning the versions applied.
+///
+/// Safe to run concurrently and repeatedly: migrators take an advisory lock, and every
+/// statement is idempotent over tables the admin application created itself.
 ///
 /// # Errors
-/// Connection errors (never showing the password) and migration errors.
+/// Connection errors (never showing the password), and [`Error::Database`] when a
+/// statement fails (for example `permission denied to create extension "vector"`);
+/// nothing is applied then.
 pub async fn migrate_url(url: &str) -> Result<Vec<i64>> {
     let pool = backend::postgres::connect_pool(
         &backend::PgTarget::parse(url)?,

@@ -110,7 +110,7 @@ pub async fn dry_run(options: &BackfillOptions) -> Report {
 
 /// Migrates every legacy file under the agents path into the database at `url`.
 ///
-/// The contract tables must exist (see [`crate::migrate`]); the library's bookkeeping
+/// The contract tables must exist (see [`crate::migrate_url`]); the library's bookkeeping
 /// is created when missing. Problems with one file, table or batch are reported in the
 /// [`Report`] and the rest carries on; transient database errors are retried with
 /// backoff first.

@@ -19,8 +19,8 @@
 //!   rows meet, in PostgreSQL, by the backfill's load (`backfill::load`).
 //! - [`read_own_records`] reads a file of the library's own layout as its records,
 //!   unchanged.
-//! - [`embedding_of`] decodes an embedding a legacy row kept, when the backfill is asked
-//!   to.
+//! - An embedding a legacy row kept is decoded when the backfill is asked to
+//!   ([`BackfillOptions::legacy_embeddings`](crate::backfill::BackfillOptions::legacy_embeddings)).
 //! - [`inventory`] counts everything for a dry run.
 
 mod discover;

@@ -160,7 +160,8 @@ impl Comparison {
 /// - **Deletes** leave tombstones on both sides, so neither a fallback read, a lazy copy
 ///   nor a replay brings a deleted key back.
 /// - **Shadow compares** (in `shadow`, and in the background in `live`) use
-///   [`same_memory`], and count and log mismatches by key, never by value at info level.
+///   one rule for "the same data" (objects whatever their key order, numbers by value:
+///   [`Json::same_data`](crate::Json::same_data); ids may differ), and count and log mismatches by key, never by value at info level.
 #[derive(Clone)]
 pub struct DualBackend {
     inner: Arc<Inner>,
