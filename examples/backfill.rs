@@ -16,7 +16,8 @@
 //! embedder is `hash:DIMS`, a deterministic one for trials (a real model is an
 //! `memshift::Embedder` of your own, passed to `memshift::vector::fill_embeddings`).
 //!
-//! Reads `DATABASE_URL` (for `--postgres-url`), `MIGRATION_BATCH_SIZE` (rows per
+//! Reads `DATABASE_URL` (for `--postgres-url`), `AGENTS_PATH` (for `--agents-path`,
+//! default `./agents`, as the agents and memctl read it), `MIGRATION_BATCH_SIZE` (rows per
 //! transaction, default 1000), `MIGRATION_TIMEOUT` (seconds per batch, default 300) and
 //! `MIGRATION_BACKUP_PATH` (for `--backup`, default `./backups`);
 //! `RUST_LOG` sets the log level (default `info,sqlx=warn`). Writes
@@ -29,10 +30,10 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use memshift::backfill::{self, BackfillOptions, Progress, Report, backup};
 use memshift::legacy::Target;
 use memshift::{Chain, Error};
-use clap::Parser;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,8 +44,8 @@ struct Cli {
     /// PostgreSQL URL.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     postgres_url: Option<String>,
-    /// Folder of agent folders to scan.
-    #[arg(long, default_value = "./agents")]
+    /// Folder of agent folders to scan: the agents' own AGENTS_PATH unless given.
+    #[arg(long, env = "AGENTS_PATH", default_value = memshift::config::DEFAULT_AGENTS_PATH)]
     agents_path: PathBuf,
     /// Read everything and report what would be migrated; write nothing to PostgreSQL.
     #[arg(long)]
@@ -218,6 +219,11 @@ fn summary(report: &Report) {
         t.seconds,
         t.rows_per_second
     );
+    for file in &report.files {
+        if let Some(problem) = &file.problem {
+            eprintln!("backfill: unusable: {problem}");
+        }
+    }
     for warning in &report.warnings {
         eprintln!("backfill: warning: {warning}");
     }
@@ -318,11 +324,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 .transpose()?,
             ..Default::default()
         };
-        let missing =
-            memshift::vector::missing_embeddings(&backend, fill.agent.as_ref()).await?;
+        let missing = memshift::vector::missing_embeddings(&backend, fill.agent.as_ref()).await?;
         let progress = ShowProgress::bar(missing, "memories");
-        let report =
-            memshift::vector::fill_embeddings(&backend, &embedder, &fill, &progress).await;
+        let report = memshift::vector::fill_embeddings(&backend, &embedder, &fill, &progress).await;
         progress.finish();
         let report = report?;
         eprintln!(

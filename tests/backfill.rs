@@ -446,6 +446,57 @@ async fn library_files_move_as_themselves() {
 }
 
 #[tokio::test]
+async fn the_backfill_command_finds_agents_where_agents_path_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let agents = dir.path().join("elsewhere");
+    legacy_file(&agents.join("alpha/main.db"), &memory_table(3)).await;
+    let backfill = || {
+        let mut command = std::process::Command::new(common::example_path("backfill"));
+        command
+            .current_dir(dir.path())
+            .env_remove("DATABASE_URL")
+            .env_remove("AGENTS_PATH")
+            .env("RUST_LOG", "warn");
+        command
+    };
+    let help = backfill().arg("--help").output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&help.stdout).contains("[env: AGENTS_PATH="),
+        "--help names the variable"
+    );
+    let out = backfill()
+        .args(["--dry-run", "--report-dir"])
+        .arg(dir.path())
+        .env("AGENTS_PATH", &agents)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = String::from_utf8(out.stdout).unwrap();
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(report.trim()).unwrap()).unwrap();
+    assert_eq!(report["agents_path"], json!(agents));
+    assert_eq!(report["files"][0]["source_db"], json!("alpha/main.db"));
+    assert_eq!(report["totals"]["read"], json!(3));
+
+    // Without it, ./agents, which here does not exist: said, not silently empty.
+    let out = backfill()
+        .arg("--dry-run")
+        .arg("--report-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("(1 unusable)") && said.contains("./agents cannot be listed"),
+        "{said}"
+    );
+}
+
+#[tokio::test]
 async fn awkward_values_and_files_arrive_exactly() {
     let dir = tempfile::tempdir().unwrap();
     let big = "x".repeat(1 << 20);
