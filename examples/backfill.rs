@@ -73,8 +73,9 @@ struct Cli {
     /// Where to write the JSON report.
     #[arg(long, default_value = ".")]
     report_dir: PathBuf,
-    /// Compare every legacy table with PostgreSQL (row counts and content checksums);
-    /// exit 1 naming each difference.
+    /// Compare every legacy table with PostgreSQL (row counts and content checksums), and
+    /// every record of the library's own files (each looked up); exit 1 naming each
+    /// difference, or when nothing was found to compare.
     #[arg(long)]
     verify: bool,
     /// Delete exactly the rows of one earlier run, by its id (from its report).
@@ -298,6 +299,26 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         }
         for (file, why) in &verification.problems {
             eprintln!("backfill: cannot verify {file}: {why}");
+        }
+        if verification.tables.is_empty() {
+            eprintln!(
+                "backfill: nothing verified: no table to compare in any SQLite file under {}",
+                options.agents_path.display()
+            );
+        } else {
+            let differ = verification.tables.iter().filter(|t| !t.same).count();
+            let newer: u64 = verification
+                .tables
+                .iter()
+                .map(|t| t.newer_in_postgres)
+                .sum();
+            eprintln!(
+                "backfill: compared {} rows in {} tables: {differ} tables differ, {} files \
+                 not verified, {newer} rows have a later write in PostgreSQL",
+                verification.rows(),
+                verification.tables.len(),
+                verification.problems.len(),
+            );
         }
         println!(
             "{}",
