@@ -11,7 +11,7 @@ use crate::backend::dual::same_json;
 use crate::backend::{MemoryBackend, PostgresBackend, Replica};
 use crate::error::{Chain, Result};
 use crate::legacy::{ContractRecord, Source, Target, read_own_records, read_own_tombstones};
-use crate::record::{AgentId, Execution, Memory, Metadata, Metric, Tool};
+use crate::record::AgentId;
 
 /// Rows named in a table's difference before the rest are only counted.
 const NAMED: usize = 5;
@@ -123,16 +123,23 @@ impl OwnFile<'_> {
     }
 
     async fn table(&self, source: &mut Source, target: Target) -> Result<TableCheck> {
-        let (metrics, executions) = match target {
-            Target::Metrics => (
-                by_id(self.backend.list_metrics(self.agent).await?, |m| m.id),
-                HashMap::new(),
-            ),
-            Target::Executions => (
-                HashMap::new(),
-                by_id(self.backend.list_executions(self.agent).await?, |e| e.id),
-            ),
-            _ => (HashMap::new(), HashMap::new()),
+        // Metrics and executions have no lookup by id: the agent's whole list, by id.
+        let mut listed: HashMap<uuid::Uuid, ContractRecord> = match target {
+            Target::Metrics => self
+                .backend
+                .list_metrics(self.agent)
+                .await?
+                .into_iter()
+                .map(|m| (m.id, ContractRecord::Metric(m)))
+                .collect(),
+            Target::Executions => self
+                .backend
+                .list_executions(self.agent)
+                .await?
+                .into_iter()
+                .map(|e| (e.id, ContractRecord::Execution(e)))
+                .collect(),
+            Target::Memories | Target::Tools => HashMap::new(),
         };
         let mut tally = Tally::default();
         let mut after = i64::MIN;
@@ -147,11 +154,28 @@ impl OwnFile<'_> {
             };
             after = last;
             for row in &rows {
-                let verdict = match &row.record {
-                    ContractRecord::Memory(m) => self.memory(m).await?,
-                    ContractRecord::Tool(t) => self.tool(t).await?,
-                    ContractRecord::Metric(m) => metric(m, metrics.get(&m.id)),
-                    ContractRecord::Execution(e) => execution(e, executions.get(&e.id)),
+                let own = &row.record;
+                let held = match own {
+                    ContractRecord::Memory(m) => match &m.key {
+                        Some(key) => self
+                            .backend
+                            .get_memory(self.agent, key)
+                            .await?
+                            .map(ContractRecord::Memory),
+                        None => None,
+                    },
+                    ContractRecord::Tool(t) => self
+                        .backend
+                        .get_tool(self.agent, &t.name)
+                        .await?
+                        .map(ContractRecord::Tool),
+                    ContractRecord::Metric(_) | ContractRecord::Execution(_) => {
+                        listed.remove(&own.id())
+                    }
+                };
+                let verdict = match held {
+                    Some(held) => judge(own, &held),
+                    None => self.missing(own).await?,
                 };
                 tally.add(verdict);
             }
@@ -159,58 +183,29 @@ impl OwnFile<'_> {
         Ok(tally.check(self, target.table(), target.table(), unread))
     }
 
-    async fn memory(&self, own: &Memory) -> Result<Verdict> {
-        let Some(key) = own.key.as_deref() else {
-            return Ok(Verdict::Differs(format!(
-                "memory {}: stored without a key, so it cannot be looked up",
-                own.id
-            )));
-        };
-        let name = format!("memory {key:?}");
-        let Some(held) = self.backend.get_memory(self.agent, key).await? else {
-            return Ok(
-                match self.backend.memory_tombstone(self.agent, key).await? {
-                    Some(deleted) if deleted >= own.updated_at => Verdict::Outranked,
-                    Some(deleted) => Verdict::Differs(format!(
-                        "{name}: missing; its delete in PostgreSQL ({deleted}) is older than this \
-                     version ({})",
-                        own.updated_at
-                    )),
-                    None => Verdict::Differs(format!("{name}: missing")),
-                },
-            );
-        };
-        if held.updated_at > own.updated_at {
-            return Ok(Verdict::Outranked);
-        }
-        let mut differ = common(
-            (own.id, held.id),
-            (own.created_at, held.created_at),
-            (&own.content, &held.content),
-            (&own.metadata, &held.metadata),
-        );
-        // An embedding PostgreSQL has and the file lacks is a later fill, not a change.
-        if own.embedding.is_some() && held.embedding != own.embedding {
-            differ.push("embedding");
-        }
-        Ok(versioned(&name, own.updated_at, held.updated_at, &differ))
-    }
-
-    async fn tool(&self, own: &Tool) -> Result<Verdict> {
-        let name = format!("tool {:?}", own.name);
-        let Some(held) = self.backend.get_tool(self.agent, &own.name).await? else {
+    /// The verdict on a record PostgreSQL does not hold: outranked when it is a memory
+    /// whose key PostgreSQL deleted at or after its version.
+    async fn missing(&self, own: &ContractRecord) -> Result<Verdict> {
+        let name = name(own);
+        let ContractRecord::Memory(memory) = own else {
             return Ok(Verdict::Differs(format!("{name}: missing")));
         };
-        if held.updated_at > own.updated_at {
-            return Ok(Verdict::Outranked);
-        }
-        let differ = common(
-            (own.id, held.id),
-            (own.created_at, held.created_at),
-            (&own.content, &held.content),
-            (&own.metadata, &held.metadata),
-        );
-        Ok(versioned(&name, own.updated_at, held.updated_at, &differ))
+        let Some(key) = memory.key.as_deref() else {
+            return Ok(Verdict::Differs(format!(
+                "{name}: stored without a key, so it cannot be looked up"
+            )));
+        };
+        Ok(
+            match self.backend.memory_tombstone(self.agent, key).await? {
+                Some(deleted) if deleted >= memory.updated_at => Verdict::Outranked,
+                Some(deleted) => Verdict::Differs(format!(
+                    "{name}: missing; its delete in PostgreSQL ({deleted}) is older than this \
+                     version ({})",
+                    memory.updated_at
+                )),
+                None => Verdict::Differs(format!("{name}: missing")),
+            },
+        )
     }
 
     /// Every key the file records as deleted must not be in PostgreSQL at a version
@@ -244,97 +239,80 @@ impl OwnFile<'_> {
     }
 }
 
-fn by_id<T>(records: Vec<T>, id: impl Fn(&T) -> uuid::Uuid) -> HashMap<uuid::Uuid, T> {
-    records.into_iter().map(|r| (id(&r), r)).collect()
+/// How a difference names a record: memories and tools by key or name, metrics and
+/// executions by id.
+fn name(record: &ContractRecord) -> String {
+    match record {
+        ContractRecord::Memory(m) => match &m.key {
+            Some(key) => format!("memory {key:?}"),
+            None => format!("memory {}", m.id),
+        },
+        ContractRecord::Tool(t) => format!("tool {:?}", t.name),
+        ContractRecord::Metric(m) => format!("metric {:?} {}", m.name, m.id),
+        ContractRecord::Execution(e) => format!("execution {}", e.id),
+    }
 }
 
-fn metric(own: &Metric, held: Option<&Metric>) -> Verdict {
-    let name = format!("metric {:?} {}", own.name, own.id);
-    let Some(held) = held else {
-        return Verdict::Differs(format!("{name}: missing"));
-    };
-    let mut differ = common(
-        (own.id, held.id),
-        (own.created_at, held.created_at),
-        (&own.content, &held.content),
-        (&own.metadata, &held.metadata),
-    );
-    if own.name != held.name {
-        differ.push("name");
+/// The verdict on the file's record `own` against PostgreSQL's `held`, found by the
+/// same key, name or id. A later version in PostgreSQL outranks it. An earlier version
+/// holding the same data is the file's record with its version capped at the migration
+/// time (a clock that was ahead); one holding other data is an older version the file's
+/// record never replaced.
+fn judge(own: &ContractRecord, held: &ContractRecord) -> Verdict {
+    let versions = own.updated_at().zip(held.updated_at());
+    if versions.is_some_and(|(own, held)| held > own) {
+        return Verdict::Outranked;
     }
-    if own.value != held.value {
-        differ.push("value");
+    let differ = differing(own, held);
+    if differ.is_empty() {
+        return Verdict::Same;
     }
-    listed(&name, &differ)
+    let mut what = format!("{}: differs in {}", name(own), differ.join(", "));
+    if let Some((own, held)) = versions.filter(|(own, held)| held < own) {
+        what.push_str(&format!(
+            "; PostgreSQL holds an older version ({held}, the file {own})"
+        ));
+    }
+    Verdict::Differs(what)
 }
 
-fn execution(own: &Execution, held: Option<&Execution>) -> Verdict {
-    let name = format!("execution {}", own.id);
-    let Some(held) = held else {
-        return Verdict::Differs(format!("{name}: missing"));
-    };
-    let mut differ = common(
-        (own.id, held.id),
-        (own.created_at, held.created_at),
-        (&own.content, &held.content),
-        (&own.metadata, &held.metadata),
-    );
-    if own.status != held.status {
-        differ.push("status");
-    }
-    listed(&name, &differ)
-}
-
-/// The fields every record has that differ between the file's (first) and
-/// PostgreSQL's (second). Content is compared exactly, as it is stored as text on both
-/// sides; metadata by value, as PostgreSQL's `jsonb` may rewrite a number's form.
-fn common(
-    id: (uuid::Uuid, uuid::Uuid),
-    created_at: (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>),
-    content: (&Value, &Value),
-    metadata: (&Metadata, &Metadata),
-) -> Vec<&'static str> {
+/// The fields, other than the version, that differ between two records of one table.
+/// Content is compared exactly, as both sides store it as text; metadata by value, as
+/// PostgreSQL's `jsonb` may rewrite a number's written form.
+fn differing(own: &ContractRecord, held: &ContractRecord) -> Vec<&'static str> {
     let mut differ = Vec::new();
-    if id.0 != id.1 {
+    if own.id() != held.id() {
         differ.push("id");
     }
-    if created_at.0 != created_at.1 {
+    if own.created_at() != held.created_at() {
         differ.push("created_at");
     }
-    if content.0 != content.1 {
+    if own.content() != held.content() {
         differ.push("content");
     }
-    if !same_json(
-        &Value::Object(metadata.0.clone()),
-        &Value::Object(metadata.1.clone()),
-    ) {
+    let metadata = |r: &ContractRecord| Value::Object(r.metadata().clone());
+    if !same_json(&metadata(own), &metadata(held)) {
         differ.push("metadata");
     }
+    match (own, held) {
+        // An embedding PostgreSQL has and the file lacks is a later fill, not a change.
+        (ContractRecord::Memory(a), ContractRecord::Memory(b))
+            if a.embedding.is_some() && a.embedding != b.embedding =>
+        {
+            differ.push("embedding");
+        }
+        (ContractRecord::Metric(a), ContractRecord::Metric(b)) => {
+            if a.name != b.name {
+                differ.push("name");
+            }
+            if a.value != b.value {
+                differ.push("value");
+            }
+        }
+        (ContractRecord::Execution(a), ContractRecord::Execution(b)) if a.status != b.status => {
+            differ.push("status");
+        }
+        _ => {}
+    }
     differ
-}
-
-/// The verdict on a versioned record PostgreSQL holds at `held`, no later than the
-/// file's `own`. An earlier version holding the same data is the file's row with its
-/// version capped at the migration time (a clock that was ahead); one holding other
-/// data is an older version the file's row never replaced.
-fn versioned(
-    name: &str,
-    own: chrono::DateTime<chrono::Utc>,
-    held: chrono::DateTime<chrono::Utc>,
-    differ: &[&str],
-) -> Verdict {
-    match listed(name, differ) {
-        Verdict::Differs(what) if held < own => Verdict::Differs(format!(
-            "{what}; PostgreSQL holds an older version ({held}, the file {own})"
-        )),
-        verdict => verdict,
-    }
-}
-
-fn listed(name: &str, differ: &[&str]) -> Verdict {
-    if differ.is_empty() {
-        Verdict::Same
-    } else {
-        Verdict::Differs(format!("{name}: differs in {}", differ.join(", ")))
-    }
 }
