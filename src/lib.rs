@@ -73,3 +73,24 @@ pub async fn migrate_url(url: &str) -> Result<Vec<i64>> {
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The Rust examples of the guides in `docs/`, compiled as doctests like the README's.
+#[cfg(doctest)]
+pub mod guide_doctests {
+    #[doc = include_str!("../docs/backends.md")]
+    pub struct Backends;
+    #[doc = include_str!("../docs/dual.md")]
+    pub struct Dual;
+    #[doc = include_str!("../docs/backfill.md")]
+    pub struct Backfill;
+    #[doc = include_str!("../docs/vector.md")]
+    pub struct Vector;
+    #[doc = include_str!("../docs/memctl.md")]
+    pub struct Memctl;
+    #[doc = include_str!("../docs/guarantees.md")]
+    pub struct Guarantees;
+    #[doc = include_str!("../docs/contract.md")]
+    pub struct Contract;
+    #[doc = include_str!("../docs/performance.md")]
+    pub struct Performance;
+}

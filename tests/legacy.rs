@@ -15,11 +15,7 @@ use serde_json::{Value, json};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{ConnectOptions, Connection};
 
-const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/corpus/public");
-
-fn corpus(path: &str) -> PathBuf {
-    Path::new(CORPUS).join(path)
-}
+mod common;
 
 fn agent(name: &str) -> AgentId {
     AgentId::new(name).unwrap()
@@ -679,12 +675,20 @@ async fn discovery_reports_bad_files_and_keeps_going() {
         b"just some text, not a database",
     )
     .unwrap();
-    let chinook = std::fs::read(corpus(
-        "dimitri__pgloader/test/sqlite/Chinook_Sqlite.sqlite",
-    ))
-    .unwrap();
-    std::fs::write(root.join("alpha/short.db"), &chinook[..60]).unwrap();
-    std::fs::write(root.join("alpha/cut.db"), &chinook[..chinook.len() / 2]).unwrap();
+    // A database of many pages, outside the agents path, to cut short.
+    let whole_dir = tempfile::tempdir().unwrap();
+    let whole = generated(
+        whole_dir.path(),
+        "whole.db",
+        "create table notes (body text);
+         with recursive n(i) as (select 1 union all select i + 1 from n where i < 200)
+         insert into notes select printf('%.1000c', 'x') || i from n;",
+    )
+    .await;
+    let whole = std::fs::read(whole).unwrap();
+    assert!(whole.len() >= 16 * 4096, "{} bytes", whole.len());
+    std::fs::write(root.join("alpha/short.db"), &whole[..60]).unwrap();
+    std::fs::write(root.join("alpha/cut.db"), &whole[..whole.len() / 2]).unwrap();
     std::fs::write(root.join("alpha/memory.db-journal"), b"").unwrap();
     std::fs::write(root.join("alpha/readme.txt"), b"").unwrap();
 
@@ -847,8 +851,11 @@ async fn survey(file: &Path) -> Vec<(String, Result<usize, String>)> {
 
 #[tokio::test]
 async fn the_whole_corpus_is_read_without_a_trace() {
-    let before = listing(Path::new(CORPUS));
-    let found = discover(Path::new(CORPUS), &ReadOptions::default()).await;
+    let Some(corpus) = common::corpus("the_whole_corpus_is_read_without_a_trace") else {
+        return;
+    };
+    let before = listing(&corpus);
+    let found = discover(&corpus, &ReadOptions::default()).await;
     assert_eq!(found.len(), 18);
     for f in &found {
         assert_eq!(f.probe, Probe::Legacy, "{}", f.source_db);
@@ -873,12 +880,15 @@ async fn the_whole_corpus_is_read_without_a_trace() {
         survey(&spaced.path).await,
         [("greetings".to_string(), Ok(3))]
     );
-    assert_eq!(listing(Path::new(CORPUS)), before);
+    assert_eq!(listing(&corpus), before);
 }
 
 #[tokio::test]
 async fn pgloader_type_torture() {
-    let file = corpus("dimitri__pgloader/test/sqlite/sqlite.db");
+    let Some(corpus) = common::corpus("pgloader_type_torture") else {
+        return;
+    };
+    let file = corpus.join("dimitri__pgloader/test/sqlite/sqlite.db");
     let tables = survey(&file).await;
     let seq = tables.iter().find(|t| t.0 == "sqlite_sequence").unwrap();
     assert!(seq.1.as_ref().unwrap_err().contains("SQLite's own"));
@@ -927,7 +937,10 @@ async fn pgloader_type_torture() {
 
 #[tokio::test]
 async fn bad_utf8_is_kept_as_bytes() {
-    let file = corpus("dimitri__pgloader/test/sqlite/bad-utf8.db");
+    let Some(corpus) = common::corpus("bad_utf8_is_kept_as_bytes") else {
+        return;
+    };
+    let file = corpus.join("dimitri__pgloader/test/sqlite/bad-utf8.db");
     let rows = convert(&file, "p", "bad-utf8.db", "files", Target::Memories).await;
     assert_eq!(
         content(&rows[1]),
@@ -938,9 +951,12 @@ async fn bad_utf8_is_kept_as_bytes() {
 
 #[tokio::test]
 async fn chinook_views_and_virtual_tables() {
-    let chinook = survey(&corpus(
-        "dimitri__pgloader/test/sqlite/Chinook_Sqlite_AutoIncrementPKs.sqlite",
-    ))
+    let Some(corpus) = common::corpus("chinook_views_and_virtual_tables") else {
+        return;
+    };
+    let chinook = survey(
+        &corpus.join("dimitri__pgloader/test/sqlite/Chinook_Sqlite_AutoIncrementPKs.sqlite"),
+    )
     .await;
     assert!(chinook.contains(&("PlaylistTrack".to_string(), Ok(8715))));
     assert!(
@@ -948,17 +964,15 @@ async fn chinook_views_and_virtual_tables() {
             .iter()
             .any(|t| t.0 == "sqlite_sequence" && t.1.is_err())
     );
-    let mut source = open(&corpus(
-        "dimitri__pgloader/test/sqlite/Chinook_Sqlite.sqlite",
-    ))
-    .await;
+    let mut source =
+        open(&corpus.join("dimitri__pgloader/test/sqlite/Chinook_Sqlite.sqlite")).await;
     let pt = table(&mut source, "PlaylistTrack").await;
     assert!(
         matches!(&pt.kind, TableKind::Data { without_rowid: false, primary_key, .. }
         if primary_key == &["PlaylistId".to_string(), "TrackId".to_string()])
     );
     let track = convert(
-        &corpus("dimitri__pgloader/test/sqlite/Chinook_Sqlite.sqlite"),
+        &corpus.join("dimitri__pgloader/test/sqlite/Chinook_Sqlite.sqlite"),
         "c",
         "c.db",
         "Track",
@@ -972,10 +986,9 @@ async fn chinook_views_and_virtual_tables() {
     );
     assert!(content(&track[0]).contains(r#""UnitPrice":0.99"#));
 
-    let views = survey(&corpus(
-        "dimitri__pgloader/clojure/tests/sqlite/matviews/matviews.sqlite",
-    ))
-    .await;
+    let views =
+        survey(&corpus.join("dimitri__pgloader/clojure/tests/sqlite/matviews/matviews.sqlite"))
+            .await;
     let skipped: Vec<&str> = views
         .iter()
         .filter(|t| t.1.is_err())
@@ -984,7 +997,7 @@ async fn chinook_views_and_virtual_tables() {
     assert_eq!(skipped, ["active_products", "cheap_products"]);
     assert!(views.contains(&("products".to_string(), Ok(3))));
 
-    let chroma = survey(&corpus("jm101093__CrewAIAutoblogger/db/chroma.sqlite3")).await;
+    let chroma = survey(&corpus.join("jm101093__CrewAIAutoblogger/db/chroma.sqlite3")).await;
     let skipped: Vec<&str> = chroma
         .iter()
         .filter(|t| t.1.is_err())
@@ -1006,7 +1019,10 @@ async fn chinook_views_and_virtual_tables() {
 
 #[tokio::test]
 async fn agent_framework_outputs() {
-    let crew = corpus("jm101093__CrewAIAutoblogger/long_term_memory_storage.db");
+    let Some(corpus) = common::corpus("agent_framework_outputs") else {
+        return;
+    };
+    let crew = corpus.join("jm101093__CrewAIAutoblogger/long_term_memory_storage.db");
     let rows = convert(
         &crew,
         "crew",
@@ -1022,7 +1038,7 @@ async fn agent_framework_outputs() {
     );
     assert!(rows.iter().all(|r| r.time_problem.is_none()));
 
-    let lg = corpus("Hiteshankodia__Persistence-LangGraph/checkpoints.sqlite");
+    let lg = corpus.join("Hiteshankodia__Persistence-LangGraph/checkpoints.sqlite");
     let source = open(&lg).await;
     assert_eq!(source.strategy(), OpenStrategy::Immutable);
     drop(source);
@@ -1030,7 +1046,7 @@ async fn agent_framework_outputs() {
     assert_eq!(rows.len(), 6);
     assert!(rows[0].record.content()["value"]["$base64"].is_string());
 
-    let old = corpus("bartoszkozakiewicz__long-term-memory-agent/checkpoints.sqlite");
+    let old = corpus.join("bartoszkozakiewicz__long-term-memory-agent/checkpoints.sqlite");
     let rows = convert(&old, "lg", "old.sqlite", "checkpoints", Target::Executions).await;
     assert_eq!(rows.len(), 63);
     let blob = rows[0].record.content()["checkpoint"]["$base64"]
@@ -1045,7 +1061,7 @@ async fn agent_framework_outputs() {
     .unwrap();
     assert!(json.is_object());
 
-    let phase = corpus("ElasRamanauskas__memory_phase_agent/memory.db");
+    let phase = corpus.join("ElasRamanauskas__memory_phase_agent/memory.db");
     let rows = convert(&phase, "m", "memory.db", "episodes", Target::Memories).await;
     assert_eq!(rows.len(), 90);
     let emb = rows[0].record.content()["embedding"]["$base64"]

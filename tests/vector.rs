@@ -694,7 +694,11 @@ async fn first_embedding(
 
 #[tokio::test]
 async fn legacy_embeddings_in_the_public_corpus_are_decoded_on_request() {
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/public");
+    let Some(corpus) =
+        common::corpus("legacy_embeddings_in_the_public_corpus_are_decoded_on_request")
+    else {
+        return;
+    };
     let db = TestDatabase::migrated().await;
     let mut options = BackfillOptions::new(&corpus);
     options.map = options
