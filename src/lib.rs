@@ -18,6 +18,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! A stored value keeps its exact JSON text ([`Json`]): key order, numbers of any size in
+//! their written form, escapes. The crate turns on no `serde_json` feature that would
+//! change how your own code serializes or deserializes.
+//!
 //! The PostgreSQL tables are those of the data contract, shared with an admin
 //! application; [`migrate`] creates them when asked, and [`PostgresBackend::connect`]
 //! checks that they are there.
@@ -34,6 +38,7 @@ pub mod backend;
 pub mod backfill;
 pub mod config;
 pub mod error;
+mod json;
 pub mod legacy;
 pub mod record;
 pub mod schema;
@@ -46,6 +51,7 @@ pub use agent::AgentMemory;
 pub use backend::{MemoryBackend, PostgresBackend, PostgresOptions, SqliteBackend, SqliteOptions};
 pub use config::{AgentConfig, BackendKind};
 pub use error::{Chain, Error, Result, redact_url};
+pub use json::Json;
 pub use record::{AgentId, Execution, MAX_KEY_BYTES, Memory, Metadata, Metric, Tool};
 pub use schema::{migrate, missing_schema};
 pub use vector::{DistanceMetric, Embedder, Neighbor, VectorIndex, VectorQuery};
