@@ -453,7 +453,8 @@ async fn library_files_move_as_themselves() {
 /// metric and an execution.
 async fn library_agent(root: &Path, agent: &AgentId) {
     let sqlite = SqliteBackend::new(root);
-    for (key, value) in [("k", json!({"v": 2.50})), ("other", json!("text"))] {
+    for (key, value) in [("k", r#"{"v": 2.50}"#), ("other", r#""text""#)] {
+        let value: memshift::Json = value.parse().unwrap();
         sqlite
             .put_memory(
                 agent,
@@ -541,10 +542,11 @@ async fn verify_checks_every_record_of_library_files() {
     assert!(outranked.passed(), "{outranked:#?}");
     assert_eq!(outranked.tables[0].newer_in_postgres, 1);
 
-    // Rows changed in PostgreSQL behind the library's back, and a deleted key back.
+    // Rows changed in PostgreSQL behind the library's back (2.50 rewritten as 2.5, a
+    // metric's value), and a deleted key back.
     let mut conn = connect(&db).await;
     sqlx::raw_sql(
-        r#"update agent_memories set content = '{"v": 3}' where key = 'k';
+        r#"update agent_memories set content = '{"v": 2.5}' where key = 'k';
            update agent_metrics set value = 2.5 where name = 'latency';
            insert into agent_memories (id, agent_id, key, content, created_at, updated_at)
            select gen_random_uuid(), id, 'gone', '"back"', '2000-01-01', '2000-01-01'

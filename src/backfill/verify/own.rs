@@ -4,10 +4,8 @@
 
 use std::collections::HashMap;
 
-use serde_json::Value;
-
 use super::TableCheck;
-use crate::backend::dual::same_json;
+use crate::backend::dual::same_metadata;
 use crate::backend::{MemoryBackend, PostgresBackend, Replica};
 use crate::error::{Chain, Result};
 use crate::legacy::{ContractRecord, Source, Target, read_own_records, read_own_tombstones};
@@ -277,7 +275,7 @@ fn judge(own: &ContractRecord, held: &ContractRecord) -> Verdict {
 }
 
 /// The fields, other than the version, that differ between two records of one table.
-/// Content is compared exactly, as both sides store it as text; metadata by value, as
+/// Content is compared exactly, as both sides store its text; metadata by value, as
 /// PostgreSQL's `jsonb` may rewrite a number's written form.
 fn differing(own: &ContractRecord, held: &ContractRecord) -> Vec<&'static str> {
     let mut differ = Vec::new();
@@ -290,8 +288,7 @@ fn differing(own: &ContractRecord, held: &ContractRecord) -> Vec<&'static str> {
     if own.content() != held.content() {
         differ.push("content");
     }
-    let metadata = |r: &ContractRecord| Value::Object(r.metadata().clone());
-    if !same_json(&metadata(own), &metadata(held)) {
+    if !same_metadata(own.metadata(), held.metadata()) {
         differ.push("metadata");
     }
     match (own, held) {
