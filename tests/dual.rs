@@ -952,3 +952,50 @@ async fn an_undo_never_takes_back_a_newer_store() {
         .await;
     fx.assert_sides_agree().await;
 }
+
+/// A repair that meets a record whose copy is still under way (the other side's row is
+/// locked) waits for that copy instead of replaying the write beside it: the write is
+/// delivered once, by itself, and the repair counts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_repair_waits_for_a_copy_under_way_instead_of_replaying_it() {
+    use sqlx::Connection;
+    let fx = Fixture::new(Stage::DualWrite).await;
+    let agent = &fx.agent;
+    fx.put("k", json!("first")).await;
+    fx.dual.flush().await.expect("flush");
+    assert!(fx.journal(Side::Sqlite).await.is_empty());
+
+    let mut lock = sqlx::PgConnection::connect(&fx._db.url).await.expect("connect");
+    sqlx::query("begin").execute(&mut lock).await.unwrap();
+    sqlx::query(
+        "select 1 from agent_memories m join agents a on a.id = m.agent_id
+         where a.name = $1 and m.key = 'k' for update of m",
+    )
+    .bind(agent.as_str())
+    .fetch_one(&mut lock)
+    .await
+    .expect("lock the row");
+
+    let journaled = || async {
+        while fx.journal(Side::Sqlite).await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    let write = fx.put("k", json!("second"));
+    let repair = async {
+        journaled().await;
+        fx.dual.repair(agent).await.expect("repair")
+    };
+    let release = async {
+        journaled().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sqlx::query("rollback").execute(&mut lock).await.unwrap();
+    };
+    let (_, report, ()) = tokio::join!(write, repair, release);
+
+    assert_eq!((report.to_postgres, report.to_sqlite), (0, 0), "{report:?}");
+    assert_eq!(fx.dual.stats().owed_replayed, 0);
+    fx.assert_value("k", Some(&Json::from(json!("second"))), BOTH).await;
+    fx.dual.flush().await.expect("flush");
+    assert_eq!(fx.dual.owed_pending().await.unwrap(), 0);
+}
