@@ -36,11 +36,14 @@
 pub mod agent;
 pub mod backend;
 pub mod backfill;
+pub mod backup;
 pub mod config;
 pub mod error;
 mod json;
 pub mod legacy;
+mod progress;
 pub mod record;
+mod redact;
 pub mod schema;
 pub mod vector;
 
@@ -52,6 +55,7 @@ pub use backend::{MemoryBackend, PostgresBackend, PostgresOptions, SqliteBackend
 pub use config::{AgentConfig, BackendKind};
 pub use error::{Chain, Error, Result, redact_url};
 pub use json::Json;
+pub use progress::Progress;
 pub use record::{AgentId, Execution, MAX_KEY_BYTES, Memory, Metadata, Metric, Tool};
 pub use schema::{migrate, missing_schema};
 pub use vector::{DistanceMetric, Embedder, Neighbor, VectorIndex, VectorQuery};
@@ -63,7 +67,7 @@ pub use vector::{DistanceMetric, Embedder, Neighbor, VectorIndex, VectorQuery};
 /// Connection errors (never showing the password) and migration errors.
 pub async fn migrate_url(url: &str) -> Result<Vec<i64>> {
     let pool = backend::postgres::connect_pool(
-        url,
+        &backend::PgTarget::parse(url)?,
         &PostgresOptions {
             max_connections: 1,
             ..PostgresOptions::default()
