@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 pub use crate::backend::replica::OwedWrite;
-pub(crate) use compare::{same_memory, same_tool};
+pub(crate) use compare::{same_memory, same_metadata, same_tool};
 pub use health::DualOptions;
 pub use stats::{DualStats, Latency, SideStats};
 
