@@ -40,6 +40,43 @@ impl BackendKind {
             BackendKind::Dual => "dual",
         }
     }
+
+    /// The cargo features of memshift this backend is compiled with.
+    pub(crate) fn features(self) -> &'static [&'static str] {
+        match self {
+            BackendKind::Sqlite => &["sqlite"],
+            BackendKind::Postgres => &["postgres"],
+            BackendKind::Dual => &["sqlite", "postgres"],
+        }
+    }
+
+    /// `Ok` when this build holds the backend; otherwise an [`Error::Config`] naming the
+    /// features it lacks and how to turn them on.
+    pub(crate) fn check_compiled(self) -> Result<()> {
+        self.check_features(&[
+            ("sqlite", cfg!(feature = "sqlite")),
+            ("postgres", cfg!(feature = "postgres")),
+        ])
+    }
+
+    /// [`check_compiled`](Self::check_compiled) against `compiled`, each feature's name
+    /// and whether it is on.
+    fn check_features(self, compiled: &[(&str, bool)]) -> Result<()> {
+        let on = |feature: &&str| compiled.iter().any(|(name, is_on)| name == feature && *is_on);
+        let missing: Vec<&str> = self.features().iter().copied().filter(|f| !on(f)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let named: Vec<String> = missing.iter().map(|f| format!("`{f}`")).collect();
+        let quoted: Vec<String> = self.features().iter().map(|f| format!("\"{f}\"")).collect();
+        Err(Error::config(format!(
+            "memory_backend = {self} is not in this build: it needs memshift's {} {}; \
+             turn on features = [{}] for memshift in Cargo.toml",
+            named.join(" and "),
+            if missing.len() == 1 { "feature" } else { "features" },
+            quoted.join(", ")
+        )))
+    }
 }
 
 /// A migration stage of the dual backend: which side takes writes, which serves reads,
@@ -315,6 +352,54 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn a_backend_left_out_of_the_build_names_its_feature() {
+        let sqlite_only = [("sqlite", true), ("postgres", false)];
+        let err = BackendKind::Postgres
+            .check_features(&sqlite_only)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("memory_backend = postgres"), "{err}");
+        assert!(err.contains("memshift's `postgres` feature;"), "{err}");
+        assert!(err.contains(r#"features = ["postgres"]"#), "{err}");
+        let err = BackendKind::Dual
+            .check_features(&sqlite_only)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`postgres` feature;"), "{err}");
+        assert!(err.contains(r#"features = ["sqlite", "postgres"]"#), "{err}");
+        assert!(BackendKind::Sqlite.check_features(&sqlite_only).is_ok());
+
+        let neither = [("sqlite", false), ("postgres", false)];
+        let err = BackendKind::Dual
+            .check_features(&neither)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`sqlite` and `postgres` features;"), "{err}");
+    }
+
+    #[test]
+    #[cfg(all(feature = "sqlite", feature = "postgres"))]
+    fn the_default_build_holds_every_backend() {
+        for kind in BackendKind::ALL {
+            assert!(kind.check_compiled().is_ok(), "{kind}");
+        }
+    }
+
+    /// Run by `tests/features.rs` in a build without PostgreSQL.
+    #[tokio::test]
+    #[cfg(all(feature = "sqlite", not(feature = "postgres")))]
+    async fn a_sqlite_only_build_refuses_postgres_and_dual() {
+        for kind in [BackendKind::Postgres, BackendKind::Dual] {
+            let mut config = AgentConfig::new("a");
+            config.memory_backend = kind;
+            config.database_url = Some("postgres://u:pw@127.0.0.1:1/d".into());
+            let err = crate::backend::open(&config).await.unwrap_err();
+            assert!(matches!(err, Error::Config { .. }), "{err:?}");
+            assert!(err.to_string().contains("`postgres` feature;"), "{err}");
+        }
     }
 
     #[test]

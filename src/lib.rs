@@ -28,12 +28,23 @@
 //! embeddings of migrated memories.
 
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+// Without a backend (`default-features = false` and neither `sqlite` nor `postgres`) the
+// crate still builds, holding only its types; what only the backends use is left over.
+#![cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres")),
+    allow(dead_code, unused_imports, unreachable_code)
+)]
 
 pub mod agent;
 pub mod backend;
+#[cfg(all(feature = "sqlite", feature = "postgres"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "sqlite", feature = "postgres"))))]
 pub mod backfill;
 pub mod config;
 pub mod error;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub mod legacy;
 pub mod record;
 pub mod schema;
@@ -43,10 +54,15 @@ pub mod vector;
 pub mod testing;
 
 pub use agent::AgentMemory;
-pub use backend::{MemoryBackend, PostgresBackend, PostgresOptions, SqliteBackend, SqliteOptions};
+pub use backend::MemoryBackend;
+#[cfg(feature = "postgres")]
+pub use backend::{PostgresBackend, PostgresOptions};
+#[cfg(feature = "sqlite")]
+pub use backend::{SqliteBackend, SqliteOptions};
 pub use config::{AgentConfig, BackendKind};
 pub use error::{Chain, Error, Result, redact_url};
 pub use record::{AgentId, Execution, MAX_KEY_BYTES, Memory, Metadata, Metric, Tool};
+#[cfg(feature = "postgres")]
 pub use schema::{migrate, missing_schema};
 pub use vector::{DistanceMetric, Embedder, Neighbor, VectorIndex, VectorQuery};
 
@@ -55,6 +71,8 @@ pub use vector::{DistanceMetric, Embedder, Neighbor, VectorIndex, VectorQuery};
 ///
 /// # Errors
 /// Connection errors (never showing the password) and migration errors.
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub async fn migrate_url(url: &str) -> Result<Vec<i64>> {
     let pool = backend::postgres::connect_pool(
         url,

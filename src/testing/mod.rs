@@ -9,6 +9,7 @@
 //! ```
 
 pub mod faulty;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod replication;
 pub mod scenarios;
@@ -18,6 +19,7 @@ use crate::record::AgentId;
 
 /// The statements the backends issue for a single store and a single retrieve, for
 /// benchmarks that time them without the library around them.
+#[cfg(all(feature = "sqlite", feature = "postgres"))]
 pub mod statements {
     use crate::backend::{postgres, sqlite};
 

@@ -41,14 +41,22 @@ use crate::record::Memory;
 
 mod distance;
 pub mod embed;
+#[cfg(all(feature = "sqlite", feature = "postgres"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "sqlite", feature = "postgres"))))]
 pub mod fill;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub mod legacy;
+#[cfg(feature = "postgres")]
 pub(crate) mod postgres;
+#[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
 
 pub use distance::distance;
 pub use embed::{Embedder, HashEmbedder};
+#[cfg(all(feature = "sqlite", feature = "postgres"))]
 pub use fill::{FillOptions, FillReport, TextSource, fill_embeddings, missing_embeddings};
+#[cfg(feature = "postgres")]
 pub use postgres::IndexBuild;
 
 /// The most dimensions a pgvector `vector` holds, and so the most a query may have.
@@ -109,6 +117,7 @@ impl DistanceMetric {
     }
 
     /// pgvector's distance operator for the metric.
+    #[cfg(feature = "postgres")]
     pub(crate) fn operator(self) -> &'static str {
         match self {
             DistanceMetric::Cosine => "<=>",
@@ -118,6 +127,7 @@ impl DistanceMetric {
     }
 
     /// The code the SQLite distance function takes for the metric.
+    #[cfg(feature = "sqlite")]
     pub(crate) fn code(self) -> i64 {
         match self {
             DistanceMetric::Cosine => 0,
