@@ -62,7 +62,11 @@ impl BackendKind {
     /// [`check_compiled`](Self::check_compiled) against `compiled`, each feature's name
     /// and whether it is on.
     fn check_features(self, compiled: &[(&str, bool)]) -> Result<()> {
-        let on = |feature: &&str| compiled.iter().any(|(name, is_on)| name == feature && *is_on);
+        let on = |feature: &&str| {
+            compiled
+                .iter()
+                .any(|(name, is_on)| name == feature && *is_on)
+        };
         let missing: Vec<&str> = self.features().iter().copied().filter(|f| !on(f)).collect();
         if missing.is_empty() {
             return Ok(());
@@ -73,7 +77,11 @@ impl BackendKind {
             "memory_backend = {self} is not in this build: it needs memshift's {} {}; \
              turn on features = [{}] for memshift in Cargo.toml",
             named.join(" and "),
-            if missing.len() == 1 { "feature" } else { "features" },
+            if missing.len() == 1 {
+                "feature"
+            } else {
+                "features"
+            },
             quoted.join(", ")
         )))
     }
@@ -369,7 +377,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("`postgres` feature;"), "{err}");
-        assert!(err.contains(r#"features = ["sqlite", "postgres"]"#), "{err}");
+        assert!(
+            err.contains(r#"features = ["sqlite", "postgres"]"#),
+            "{err}"
+        );
         assert!(BackendKind::Sqlite.check_features(&sqlite_only).is_ok());
 
         let neither = [("sqlite", false), ("postgres", false)];

@@ -202,15 +202,18 @@ impl fmt::Display for Chain<'_> {
 }
 
 /// A cause whose original text held a secret, kept as its redacted text.
+#[cfg(feature = "postgres")]
 #[derive(Debug)]
 struct Redacted(String);
 
+#[cfg(feature = "postgres")]
 impl fmt::Display for Redacted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
 }
 
+#[cfg(feature = "postgres")]
 impl StdError for Redacted {}
 
 /// Returns `url` with its password replaced by `***`, ready for messages and logs.
@@ -295,6 +298,7 @@ fn percent_decode(text: &str) -> Result<String, std::string::FromUtf8Error> {
 
 /// Boxes `err` as a cause, replacing it by its redacted text when any error in its chain
 /// would show one of `secrets`.
+#[cfg(feature = "postgres")]
 pub(crate) fn scrub<E>(err: E, secrets: &[String]) -> BoxError
 where
     E: StdError + Send + Sync + 'static,
@@ -346,6 +350,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "postgres")]
     fn scrub_replaces_causes_that_show_a_secret() {
         let io = std::io::Error::other("login as u:hunter2 refused");
         let scrubbed = scrub(io, &["hunter2".to_string()]);
