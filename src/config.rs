@@ -71,18 +71,18 @@ impl BackendKind {
         if missing.is_empty() {
             return Ok(());
         }
-        let named: Vec<String> = missing.iter().map(|f| format!("`{f}`")).collect();
-        let quoted: Vec<String> = self.features().iter().map(|f| format!("\"{f}\"")).collect();
+        let needed: Vec<String> = self.features().iter().map(|f| format!("`{f}`")).collect();
+        let add: Vec<String> = missing.iter().map(|f| format!("\"{f}\"")).collect();
         Err(Error::config(format!(
             "memory_backend = {self} is not in this build: it needs memshift's {} {}; \
-             turn on features = [{}] for memshift in Cargo.toml",
-            named.join(" and "),
-            if missing.len() == 1 {
+             add {} to memshift's features in Cargo.toml",
+            needed.join(" and "),
+            if needed.len() == 1 {
                 "feature"
             } else {
                 "features"
             },
-            quoted.join(", ")
+            add.join(" and ")
         )))
     }
 }
@@ -364,31 +364,31 @@ mod tests {
 
     #[test]
     fn a_backend_left_out_of_the_build_names_its_feature() {
+        let refusal = |kind: BackendKind, compiled: &[(&str, bool)]| {
+            kind.check_features(compiled).unwrap_err().to_string()
+        };
         let sqlite_only = [("sqlite", true), ("postgres", false)];
-        let err = BackendKind::Postgres
-            .check_features(&sqlite_only)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("memory_backend = postgres"), "{err}");
-        assert!(err.contains("memshift's `postgres` feature;"), "{err}");
-        assert!(err.contains(r#"features = ["postgres"]"#), "{err}");
-        let err = BackendKind::Dual
-            .check_features(&sqlite_only)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("`postgres` feature;"), "{err}");
+        assert_eq!(
+            refusal(BackendKind::Postgres, &sqlite_only),
+            "configuration: memory_backend = postgres is not in this build: it needs \
+             memshift's `postgres` feature; add \"postgres\" to memshift's features in \
+             Cargo.toml"
+        );
+        let err = refusal(BackendKind::Dual, &sqlite_only);
         assert!(
-            err.contains(r#"features = ["sqlite", "postgres"]"#),
+            err.contains("needs memshift's `sqlite` and `postgres` features; add \"postgres\" to"),
             "{err}"
         );
         assert!(BackendKind::Sqlite.check_features(&sqlite_only).is_ok());
 
+        let postgres_only = [("sqlite", false), ("postgres", true)];
+        let err = refusal(BackendKind::Sqlite, &postgres_only);
+        assert!(err.contains("`sqlite` feature; add \"sqlite\" to"), "{err}");
+        assert!(BackendKind::Postgres.check_features(&postgres_only).is_ok());
+
         let neither = [("sqlite", false), ("postgres", false)];
-        let err = BackendKind::Dual
-            .check_features(&neither)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("`sqlite` and `postgres` features;"), "{err}");
+        let err = refusal(BackendKind::Dual, &neither);
+        assert!(err.contains(r#"add "sqlite" and "postgres" to"#), "{err}");
     }
 
     #[test]
@@ -409,7 +409,7 @@ mod tests {
             config.database_url = Some("postgres://u:pw@127.0.0.1:1/d".into());
             let err = crate::backend::open(&config).await.unwrap_err();
             assert!(matches!(err, Error::Config { .. }), "{err:?}");
-            assert!(err.to_string().contains("`postgres` feature;"), "{err}");
+            assert!(err.to_string().contains(r#"add "postgres" to"#), "{err}");
         }
     }
 

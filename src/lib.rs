@@ -26,6 +26,17 @@
 //! [`VectorQuery`]): exactly in SQLite, through pgvector's HNSW indexes in PostgreSQL; the
 //! [`vector`] module has the details, the [`Embedder`] trait and the pass that fills the
 //! embeddings of migrated memories.
+//!
+//! # Features
+//!
+//! `sqlite` and `postgres`, both on by default, each bring their backend; the dual
+//! backend, the backfill and the embedding fill need both. A SQLite-only agent builds
+//! without the PostgreSQL driver and pgvector:
+//! `memshift = { version = "0.1", default-features = false, features = ["sqlite"] }`.
+//! Configuration asking for a backend the build leaves out (`MEMORY_BACKEND=postgres`
+//! there) fails with [`Error::Config`] naming the feature to turn on. `cli` builds the
+//! `memctl` and `backfill` programs (`cargo install memshift --features cli`); `testing`
+//! brings the conformance scenarios.
 
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
