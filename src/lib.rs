@@ -18,6 +18,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! A stored value keeps its exact JSON text ([`Json`]): key order, numbers of any size in
+//! their written form, escapes. The crate turns on no `serde_json` feature that would
+//! change how your own code serializes or deserializes.
+//!
 //! The PostgreSQL tables are those of the data contract, shared with an admin
 //! application; [`migrate`] creates them when asked, and [`PostgresBackend::connect`]
 //! checks that they are there.
@@ -54,6 +58,7 @@ pub mod backend;
 pub mod backfill;
 pub mod config;
 pub mod error;
+mod json;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub mod legacy;
@@ -72,6 +77,7 @@ pub use backend::{PostgresBackend, PostgresOptions};
 pub use backend::{SqliteBackend, SqliteOptions};
 pub use config::{AgentConfig, BackendKind};
 pub use error::{Chain, Error, Result, redact_url};
+pub use json::Json;
 pub use record::{AgentId, Execution, MAX_KEY_BYTES, Memory, Metadata, Metric, Tool};
 #[cfg(feature = "postgres")]
 pub use schema::{migrate, missing_schema};

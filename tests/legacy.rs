@@ -4,13 +4,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use chrono::{DateTime, Utc};
 use memshift::legacy::{
     ContractRecord, ContractRow, OpenStrategy, Probe, ReadOptions, Source, SourceRow, TableInfo,
     TableKind, TableMap, TableOutcome, Target, convert_row, discover, inventory, read_own_records,
     resolve_key_conflicts, row_id,
 };
-use memshift::{AgentId, Execution, Memory, MemoryBackend, Metric, SqliteBackend, Tool};
-use chrono::{DateTime, Utc};
+use memshift::{AgentId, Execution, Json, Memory, MemoryBackend, Metric, SqliteBackend, Tool};
 use serde_json::{Value, json};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{ConnectOptions, Connection};
@@ -201,7 +201,7 @@ async fn metadata_holds_the_source_and_the_migration_time() {
 
 #[tokio::test]
 async fn ids_depend_only_on_agent_db_table_and_rowid() {
-    let key = json!(7);
+    let key = Json::from(json!(7));
     let id = row_id(&agent("crawler"), "crawler/memory.db", "memory", &key);
     // uuid5(a581f4c7-e8fc-5bbf-9361-1b7b5553cc3b, '["crawler","crawler/memory.db","memory",7]')
     assert_eq!(id.to_string(), "0d5145db-be5b-544b-88df-98526887968b");
@@ -209,12 +209,17 @@ async fn ids_depend_only_on_agent_db_table_and_rowid() {
         row_id(&agent("Crawler"), "crawler/memory.db", "memory", &key),
         row_id(&agent("crawler"), "crawler/memory2.db", "memory", &key),
         row_id(&agent("crawler"), "crawler/memory.db", "tools", &key),
-        row_id(&agent("crawler"), "crawler/memory.db", "memory", &json!(8)),
         row_id(
             &agent("crawler"),
             "crawler/memory.db",
             "memory",
-            &json!({"k": 7}),
+            &json!(8).into(),
+        ),
+        row_id(
+            &agent("crawler"),
+            "crawler/memory.db",
+            "memory",
+            &json!({"k": 7}).into(),
         ),
     ];
     assert!(others.iter().all(|o| *o != id));
@@ -239,7 +244,12 @@ async fn ids_depend_only_on_agent_db_table_and_rowid() {
         assert_eq!(later.record.id(), before.record.id());
         assert_eq!(
             later.record.id(),
-            row_id(&agent("a"), "a/m.db", "memory", &json!(row.rowid.unwrap()))
+            row_id(
+                &agent("a"),
+                "a/m.db",
+                "memory",
+                &json!(row.rowid.unwrap()).into()
+            )
         );
     }
 }
@@ -372,7 +382,7 @@ async fn without_rowid_tables_are_keyed_by_their_primary_key_in_batches() {
             &agent("a"),
             "a/w.db",
             "my \"odd\" tablé",
-            &json!({"a": "w", "b": {"$base64": "AA=="}})
+            &json!({"a": "w", "b": {"$base64": "AA=="}}).into()
         )
     );
     let ContractRecord::Tool(tool) = &converted[0].record else {
@@ -382,6 +392,57 @@ async fn without_rowid_tables_are_keyed_by_their_primary_key_in_batches() {
         tool.name,
         r#"my "odd" tablé:{"a":"w","b":{"$base64":"AA=="}}"#
     );
+    assert_eq!(
+        content(&converted[0]),
+        r#"{"b":{"$base64":"AA=="},"a":"w","v":3}"#,
+        "content in column order"
+    );
+}
+
+/// A primary key whose columns are not in name order names the row in key order.
+#[tokio::test]
+async fn without_rowid_ids_take_the_key_in_key_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = generated(
+        dir.path(),
+        "a/k.db",
+        "create table t (v, z text, a text, primary key (z, a)) without rowid;
+         insert into t values (1, 'zz', 'aa');",
+    )
+    .await;
+    let mut source = open(&path).await;
+    let info = table(&mut source, "t").await;
+    let rows = all_rows(&mut source, &info).await;
+    let row = convert_row(
+        &agent("a"),
+        "a/k.db",
+        &info,
+        Target::Tools,
+        &rows[0],
+        migrated_at(),
+    )
+    .unwrap();
+    let name = r#"["a","a/k.db","t",{"z":"zz","a":"aa"}]"#;
+    let namespace = memshift::legacy::LEGACY_ROW_NAMESPACE;
+    assert_eq!(
+        row.record.id(),
+        uuid::Uuid::new_v5(&namespace, name.as_bytes())
+    );
+    assert_eq!(
+        row.record.id(),
+        row_id(
+            &agent("a"),
+            "a/k.db",
+            "t",
+            &r#"{"z":"zz","a":"aa"}"#.parse().unwrap()
+        )
+    );
+    let ContractRecord::Tool(tool) = &row.record else {
+        unreachable!()
+    };
+    assert_eq!(tool.name, r#"t:{"z":"zz","a":"aa"}"#);
+    assert_eq!(content(&row), r#"{"v":1,"z":"zz","a":"aa"}"#);
+    assert_eq!(tool.metadata["source_key"], json!({"z": "zz", "a": "aa"}));
 }
 
 #[tokio::test]
@@ -415,7 +476,7 @@ async fn big_values_and_awkward_names_survive() {
         migrated_at(),
     )
     .unwrap();
-    let content = row.record.content();
+    let content: Value = row.record.content().parse().unwrap();
     assert_eq!(content["a b"].as_str().unwrap().len(), 1 << 20);
     assert_eq!(
         content["c\"d"]["$base64"].as_str().unwrap().len(),
@@ -501,7 +562,9 @@ async fn the_library_layout_moves_as_itself() {
     meta.insert("source".into(), json!("agent"));
     let memory = Memory::new(
         "k",
-        json!({"n": 1.50, "big": 123456789012345678901234567890u128}),
+        r#"{"n": 1.50, "big": 123456789012345678901234567890}"#
+            .parse::<Json>()
+            .unwrap(),
     )
     .with_metadata(meta)
     .with_embedding(vec![0.5, -1.25, 3.4e38]);
@@ -1044,18 +1107,19 @@ async fn agent_framework_outputs() {
     drop(source);
     let rows = convert(&lg, "lg", "lg.sqlite", "writes", Target::Executions).await;
     assert_eq!(rows.len(), 6);
-    assert!(rows[0].record.content()["value"]["$base64"].is_string());
+    assert!(rows[0].record.content().parse::<Value>().unwrap()["value"]["$base64"].is_string());
 
     let old = corpus.join("bartoszkozakiewicz__long-term-memory-agent/checkpoints.sqlite");
     let rows = convert(&old, "lg", "old.sqlite", "checkpoints", Target::Executions).await;
     assert_eq!(rows.len(), 63);
-    let blob = rows[0].record.content()["checkpoint"]["$base64"]
+    let blob = rows[0].record.content().parse::<Value>().unwrap()["checkpoint"]["$base64"]
         .as_str()
-        .unwrap();
+        .unwrap()
+        .to_string();
     use base64::Engine as _;
     let json: Value = serde_json::from_slice(
         &base64::engine::general_purpose::STANDARD
-            .decode(blob)
+            .decode(&blob)
             .unwrap(),
     )
     .unwrap();
@@ -1064,9 +1128,10 @@ async fn agent_framework_outputs() {
     let phase = corpus.join("ElasRamanauskas__memory_phase_agent/memory.db");
     let rows = convert(&phase, "m", "memory.db", "episodes", Target::Memories).await;
     assert_eq!(rows.len(), 90);
-    let emb = rows[0].record.content()["embedding"]["$base64"]
+    let emb = rows[0].record.content().parse::<Value>().unwrap()["embedding"]["$base64"]
         .as_str()
-        .unwrap();
+        .unwrap()
+        .to_string();
     assert_eq!(emb.len(), 1536 / 3 * 4);
     assert_eq!(
         rows[0].record.created_at().to_rfc3339(),
@@ -1221,7 +1286,7 @@ async fn keys_and_names_too_long_for_postgres_arrive_without_them() {
     assert_eq!(first.key, None, "a key PostgreSQL's index cannot hold");
     assert_eq!(first.metadata["key_too_long"], json!(20_000), "in bytes");
     assert_eq!(
-        first.content["key"],
+        first.content.parse::<Value>().unwrap()["key"],
         json!(long),
         "content keeps the key exactly"
     );
@@ -1237,7 +1302,7 @@ async fn keys_and_names_too_long_for_postgres_arrive_without_them() {
     };
     assert_eq!(tool.name, "tools:1", "the fallback name");
     assert_eq!(tool.metadata["name_too_long"], json!(20_000));
-    assert_eq!(tool.content["name"], json!(long));
+    assert_eq!(tool.content.parse::<Value>().unwrap()["name"], json!(long));
     assert!(tool.validate().is_ok());
     // Without a rowid the fallback would hold the long key itself: the row's id instead.
     let metrics = convert(&path, "a", "a/legacy.db", "metrics", Target::Metrics).await;

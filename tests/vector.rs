@@ -524,7 +524,7 @@ impl Embedder for Meddling {
                 .get_memory(&self.agent, &self.key)
                 .await?
                 .unwrap();
-            memory.content = json!({"content": "rewritten while embedding"});
+            memory.content = json!({"content": "rewritten while embedding"}).into();
             memory.updated_at = memshift::record::now();
             self.backend.put_memory(&self.agent, &memory).await?;
         }
