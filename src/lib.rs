@@ -56,13 +56,18 @@ pub mod backend;
 #[cfg(all(feature = "sqlite", feature = "postgres"))]
 #[cfg_attr(docsrs, doc(cfg(all(feature = "sqlite", feature = "postgres"))))]
 pub mod backfill;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub mod backup;
 pub mod config;
 pub mod error;
 mod json;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub mod legacy;
+mod progress;
 pub mod record;
+mod redact;
 pub mod schema;
 pub mod vector;
 
@@ -78,6 +83,7 @@ pub use backend::{SqliteBackend, SqliteOptions};
 pub use config::{AgentConfig, BackendKind};
 pub use error::{Chain, Error, Result, redact_url};
 pub use json::Json;
+pub use progress::Progress;
 pub use record::{AgentId, Execution, MAX_KEY_BYTES, Memory, Metadata, Metric, Tool};
 #[cfg(feature = "postgres")]
 pub use schema::{migrate, missing_schema};
@@ -92,7 +98,7 @@ pub use vector::{DistanceMetric, Embedder, Neighbor, VectorIndex, VectorQuery};
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub async fn migrate_url(url: &str) -> Result<Vec<i64>> {
     let pool = backend::postgres::connect_pool(
-        url,
+        &backend::PgTarget::parse(url)?,
         &PostgresOptions {
             max_connections: 1,
             ..PostgresOptions::default()

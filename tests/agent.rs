@@ -3,9 +3,9 @@
 
 mod common;
 
+use common::{memctl, stdout};
 use memshift::testing::postgres::TestDatabase;
 use memshift::{AgentConfig, AgentMemory, BackendKind, Error};
-use common::{memctl, stdout};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 

@@ -7,9 +7,10 @@ use pgvector::Vector;
 use sqlx::Row;
 use sqlx::types::Json;
 
-use super::{
+use super::PostgresBackend;
+use super::sql::{
     DELETE_MEMORY, DELETE_MEMORY_UP_TO, DROP_DELETED, LOG_EXECUTION, PUT_MEMORY, PUT_MEMORY_PLAIN,
-    PUT_TOOL, PostgresBackend, RECORD_METRIC,
+    PUT_TOOL, RECORD_METRIC,
 };
 use crate::backend::codec::json_text;
 use crate::backend::replica::{Change, Committed, Outcome, OwedCount, OwedRecord, Replica};
