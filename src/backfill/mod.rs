@@ -31,7 +31,7 @@ pub use crate::progress::Progress;
 
 use crate::backend::{PgTarget, PostgresBackend, PostgresOptions};
 use crate::error::{Error, Result};
-use crate::legacy::{ReadOptions, TableMap, TableOutcome, inventory};
+use crate::legacy::{Probe, ReadOptions, TableMap, TableOutcome, inventory};
 
 /// Why a table of another name is not migrated, and what to do about it.
 pub(crate) const UNMAPPED: &str = "unmapped: not a contract table (map it with --map TABLE=TARGET)";
@@ -76,11 +76,17 @@ pub async fn dry_run(options: &BackfillOptions) -> Report {
     let found = inventory(&options.agents_path, &options.map, &options.read).await;
     let mut report = engine::empty_report(options, "dry-run".into(), None, true);
     for file in found.files {
+        let kind = file.probe.kind();
+        // A file that could not be probed states why, as a run's report does.
+        let problem = match file.probe {
+            Probe::Problem(why) => Some(why),
+            _ => file.problem,
+        };
         report.files.push(FileReport {
             source_db: file.source_db,
             agent: file.agent,
-            kind: file.probe.kind(),
-            problem: file.problem,
+            kind,
+            problem,
             tables: file
                 .tables
                 .into_iter()

@@ -15,7 +15,7 @@ pub fn same_json(a: &Json, b: &Json) -> bool {
 }
 
 /// Metadata compared as [`same_json`] compares contents.
-fn same_metadata(a: &Metadata, b: &Metadata) -> bool {
+pub(crate) fn same_metadata(a: &Metadata, b: &Metadata) -> bool {
     // A map of JSON values always serializes.
     a == b || matches!((Json::new(a), Json::new(b)), (Ok(a), Ok(b)) if same_json(&a, &b))
 }

@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 pub use crate::backend::replica::OwedWrite;
+pub(crate) use compare::same_metadata;
 pub use compare::{same_json, same_memory, same_tool};
 pub use health::DualOptions;
 pub use stats::{DualStats, Latency, SideStats};
