@@ -373,8 +373,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
     })
 }
 
+// `pub(crate)`: src/bin/backfill.rs runs it as the installed program.
 #[tokio::main]
-async fn main() -> ExitCode {
+pub(crate) async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

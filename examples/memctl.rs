@@ -395,8 +395,9 @@ async fn both_sides(
     Ok(Outcome::Done)
 }
 
+// `pub(crate)`: src/bin/memctl.rs runs it as the installed program.
 #[tokio::main]
-async fn main() -> ExitCode {
+pub(crate) async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

@@ -40,6 +40,51 @@ impl BackendKind {
             BackendKind::Dual => "dual",
         }
     }
+
+    /// The cargo features of memshift this backend is compiled with.
+    pub(crate) fn features(self) -> &'static [&'static str] {
+        match self {
+            BackendKind::Sqlite => &["sqlite"],
+            BackendKind::Postgres => &["postgres"],
+            BackendKind::Dual => &["sqlite", "postgres"],
+        }
+    }
+
+    /// `Ok` when this build holds the backend; otherwise an [`Error::Config`] naming the
+    /// features it lacks and how to turn them on.
+    pub(crate) fn check_compiled(self) -> Result<()> {
+        self.check_features(&[
+            ("sqlite", cfg!(feature = "sqlite")),
+            ("postgres", cfg!(feature = "postgres")),
+        ])
+    }
+
+    /// [`check_compiled`](Self::check_compiled) against `compiled`, each feature's name
+    /// and whether it is on.
+    fn check_features(self, compiled: &[(&str, bool)]) -> Result<()> {
+        let on = |feature: &&str| {
+            compiled
+                .iter()
+                .any(|(name, is_on)| name == feature && *is_on)
+        };
+        let missing: Vec<&str> = self.features().iter().copied().filter(|f| !on(f)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let needed: Vec<String> = self.features().iter().map(|f| format!("`{f}`")).collect();
+        let add: Vec<String> = missing.iter().map(|f| format!("\"{f}\"")).collect();
+        Err(Error::config(format!(
+            "memory_backend = {self} is not in this build: it needs memshift's {} {}; \
+             add {} to memshift's features in Cargo.toml",
+            needed.join(" and "),
+            if needed.len() == 1 {
+                "feature"
+            } else {
+                "features"
+            },
+            add.join(" and ")
+        )))
+    }
 }
 
 /// A migration stage of the dual backend: which side takes writes, which serves reads,
@@ -327,6 +372,57 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn a_backend_left_out_of_the_build_names_its_feature() {
+        let refusal = |kind: BackendKind, compiled: &[(&str, bool)]| {
+            kind.check_features(compiled).unwrap_err().to_string()
+        };
+        let sqlite_only = [("sqlite", true), ("postgres", false)];
+        assert_eq!(
+            refusal(BackendKind::Postgres, &sqlite_only),
+            "configuration: memory_backend = postgres is not in this build: it needs \
+             memshift's `postgres` feature; add \"postgres\" to memshift's features in \
+             Cargo.toml"
+        );
+        let err = refusal(BackendKind::Dual, &sqlite_only);
+        assert!(
+            err.contains("needs memshift's `sqlite` and `postgres` features; add \"postgres\" to"),
+            "{err}"
+        );
+        assert!(BackendKind::Sqlite.check_features(&sqlite_only).is_ok());
+
+        let postgres_only = [("sqlite", false), ("postgres", true)];
+        let err = refusal(BackendKind::Sqlite, &postgres_only);
+        assert!(err.contains("`sqlite` feature; add \"sqlite\" to"), "{err}");
+        assert!(BackendKind::Postgres.check_features(&postgres_only).is_ok());
+
+        let neither = [("sqlite", false), ("postgres", false)];
+        let err = refusal(BackendKind::Dual, &neither);
+        assert!(err.contains(r#"add "sqlite" and "postgres" to"#), "{err}");
+    }
+
+    #[test]
+    #[cfg(all(feature = "sqlite", feature = "postgres"))]
+    fn the_default_build_holds_every_backend() {
+        for kind in BackendKind::ALL {
+            assert!(kind.check_compiled().is_ok(), "{kind}");
+        }
+    }
+
+    /// Run by `tests/features.rs` in a build without PostgreSQL.
+    #[tokio::test]
+    #[cfg(all(feature = "sqlite", not(feature = "postgres")))]
+    async fn a_sqlite_only_build_refuses_postgres_and_dual() {
+        for kind in [BackendKind::Postgres, BackendKind::Dual] {
+            let mut config = AgentConfig::new("a");
+            config.memory_backend = kind;
+            config.database_url = Some("postgres://u:pw@127.0.0.1:1/d".into());
+            let err = crate::backend::open(&config).await.unwrap_err();
+            assert!(matches!(err, Error::Config { .. }), "{err:?}");
+            assert!(err.to_string().contains(r#"add "postgres" to"#), "{err}");
+        }
     }
 
     #[test]

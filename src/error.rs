@@ -143,6 +143,7 @@ impl Error {
     }
 
     /// [`Error::Connect`] to `target`, which failed with `cause`.
+    #[cfg(feature = "postgres")]
     pub(crate) fn connect(target: &ConnectionString, cause: sqlx::Error) -> Self {
         Error::Connect {
             target: target.shown().to_string(),
@@ -151,6 +152,7 @@ impl Error {
     }
 
     /// [`Error::Connect`] to `target`, which did not answer in time: a lost connection.
+    #[cfg(feature = "postgres")]
     pub(crate) fn connect_timed_out(target: &ConnectionString, cause: std::io::Error) -> Self {
         Error::Connect {
             target: target.shown().to_string(),
@@ -160,6 +162,8 @@ impl Error {
 
     /// [`Error::Database`] for a call that could not reach `backend` at all (a server
     /// known to be down, an injected fault): a lost connection, whatever `cause` says.
+    // The dual backend's (which needs both backends) and `testing`'s.
+    #[cfg_attr(not(all(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     pub(crate) fn unreachable(
         backend: &'static str,
         operation: impl Into<String>,

@@ -30,16 +30,40 @@
 //! [`VectorQuery`]): exactly in SQLite, through pgvector's HNSW indexes in PostgreSQL; the
 //! [`vector`] module has the details, the [`Embedder`] trait and the pass that fills the
 //! embeddings of migrated memories.
+//!
+//! # Features
+//!
+//! `sqlite` and `postgres`, both on by default, each bring their backend; the dual
+//! backend, the backfill and the embedding fill need both. A SQLite-only agent builds
+//! without the PostgreSQL driver and pgvector:
+//! `memshift = { version = "0.1", default-features = false, features = ["sqlite"] }`.
+//! Configuration asking for a backend the build leaves out (`MEMORY_BACKEND=postgres`
+//! there) fails with [`Error::Config`] naming the feature to turn on. `cli` builds the
+//! `memctl` and `backfill` programs (`cargo install memshift --features cli`); `testing`
+//! brings the conformance scenarios.
 
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+// Without a backend (`default-features = false` and neither `sqlite` nor `postgres`) the
+// crate still builds, holding only its types; what only the backends use is left over.
+#![cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres")),
+    allow(dead_code, unused_imports, unreachable_code)
+)]
 
 pub mod agent;
 pub mod backend;
+#[cfg(all(feature = "sqlite", feature = "postgres"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "sqlite", feature = "postgres"))))]
 pub mod backfill;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub mod backup;
 pub mod config;
 pub mod error;
 mod json;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub mod legacy;
 mod progress;
 pub mod record;
@@ -51,7 +75,11 @@ pub mod vector;
 pub mod testing;
 
 pub use agent::AgentMemory;
-pub use backend::{MemoryBackend, PostgresBackend, PostgresOptions, SqliteBackend, SqliteOptions};
+pub use backend::MemoryBackend;
+#[cfg(feature = "postgres")]
+pub use backend::{PostgresBackend, PostgresOptions};
+#[cfg(feature = "sqlite")]
+pub use backend::{SqliteBackend, SqliteOptions};
 pub use config::{AgentConfig, BackendKind};
 pub use error::{Chain, Error, Result, redact_url};
 pub use json::Json;
@@ -69,6 +97,8 @@ pub use vector::{DistanceMetric, Embedder, Neighbor, VectorIndex, VectorQuery};
 /// Connection errors (never showing the password), and [`Error::Database`] when a
 /// statement fails (for example `permission denied to create extension "vector"`);
 /// nothing is applied then.
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub async fn migrate_url(url: &str) -> Result<Vec<i64>> {
     let pool = backend::postgres::connect_pool(
         &backend::PgTarget::parse(url)?,

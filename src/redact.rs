@@ -103,6 +103,8 @@ impl ConnectionString {
     }
 
     /// The text to show in messages, logs and reports.
+    // Of the PostgreSQL side's connection strings (and this file's tests).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn shown(&self) -> &str {
         &self.shown
     }
@@ -110,6 +112,7 @@ impl ConnectionString {
     /// Why the text cannot be used as written, when the driver would misread it rather
     /// than refuse it: a URL without `//`, a `key=value` string, a password holding a
     /// character that ends the URL's host part.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub(crate) fn problem(&self) -> Option<&str> {
         self.problem.as_deref()
     }

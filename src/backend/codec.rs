@@ -1,9 +1,11 @@
 //! Value forms both backends share: JSON text, time text and embedding bytes.
 
+#[cfg(feature = "sqlite")]
 use chrono::{DateTime, Utc};
 
 use crate::error::{Error, Result};
 use crate::json::Json;
+#[cfg(feature = "sqlite")]
 use crate::record::Metadata;
 
 /// A stored value as the exact text both databases store: its own.
@@ -12,6 +14,7 @@ pub(crate) fn json_text(value: &Json) -> &str {
 }
 
 /// Metadata as the JSON text SQLite stores.
+#[cfg(feature = "sqlite")]
 pub(crate) fn metadata_text(metadata: &Metadata) -> String {
     // A map of JSON values always serializes.
     serde_json::to_string(metadata).unwrap_or_else(|_| "{}".to_string())
@@ -26,6 +29,7 @@ pub(crate) fn parse_json(text: &str, what: impl FnOnce() -> String) -> Result<Js
 }
 
 /// Parses stored metadata, which must be a JSON object.
+#[cfg(feature = "sqlite")]
 pub(crate) fn parse_metadata(text: &str, what: impl FnOnce() -> String) -> Result<Metadata> {
     serde_json::from_str(text).map_err(|source| Error::Json {
         context: what(),
@@ -35,11 +39,13 @@ pub(crate) fn parse_metadata(text: &str, what: impl FnOnce() -> String) -> Resul
 
 /// Times as SQLite stores them: RFC 3339 UTC with microseconds, fixed width, so text
 /// order is time order.
+#[cfg(feature = "sqlite")]
 pub(crate) fn time_text(at: &DateTime<Utc>) -> String {
     at.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
 }
 
 /// Parses a time written by [`time_text`] (or any RFC 3339 time).
+#[cfg(feature = "sqlite")]
 pub(crate) fn parse_time(text: &str, what: impl FnOnce() -> String) -> Result<DateTime<Utc>> {
     DateTime::parse_from_rfc3339(text)
         .map(|t| t.with_timezone(&Utc))
@@ -47,11 +53,13 @@ pub(crate) fn parse_time(text: &str, what: impl FnOnce() -> String) -> Result<Da
 }
 
 /// An embedding as little-endian f32 bytes.
+#[cfg(feature = "sqlite")]
 pub(crate) fn embedding_bytes(embedding: &[f32]) -> Vec<u8> {
     embedding.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
 /// Reads little-endian f32 bytes back into an embedding.
+#[cfg(feature = "sqlite")]
 pub(crate) fn bytes_embedding(bytes: &[u8], what: impl FnOnce() -> String) -> Result<Vec<f32>> {
     if !bytes.len().is_multiple_of(4) {
         return Err(Error::invalid(
@@ -69,7 +77,7 @@ pub(crate) fn bytes_embedding(bytes: &[u8], what: impl FnOnce() -> String) -> Re
         .collect())
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sqlite"))]
 mod tests {
     use super::*;
 

@@ -11,17 +11,28 @@ use crate::error::Result;
 use crate::record::{AgentId, Execution, Memory, Metric, Tool};
 use crate::vector::{Neighbor, VectorQuery};
 
+#[cfg(feature = "postgres")]
 pub(crate) mod agent_rows;
 pub(crate) mod codec;
+#[cfg(all(feature = "sqlite", feature = "postgres"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "sqlite", feature = "postgres"))))]
 pub mod dual;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
 pub mod replica;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub mod sqlite;
 
+#[cfg(all(feature = "sqlite", feature = "postgres"))]
 pub use dual::DualBackend;
+#[cfg(feature = "postgres")]
 pub(crate) use postgres::PgTarget;
+#[cfg(feature = "postgres")]
 pub use postgres::{PostgresBackend, PostgresOptions};
 pub use replica::Replica;
+#[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteBackend, SqliteOptions};
 
 /// Storage for the four kinds of agent data: memories, tools, metrics and executions.
@@ -169,15 +180,23 @@ pub trait MemoryBackend: Send + Sync + std::fmt::Debug {
 /// Opens the backend `config` selects.
 ///
 /// # Errors
-/// [`Error::Config`](crate::Error::Config) when `postgres` has no URL; connection and
-/// schema errors from [`PostgresBackend::connect`].
+/// [`Error::Config`](crate::Error::Config) when the backend is not in this build (the
+/// message names the cargo feature that adds it) or `postgres` has no URL; connection
+/// and schema errors from `PostgresBackend::connect`.
 pub async fn open(config: &AgentConfig) -> Result<Arc<dyn MemoryBackend>> {
+    config.memory_backend.check_compiled()?;
     Ok(match config.memory_backend {
+        #[cfg(feature = "sqlite")]
         BackendKind::Sqlite => Arc::new(SqliteBackend::new(&config.agents_path)),
+        #[cfg(feature = "postgres")]
         BackendKind::Postgres => {
             Arc::new(connect_postgres(config, "memory_backend = postgres").await?)
         }
+        #[cfg(all(feature = "sqlite", feature = "postgres"))]
         BackendKind::Dual => Arc::new(open_dual(config).await?),
+        // Kinds this build leaves out, which `check_compiled` has refused.
+        #[cfg(not(all(feature = "sqlite", feature = "postgres")))]
+        kind => unreachable!("{kind} is not compiled in and was refused above"),
     })
 }
 
@@ -191,6 +210,8 @@ pub async fn open(config: &AgentConfig) -> Result<Arc<dyn MemoryBackend>> {
 /// # Errors
 /// [`Error::Config`](crate::Error::Config) without a URL or with a malformed one; a
 /// refused login; schema errors when PostgreSQL answers.
+#[cfg(all(feature = "sqlite", feature = "postgres"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "sqlite", feature = "postgres"))))]
 pub async fn open_dual(config: &AgentConfig) -> Result<DualBackend> {
     let target = PgTarget::parse(config.require_database_url("memory_backend = dual")?)?;
     let sqlite = Arc::new(SqliteBackend::new(&config.agents_path));
@@ -215,6 +236,7 @@ pub async fn open_dual(config: &AgentConfig) -> Result<DualBackend> {
     }
 }
 
+#[cfg(feature = "postgres")]
 fn postgres_options(config: &AgentConfig) -> PostgresOptions {
     PostgresOptions {
         max_connections: config.max_connections,
@@ -222,6 +244,7 @@ fn postgres_options(config: &AgentConfig) -> PostgresOptions {
     }
 }
 
+#[cfg(feature = "postgres")]
 async fn connect_postgres(config: &AgentConfig, purpose: &str) -> Result<PostgresBackend> {
     let target = PgTarget::parse(config.require_database_url(purpose)?)?;
     PostgresBackend::connect_to(target, postgres_options(config)).await

@@ -24,6 +24,9 @@
 //! - [`inventory`] counts everything for a dry run.
 
 mod discover;
+// Embeddings and tombstones of legacy files matter only to the backfill, which needs both
+// backends.
+#[cfg(feature = "postgres")]
 mod embedding;
 mod inventory;
 mod open;
@@ -34,9 +37,11 @@ mod time;
 mod value;
 
 pub use discover::{Found, Probe, discover};
+#[cfg(feature = "postgres")]
 pub(crate) use embedding::embedding_of;
 pub use inventory::{FileInventory, Inventory, TableInventory, TableOutcome, inventory};
 pub use open::{OpenStrategy, ReadOptions};
+#[cfg(feature = "postgres")]
 pub(crate) use own::read_own_tombstones;
 pub use read::TableKind;
 

@@ -6,6 +6,7 @@ use sqlx::Row;
 use super::Target;
 use super::open::Source;
 use super::row::{ContractRecord, ContractRow, RowSource};
+#[cfg(feature = "postgres")]
 use crate::backend::codec::parse_time;
 use crate::backend::sqlite::{execution_from_row, memory_from_row, metric_from_row, tool_from_row};
 use crate::error::{Error, Result};
@@ -91,6 +92,7 @@ pub async fn read_own_records(
 /// # Errors
 /// [`Error::Database`] when the table cannot be read (files written before tombstones
 /// existed have none, and give an empty list).
+#[cfg(feature = "postgres")]
 pub(crate) async fn read_own_tombstones(
     source: &mut Source,
 ) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>> {

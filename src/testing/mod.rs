@@ -9,6 +9,7 @@
 //! ```
 
 pub mod faulty;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod replication;
 pub mod scenarios;
@@ -20,6 +21,7 @@ use crate::record::AgentId;
 /// benchmarks that time them without the library around them. Door for the bench's
 /// floor (examples/bench/ops/raw.rs); not part of the API.
 #[doc(hidden)]
+#[cfg(all(feature = "sqlite", feature = "postgres"))]
 pub mod statements {
     use crate::backend::{postgres, sqlite};
 

@@ -16,6 +16,7 @@
 //! Stored embeddings (little-endian f32 bytes) are unpacked into two buffers each thread
 //! keeps and reuses, so a scan allocates nothing per row.
 
+#[cfg(feature = "sqlite")]
 use std::cell::RefCell;
 
 use super::DistanceMetric;
@@ -146,6 +147,7 @@ fn sums(metric: DistanceMetric, a: &[f32], b: &[f32]) -> Sums {
     sums_plain(metric, a, b)
 }
 
+#[cfg(feature = "sqlite")]
 thread_local! {
     /// Where [`distance_bytes`] unpacks its two embeddings: grown once per thread, then
     /// reused, so a scan of many rows allocates nothing per row.
@@ -153,6 +155,7 @@ thread_local! {
 }
 
 /// Unpacks little-endian f32 bytes into `into` (resized to fit).
+#[cfg(feature = "sqlite")]
 #[inline(always)]
 fn unpack(bytes: &[u8], into: &mut Vec<f32>) {
     into.clear();
@@ -186,6 +189,7 @@ pub fn distance(metric: DistanceMetric, a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// [`distance`] over two embeddings in their stored form, little-endian f32 bytes.
+#[cfg(feature = "sqlite")]
 pub(crate) fn distance_bytes(metric: DistanceMetric, a: &[u8], b: &[u8]) -> f64 {
     UNPACKED.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buffers) => {
@@ -207,7 +211,6 @@ pub(crate) fn distance_bytes(metric: DistanceMetric, a: &[u8], b: &[u8]) -> f64 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::codec::embedding_bytes;
 
     #[test]
     fn known_distances() {
@@ -225,7 +228,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "sqlite")]
     fn bytes_and_slices_agree() {
+        use crate::backend::codec::embedding_bytes;
+
         let a: Vec<f32> = (0..387)
             .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
             .collect();

@@ -41,13 +41,19 @@ use crate::record::{Memory, check_vector};
 
 mod distance;
 pub mod embed;
+#[cfg(all(feature = "sqlite", feature = "postgres"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "sqlite", feature = "postgres"))))]
 pub mod fill;
+#[cfg(feature = "postgres")]
 pub(crate) mod postgres;
+#[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
 
 pub use distance::distance;
 pub use embed::{Embedder, HashEmbedder};
+#[cfg(all(feature = "sqlite", feature = "postgres"))]
 pub use fill::{FillOptions, FillReport, TextSource, fill_embeddings, missing_embeddings};
+#[cfg(feature = "postgres")]
 pub use postgres::IndexBuild;
 
 pub use crate::record::MAX_DIMENSIONS;
@@ -107,6 +113,7 @@ impl DistanceMetric {
     }
 
     /// pgvector's distance operator for the metric.
+    #[cfg(feature = "postgres")]
     pub(crate) fn operator(self) -> &'static str {
         match self {
             DistanceMetric::Cosine => "<=>",
@@ -116,6 +123,7 @@ impl DistanceMetric {
     }
 
     /// The code the SQLite distance function takes for the metric.
+    #[cfg(feature = "sqlite")]
     pub(crate) fn code(self) -> i64 {
         match self {
             DistanceMetric::Cosine => 0,

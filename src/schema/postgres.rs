@@ -1,51 +1,14 @@
-//! The shipped schemas: embedded migrations for both databases, the migrators that apply
-//! them, and the start-up check that PostgreSQL has what the library needs.
+//! PostgreSQL: applying the shipped migrations, the library's bookkeeping schema, and
+//! checking that a database has what the library needs.
 
-use sqlx::{Connection, PgPool, Row, SqliteConnection};
+use sqlx::{PgPool, Row};
 
+use super::POSTGRES_MIGRATIONS;
 use crate::error::{Error, Result};
-
-/// One schema step, embedded from `migrations/<database>/`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Migration {
-    /// Applied in increasing order; recorded once applied.
-    pub version: i64,
-    /// The file's name without version and extension.
-    pub name: &'static str,
-    /// The statements.
-    pub sql: &'static str,
-}
-
-/// PostgreSQL migrations: the contract tables, the `vector` extension and the library's
-/// own `agent_memory` schema.
-pub(crate) const POSTGRES_MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "contract_tables",
-    sql: include_str!("../migrations/postgres/0001_contract_tables.sql"),
-}];
-
-/// SQLite migrations, applied to every agent file when it is opened.
-pub(crate) const SQLITE_MIGRATIONS: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "agent_memory",
-        sql: include_str!("../migrations/sqlite/0001_agent_memory.sql"),
-    },
-    Migration {
-        version: 2,
-        name: "replication",
-        sql: include_str!("../migrations/sqlite/0002_replication.sql"),
-    },
-    Migration {
-        version: 3,
-        name: "parked_owed",
-        sql: include_str!("../migrations/sqlite/0003_parked_owed.sql"),
-    },
-];
 
 /// The library's bookkeeping in PostgreSQL (schema `agent_memory`): applied migrations,
 /// memory tombstones and writes owed to SQLite. Created at connect, never in `public`.
-const BOOKKEEPING_SQL: &str = include_str!("../migrations/postgres/bookkeeping.sql");
+const BOOKKEEPING_SQL: &str = include_str!("../../migrations/postgres/bookkeeping.sql");
 
 /// Serialises concurrent migrators on one PostgreSQL database.
 const MIGRATE_LOCK: i64 = 0x6167_656e_745f_6d65; // "agent_me"
@@ -148,36 +111,6 @@ pub(crate) async fn ensure_bookkeeping(pool: &PgPool) -> Result<()> {
         .await
         .map_err(fail)?;
     tx.commit().await.map_err(fail)
-}
-
-/// Applies the SQLite migrations a freshly opened agent file lacks, under an immediate
-/// transaction so two processes opening the same file do not race.
-pub(crate) async fn migrate_sqlite(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
-    let mut tx = conn.begin_with("begin immediate").await?;
-    sqlx::raw_sql(
-        "create table if not exists agent_memory_schema (
-             version    integer primary key,
-             name       text not null,
-             applied_at text not null default (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
-         )",
-    )
-    .execute(&mut *tx)
-    .await?;
-    let done: Vec<i64> = sqlx::query_scalar("select version from agent_memory_schema")
-        .fetch_all(&mut *tx)
-        .await?;
-    for m in SQLITE_MIGRATIONS
-        .iter()
-        .filter(|m| !done.contains(&m.version))
-    {
-        sqlx::raw_sql(m.sql).execute(&mut *tx).await?;
-        sqlx::query("insert into agent_memory_schema (version, name) values (?, ?)")
-            .bind(m.version)
-            .bind(m.name)
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await
 }
 
 /// What the library reads and writes in each contract table.
