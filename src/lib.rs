@@ -26,6 +26,37 @@
 //! [`VectorQuery`]): exactly in SQLite, through pgvector's HNSW indexes in PostgreSQL; the
 //! [`vector`] module has the details, the [`Embedder`] trait and the pass that fills the
 //! embeddings of migrated memories.
+//!
+//! What a user implements or configures is at the crate root: the traits
+//! ([`MemoryBackend`], [`Embedder`]) with [`async_trait`] to implement them, the backends
+//! and their options, the dual backend ([`DualBackend`], [`DualOptions`]) and its
+//! [`Stage`]s, and [`Listing`] for filtered listings. Implementing a trait needs no
+//! dependency on `async-trait` of your own:
+//!
+//! ```
+//! use memshift::{Embedder, Result};
+//!
+//! /// Each text's length, as a one-dimensional vector.
+//! struct Lengths;
+//!
+//! #[memshift::async_trait]
+//! impl Embedder for Lengths {
+//!     fn name(&self) -> String {
+//!         "lengths".into()
+//!     }
+//!     fn dimensions(&self) -> usize {
+//!         1
+//!     }
+//!     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+//!         Ok(texts.iter().map(|t| vec![t.len() as f32]).collect())
+//!     }
+//! }
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let vectors = Lengths.embed(&["four".to_string()]).await.unwrap();
+//! assert_eq!(vectors, [[4.0]]);
+//! # });
+//! ```
 
 #![warn(missing_docs)]
 
@@ -42,9 +73,15 @@ pub mod vector;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+/// The attribute that implements [`MemoryBackend`] and [`Embedder`] (their methods are
+/// `async`): `#[memshift::async_trait]` on the `impl` block, re-exported from the
+/// `async-trait` crate so that implementing them needs no dependency of your own.
+pub use async_trait::async_trait;
+
 pub use agent::AgentMemory;
+pub use backend::dual::{DualBackend, DualOptions};
 pub use backend::{MemoryBackend, PostgresBackend, PostgresOptions, SqliteBackend, SqliteOptions};
-pub use config::{AgentConfig, BackendKind};
+pub use config::{AgentConfig, BackendKind, Stage};
 pub use error::{Chain, Error, Result, redact_url};
 pub use record::{AgentId, Execution, MAX_KEY_BYTES, Memory, Metadata, Metric, Tool};
 pub use schema::{migrate, missing_schema};
