@@ -10,6 +10,7 @@ use serde_json::Value;
 use crate::backend::{self, MemoryBackend};
 use crate::config::AgentConfig;
 use crate::error::{Error, Result};
+use crate::listing::Listing;
 use crate::record::{AgentId, Execution, Memory, Metric, Tool};
 use crate::vector::{Neighbor, VectorQuery};
 
@@ -159,8 +160,27 @@ impl AgentMemory {
     /// # Errors
     /// Backend errors.
     pub async fn memory_keys(&self) -> Result<Vec<String>> {
+        self.memory_keys_with(&Listing::default()).await
+    }
+
+    /// The stored keys `listing` selects (by prefix, stored or replaced since, at most
+    /// its limit), in byte order.
+    ///
+    /// ```no_run
+    /// # async fn demo(memory: memshift::AgentMemory) -> memshift::Result<()> {
+    /// use memshift::Listing;
+    /// let notes = Listing::new().prefix("notes/").limit(50);
+    /// for key in memory.memory_keys_with(&notes).await? {
+    ///     println!("{key}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a prefix holding NUL; backend errors.
+    pub async fn memory_keys_with(&self, listing: &Listing) -> Result<Vec<String>> {
         match &self.backend {
-            Some(backend) => backend.memory_keys(&self.agent).await,
+            Some(backend) => backend.memory_keys(&self.agent, listing).await,
             None => Ok(Vec::new()),
         }
     }
@@ -220,8 +240,17 @@ impl AgentMemory {
     /// # Errors
     /// Backend errors.
     pub async fn tools(&self) -> Result<Vec<Tool>> {
+        self.tools_with(&Listing::default()).await
+    }
+
+    /// The registered tools `listing` selects (by prefix of the name, registered or
+    /// changed since, at most its limit), in byte order of name.
+    ///
+    /// # Errors
+    /// As [`memory_keys_with`](Self::memory_keys_with).
+    pub async fn tools_with(&self, listing: &Listing) -> Result<Vec<Tool>> {
         match &self.backend {
-            Some(backend) => backend.list_tools(&self.agent).await,
+            Some(backend) => backend.list_tools(&self.agent, listing).await,
             None => Ok(Vec::new()),
         }
     }
@@ -249,8 +278,17 @@ impl AgentMemory {
     /// # Errors
     /// Backend errors.
     pub async fn metrics(&self) -> Result<Vec<Metric>> {
+        self.metrics_with(&Listing::default()).await
+    }
+
+    /// The measurements `listing` selects (by prefix of the name, recorded since, the
+    /// first ones up to its limit), oldest first.
+    ///
+    /// # Errors
+    /// As [`memory_keys_with`](Self::memory_keys_with).
+    pub async fn metrics_with(&self, listing: &Listing) -> Result<Vec<Metric>> {
         match &self.backend {
-            Some(backend) => backend.list_metrics(&self.agent).await,
+            Some(backend) => backend.list_metrics(&self.agent, listing).await,
             None => Ok(Vec::new()),
         }
     }
@@ -273,8 +311,17 @@ impl AgentMemory {
     /// # Errors
     /// Backend errors.
     pub async fn executions(&self) -> Result<Vec<Execution>> {
+        self.executions_with(&Listing::default()).await
+    }
+
+    /// The executions `listing` selects (by prefix of the status, logged since, the
+    /// first ones up to its limit), oldest first.
+    ///
+    /// # Errors
+    /// As [`memory_keys_with`](Self::memory_keys_with).
+    pub async fn executions_with(&self, listing: &Listing) -> Result<Vec<Execution>> {
         match &self.backend {
-            Some(backend) => backend.list_executions(&self.agent).await,
+            Some(backend) => backend.list_executions(&self.agent, listing).await,
             None => Ok(Vec::new()),
         }
     }

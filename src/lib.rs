@@ -28,7 +28,7 @@
 //! embeddings of migrated memories.
 //!
 //! What a user implements or configures is at the crate root: the traits
-//! ([`MemoryBackend`], [`Embedder`]) with [`async_trait`] to implement them, the backends
+//! ([`MemoryBackend`], [`Embedder`]) with [`async_trait`](macro@async_trait) to implement them, the backends
 //! and their options, the dual backend ([`DualBackend`], [`DualOptions`]) and its
 //! [`Stage`]s, and [`Listing`] for filtered listings. Implementing a trait needs no
 //! dependency on `async-trait` of your own:
@@ -66,6 +66,7 @@ pub mod backfill;
 pub mod config;
 pub mod error;
 pub mod legacy;
+mod listing;
 pub mod record;
 pub mod schema;
 pub mod vector;
@@ -83,6 +84,7 @@ pub use backend::dual::{DualBackend, DualOptions};
 pub use backend::{MemoryBackend, PostgresBackend, PostgresOptions, SqliteBackend, SqliteOptions};
 pub use config::{AgentConfig, BackendKind, Stage};
 pub use error::{Chain, Error, Result, redact_url};
+pub use listing::Listing;
 pub use record::{AgentId, Execution, MAX_KEY_BYTES, Memory, Metadata, Metric, Tool};
 pub use schema::{migrate, missing_schema};
 pub use vector::{DistanceMetric, Embedder, Neighbor, VectorIndex, VectorQuery};

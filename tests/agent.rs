@@ -4,7 +4,7 @@
 mod common;
 
 use memshift::testing::postgres::TestDatabase;
-use memshift::{AgentConfig, AgentMemory, BackendKind, Error};
+use memshift::{AgentConfig, AgentMemory, BackendKind, Error, Listing};
 use common::{memctl, stdout};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -64,6 +64,20 @@ async fn typed_round_trip(config: AgentConfig) {
         memory.memory_keys().await.unwrap(),
         ["conversation", "count"]
     );
+
+    // Listings with options, through the handle.
+    let counted = Listing::new().prefix("co").limit(1);
+    assert_eq!(
+        memory.memory_keys_with(&counted).await.unwrap(),
+        ["conversation"]
+    );
+    let later = Listing::new().since(chrono::Utc::now());
+    assert!(memory.memory_keys_with(&later).await.unwrap().is_empty());
+    assert_eq!(memory.tools_with(&Listing::new().prefix("s")).await.unwrap().len(), 1);
+    assert!(memory.tools_with(&Listing::new().prefix("x")).await.unwrap().is_empty());
+    assert_eq!(memory.metrics_with(&Listing::new().limit(1)).await.unwrap().len(), 1);
+    let statuses = Listing::new().prefix("failed");
+    assert!(memory.executions_with(&statuses).await.unwrap().is_empty());
 }
 
 #[tokio::test]

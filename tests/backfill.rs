@@ -10,7 +10,7 @@ use memshift::backend::Replica as _;
 use memshift::backfill::{self, BackfillOptions};
 use memshift::legacy::{self, ContractRecord, ReadOptions, Source, TableKind, TableMap};
 use memshift::testing::postgres::TestDatabase;
-use memshift::{AgentId, Memory, MemoryBackend, SqliteBackend};
+use memshift::{AgentId, Listing, Memory, MemoryBackend, SqliteBackend};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, Row};
 
@@ -332,7 +332,7 @@ async fn a_rollback_removes_exactly_one_run() {
         deleted.memories + deleted.tools + deleted.metrics + deleted.executions,
         10
     );
-    let keys = backend.memory_keys(&alpha).await.unwrap();
+    let keys = backend.memory_keys(&alpha, &Listing::default()).await.unwrap();
     assert_eq!(
         keys,
         ["own", "pricing"],

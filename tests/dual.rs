@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures_util::future::join_all as futures_join_all;
 use memshift::backend::DualBackend;
 use memshift::backend::dual::DualOptions;
 use memshift::backend::replica::{OwedWrite, Replica};
@@ -14,8 +15,7 @@ use memshift::config::Stage;
 use memshift::testing::faulty::FaultyBackend;
 use memshift::testing::postgres::TestDatabase;
 use memshift::testing::unique_agent;
-use memshift::{AgentId, Execution, Memory, MemoryBackend, Metric, SqliteBackend, Tool};
-use futures_util::future::join_all as futures_join_all;
+use memshift::{AgentId, Execution, Listing, Memory, MemoryBackend, Metric, SqliteBackend, Tool};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------------------
@@ -138,18 +138,18 @@ impl Fixture {
         assert!(comparison.agrees(), "the sides disagree: {comparison:?}");
         let (s, p) = (&self.sqlite, &self.postgres);
         assert_eq!(
-            s.list_tools(agent).await.unwrap(),
-            p.list_tools(agent).await.unwrap(),
+            s.list_tools(agent, &Listing::default()).await.unwrap(),
+            p.list_tools(agent, &Listing::default()).await.unwrap(),
             "tools"
         );
         assert_eq!(
-            s.list_metrics(agent).await.unwrap(),
-            p.list_metrics(agent).await.unwrap(),
+            s.list_metrics(agent, &Listing::default()).await.unwrap(),
+            p.list_metrics(agent, &Listing::default()).await.unwrap(),
             "metrics"
         );
         assert_eq!(
-            s.list_executions(agent).await.unwrap(),
-            p.list_executions(agent).await.unwrap(),
+            s.list_executions(agent, &Listing::default()).await.unwrap(),
+            p.list_executions(agent, &Listing::default()).await.unwrap(),
             "executions"
         );
     }
@@ -287,14 +287,30 @@ async fn postgres_down_then_back(stage: Stage, repair: Repair) {
         .expect("register a tool");
     let got = fx.dual.get_tool(agent, "search").await.unwrap();
     assert_eq!(got.map(|t| t.content), Some(tool.content.clone()));
-    assert_eq!(fx.dual.list_tools(agent).await.unwrap().len(), 1);
+    assert_eq!(
+        fx.dual
+            .list_tools(agent, &Listing::default())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     let metric = Metric::new("latency_ms", Some(12.5));
     fx.dual.record_metric(agent, &metric).await.expect("metric");
     let execution = Execution::new(Some("ok".into()), json!({"step": 1}));
     fx.dual.log_execution(agent, &execution).await.expect("log");
-    assert_eq!(fx.dual.list_metrics(agent).await.unwrap(), vec![metric]);
     assert_eq!(
-        fx.dual.list_executions(agent).await.unwrap(),
+        fx.dual
+            .list_metrics(agent, &Listing::default())
+            .await
+            .unwrap(),
+        vec![metric]
+    );
+    assert_eq!(
+        fx.dual
+            .list_executions(agent, &Listing::default())
+            .await
+            .unwrap(),
         vec![execution]
     );
 
@@ -576,7 +592,11 @@ async fn deletes_in_live_stay_deleted_in_every_stage() {
         fx.assert_value("only_sqlite", None, &[]).await;
         fx.assert_value("both", None, &[]).await;
         fx.assert_value("survivor", Some(&json!(3)), &[]).await;
-        let keys = fx.dual.memory_keys(agent).await.unwrap();
+        let keys = fx
+            .dual
+            .memory_keys(agent, &Listing::default())
+            .await
+            .unwrap();
         assert_eq!(keys, ["survivor"], "keys at {stage}");
     }
     assert_eq!(fx.dual.stats().lazy_copies, 0);
@@ -613,7 +633,7 @@ async fn delete_missed_by_sqlite_is_not_copied_back() {
     }
     let keys = eventually("list keys", || async {
         fx.dual
-            .memory_keys(agent)
+            .memory_keys(agent, &Listing::default())
             .await
             .map_err(|e| format!("{e:?}"))
     });
@@ -928,4 +948,100 @@ async fn an_undo_never_takes_back_a_newer_store() {
     fx.dual.repair(&fx.agent).await.expect("repair");
     fx.assert_value("k", Some(&json!("newest")), BOTH).await;
     fx.assert_sides_agree().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// 9. Listings in `live`
+// ---------------------------------------------------------------------------------------
+
+/// In `live`, a listing holds PostgreSQL's records and those only SQLite holds (readable
+/// through the fallback), but no key PostgreSQL recorded a delete of; with a limit, a
+/// prefix or a `since` it holds exactly the first records of that whole listing, also
+/// when deleted keys sort first and fill SQLite's first pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn live_listings_merge_both_sides_within_their_limit() {
+    let fx = Fixture::new(Stage::Live).await;
+    let agent = &fx.agent;
+    // SQLite only: a0..a9, of which PostgreSQL recorded the delete of a0..a5.
+    for i in 0..10 {
+        let key = format!("a{i}");
+        fx.sqlite
+            .put_memory(agent, &Memory::new(&key, json!(i)))
+            .await
+            .unwrap();
+    }
+    for i in 0..6 {
+        let key = format!("a{i}");
+        fx.postgres
+            .apply_memory_delete(agent, &key, chrono::Utc::now())
+            .await
+            .unwrap();
+    }
+    // PostgreSQL only, and on both sides.
+    fx.postgres
+        .put_memory(agent, &Memory::new("a7x", json!("pg")))
+        .await
+        .unwrap();
+    fx.put("b", json!("both")).await;
+    let visible = ["a6", "a7", "a7x", "a8", "a9", "b"];
+    for limit in 0..=visible.len() + 1 {
+        let listing = Listing::new().limit(limit as u32);
+        let keys = fx.dual.memory_keys(agent, &listing).await.unwrap();
+        let want = &visible[..limit.min(visible.len())];
+        assert_eq!(keys, want, "keys, limit {limit}");
+    }
+    let prefixed = Listing::new().prefix("a7").limit(5);
+    assert_eq!(
+        fx.dual.memory_keys(agent, &prefixed).await.unwrap(),
+        ["a7", "a7x"]
+    );
+    let recent = fx.postgres.get_memory(agent, "a7x").await.unwrap().unwrap();
+    let since = Listing::new().since(recent.updated_at);
+    assert_eq!(
+        fx.dual.memory_keys(agent, &since).await.unwrap(),
+        ["a7x", "b"]
+    );
+    assert_eq!(fx.dual.stats().lazy_copies, 0, "a listing copies nothing");
+
+    // Tools and metrics: each side holds some of them, interleaved in order.
+    let mut metrics = Vec::new();
+    for i in 0..8 {
+        let tool = Tool::new(format!("t{i}"), json!(i));
+        let metric = Metric::new(format!("m{i}"), Some(f64::from(i)));
+        let side: &dyn Replica = if i % 3 == 0 {
+            &*fx.postgres
+        } else {
+            &*fx.sqlite
+        };
+        side.put_tool(agent, &tool).await.unwrap();
+        side.record_metric(agent, &metric).await.unwrap();
+        metrics.push(metric);
+    }
+    for limit in [1_usize, 3, 8, 9] {
+        let listing = Listing::new().limit(limit as u32);
+        let tools: Vec<String> = fx
+            .dual
+            .list_tools(agent, &listing)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        let names: Vec<String> = (0..8).map(|i| format!("t{i}")).take(limit).collect();
+        assert_eq!(tools, names, "tools, limit {limit}");
+        let listed = fx.dual.list_metrics(agent, &listing).await.unwrap();
+        assert_eq!(listed, metrics[..limit.min(8)], "metrics, limit {limit}");
+    }
+    let since = Listing::new().since(metrics[4].created_at).limit(2);
+    assert_eq!(
+        fx.dual.list_metrics(agent, &since).await.unwrap(),
+        metrics[4..6]
+    );
+
+    // PostgreSQL down: SQLite's listing answers alone (deleted keys included, as SQLite
+    // has not heard of the delete yet).
+    fx.postgres_faults.set_down(true);
+    let keys = fx.dual.memory_keys(agent, &Listing::new().limit(2)).await;
+    assert_eq!(keys.unwrap(), ["a0", "a1"]);
+    fx.postgres_faults.set_down(false);
 }

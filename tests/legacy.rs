@@ -4,13 +4,13 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use chrono::{DateTime, Utc};
 use memshift::legacy::{
     ContractRecord, ContractRow, OpenStrategy, Probe, ReadOptions, Source, SourceRow, TableInfo,
     TableKind, TableMap, TableOutcome, Target, convert_row, discover, inventory, read_own_records,
     resolve_key_conflicts, row_id,
 };
-use memshift::{AgentId, Execution, Memory, MemoryBackend, Metric, SqliteBackend, Tool};
-use chrono::{DateTime, Utc};
+use memshift::{AgentId, Execution, Listing, Memory, MemoryBackend, Metric, SqliteBackend, Tool};
 use serde_json::{Value, json};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{ConnectOptions, Connection};
@@ -548,7 +548,7 @@ async fn the_library_layout_moves_as_itself() {
         (
             Target::Tools,
             backend
-                .list_tools(&me)
+                .list_tools(&me, &Listing::default())
                 .await
                 .unwrap()
                 .into_iter()
@@ -558,7 +558,7 @@ async fn the_library_layout_moves_as_itself() {
         (
             Target::Metrics,
             backend
-                .list_metrics(&me)
+                .list_metrics(&me, &Listing::default())
                 .await
                 .unwrap()
                 .into_iter()
@@ -568,7 +568,7 @@ async fn the_library_layout_moves_as_itself() {
         (
             Target::Executions,
             backend
-                .list_executions(&me)
+                .list_executions(&me, &Listing::default())
                 .await
                 .unwrap()
                 .into_iter()

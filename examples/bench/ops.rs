@@ -22,10 +22,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use memshift::{
-    AgentId, Memory, MemoryBackend, PostgresBackend, PostgresOptions, SqliteBackend, SqliteOptions,
-};
 use chrono::{DateTime, Utc};
+use memshift::{
+    AgentId, Listing, Memory, MemoryBackend, PostgresBackend, PostgresOptions, SqliteBackend,
+    SqliteOptions,
+};
 use pgvector::Vector;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -208,7 +209,8 @@ impl OpsAgent {
                 took
             }
             Op::ListKeys => {
-                let (listed, took) = timed(self.backend.memory_keys(&self.agent)).await;
+                let (listed, took) =
+                    timed(self.backend.memory_keys(&self.agent, &Listing::default())).await;
                 let listed = listed?;
                 if listed.len() != self.keys.len() {
                     return Err(format!(

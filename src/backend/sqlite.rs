@@ -18,12 +18,15 @@ use super::codec::{
     bytes_embedding, embedding_bytes, json_text, metadata_text, parse_json, parse_metadata,
     parse_time, time_text,
 };
+use super::listing::{Kind, key_of};
 use super::replica::{Change, Outcome, Replica};
 use crate::error::{Error, Result};
+use crate::listing::Listing;
 use crate::record::{AgentId, Execution, Memory, Metric, Tool, now};
 use crate::schema::migrate_sqlite;
 use crate::vector::{Neighbor, VectorQuery};
 
+mod listing;
 mod replica;
 
 /// The file name of an agent's database inside its folder.
@@ -553,14 +556,8 @@ impl MemoryBackend for SqliteBackend {
         }
     }
 
-    async fn memory_keys(&self, agent: &AgentId) -> Result<Vec<String>> {
-        let Some(pool) = self.reader(agent).await? else {
-            return Ok(Vec::new());
-        };
-        sqlx::query_scalar("select key from agent_memories where key is not null order by key")
-            .fetch_all(&pool)
-            .await
-            .map_err(self.fail(|| format!("list memory keys of agent {agent:?}")))
+    async fn memory_keys(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<String>> {
+        self.list(agent, Kind::MemoryKeys, listing, key_of).await
     }
 
     async fn put_tool(&self, agent: &AgentId, tool: &Tool) -> Result<Tool> {
@@ -590,20 +587,8 @@ impl MemoryBackend for SqliteBackend {
         .transpose()
     }
 
-    async fn list_tools(&self, agent: &AgentId) -> Result<Vec<Tool>> {
-        let Some(pool) = self.reader(agent).await? else {
-            return Ok(Vec::new());
-        };
-        sqlx::query(
-            "select id, name, content, metadata, created_at, updated_at
-             from agent_tools order by name",
-        )
-        .fetch_all(&pool)
-        .await
-        .map_err(self.fail(|| format!("list tools of agent {agent:?}")))?
-        .iter()
-        .map(|row| tool_from_row(row, agent))
-        .collect()
+    async fn list_tools(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<Tool>> {
+        self.list(agent, Kind::Tools, listing, tool_from_row).await
     }
 
     async fn record_metric(&self, agent: &AgentId, metric: &Metric) -> Result<()> {
@@ -612,20 +597,9 @@ impl MemoryBackend for SqliteBackend {
             .map(drop)
     }
 
-    async fn list_metrics(&self, agent: &AgentId) -> Result<Vec<Metric>> {
-        let Some(pool) = self.reader(agent).await? else {
-            return Ok(Vec::new());
-        };
-        sqlx::query(
-            "select id, name, value, content, metadata, created_at
-             from agent_metrics order by created_at, id",
-        )
-        .fetch_all(&pool)
-        .await
-        .map_err(self.fail(|| format!("list metrics of agent {agent:?}")))?
-        .iter()
-        .map(|row| metric_from_row(row, agent))
-        .collect()
+    async fn list_metrics(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<Metric>> {
+        self.list(agent, Kind::Metrics, listing, metric_from_row)
+            .await
     }
 
     async fn log_execution(&self, agent: &AgentId, execution: &Execution) -> Result<()> {
@@ -634,19 +608,8 @@ impl MemoryBackend for SqliteBackend {
             .map(drop)
     }
 
-    async fn list_executions(&self, agent: &AgentId) -> Result<Vec<Execution>> {
-        let Some(pool) = self.reader(agent).await? else {
-            return Ok(Vec::new());
-        };
-        sqlx::query(
-            "select id, status, content, metadata, created_at
-             from agent_executions order by created_at, id",
-        )
-        .fetch_all(&pool)
-        .await
-        .map_err(self.fail(|| format!("list executions of agent {agent:?}")))?
-        .iter()
-        .map(|row| execution_from_row(row, agent))
-        .collect()
+    async fn list_executions(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<Execution>> {
+        self.list(agent, Kind::Executions, listing, execution_from_row)
+            .await
     }
 }

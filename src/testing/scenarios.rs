@@ -4,12 +4,16 @@
 use futures_util::future::join_all as futures_join_all;
 use serde_json::{Value, json};
 
+pub use super::listing::{
+    listings_by_limit_and_since, listings_by_prefix, listings_refuse_and_read_nothing,
+};
 pub use super::search::{
     search_edge_cases, search_filters, search_finds_nearest, search_follows_writes,
 };
 use super::unique_agent;
 use crate::backend::MemoryBackend;
 use crate::error::Error;
+use crate::listing::Listing;
 use crate::record::{Execution, Memory, Metadata, Metric, Tool};
 
 /// Parses JSON text into a value without losing any number's exact form.
@@ -117,7 +121,10 @@ pub async fn round_trip_awkward_values(backend: &dyn MemoryBackend) {
     let mut keys: Vec<String> = awkward_values().into_iter().map(|(k, _)| k).collect();
     keys.sort();
     assert_eq!(
-        backend.memory_keys(&agent).await.unwrap(),
+        backend
+            .memory_keys(&agent, &Listing::default())
+            .await
+            .unwrap(),
         keys,
         "keys in byte order"
     );
@@ -150,7 +157,10 @@ pub async fn overwrite_replaces_value_keeps_identity(backend: &dyn MemoryBackend
     assert_eq!(got.content, json!({"v": 2}));
     assert_eq!(got.embedding, None, "overwrite replaces the embedding too");
     assert_eq!(
-        backend.memory_keys(&agent).await.unwrap(),
+        backend
+            .memory_keys(&agent, &Listing::default())
+            .await
+            .unwrap(),
         vec!["k".to_string()]
     );
 }
@@ -180,7 +190,10 @@ pub async fn delete_is_final(backend: &dyn MemoryBackend) {
         "second delete finds nothing"
     );
     assert_eq!(
-        backend.memory_keys(&agent).await.unwrap(),
+        backend
+            .memory_keys(&agent, &Listing::default())
+            .await
+            .unwrap(),
         vec!["kept".to_string()]
     );
     let again = backend
@@ -198,11 +211,35 @@ pub async fn missing_keys_read_as_absent(backend: &dyn MemoryBackend) {
     let never = unique_agent("never_written");
     assert_eq!(backend.get_memory(&never, "k").await.unwrap(), None);
     assert!(!backend.delete_memory(&never, "k").await.unwrap());
-    assert!(backend.memory_keys(&never).await.unwrap().is_empty());
+    assert!(
+        backend
+            .memory_keys(&never, &Listing::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(backend.get_tool(&never, "t").await.unwrap().is_none());
-    assert!(backend.list_tools(&never).await.unwrap().is_empty());
-    assert!(backend.list_metrics(&never).await.unwrap().is_empty());
-    assert!(backend.list_executions(&never).await.unwrap().is_empty());
+    assert!(
+        backend
+            .list_tools(&never, &Listing::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        backend
+            .list_metrics(&never, &Listing::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        backend
+            .list_executions(&never, &Listing::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let agent = unique_agent("missing");
     backend
         .put_memory(&agent, &Memory::new("present", json!(1)))
@@ -259,7 +296,7 @@ pub async fn agents_are_isolated(backend: &dyn MemoryBackend) {
         "B sees A's key"
     );
     assert_eq!(
-        backend.memory_keys(&b).await.unwrap(),
+        backend.memory_keys(&b, &Listing::default()).await.unwrap(),
         vec!["shared".to_string()]
     );
     assert!(
@@ -267,11 +304,19 @@ pub async fn agents_are_isolated(backend: &dyn MemoryBackend) {
         "B sees A's tool"
     );
     assert!(
-        backend.list_metrics(&b).await.unwrap().is_empty(),
+        backend
+            .list_metrics(&b, &Listing::default())
+            .await
+            .unwrap()
+            .is_empty(),
         "B sees A's metric"
     );
     assert!(
-        backend.list_executions(&b).await.unwrap().is_empty(),
+        backend
+            .list_executions(&b, &Listing::default())
+            .await
+            .unwrap()
+            .is_empty(),
         "B sees A's execution"
     );
     assert!(backend.delete_memory(&b, "shared").await.unwrap());
@@ -324,7 +369,10 @@ pub async fn concurrent_writers_one_agent(backend: &dyn MemoryBackend) {
     for result in futures_join_all(handles).await {
         result.expect("no concurrent write fails");
     }
-    let keys = backend.memory_keys(&agent).await.unwrap();
+    let keys = backend
+        .memory_keys(&agent, &Listing::default())
+        .await
+        .unwrap();
     assert_eq!(
         keys.len(),
         TASKS * KEYS_PER_TASK + 1,
@@ -376,7 +424,10 @@ pub async fn concurrent_writers_many_agents(backend: &dyn MemoryBackend) {
         result.expect("no concurrent write fails");
     }
     for agent in &agents {
-        let keys = backend.memory_keys(agent).await.unwrap();
+        let keys = backend
+            .memory_keys(agent, &Listing::default())
+            .await
+            .unwrap();
         assert_eq!(keys.len(), 45, "agent {agent} lost writes");
         for key in keys {
             let got = backend.get_memory(agent, &key).await.unwrap().unwrap();
@@ -386,7 +437,14 @@ pub async fn concurrent_writers_many_agents(backend: &dyn MemoryBackend) {
                 "agent {agent} holds another's value"
             );
         }
-        assert_eq!(backend.list_metrics(agent).await.unwrap().len(), 3);
+        assert_eq!(
+            backend
+                .list_metrics(agent, &Listing::default())
+                .await
+                .unwrap()
+                .len(),
+            3
+        );
     }
 }
 
@@ -431,7 +489,7 @@ pub async fn tools_register_get_list(backend: &dyn MemoryBackend) {
         json!({"v": 2})
     );
     let names: Vec<String> = backend
-        .list_tools(&agent)
+        .list_tools(&agent, &Listing::default())
         .await
         .unwrap()
         .into_iter()
@@ -464,7 +522,13 @@ pub async fn metrics_and_executions_keep_order(backend: &dyn MemoryBackend) {
         backend.record_metric(&agent, &metric).await.unwrap();
         metrics.push(metric);
     }
-    assert_eq!(backend.list_metrics(&agent).await.unwrap(), metrics);
+    assert_eq!(
+        backend
+            .list_metrics(&agent, &Listing::default())
+            .await
+            .unwrap(),
+        metrics
+    );
     let mut executions = Vec::new();
     for (i, status) in [Some("ok"), None, Some("failed")].into_iter().enumerate() {
         let execution = Execution::new(
@@ -474,7 +538,13 @@ pub async fn metrics_and_executions_keep_order(backend: &dyn MemoryBackend) {
         backend.log_execution(&agent, &execution).await.unwrap();
         executions.push(execution);
     }
-    assert_eq!(backend.list_executions(&agent).await.unwrap(), executions);
+    assert_eq!(
+        backend
+            .list_executions(&agent, &Listing::default())
+            .await
+            .unwrap(),
+        executions
+    );
 }
 
 /// Values a database cannot hold exactly are refused before anything is written.
@@ -510,7 +580,10 @@ pub async fn unstorable_values_are_refused(backend: &dyn MemoryBackend) {
         "a tool name longer than PostgreSQL's unique index holds",
     );
     assert_eq!(
-        backend.memory_keys(&agent).await.expect("keys"),
+        backend
+            .memory_keys(&agent, &Listing::default())
+            .await
+            .expect("keys"),
         Vec::<String>::new(),
         "{}: a refused write wrote nothing",
         backend.name()
@@ -549,11 +622,19 @@ pub async fn unstorable_values_are_refused(backend: &dyn MemoryBackend) {
         "a NUL in a tool name",
     );
     assert!(
-        backend.memory_keys(&agent).await.unwrap().is_empty(),
+        backend
+            .memory_keys(&agent, &Listing::default())
+            .await
+            .unwrap()
+            .is_empty(),
         "a refused write left a key"
     );
     assert!(
-        backend.list_metrics(&agent).await.unwrap().is_empty(),
+        backend
+            .list_metrics(&agent, &Listing::default())
+            .await
+            .unwrap()
+            .is_empty(),
         "a refused write left a metric"
     );
 }

@@ -3,6 +3,7 @@
 
 mod compare;
 mod health;
+mod listing;
 mod reads;
 mod repair;
 mod stats;
@@ -28,6 +29,7 @@ use super::MemoryBackend;
 use super::replica::{Change, Replica};
 use crate::config::Stage;
 use crate::error::Result;
+use crate::listing::Listing;
 use crate::record::{AgentId, Execution, Memory, Metric, Tool, now};
 use crate::vector::{Neighbor, VectorQuery};
 
@@ -457,8 +459,9 @@ impl MemoryBackend for DualBackend {
         Ok(existed || (plan.stage == Stage::Live && on_second == Some(true)))
     }
 
-    async fn memory_keys(&self, agent: &AgentId) -> Result<Vec<String>> {
-        self.memory_keys_planned(agent, self.stage()).await
+    async fn memory_keys(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<String>> {
+        self.list_planned::<String>(agent, listing, self.stage())
+            .await
     }
 
     async fn search_memories(&self, agent: &AgentId, query: &VectorQuery) -> Result<Vec<Neighbor>> {
@@ -481,8 +484,9 @@ impl MemoryBackend for DualBackend {
         self.get_tool_planned(agent, name, self.stage()).await
     }
 
-    async fn list_tools(&self, agent: &AgentId) -> Result<Vec<Tool>> {
-        self.list_tools_planned(agent, self.stage()).await
+    async fn list_tools(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<Tool>> {
+        self.list_planned::<Tool>(agent, listing, self.stage())
+            .await
     }
 
     async fn record_metric(&self, agent: &AgentId, metric: &Metric) -> Result<()> {
@@ -492,8 +496,9 @@ impl MemoryBackend for DualBackend {
             .map(drop)
     }
 
-    async fn list_metrics(&self, agent: &AgentId) -> Result<Vec<Metric>> {
-        self.list_metrics_planned(agent, self.stage()).await
+    async fn list_metrics(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<Metric>> {
+        self.list_planned::<Metric>(agent, listing, self.stage())
+            .await
     }
 
     async fn log_execution(&self, agent: &AgentId, execution: &Execution) -> Result<()> {
@@ -503,7 +508,8 @@ impl MemoryBackend for DualBackend {
             .map(drop)
     }
 
-    async fn list_executions(&self, agent: &AgentId) -> Result<Vec<Execution>> {
-        self.list_executions_planned(agent, self.stage()).await
+    async fn list_executions(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<Execution>> {
+        self.list_planned::<Execution>(agent, listing, self.stage())
+            .await
     }
 }
