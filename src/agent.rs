@@ -12,6 +12,7 @@ use crate::config::AgentConfig;
 use crate::error::{Error, Result};
 use crate::listing::Listing;
 use crate::record::{AgentId, Execution, Memory, Metric, Tool};
+use crate::typed::TypedNeighbor;
 use crate::vector::{Neighbor, VectorQuery};
 
 /// One agent's memory, tools, metrics and execution history.
@@ -103,6 +104,41 @@ impl AgentMemory {
         }
         let content = self.to_json(data, || format!("memory {key:?}"))?;
         self.store(Memory::new(key, content)).await.map(drop)
+    }
+
+    /// Stores `data` (anything `Serialize`) under `key` with `embedding` for vector search
+    /// ([`search`](Self::search)), replacing what was there, and returns the memory as
+    /// stored. With memory disabled, returns it without storing it.
+    ///
+    /// ```no_run
+    /// # async fn demo(memory: memshift::AgentMemory) -> memshift::Result<()> {
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Note {
+    ///     text: String,
+    ///     turn: u32,
+    /// }
+    ///
+    /// let note = Note { text: "refund policy".into(), turn: 3 };
+    /// memory.store_with_embedding("notes/3", &note, vec![0.1, 0.7, 0.2]).await?;
+    /// let query = memshift::VectorQuery::new(vec![0.1, 0.6, 0.3], 5);
+    /// for hit in memory.search_as::<Note>(&query).await? {
+    ///     println!("{} at {:.3}", hit.value.text, hit.distance);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Json`] when `data` cannot be serialized; backend errors
+    /// ([`Error::InvalidInput`] for an embedding [`Memory::validate`] refuses).
+    pub async fn store_with_embedding<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        data: &T,
+        embedding: Vec<f32>,
+    ) -> Result<Memory> {
+        let content = self.to_json(data, || format!("memory {key:?}"))?;
+        self.store(Memory::new(key, content).with_embedding(embedding))
+            .await
     }
 
     /// Stores a full [`Memory`] (with metadata or an embedding) and returns it as stored.
@@ -208,6 +244,26 @@ impl AgentMemory {
             Some(backend) => backend.search_memories(&self.agent, query).await,
             None => Ok(Vec::new()),
         }
+    }
+
+    /// [`search`](Self::search), with each memory's value read as `T`: the nearest first,
+    /// each with its distance and the memory itself.
+    ///
+    /// # Errors
+    /// As [`search`](Self::search); [`Error::Json`] naming the key of a found value that
+    /// is not a `T`.
+    pub async fn search_as<T: DeserializeOwned>(
+        &self,
+        query: &VectorQuery,
+    ) -> Result<Vec<TypedNeighbor<T>>> {
+        let found = self.search(query).await?;
+        found
+            .into_iter()
+            .map(|neighbor| {
+                let key = neighbor.memory.key.clone().unwrap_or_default();
+                neighbor.into_typed(|| format!("memory {key:?} of agent {:?}", self.agent))
+            })
+            .collect()
     }
 
     /// Registers a tool under `name` with `definition` (anything `Serialize`), replacing

@@ -69,6 +69,7 @@ pub mod legacy;
 mod listing;
 pub mod record;
 pub mod schema;
+mod typed;
 pub mod vector;
 
 #[cfg(feature = "testing")]
@@ -87,6 +88,7 @@ pub use error::{Chain, Error, Result, redact_url};
 pub use listing::Listing;
 pub use record::{AgentId, Execution, MAX_KEY_BYTES, Memory, Metadata, Metric, Tool};
 pub use schema::{migrate, missing_schema};
+pub use typed::TypedNeighbor;
 pub use vector::{DistanceMetric, Embedder, Neighbor, VectorIndex, VectorQuery};
 
 /// Connects to `url` and applies the shipped PostgreSQL migrations (see [`migrate`]),
