@@ -291,6 +291,19 @@ impl AgentMemory {
         }
     }
 
+    /// Deletes the tool registered under `name`; returns whether there was one. A
+    /// deleted tool stays deleted on every backend, also across the dual backend's two
+    /// sides, until it is registered again.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub async fn delete_tool(&self, name: &str) -> Result<bool> {
+        match &self.backend {
+            Some(backend) => backend.delete_tool(&self.agent, name).await,
+            None => Ok(false),
+        }
+    }
+
     /// Every registered tool, in byte order of name.
     ///
     /// # Errors

@@ -46,6 +46,10 @@ async fn typed_round_trip(config: AgentConfig) {
         .await
         .unwrap();
     assert_eq!(memory.tool("search").await.unwrap(), Some(tool));
+    memory.register_tool("scratch", json!({})).await.unwrap();
+    assert!(memory.delete_tool("scratch").await.unwrap());
+    assert!(!memory.delete_tool("scratch").await.unwrap());
+    assert_eq!(memory.tool("scratch").await.unwrap(), None);
     memory
         .record_metric("latency", 0.25, json!({"unit": "s"}))
         .await
@@ -217,6 +221,7 @@ async fn disabled_memory_stores_nothing_and_opens_nothing() {
     assert!(memory.search_as::<i64>(&query).await.unwrap().is_empty());
     memory.register_tool("t", json!({})).await.unwrap();
     assert!(memory.tools().await.unwrap().is_empty());
+    assert!(!memory.delete_tool("t").await.unwrap());
     memory.record_metric("m", 1.0, json!({})).await.unwrap();
     assert!(memory.metrics().await.unwrap().is_empty());
     assert!(!memory.delete_memory("k").await.unwrap());

@@ -585,8 +585,19 @@ async fn deletes_in_live_stay_deleted_in_every_stage() {
         .unwrap();
     fx.put("both", json!(2)).await;
     fx.put("survivor", json!(3)).await;
-    assert!(fx.dual.delete_memory(agent, "only_sqlite").await.unwrap());
-    assert!(fx.dual.delete_memory(agent, "both").await.unwrap());
+    // Tools the same way.
+    fx.sqlite
+        .put_tool(agent, &Tool::new("only_sqlite", json!(1)))
+        .await
+        .unwrap();
+    for name in ["both", "survivor"] {
+        let tool = Tool::new(name, json!(2));
+        fx.dual.put_tool(agent, &tool).await.unwrap();
+    }
+    for name in ["only_sqlite", "both"] {
+        assert!(fx.dual.delete_memory(agent, name).await.unwrap());
+        assert!(fx.dual.delete_tool(agent, name).await.unwrap());
+    }
     for stage in there_and_back() {
         step(&fx.dual, stage).await;
         fx.assert_value("only_sqlite", None, &[]).await;
@@ -598,10 +609,17 @@ async fn deletes_in_live_stay_deleted_in_every_stage() {
             .await
             .unwrap();
         assert_eq!(keys, ["survivor"], "keys at {stage}");
+        for name in ["only_sqlite", "both"] {
+            assert_eq!(fx.tool_of(&fx.dual, name).await, None, "{name} at {stage}");
+        }
+        assert_eq!(fx.tool_names(&fx.dual).await, ["survivor"], "at {stage}");
     }
     assert_eq!(fx.dual.stats().lazy_copies, 0);
     fx.assert_value("only_sqlite", None, BOTH).await;
     fx.assert_value("both", None, BOTH).await;
+    for side in [&*fx.sqlite, &*fx.postgres] {
+        assert_eq!(fx.tool_names(side).await, ["survivor"], "{}", side.name());
+    }
     fx.assert_sides_agree().await;
 }
 
@@ -616,9 +634,25 @@ async fn delete_missed_by_sqlite_is_not_copied_back() {
         .await
         .unwrap();
     fx.put("both", json!(2)).await;
+    fx.sqlite
+        .put_tool(agent, &Tool::new("only_sqlite", json!(1)))
+        .await
+        .unwrap();
+    fx.dual
+        .put_tool(agent, &Tool::new("both", json!(2)))
+        .await
+        .unwrap();
 
     fx.sqlite_faults.set_writes_failing(true);
     for key in ["only_sqlite", "both"] {
+        fx.dual
+            .delete_tool(agent, key)
+            .await
+            .expect("delete a tool");
+        assert!(
+            fx.tool_of(&*fx.sqlite, key).await.is_some(),
+            "SQLite missed it"
+        );
         fx.dual.delete_memory(agent, key).await.expect("delete");
         assert!(
             value_of(&*fx.sqlite, agent, key).await.is_some(),
@@ -638,22 +672,44 @@ async fn delete_missed_by_sqlite_is_not_copied_back() {
             .map_err(|e| format!("{e:?}"))
     });
     assert!(keys.await.is_empty(), "deleted keys are not listed");
+    // The same for the tools: a read or a listing does not bring them back.
+    for name in ["only_sqlite", "both"] {
+        assert_eq!(fx.tool_of(&fx.dual, name).await, None, "{name} came back");
+    }
+    assert!(
+        fx.tool_names(&fx.dual).await.is_empty(),
+        "deleted tools are listed"
+    );
+    assert!(fx.tool_names(&*fx.postgres).await.is_empty());
     let stats = fx.dual.stats();
     assert_eq!(stats.lazy_copies, 0, "{stats:?}");
     assert!(
         stats.fallback_hits > 0,
         "the old rows were found in SQLite: {stats:?}"
     );
-    assert_eq!(fx.journal(Side::Postgres).await.len(), 2);
+    let owed = fx.journal(Side::Postgres).await;
+    let tool_deletes = owed
+        .iter()
+        .filter(|w| matches!(w, OwedWrite::DeleteTool { .. }))
+        .count();
+    assert_eq!((owed.len(), tool_deletes), (4, 2), "{owed:?}");
 
     fx.sqlite_faults.set_writes_failing(false);
     fx.dual.repair(agent).await.expect("repair");
     assert_eq!(fx.dual.owed_pending().await.unwrap(), 0);
     // A background repair, started when the side answered again, may replay them too.
-    assert!(fx.dual.stats().owed_replayed >= 2);
+    assert!(fx.dual.stats().owed_replayed >= 4);
     for key in ["only_sqlite", "both"] {
         fx.assert_value(key, None, BOTH).await;
+        assert!(
+            fx.sqlite
+                .tool_tombstone(agent, key)
+                .await
+                .unwrap()
+                .is_some()
+        );
     }
+    assert!(fx.tool_names(&*fx.sqlite).await.is_empty());
     fx.assert_sides_agree().await;
 }
 
@@ -1044,4 +1100,69 @@ async fn live_listings_merge_both_sides_within_their_limit() {
     let keys = fx.dual.memory_keys(agent, &Listing::new().limit(2)).await;
     assert_eq!(keys.unwrap(), ["a0", "a1"]);
     fx.postgres_faults.set_down(false);
+}
+
+// ---------------------------------------------------------------------------------------
+// 10. Tool deletes
+// ---------------------------------------------------------------------------------------
+
+impl Fixture {
+    /// The names of the tools `backend` lists for the agent.
+    async fn tool_names(&self, backend: &dyn MemoryBackend) -> Vec<String> {
+        let tools = backend.list_tools(&self.agent, &Listing::default()).await;
+        let tools = tools.unwrap_or_else(|e| panic!("{}: list tools: {e:?}", backend.name()));
+        tools.into_iter().map(|t| t.name).collect()
+    }
+
+    /// The definition of tool `name` that `backend` holds for the agent.
+    async fn tool_of(&self, backend: &dyn MemoryBackend, name: &str) -> Option<Value> {
+        let tool = backend.get_tool(&self.agent, name).await;
+        let tool = tool.unwrap_or_else(|e| panic!("{}: get tool {name:?}: {e:?}", backend.name()));
+        tool.map(|t| t.content)
+    }
+}
+
+/// A tool deleted while PostgreSQL is down (SQLite leads) is journaled and, once
+/// PostgreSQL answers, deleted there by repair; a registration after the delete wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tool_delete_while_postgres_is_down_is_repaired() {
+    let fx = Fixture::with_retry(Stage::DualWrite, Duration::from_secs(3600)).await;
+    let agent = &fx.agent;
+    for name in ["gone", "back"] {
+        fx.dual
+            .put_tool(agent, &Tool::new(name, json!("v1")))
+            .await
+            .unwrap();
+    }
+    fx.postgres_faults.set_down(true);
+    assert!(fx.dual.delete_tool(agent, "gone").await.unwrap());
+    assert!(fx.dual.delete_tool(agent, "back").await.unwrap());
+    fx.dual
+        .put_tool(agent, &Tool::new("back", json!("v2")))
+        .await
+        .unwrap();
+    assert_eq!(fx.tool_names(&fx.dual).await, ["back"]);
+    fx.postgres_faults.set_down(false);
+    assert_eq!(
+        fx.tool_names(&*fx.postgres).await,
+        ["back", "gone"],
+        "not yet"
+    );
+    let report = fx.dual.repair(agent).await.expect("repair");
+    assert_eq!(report.to_postgres, 3, "{report:?}");
+    assert_eq!(fx.tool_names(&*fx.postgres).await, ["back"]);
+    assert_eq!(fx.tool_of(&*fx.postgres, "back").await, Some(json!("v2")));
+    assert!(
+        fx.postgres
+            .tool_tombstone(agent, "gone")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    fx.assert_sides_agree().await;
+    // Serving from PostgreSQL now, the deleted tool stays deleted.
+    for stage in [Stage::Live, Stage::Postgres] {
+        step(&fx.dual, stage).await;
+        assert_eq!(fx.tool_of(&fx.dual, "gone").await, None, "at {stage}");
+    }
 }

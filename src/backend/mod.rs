@@ -43,7 +43,8 @@ pub use sqlite::{SqliteBackend, SqliteOptions};
 /// - **Acknowledged means stored.** Once a write returns `Ok`, every later read sees it
 ///   (or a newer write), also after a restart.
 /// - **Deletes are final.** After `delete_memory` returns, the key reads as absent until
-///   it is stored again. It returns whether the key existed.
+///   it is stored again; after `delete_tool`, the tool until it is registered again.
+///   Both return whether there was one.
 /// - **Isolation.** An operation for one agent never reads or changes another's data.
 /// - **Orders.** Keys and tools are listed in byte order of key or name; metrics and
 ///   executions in order of `created_at`, then `id`.
@@ -126,6 +127,13 @@ pub trait MemoryBackend: Send + Sync + std::fmt::Debug {
     /// # Errors
     /// Database errors.
     async fn get_tool(&self, agent: &AgentId, name: &str) -> Result<Option<Tool>>;
+
+    /// Deletes the tool `name` now, whatever its version, and records the delete so that
+    /// no older copy brings it back; returns whether there was one.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn delete_tool(&self, agent: &AgentId, name: &str) -> Result<bool>;
 
     /// The registered tools `listing` selects (prefix of the name, registered or changed
     /// since), in byte order of name.

@@ -26,6 +26,7 @@ use crate::record::{AgentId, Execution, Memory, Metric, Tool, now};
 use crate::schema::migrate_sqlite;
 use crate::vector::{Neighbor, VectorQuery};
 
+mod deletes;
 mod listing;
 mod replica;
 
@@ -270,6 +271,8 @@ macro_rules! next_version_sql {
     };
 }
 
+use next_version_sql;
+
 /// Stores a memory as the authoritative side: its version moves past the replaced one
 /// and the key's last delete (see `next_version_sql`); returns the id, `created_at` and
 /// version now stored.
@@ -306,13 +309,14 @@ const APPLY_MEMORY: &str = "insert into agent_memories
     returning id, created_at";
 
 /// Registers a tool as the authoritative side, its version moving past the replaced
-/// one; returns the id, `created_at` and version now stored.
+/// one and the name's last delete; returns the id, `created_at` and version now stored.
 const PUT_TOOL: &str = concat!(
     "insert into agent_tools (id, name, content, metadata, created_at, updated_at)
     values (?1, ?2, ?3, ?4, ?5, ",
     next_version_sql!(
         "?6",
-        "coalesce((select updated_at from agent_tools where name = ?2), ''), ''"
+        "coalesce((select updated_at from agent_tools where name = ?2), ''),
+         coalesce((select deleted_at from agent_tool_tombstones where name = ?2), '')"
     ),
     ")
     on conflict (name) do update set
@@ -321,10 +325,12 @@ const PUT_TOOL: &str = concat!(
     returning id, created_at, updated_at"
 );
 
-/// Registers a tool over older versions only.
+/// Registers a tool over older versions only, and not over a delete at or after it.
 const APPLY_TOOL: &str =
     "insert into agent_tools (id, name, content, metadata, created_at, updated_at)
-    values (?1, ?2, ?3, ?4, ?5, ?6)
+    select ?1, ?2, ?3, ?4, ?5, ?6
+    where not exists (select 1 from agent_tool_tombstones
+                      where name = ?2 and deleted_at >= ?6)
     on conflict (name) do update set
         content = excluded.content, metadata = excluded.metadata,
         updated_at = excluded.updated_at
@@ -544,16 +550,8 @@ impl MemoryBackend for SqliteBackend {
     }
 
     async fn delete_memory(&self, agent: &AgentId, key: &str) -> Result<bool> {
-        // Without a file there is nothing to delete and no replay to guard against, so a
-        // delete of an unknown agent creates nothing (replicated deletes do record one).
-        if self.reader(agent).await?.is_none() {
-            return Ok(false);
-        }
-        let change = Change::DeleteMemory { key, at: now() };
-        match self.commit(agent, change, false, &[]).await?.outcome {
-            Outcome::Deleted { existed, .. } => Ok(existed),
-            other => unreachable!("a delete commits a delete, not {other:?}"),
-        }
+        self.delete_own(agent, Change::DeleteMemory { key, at: now() })
+            .await
     }
 
     async fn memory_keys(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<String>> {
@@ -589,6 +587,11 @@ impl MemoryBackend for SqliteBackend {
 
     async fn list_tools(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<Tool>> {
         self.list(agent, Kind::Tools, listing, tool_from_row).await
+    }
+
+    async fn delete_tool(&self, agent: &AgentId, name: &str) -> Result<bool> {
+        self.delete_own(agent, Change::DeleteTool { name, at: now() })
+            .await
     }
 
     async fn record_metric(&self, agent: &AgentId, metric: &Metric) -> Result<()> {

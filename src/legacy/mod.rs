@@ -28,7 +28,7 @@ mod value;
 pub use discover::{Found, Probe, discover};
 pub use inventory::{FileInventory, Inventory, TableInventory, TableOutcome, inventory};
 pub use open::{OpenStrategy, ReadOptions, Source};
-pub use own::{read_own_records, read_own_tombstones};
+pub use own::{read_own_records, read_own_tombstones, read_own_tool_tombstones};
 pub use read::{RowBatches, SourceRow, TableInfo, TableKind};
 pub use row::{
     ContractRecord, ContractRow, LEGACY_ROW_NAMESPACE, RowSource, convert_row,

@@ -108,6 +108,9 @@ impl MemoryBackend for FaultyBackend {
     async fn list_tools(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<Tool>> {
         forward!(self, false, list_tools(agent, listing))
     }
+    async fn delete_tool(&self, agent: &AgentId, name: &str) -> Result<bool> {
+        forward!(self, true, delete_tool(agent, name))
+    }
     async fn record_metric(&self, agent: &AgentId, metric: &Metric) -> Result<()> {
         forward!(self, true, record_metric(agent, metric))
     }
@@ -158,6 +161,17 @@ impl Replica for FaultyBackend {
     }
     async fn apply_tool(&self, agent: &AgentId, tool: &Tool) -> Result<Option<Tool>> {
         forward!(self, true, apply_tool(agent, tool))
+    }
+    async fn apply_tool_delete(
+        &self,
+        agent: &AgentId,
+        name: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        forward!(self, true, apply_tool_delete(agent, name, at))
+    }
+    async fn tool_tombstone(&self, agent: &AgentId, name: &str) -> Result<Option<DateTime<Utc>>> {
+        forward!(self, false, tool_tombstone(agent, name))
     }
     async fn owed_writes(&self, agent: &AgentId, limit: usize) -> Result<Vec<OwedRecord>> {
         forward!(self, false, owed_writes(agent, limit))

@@ -165,7 +165,8 @@ pub async fn overwrite_replaces_value_keeps_identity(backend: &dyn MemoryBackend
     );
 }
 
-/// A deleted key reads as absent, and can be stored again.
+/// A deleted key or tool reads as absent and is not listed, for its agent only; deleting
+/// it again finds nothing; it can be stored (registered) again, as a new version.
 pub async fn delete_is_final(backend: &dyn MemoryBackend) {
     let agent = unique_agent("delete");
     backend
@@ -204,6 +205,39 @@ pub async fn delete_is_final(backend: &dyn MemoryBackend) {
         backend.get_memory(&agent, "gone").await.unwrap(),
         Some(again)
     );
+
+    let name = backend.name();
+    let other = unique_agent("delete_other");
+    let gone = Tool::new("gone", json!({"v": 1}));
+    let registrations = [
+        (&agent, gone.clone()),
+        (&agent, Tool::new("kept", json!(2))),
+        (&other, Tool::new("gone", json!("another agent's"))),
+    ];
+    for (owner, tool) in &registrations {
+        backend.put_tool(owner, tool).await.unwrap();
+    }
+    let deletes = [
+        backend.delete_tool(&agent, "gone").await.unwrap(),
+        backend.delete_tool(&agent, "gone").await.unwrap(),
+    ];
+    assert_eq!(deletes, [true, false], "{name}: found once, then nothing");
+    assert_eq!(
+        backend.get_tool(&agent, "gone").await.unwrap(),
+        None,
+        "{name}"
+    );
+    let tools = backend.list_tools(&agent, &Listing::default()).await;
+    let listed: Vec<String> = tools.unwrap().into_iter().map(|t| t.name).collect();
+    assert_eq!(listed, ["kept"], "{name}: a deleted tool is not listed");
+    let kept = backend.get_tool(&other, "gone").await.unwrap();
+    assert!(kept.is_some(), "{name}: the delete reached another agent");
+    // Registered again with its old version, it lands past the delete.
+    let again = backend.put_tool(&agent, &gone).await.unwrap();
+    assert!(again.updated_at > gone.updated_at, "{name}");
+    assert_eq!(backend.get_tool(&agent, "gone").await.unwrap(), Some(again));
+    let never = unique_agent("never_deleted");
+    assert!(!backend.delete_tool(&never, "t").await.unwrap(), "{name}");
 }
 
 /// Keys and agents never written read as absent, and deleting them is not an error.

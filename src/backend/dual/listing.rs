@@ -78,7 +78,18 @@ listed!(
         Ok(postgres.memory_tombstone(agent, self).await?.is_some())
     }
 );
-listed!(Tool, list_tools, String, |tool| tool.name.clone());
+listed!(
+    Tool,
+    list_tools,
+    String,
+    |tool| tool.name.clone(),
+    /// A tool only SQLite holds is readable through the fallback (a lazy copy), unless
+    /// PostgreSQL recorded a delete of its name at or after its version.
+    async fn hidden<'a>(&'a self, postgres: &'a dyn Replica, agent: &'a AgentId) -> Result<bool> {
+        let deleted = postgres.tool_tombstone(agent, &self.name).await?;
+        Ok(deleted.is_some_and(|at| at >= self.updated_at))
+    }
+);
 listed!(Metric, list_metrics, (DateTime<Utc>, Uuid), |metric| (
     metric.created_at,
     metric.id

@@ -159,8 +159,8 @@ impl Comparison {
 /// - **Reads** follow the stage. In `live`, a miss in PostgreSQL is answered from SQLite
 ///   and the row copied into PostgreSQL with its id and times (inserted only where no
 ///   newer value or delete is there); if PostgreSQL cannot be reached, SQLite answers.
-/// - **Deletes** leave tombstones on both sides, so neither a fallback read, a lazy copy
-///   nor a replay brings a deleted key back.
+/// - **Deletes** of memories and of tools leave tombstones on both sides, so neither a
+///   fallback read, a lazy copy nor a replay brings a deleted key or tool back.
 /// - **Shadow compares** (in `shadow`, and in the background in `live`) use
 ///   [`same_memory`], and count and log mismatches by key, never by value at info level.
 #[derive(Clone)]
@@ -447,16 +447,8 @@ impl MemoryBackend for DualBackend {
     }
 
     async fn delete_memory(&self, agent: &AgentId, key: &str) -> Result<bool> {
-        let plan = Plan::of(self.stage());
-        let change = Change::DeleteMemory { key, at: now() };
-        let (outcome, on_second) = self.write(agent, change, plan).await?;
-        let existed = matches!(
-            outcome,
-            super::replica::Outcome::Deleted { existed: true, .. }
-        );
-        // In `live` a key only SQLite held was readable (through the fallback), so it
-        // existed for the agent even though PostgreSQL had no row to delete.
-        Ok(existed || (plan.stage == Stage::Live && on_second == Some(true)))
+        self.delete(agent, Change::DeleteMemory { key, at: now() })
+            .await
     }
 
     async fn memory_keys(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<String>> {
@@ -482,6 +474,11 @@ impl MemoryBackend for DualBackend {
 
     async fn get_tool(&self, agent: &AgentId, name: &str) -> Result<Option<Tool>> {
         self.get_tool_planned(agent, name, self.stage()).await
+    }
+
+    async fn delete_tool(&self, agent: &AgentId, name: &str) -> Result<bool> {
+        self.delete(agent, Change::DeleteTool { name, at: now() })
+            .await
     }
 
     async fn list_tools(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<Tool>> {
