@@ -27,13 +27,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::{Parser, Subcommand};
 use memshift::backend::dual::{DualBackend, Side};
 use memshift::config::Stage;
 use memshift::{
-    AgentConfig, AgentId, AgentMemory, BackendKind, Chain, DistanceMetric, Error, Memory,
+    AgentConfig, AgentId, AgentMemory, BackendKind, Chain, DistanceMetric, Error, Json, Memory,
     VectorIndex, VectorQuery, backend,
 };
-use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(name = "memctl", about = "Read and write an agent's memory")]
@@ -224,11 +224,11 @@ async fn run(cli: Cli) -> Result<Outcome, Error> {
             json,
             embedding,
         } => {
-            let value: serde_json::Value =
-                serde_json::from_str(&json).map_err(|source| Error::Json {
-                    context: format!("the value given for key {key:?}"),
-                    source,
-                })?;
+            // Kept as typed: key order, number forms and all.
+            let value: Json = json.parse().map_err(|source| Error::Json {
+                context: format!("the value given for key {key:?}"),
+                source,
+            })?;
             match embedding {
                 None => memory.store_memory(&key, &value).await?,
                 Some(text) => {
@@ -262,18 +262,23 @@ async fn run(cli: Cli) -> Result<Outcome, Error> {
                     .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
                 query = query.metadata_eq(field, value);
             }
+            #[derive(serde::Serialize)]
+            struct Hit<'a> {
+                key: Option<&'a str>,
+                distance: f64,
+                value: &'a Json,
+            }
             for hit in memory.search(&query).await? {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "key": hit.memory.key,
-                        "distance": hit.distance,
-                        "value": hit.memory.content,
-                    })
-                );
+                let hit = Hit {
+                    key: hit.memory.key.as_deref(),
+                    distance: hit.distance,
+                    value: &hit.memory.content,
+                };
+                // A key, a number and JSON text always serialize.
+                println!("{}", serde_json::to_string(&hit).unwrap_or_default());
             }
         }
-        Command::Get { key } => match memory.retrieve_memory::<serde_json::Value>(&key).await? {
+        Command::Get { key } => match memory.retrieve_memory::<Json>(&key).await? {
             Some(value) => println!("{value}"),
             None => {
                 eprintln!(

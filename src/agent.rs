@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 
 use crate::backend::{self, MemoryBackend};
 use crate::config::AgentConfig;
 use crate::error::{Error, Result};
+use crate::json::Json;
 use crate::listing::Listing;
 use crate::record::{AgentId, Execution, Memory, Metric, Tool};
 use crate::typed::TypedNeighbor;
@@ -96,6 +96,9 @@ impl AgentMemory {
 
     /// Stores `data` (anything `Serialize`) under `key`, replacing what was there.
     ///
+    /// `data` is written straight to JSON text, which is stored as it is: a struct's
+    /// fields in their order, numbers as `data` writes them.
+    ///
     /// # Errors
     /// [`Error::Json`] when `data` cannot be serialized; backend errors.
     pub async fn store_memory(&self, key: &str, data: impl Serialize) -> Result<()> {
@@ -155,13 +158,16 @@ impl AgentMemory {
 
     /// The value stored under `key`, read back as `T`, or `None` when there is none.
     ///
+    /// `T` is read straight from the stored text (ask for [`Json`] to get the text
+    /// itself).
+    ///
     /// # Errors
     /// [`Error::Json`] when the stored value is not a `T`; backend errors.
     pub async fn retrieve_memory<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         let Some(memory) = self.memory(key).await? else {
             return Ok(None);
         };
-        serde_json::from_value(memory.content)
+        serde_json::from_str(memory.content.as_str())
             .map(Some)
             .map_err(|source| Error::Json {
                 context: format!("memory {key:?} of agent {:?}", self.agent),
@@ -395,8 +401,8 @@ impl AgentMemory {
         }
     }
 
-    fn to_json(&self, data: impl Serialize, what: impl FnOnce() -> String) -> Result<Value> {
-        serde_json::to_value(data).map_err(|source| Error::Json {
+    fn to_json(&self, data: impl Serialize, what: impl FnOnce() -> String) -> Result<Json> {
+        Json::new(&data).map_err(|source| Error::Json {
             context: format!("{} of agent {:?}", what(), self.agent),
             source,
         })

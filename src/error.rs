@@ -95,6 +95,17 @@ pub enum Error {
     },
 }
 
+/// Lets `?` take your own `serde_json` calls in a function returning this crate's
+/// [`Result`]: the error becomes [`Error::Json`].
+impl From<serde_json::Error> for Error {
+    fn from(source: serde_json::Error) -> Self {
+        Error::Json {
+            context: "a JSON value".to_string(),
+            source,
+        }
+    }
+}
+
 impl Error {
     pub(crate) fn config(message: impl Into<String>) -> Self {
         Error::Config {

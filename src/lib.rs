@@ -18,6 +18,10 @@
 //! # Ok(()) }
 //! ```
 //!
+//! A stored value keeps its exact JSON text ([`Json`]): key order, numbers of any size in
+//! their written form, escapes. The crate turns on no `serde_json` feature that would
+//! change how your own code serializes or deserializes.
+//!
 //! The PostgreSQL tables are those of the data contract, shared with an admin
 //! application; [`migrate`] creates them when asked, and [`PostgresBackend::connect`]
 //! checks that they are there.
@@ -65,6 +69,7 @@ pub mod backend;
 pub mod backfill;
 pub mod config;
 pub mod error;
+mod json;
 pub mod legacy;
 mod listing;
 pub mod record;
@@ -85,6 +90,7 @@ pub use backend::dual::{DualBackend, DualOptions};
 pub use backend::{MemoryBackend, PostgresBackend, PostgresOptions, SqliteBackend, SqliteOptions};
 pub use config::{AgentConfig, BackendKind, Stage};
 pub use error::{Chain, Error, Result, redact_url};
+pub use json::Json;
 pub use listing::Listing;
 pub use record::{AgentId, Execution, MAX_KEY_BYTES, Memory, Metadata, Metric, Tool};
 pub use schema::{migrate, missing_schema};
@@ -114,3 +120,24 @@ pub async fn migrate_url(url: &str) -> Result<Vec<i64>> {
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The Rust examples of the guides in `docs/`, compiled as doctests like the README's.
+#[cfg(doctest)]
+pub mod guide_doctests {
+    #[doc = include_str!("../docs/backends.md")]
+    pub struct Backends;
+    #[doc = include_str!("../docs/dual.md")]
+    pub struct Dual;
+    #[doc = include_str!("../docs/backfill.md")]
+    pub struct Backfill;
+    #[doc = include_str!("../docs/vector.md")]
+    pub struct Vector;
+    #[doc = include_str!("../docs/memctl.md")]
+    pub struct Memctl;
+    #[doc = include_str!("../docs/guarantees.md")]
+    pub struct Guarantees;
+    #[doc = include_str!("../docs/contract.md")]
+    pub struct Contract;
+    #[doc = include_str!("../docs/performance.md")]
+    pub struct Performance;
+}

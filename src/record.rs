@@ -9,6 +9,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::error::{Error, Result};
+use crate::json::Json;
 
 /// The longest memory key or tool name, in bytes (UTF-8), that both backends store.
 ///
@@ -17,7 +18,11 @@ use crate::error::{Error, Result};
 /// for both, well under PostgreSQL's, so a key one side can hold the other can too.
 pub const MAX_KEY_BYTES: usize = 1024;
 
-/// A memory's or record's metadata: a JSON object.
+/// A memory's or record's metadata: a JSON object of `serde_json` values.
+///
+/// Unlike `content`, metadata is data the library and the databases read (PostgreSQL
+/// keeps it as `jsonb`, which orders keys its own way), so it holds what a
+/// `serde_json::Value` holds, in the key order of your `serde_json` build.
 pub type Metadata = serde_json::Map<String, Value>;
 
 /// The current time at the precision both databases keep (microseconds), so a time
@@ -115,8 +120,8 @@ pub struct Memory {
     /// The key agents store and retrieve by. `None` only for migrated legacy rows whose
     /// key another row of the same agent holds.
     pub key: Option<String>,
-    /// The stored value.
-    pub content: Value,
+    /// The stored value, as the exact JSON text it was stored as.
+    pub content: Json,
     /// Free-form metadata (a JSON object).
     pub metadata: Metadata,
     /// An embedding for vector search.
@@ -130,12 +135,12 @@ pub struct Memory {
 impl Memory {
     /// A new memory under `key`, with a fresh time-ordered id, empty metadata and no
     /// embedding, created now.
-    pub fn new(key: impl Into<String>, content: Value) -> Self {
+    pub fn new(key: impl Into<String>, content: impl Into<Json>) -> Self {
         let at = now();
         Memory {
             id: Uuid::now_v7(),
             key: Some(key.into()),
-            content,
+            content: content.into(),
             metadata: Metadata::new(),
             embedding: None,
             created_at: at,
@@ -183,7 +188,7 @@ pub struct Tool {
     /// The tool's name, unique per agent.
     pub name: String,
     /// The tool's definition (schema, configuration, ...).
-    pub content: Value,
+    pub content: Json,
     /// Free-form metadata.
     pub metadata: Metadata,
     /// When the tool was first registered.
@@ -194,12 +199,12 @@ pub struct Tool {
 
 impl Tool {
     /// A new tool definition, registered now.
-    pub fn new(name: impl Into<String>, content: Value) -> Self {
+    pub fn new(name: impl Into<String>, content: impl Into<Json>) -> Self {
         let at = now();
         Tool {
             id: Uuid::now_v7(),
             name: name.into(),
-            content,
+            content: content.into(),
             metadata: Metadata::new(),
             created_at: at,
             updated_at: at,
@@ -226,7 +231,7 @@ pub struct Metric {
     /// The measured value, if it is a number.
     pub value: Option<f64>,
     /// Details as JSON.
-    pub content: Value,
+    pub content: Json,
     /// Free-form metadata.
     pub metadata: Metadata,
     /// When it was measured.
@@ -240,7 +245,7 @@ impl Metric {
             id: Uuid::now_v7(),
             name: name.into(),
             value,
-            content: Value::Object(Metadata::new()),
+            content: Json::from(Value::Object(Metadata::new())),
             metadata: Metadata::new(),
             created_at: now(),
         }
@@ -271,7 +276,7 @@ pub struct Execution {
     /// Outcome, e.g. `ok`, `failed`.
     pub status: Option<String>,
     /// Details as JSON (task, inputs, outputs, ...).
-    pub content: Value,
+    pub content: Json,
     /// Free-form metadata.
     pub metadata: Metadata,
     /// When it was logged.
@@ -280,11 +285,11 @@ pub struct Execution {
 
 impl Execution {
     /// A new execution entry logged now.
-    pub fn new(status: Option<String>, content: Value) -> Self {
+    pub fn new(status: Option<String>, content: impl Into<Json>) -> Self {
         Execution {
             id: Uuid::now_v7(),
             status,
-            content,
+            content: content.into(),
             metadata: Metadata::new(),
             created_at: now(),
         }

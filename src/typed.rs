@@ -4,7 +4,6 @@
 
 use serde::de::DeserializeOwned;
 
-use crate::backend::codec::json_text;
 use crate::error::{Error, Result};
 use crate::record::Memory;
 use crate::vector::Neighbor;
@@ -63,7 +62,7 @@ fn read_content<T: DeserializeOwned>(
     memory: &Memory,
     context: impl FnOnce() -> String,
 ) -> Result<T> {
-    serde_json::from_str(&json_text(&memory.content)).map_err(|source| Error::Json {
+    serde_json::from_str(memory.content.as_str()).map_err(|source| Error::Json {
         context: context(),
         source,
     })

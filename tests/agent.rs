@@ -255,7 +255,8 @@ fn memctl_session(env: &[(&str, &str)]) {
     assert_eq!(stdout(&memctl(env, &["--agent", "a", "keys"])), "j\nk\n");
     assert_eq!(
         stdout(&memctl(env, &["--agent", "a", "get", "j"])),
-        "[1,2.50,\"three\"]\n"
+        "[1, 2.50, \"three\"]\n",
+        "the value as it was given"
     );
     assert_eq!(
         memctl(env, &["--agent", "a", "delete", "k"]).status.code(),

@@ -10,6 +10,7 @@ use memshift::backend::Replica as _;
 use memshift::backfill::{self, BackfillOptions};
 use memshift::legacy::{self, ContractRecord, ReadOptions, Source, TableKind, TableMap};
 use memshift::testing::postgres::TestDatabase;
+use memshift::testing::scenarios::{assert_awkward_values, store_awkward_values};
 use memshift::{AgentId, Listing, Memory, MemoryBackend, SqliteBackend, Tool};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, Row};
@@ -426,6 +427,8 @@ async fn library_files_move_as_themselves() {
         .await
         .unwrap();
     assert!(sqlite.delete_memory(&agent, "gone").await.unwrap());
+    let awkward = AgentId::new("own_layout_awkward").unwrap();
+    store_awkward_values(&sqlite, &awkward).await;
     sqlite.close().await;
     let db = TestDatabase::migrated().await;
     let report = backfill::run(&db.url, &BackfillOptions::new(dir.path()), &())
@@ -446,6 +449,7 @@ async fn library_files_move_as_themselves() {
         ContractRecord::Memory(moved.clone()),
         ContractRecord::Memory(_)
     ));
+    assert_awkward_values(&*backend, &awkward, "backfilled").await;
 }
 
 /// Tool deletes move like key deletes: a tool the agent deleted after an earlier run
@@ -580,6 +584,27 @@ async fn awkward_values_and_files_arrive_exactly() {
         ["Case", "case", "odd"],
         "agents whose names differ only in case stay apart"
     );
+    // Columns in their order (not sorted), numbers exact, infinities tagged (`note` has
+    // TEXT affinity: SQLite itself stored its numbers as text).
+    for (key, want) in [
+        (
+            "ints",
+            r#"{"key":"ints","content":9223372036854775807,"note":"-9223372036854775808"}"#,
+        ),
+        ("mixed", r#"{"key":"mixed","content":12.5,"note":"7"}"#),
+        (
+            "inf",
+            r#"{"key":"inf","content":{"$float":"Infinity"},"note":"-Inf"}"#,
+        ),
+    ] {
+        let content: String =
+            sqlx::query_scalar("select content from agent_memories where key = $1")
+                .bind(key)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        assert_eq!(content, want, "legacy row {key:?}");
+    }
     let nul: String = sqlx::query_scalar("select content from agent_memories where key = 'nul'")
         .fetch_one(&mut conn)
         .await
@@ -589,12 +614,9 @@ async fn awkward_values_and_files_arrive_exactly() {
 
 #[tokio::test]
 async fn the_public_corpus_backfills_and_verifies() {
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/public");
-    assert!(
-        corpus.is_dir(),
-        "the public corpus is expected at {}",
-        corpus.display()
-    );
+    let Some(corpus) = common::corpus("the_public_corpus_backfills_and_verifies") else {
+        return;
+    };
     let db = TestDatabase::migrated().await;
     let mut options = BackfillOptions::new(&corpus);
     for (table, target) in [

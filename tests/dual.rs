@@ -14,9 +14,12 @@ use memshift::backend::replica::{OwedWrite, Replica};
 use memshift::config::Stage;
 use memshift::testing::faulty::FaultyBackend;
 use memshift::testing::postgres::TestDatabase;
+use memshift::testing::scenarios::{assert_awkward_values, store_awkward_values};
 use memshift::testing::unique_agent;
-use memshift::{AgentId, Execution, Listing, Memory, MemoryBackend, Metric, SqliteBackend, Tool};
-use serde_json::{Value, json};
+use memshift::{
+    AgentId, Execution, Json, Listing, Memory, MemoryBackend, Metric, SqliteBackend, Tool,
+};
+use serde_json::json;
 
 // ---------------------------------------------------------------------------------------
 // Fixture and helpers
@@ -81,25 +84,25 @@ impl Fixture {
     }
 
     /// Stores `content` under `key` through the dual backend.
-    async fn try_put(&self, key: &str, content: Value) -> memshift::Result<Memory> {
+    async fn try_put(&self, key: &str, content: impl Into<Json>) -> memshift::Result<Memory> {
         let memory = Memory::new(key, content);
         self.dual.put_memory(&self.agent, &memory).await
     }
 
     /// Stores `content` under `key` through the dual backend; the write must succeed.
-    async fn put(&self, key: &str, content: Value) -> Memory {
+    async fn put(&self, key: &str, content: impl Into<Json>) -> Memory {
         let stage = self.dual.stage();
         let stored = self.try_put(key, content).await;
         stored.unwrap_or_else(|e| panic!("store {key:?} at {stage}: {e:?}"))
     }
 
     /// The value under `key`, read through the dual backend.
-    async fn get(&self, key: &str) -> Option<Value> {
+    async fn get(&self, key: &str) -> Option<Json> {
         value_of(&self.dual, &self.agent, key).await
     }
 
     /// Asserts the value of `key` through the dual backend and on each side it names.
-    async fn assert_value(&self, key: &str, want: Option<&Value>, sides: &[Side]) {
+    async fn assert_value(&self, key: &str, want: Option<&Json>, sides: &[Side]) {
         let stage = self.dual.stage();
         assert_eq!(
             self.get(key).await.as_ref(),
@@ -174,7 +177,7 @@ impl Fixture {
     /// Reads `key` through the dual backend once the sides it needs answer again (the
     /// dual backend skips a side that failed with a connection error until a ping
     /// finds it back).
-    async fn get_when_reachable(&self, key: &str) -> Option<Value> {
+    async fn get_when_reachable(&self, key: &str) -> Option<Json> {
         eventually("a read", || async {
             match self.dual.get_memory(&self.agent, key).await {
                 Ok(found) => Ok(found.map(|m| m.content)),
@@ -209,7 +212,7 @@ enum Side {
 
 const BOTH: &[Side] = &[Side::Sqlite, Side::Postgres];
 
-async fn value_of(backend: &dyn MemoryBackend, agent: &AgentId, key: &str) -> Option<Value> {
+async fn value_of(backend: &dyn MemoryBackend, agent: &AgentId, key: &str) -> Option<Json> {
     let found = backend.get_memory(agent, key).await;
     let found = found.unwrap_or_else(|e| panic!("{}: read {key:?}: {e:?}", backend.name()));
     found.map(|m| m.content)
@@ -276,7 +279,14 @@ async fn postgres_down_then_back(stage: Stage, repair: Repair) {
     fx.put("doomed", json!("stored while healthy")).await;
 
     fx.postgres_faults.set_down(true);
-    let kept = fx.put("kept", json!({"n": 1})).await;
+    // Text only an exact store keeps: the replays must carry it as it is.
+    let exact = |text: &str| text.parse::<Json>().unwrap();
+    let kept = fx
+        .put(
+            "kept",
+            exact(r#"{"n": 1, "big": 18446744073709551616, "w": 2.50}"#),
+        )
+        .await;
     assert_eq!(fx.get("kept").await, Some(kept.content.clone()));
     assert!(fx.dual.delete_memory(agent, "doomed").await.unwrap());
     assert_eq!(fx.get("doomed").await, None);
@@ -295,9 +305,10 @@ async fn postgres_down_then_back(stage: Stage, repair: Repair) {
             .len(),
         1
     );
-    let metric = Metric::new("latency_ms", Some(12.5));
+    let mut metric = Metric::new("latency_ms", Some(12.5));
+    metric.content = exact(r#"{"z": -0, "a": 1e400}"#);
     fx.dual.record_metric(agent, &metric).await.expect("metric");
-    let execution = Execution::new(Some("ok".into()), json!({"step": 1}));
+    let execution = Execution::new(Some("ok".into()), exact(r#"{"step": 1, "at": 2.50}"#));
     fx.dual.log_execution(agent, &execution).await.expect("log");
     assert_eq!(
         fx.dual
@@ -476,7 +487,8 @@ async fn sqlite_failing_in_live_is_journaled_and_repaired() {
     // A background repair, started when the side answered again, may replay them too.
     assert!(fx.dual.stats().owed_replayed >= 2);
     fx.assert_value("k", Some(&after.content), BOTH).await;
-    fx.assert_value("other", Some(&json!([1, 2])), BOTH).await;
+    fx.assert_value("other", Some(&json!([1, 2]).into()), BOTH)
+        .await;
     fx.assert_sides_agree().await;
 }
 
@@ -538,6 +550,14 @@ async fn live_reads_copy_sqlite_data_into_postgres_once() {
         assert_eq!(fx.dual.stats().lazy_copies, 2, "the tool copied once");
     }
     fx.assert_sides_agree().await;
+
+    // Every awkward value is copied as the same text: key order, number forms, escapes.
+    let other = unique_agent("awkward");
+    let plain = SqliteBackend::new(fx.dir.path());
+    store_awkward_values(&plain, &other).await;
+    plain.close().await;
+    assert_awkward_values(&fx.dual, &other, "read through live").await;
+    assert_awkward_values(&*fx.postgres, &other, "copied into PostgreSQL").await;
 }
 
 /// A lazy copy of an old value racing a store of a new one never brings the old value
@@ -560,7 +580,7 @@ async fn lazy_copy_racing_a_store_keeps_the_newer_value() {
         let (read, write) = (read.await.unwrap(), write.await.unwrap());
         let read = read.expect("read").map(|m| m.content);
         assert!(
-            read == Some(json!("old")) || read == Some(json!({"new": i})),
+            read == Some(json!("old").into()) || read == Some(json!({"new": i}).into()),
             "{read:?}"
         );
         let written = write.expect("store").content;
@@ -602,7 +622,8 @@ async fn deletes_in_live_stay_deleted_in_every_stage() {
         step(&fx.dual, stage).await;
         fx.assert_value("only_sqlite", None, &[]).await;
         fx.assert_value("both", None, &[]).await;
-        fx.assert_value("survivor", Some(&json!(3)), &[]).await;
+        fx.assert_value("survivor", Some(&json!(3).into()), &[])
+            .await;
         let keys = fx
             .dual
             .memory_keys(agent, &Listing::default())
@@ -728,7 +749,7 @@ const KEYS: [&str; 6] = ["k0", "k1", "k2", "k3", "k4", "k5"];
 async fn concurrent_operations(stage: Stage) {
     let fx = Arc::new(Fixture::new(stage).await);
     // The last acknowledged write of each key: its value, or None after a delete.
-    type Last = BTreeMap<&'static str, Option<Value>>;
+    type Last = BTreeMap<&'static str, Option<Json>>;
     let locks: Arc<Vec<tokio::sync::Mutex<()>>> =
         Arc::new(KEYS.iter().map(|_| tokio::sync::Mutex::new(())).collect());
     let last: Arc<std::sync::Mutex<Last>> = Arc::new(std::sync::Mutex::new(
@@ -748,7 +769,7 @@ async fn concurrent_operations(stage: Stage) {
                         let value = json!({"task": task, "op": op});
                         let stored = fx.put(key, value.clone()).await;
                         assert_eq!(stored.content, value);
-                        last.lock().unwrap().insert(key, Some(value));
+                        last.lock().unwrap().insert(key, Some(stored.content));
                     }
                     1 => {
                         let existed = fx.dual.delete_memory(&fx.agent, key).await;
@@ -811,7 +832,7 @@ concurrency_in!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn stepping_through_the_stages_loses_nothing() {
     let fx = Fixture::new(Stage::Sqlite).await;
-    let mut expected: BTreeMap<String, Option<Value>> = BTreeMap::new();
+    let mut expected: BTreeMap<String, Option<Json>> = BTreeMap::new();
     for (round, stage) in there_and_back().enumerate() {
         step(&fx.dual, stage).await;
         // Everything written so far reads back first, then this stage writes.
@@ -824,8 +845,8 @@ async fn stepping_through_the_stages_loses_nothing() {
             "shared".into(),
             format!("doomed-{round}"),
         ] {
-            fx.put(&key, value.clone()).await;
-            expected.insert(key, Some(value.clone()));
+            let stored = fx.put(&key, value.clone()).await;
+            expected.insert(key, Some(stored.content));
         }
         if round > 0 {
             let key = format!("doomed-{}", round - 1);
@@ -874,9 +895,9 @@ async fn owed_store_replayed_after_a_delete_stays_deleted() {
 
 /// Overwrites `key` on one side only with `content`, keeping the stored times, so the
 /// sides differ in content alone.
-async fn diverge(side: &dyn Replica, agent: &AgentId, stored: &Memory, content: Value) {
+async fn diverge(side: &dyn Replica, agent: &AgentId, stored: &Memory, content: impl Into<Json>) {
     let changed = Memory {
-        content,
+        content: content.into(),
         ..stored.clone()
     };
     assert!(
@@ -896,7 +917,7 @@ async fn diverge(side: &dyn Replica, agent: &AgentId, stored: &Memory, content: 
 async fn shadow_reads_compare_by_meaning() {
     let fx = Fixture::new(Stage::Shadow).await;
     let same = fx.put("same", json!({"a": 1, "b": [2.5]})).await;
-    let other_form: Value = serde_json::from_str(r#"{"b": [2.50], "a": 1.0}"#).unwrap();
+    let other_form: Json = r#"{"b": [2.50], "a": 1.0}"#.parse().unwrap();
     diverge(&*fx.postgres, &fx.agent, &same, other_form).await;
     let differs = fx.put("differs", json!("what SQLite holds")).await;
     diverge(
@@ -907,10 +928,13 @@ async fn shadow_reads_compare_by_meaning() {
     )
     .await;
 
-    assert_eq!(fx.get("same").await, Some(json!({"a": 1, "b": [2.5]})));
+    assert_eq!(
+        fx.get("same").await,
+        Some(json!({"a": 1, "b": [2.5]}).into())
+    );
     assert_eq!(
         fx.get("differs").await,
-        Some(json!("what SQLite holds")),
+        Some(json!("what SQLite holds").into()),
         "shadow answers from SQLite"
     );
     assert_eq!(fx.get("absent").await, None);
@@ -937,7 +961,7 @@ async fn live_compares_a_sample_of_hits_in_the_background() {
     for _ in 0..8 {
         assert_eq!(
             fx.get("k").await,
-            Some(json!({"v": 1})),
+            Some(json!({"v": 1}).into()),
             "live answers from PostgreSQL"
         );
     }
@@ -976,7 +1000,7 @@ async fn sqlite_failing_while_it_leads_leaves_nothing_on_postgres() {
         fx.sqlite_faults.set_writes_failing(false);
         assert_eq!(
             value_of(&*fx.postgres, &fx.agent, "k").await,
-            Some(json!("old")),
+            Some(json!("old").into()),
             "{stage}: PostgreSQL kept a store the agent was told failed"
         );
         assert_eq!(
@@ -1002,8 +1026,59 @@ async fn an_undo_never_takes_back_a_newer_store() {
     // A newer store lands on both sides before the journaled undo is replayed.
     fx.put("k", json!("newest")).await;
     fx.dual.repair(&fx.agent).await.expect("repair");
-    fx.assert_value("k", Some(&json!("newest")), BOTH).await;
+    fx.assert_value("k", Some(&json!("newest").into()), BOTH)
+        .await;
     fx.assert_sides_agree().await;
+}
+
+/// A repair that meets a record whose copy is still under way (the other side's row is
+/// locked) waits for that copy instead of replaying the write beside it: the write is
+/// delivered once, by itself, and the repair counts nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_repair_waits_for_a_copy_under_way_instead_of_replaying_it() {
+    use sqlx::Connection;
+    let fx = Fixture::new(Stage::DualWrite).await;
+    let agent = &fx.agent;
+    fx.put("k", json!("first")).await;
+    fx.dual.flush().await.expect("flush");
+    assert!(fx.journal(Side::Sqlite).await.is_empty());
+
+    let mut lock = sqlx::PgConnection::connect(&fx._db.url)
+        .await
+        .expect("connect");
+    sqlx::query("begin").execute(&mut lock).await.unwrap();
+    sqlx::query(
+        "select 1 from agent_memories m join agents a on a.id = m.agent_id
+         where a.name = $1 and m.key = 'k' for update of m",
+    )
+    .bind(agent.as_str())
+    .fetch_one(&mut lock)
+    .await
+    .expect("lock the row");
+
+    let journaled = || async {
+        while fx.journal(Side::Sqlite).await.is_empty() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    };
+    let write = fx.put("k", json!("second"));
+    let repair = async {
+        journaled().await;
+        fx.dual.repair(agent).await.expect("repair")
+    };
+    let release = async {
+        journaled().await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        sqlx::query("rollback").execute(&mut lock).await.unwrap();
+    };
+    let (_, report, ()) = tokio::join!(write, repair, release);
+
+    assert_eq!((report.to_postgres, report.to_sqlite), (0, 0), "{report:?}");
+    assert_eq!(fx.dual.stats().owed_replayed, 0);
+    fx.assert_value("k", Some(&Json::from(json!("second"))), BOTH)
+        .await;
+    fx.dual.flush().await.expect("flush");
+    assert_eq!(fx.dual.owed_pending().await.unwrap(), 0);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1115,7 +1190,7 @@ impl Fixture {
     }
 
     /// The definition of tool `name` that `backend` holds for the agent.
-    async fn tool_of(&self, backend: &dyn MemoryBackend, name: &str) -> Option<Value> {
+    async fn tool_of(&self, backend: &dyn MemoryBackend, name: &str) -> Option<Json> {
         let tool = backend.get_tool(&self.agent, name).await;
         let tool = tool.unwrap_or_else(|e| panic!("{}: get tool {name:?}: {e:?}", backend.name()));
         tool.map(|t| t.content)
@@ -1151,7 +1226,10 @@ async fn tool_delete_while_postgres_is_down_is_repaired() {
     let report = fx.dual.repair(agent).await.expect("repair");
     assert_eq!(report.to_postgres, 3, "{report:?}");
     assert_eq!(fx.tool_names(&*fx.postgres).await, ["back"]);
-    assert_eq!(fx.tool_of(&*fx.postgres, "back").await, Some(json!("v2")));
+    assert_eq!(
+        fx.tool_of(&*fx.postgres, "back").await,
+        Some(json!("v2").into())
+    );
     assert!(
         fx.postgres
             .tool_tombstone(agent, "gone")

@@ -627,9 +627,21 @@ async fn sqlite_reads_of_an_unknown_agent_create_nothing() {
     let agent = unique_agent("ghost");
     assert_eq!(backend.get_memory(&agent, "k").await.expect("get"), None);
     assert!(!backend.delete_memory(&agent, "k").await.expect("delete"));
-    assert!(backend.memory_keys(&agent, &Listing::default()).await.expect("keys").is_empty());
+    assert!(
+        backend
+            .memory_keys(&agent, &Listing::default())
+            .await
+            .expect("keys")
+            .is_empty()
+    );
     assert_eq!(backend.get_tool(&agent, "t").await.expect("tool"), None);
-    assert!(backend.list_tools(&agent, &Listing::default()).await.expect("tools").is_empty());
+    assert!(
+        backend
+            .list_tools(&agent, &Listing::default())
+            .await
+            .expect("tools")
+            .is_empty()
+    );
     assert!(
         backend
             .list_metrics(&agent, &Listing::default())

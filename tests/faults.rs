@@ -115,7 +115,7 @@ fn quick_options() -> DualOptions {
 async fn value_of(backend: &dyn MemoryBackend, agent: &AgentId, key: &str) -> Option<Value> {
     let found = backend.get_memory(agent, key).await;
     let found = found.unwrap_or_else(|e| panic!("{}: read {key:?}: {e:?}", backend.name()));
-    found.map(|m| m.content)
+    found.map(|m| m.content.parse().expect("stored JSON reads back"))
 }
 
 /// Runs `repair` until it succeeds (a side marked down is pinged back; 20 s at most),

@@ -10,16 +10,14 @@ use memshift::legacy::{
     TableKind, TableMap, TableOutcome, Target, convert_row, discover, inventory, read_own_records,
     resolve_key_conflicts, row_id,
 };
-use memshift::{AgentId, Execution, Listing, Memory, MemoryBackend, Metric, SqliteBackend, Tool};
+use memshift::{
+    AgentId, Execution, Json, Listing, Memory, MemoryBackend, Metric, SqliteBackend, Tool,
+};
 use serde_json::{Value, json};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{ConnectOptions, Connection};
 
-const CORPUS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/corpus/public");
-
-fn corpus(path: &str) -> PathBuf {
-    Path::new(CORPUS).join(path)
-}
+mod common;
 
 fn agent(name: &str) -> AgentId {
     AgentId::new(name).unwrap()
@@ -205,7 +203,7 @@ async fn metadata_holds_the_source_and_the_migration_time() {
 
 #[tokio::test]
 async fn ids_depend_only_on_agent_db_table_and_rowid() {
-    let key = json!(7);
+    let key = Json::from(json!(7));
     let id = row_id(&agent("crawler"), "crawler/memory.db", "memory", &key);
     // uuid5(a581f4c7-e8fc-5bbf-9361-1b7b5553cc3b, '["crawler","crawler/memory.db","memory",7]')
     assert_eq!(id.to_string(), "0d5145db-be5b-544b-88df-98526887968b");
@@ -213,12 +211,17 @@ async fn ids_depend_only_on_agent_db_table_and_rowid() {
         row_id(&agent("Crawler"), "crawler/memory.db", "memory", &key),
         row_id(&agent("crawler"), "crawler/memory2.db", "memory", &key),
         row_id(&agent("crawler"), "crawler/memory.db", "tools", &key),
-        row_id(&agent("crawler"), "crawler/memory.db", "memory", &json!(8)),
         row_id(
             &agent("crawler"),
             "crawler/memory.db",
             "memory",
-            &json!({"k": 7}),
+            &json!(8).into(),
+        ),
+        row_id(
+            &agent("crawler"),
+            "crawler/memory.db",
+            "memory",
+            &json!({"k": 7}).into(),
         ),
     ];
     assert!(others.iter().all(|o| *o != id));
@@ -243,7 +246,12 @@ async fn ids_depend_only_on_agent_db_table_and_rowid() {
         assert_eq!(later.record.id(), before.record.id());
         assert_eq!(
             later.record.id(),
-            row_id(&agent("a"), "a/m.db", "memory", &json!(row.rowid.unwrap()))
+            row_id(
+                &agent("a"),
+                "a/m.db",
+                "memory",
+                &json!(row.rowid.unwrap()).into()
+            )
         );
     }
 }
@@ -376,7 +384,7 @@ async fn without_rowid_tables_are_keyed_by_their_primary_key_in_batches() {
             &agent("a"),
             "a/w.db",
             "my \"odd\" tablé",
-            &json!({"a": "w", "b": {"$base64": "AA=="}})
+            &json!({"a": "w", "b": {"$base64": "AA=="}}).into()
         )
     );
     let ContractRecord::Tool(tool) = &converted[0].record else {
@@ -386,6 +394,57 @@ async fn without_rowid_tables_are_keyed_by_their_primary_key_in_batches() {
         tool.name,
         r#"my "odd" tablé:{"a":"w","b":{"$base64":"AA=="}}"#
     );
+    assert_eq!(
+        content(&converted[0]),
+        r#"{"b":{"$base64":"AA=="},"a":"w","v":3}"#,
+        "content in column order"
+    );
+}
+
+/// A primary key whose columns are not in name order names the row in key order.
+#[tokio::test]
+async fn without_rowid_ids_take_the_key_in_key_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = generated(
+        dir.path(),
+        "a/k.db",
+        "create table t (v, z text, a text, primary key (z, a)) without rowid;
+         insert into t values (1, 'zz', 'aa');",
+    )
+    .await;
+    let mut source = open(&path).await;
+    let info = table(&mut source, "t").await;
+    let rows = all_rows(&mut source, &info).await;
+    let row = convert_row(
+        &agent("a"),
+        "a/k.db",
+        &info,
+        Target::Tools,
+        &rows[0],
+        migrated_at(),
+    )
+    .unwrap();
+    let name = r#"["a","a/k.db","t",{"z":"zz","a":"aa"}]"#;
+    let namespace = memshift::legacy::LEGACY_ROW_NAMESPACE;
+    assert_eq!(
+        row.record.id(),
+        uuid::Uuid::new_v5(&namespace, name.as_bytes())
+    );
+    assert_eq!(
+        row.record.id(),
+        row_id(
+            &agent("a"),
+            "a/k.db",
+            "t",
+            &r#"{"z":"zz","a":"aa"}"#.parse().unwrap()
+        )
+    );
+    let ContractRecord::Tool(tool) = &row.record else {
+        unreachable!()
+    };
+    assert_eq!(tool.name, r#"t:{"z":"zz","a":"aa"}"#);
+    assert_eq!(content(&row), r#"{"v":1,"z":"zz","a":"aa"}"#);
+    assert_eq!(tool.metadata["source_key"], json!({"z": "zz", "a": "aa"}));
 }
 
 #[tokio::test]
@@ -419,7 +478,7 @@ async fn big_values_and_awkward_names_survive() {
         migrated_at(),
     )
     .unwrap();
-    let content = row.record.content();
+    let content: Value = row.record.content().parse().unwrap();
     assert_eq!(content["a b"].as_str().unwrap().len(), 1 << 20);
     assert_eq!(
         content["c\"d"]["$base64"].as_str().unwrap().len(),
@@ -505,7 +564,9 @@ async fn the_library_layout_moves_as_itself() {
     meta.insert("source".into(), json!("agent"));
     let memory = Memory::new(
         "k",
-        json!({"n": 1.50, "big": 123456789012345678901234567890u128}),
+        r#"{"n": 1.50, "big": 123456789012345678901234567890}"#
+            .parse::<Json>()
+            .unwrap(),
     )
     .with_metadata(meta)
     .with_embedding(vec![0.5, -1.25, 3.4e38]);
@@ -679,12 +740,20 @@ async fn discovery_reports_bad_files_and_keeps_going() {
         b"just some text, not a database",
     )
     .unwrap();
-    let chinook = std::fs::read(corpus(
-        "dimitri__pgloader/test/sqlite/Chinook_Sqlite.sqlite",
-    ))
-    .unwrap();
-    std::fs::write(root.join("alpha/short.db"), &chinook[..60]).unwrap();
-    std::fs::write(root.join("alpha/cut.db"), &chinook[..chinook.len() / 2]).unwrap();
+    // A database of many pages, outside the agents path, to cut short.
+    let whole_dir = tempfile::tempdir().unwrap();
+    let whole = generated(
+        whole_dir.path(),
+        "whole.db",
+        "create table notes (body text);
+         with recursive n(i) as (select 1 union all select i + 1 from n where i < 200)
+         insert into notes select printf('%.1000c', 'x') || i from n;",
+    )
+    .await;
+    let whole = std::fs::read(whole).unwrap();
+    assert!(whole.len() >= 16 * 4096, "{} bytes", whole.len());
+    std::fs::write(root.join("alpha/short.db"), &whole[..60]).unwrap();
+    std::fs::write(root.join("alpha/cut.db"), &whole[..whole.len() / 2]).unwrap();
     std::fs::write(root.join("alpha/memory.db-journal"), b"").unwrap();
     std::fs::write(root.join("alpha/readme.txt"), b"").unwrap();
 
@@ -847,8 +916,11 @@ async fn survey(file: &Path) -> Vec<(String, Result<usize, String>)> {
 
 #[tokio::test]
 async fn the_whole_corpus_is_read_without_a_trace() {
-    let before = listing(Path::new(CORPUS));
-    let found = discover(Path::new(CORPUS), &ReadOptions::default()).await;
+    let Some(corpus) = common::corpus("the_whole_corpus_is_read_without_a_trace") else {
+        return;
+    };
+    let before = listing(&corpus);
+    let found = discover(&corpus, &ReadOptions::default()).await;
     assert_eq!(found.len(), 18);
     for f in &found {
         assert_eq!(f.probe, Probe::Legacy, "{}", f.source_db);
@@ -873,12 +945,15 @@ async fn the_whole_corpus_is_read_without_a_trace() {
         survey(&spaced.path).await,
         [("greetings".to_string(), Ok(3))]
     );
-    assert_eq!(listing(Path::new(CORPUS)), before);
+    assert_eq!(listing(&corpus), before);
 }
 
 #[tokio::test]
 async fn pgloader_type_torture() {
-    let file = corpus("dimitri__pgloader/test/sqlite/sqlite.db");
+    let Some(corpus) = common::corpus("pgloader_type_torture") else {
+        return;
+    };
+    let file = corpus.join("dimitri__pgloader/test/sqlite/sqlite.db");
     let tables = survey(&file).await;
     let seq = tables.iter().find(|t| t.0 == "sqlite_sequence").unwrap();
     assert!(seq.1.as_ref().unwrap_err().contains("SQLite's own"));
@@ -927,7 +1002,10 @@ async fn pgloader_type_torture() {
 
 #[tokio::test]
 async fn bad_utf8_is_kept_as_bytes() {
-    let file = corpus("dimitri__pgloader/test/sqlite/bad-utf8.db");
+    let Some(corpus) = common::corpus("bad_utf8_is_kept_as_bytes") else {
+        return;
+    };
+    let file = corpus.join("dimitri__pgloader/test/sqlite/bad-utf8.db");
     let rows = convert(&file, "p", "bad-utf8.db", "files", Target::Memories).await;
     assert_eq!(
         content(&rows[1]),
@@ -938,9 +1016,12 @@ async fn bad_utf8_is_kept_as_bytes() {
 
 #[tokio::test]
 async fn chinook_views_and_virtual_tables() {
-    let chinook = survey(&corpus(
-        "dimitri__pgloader/test/sqlite/Chinook_Sqlite_AutoIncrementPKs.sqlite",
-    ))
+    let Some(corpus) = common::corpus("chinook_views_and_virtual_tables") else {
+        return;
+    };
+    let chinook = survey(
+        &corpus.join("dimitri__pgloader/test/sqlite/Chinook_Sqlite_AutoIncrementPKs.sqlite"),
+    )
     .await;
     assert!(chinook.contains(&("PlaylistTrack".to_string(), Ok(8715))));
     assert!(
@@ -948,17 +1029,15 @@ async fn chinook_views_and_virtual_tables() {
             .iter()
             .any(|t| t.0 == "sqlite_sequence" && t.1.is_err())
     );
-    let mut source = open(&corpus(
-        "dimitri__pgloader/test/sqlite/Chinook_Sqlite.sqlite",
-    ))
-    .await;
+    let mut source =
+        open(&corpus.join("dimitri__pgloader/test/sqlite/Chinook_Sqlite.sqlite")).await;
     let pt = table(&mut source, "PlaylistTrack").await;
     assert!(
         matches!(&pt.kind, TableKind::Data { without_rowid: false, primary_key, .. }
         if primary_key == &["PlaylistId".to_string(), "TrackId".to_string()])
     );
     let track = convert(
-        &corpus("dimitri__pgloader/test/sqlite/Chinook_Sqlite.sqlite"),
+        &corpus.join("dimitri__pgloader/test/sqlite/Chinook_Sqlite.sqlite"),
         "c",
         "c.db",
         "Track",
@@ -972,10 +1051,9 @@ async fn chinook_views_and_virtual_tables() {
     );
     assert!(content(&track[0]).contains(r#""UnitPrice":0.99"#));
 
-    let views = survey(&corpus(
-        "dimitri__pgloader/clojure/tests/sqlite/matviews/matviews.sqlite",
-    ))
-    .await;
+    let views =
+        survey(&corpus.join("dimitri__pgloader/clojure/tests/sqlite/matviews/matviews.sqlite"))
+            .await;
     let skipped: Vec<&str> = views
         .iter()
         .filter(|t| t.1.is_err())
@@ -984,7 +1062,7 @@ async fn chinook_views_and_virtual_tables() {
     assert_eq!(skipped, ["active_products", "cheap_products"]);
     assert!(views.contains(&("products".to_string(), Ok(3))));
 
-    let chroma = survey(&corpus("jm101093__CrewAIAutoblogger/db/chroma.sqlite3")).await;
+    let chroma = survey(&corpus.join("jm101093__CrewAIAutoblogger/db/chroma.sqlite3")).await;
     let skipped: Vec<&str> = chroma
         .iter()
         .filter(|t| t.1.is_err())
@@ -1006,7 +1084,10 @@ async fn chinook_views_and_virtual_tables() {
 
 #[tokio::test]
 async fn agent_framework_outputs() {
-    let crew = corpus("jm101093__CrewAIAutoblogger/long_term_memory_storage.db");
+    let Some(corpus) = common::corpus("agent_framework_outputs") else {
+        return;
+    };
+    let crew = corpus.join("jm101093__CrewAIAutoblogger/long_term_memory_storage.db");
     let rows = convert(
         &crew,
         "crew",
@@ -1022,35 +1103,37 @@ async fn agent_framework_outputs() {
     );
     assert!(rows.iter().all(|r| r.time_problem.is_none()));
 
-    let lg = corpus("Hiteshankodia__Persistence-LangGraph/checkpoints.sqlite");
+    let lg = corpus.join("Hiteshankodia__Persistence-LangGraph/checkpoints.sqlite");
     let source = open(&lg).await;
     assert_eq!(source.strategy(), OpenStrategy::Immutable);
     drop(source);
     let rows = convert(&lg, "lg", "lg.sqlite", "writes", Target::Executions).await;
     assert_eq!(rows.len(), 6);
-    assert!(rows[0].record.content()["value"]["$base64"].is_string());
+    assert!(rows[0].record.content().parse::<Value>().unwrap()["value"]["$base64"].is_string());
 
-    let old = corpus("bartoszkozakiewicz__long-term-memory-agent/checkpoints.sqlite");
+    let old = corpus.join("bartoszkozakiewicz__long-term-memory-agent/checkpoints.sqlite");
     let rows = convert(&old, "lg", "old.sqlite", "checkpoints", Target::Executions).await;
     assert_eq!(rows.len(), 63);
-    let blob = rows[0].record.content()["checkpoint"]["$base64"]
+    let blob = rows[0].record.content().parse::<Value>().unwrap()["checkpoint"]["$base64"]
         .as_str()
-        .unwrap();
+        .unwrap()
+        .to_string();
     use base64::Engine as _;
     let json: Value = serde_json::from_slice(
         &base64::engine::general_purpose::STANDARD
-            .decode(blob)
+            .decode(&blob)
             .unwrap(),
     )
     .unwrap();
     assert!(json.is_object());
 
-    let phase = corpus("ElasRamanauskas__memory_phase_agent/memory.db");
+    let phase = corpus.join("ElasRamanauskas__memory_phase_agent/memory.db");
     let rows = convert(&phase, "m", "memory.db", "episodes", Target::Memories).await;
     assert_eq!(rows.len(), 90);
-    let emb = rows[0].record.content()["embedding"]["$base64"]
+    let emb = rows[0].record.content().parse::<Value>().unwrap()["embedding"]["$base64"]
         .as_str()
-        .unwrap();
+        .unwrap()
+        .to_string();
     assert_eq!(emb.len(), 1536 / 3 * 4);
     assert_eq!(
         rows[0].record.created_at().to_rfc3339(),
@@ -1205,7 +1288,7 @@ async fn keys_and_names_too_long_for_postgres_arrive_without_them() {
     assert_eq!(first.key, None, "a key PostgreSQL's index cannot hold");
     assert_eq!(first.metadata["key_too_long"], json!(20_000), "in bytes");
     assert_eq!(
-        first.content["key"],
+        first.content.parse::<Value>().unwrap()["key"],
         json!(long),
         "content keeps the key exactly"
     );
@@ -1221,7 +1304,7 @@ async fn keys_and_names_too_long_for_postgres_arrive_without_them() {
     };
     assert_eq!(tool.name, "tools:1", "the fallback name");
     assert_eq!(tool.metadata["name_too_long"], json!(20_000));
-    assert_eq!(tool.content["name"], json!(long));
+    assert_eq!(tool.content.parse::<Value>().unwrap()["name"], json!(long));
     assert!(tool.validate().is_ok());
     // Without a rowid the fallback would hold the long key itself: the row's id instead.
     let metrics = convert(&path, "a", "a/legacy.db", "metrics", Target::Metrics).await;

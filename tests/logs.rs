@@ -85,7 +85,7 @@ async fn a_shadow_mismatch_is_logged_by_key_without_values() {
         .await
         .unwrap();
     let changed = Memory {
-        content: json!("postgres-only SECRET-VALUE"),
+        content: json!("postgres-only SECRET-VALUE").into(),
         ..stored
     };
     postgres.put_memory(&agent, &changed).await.unwrap();

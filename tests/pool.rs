@@ -68,7 +68,7 @@ async fn dropped_then(pause: Duration, first_may_fail: bool) {
     // The first call may land on a dropped connection: it fails as a connection error
     // that says what happened, or succeeds on another.
     match backend.get_memory(&agent, "k").await {
-        Ok(found) => assert_eq!(found.map(|m| m.content), Some(json!("kept"))),
+        Ok(found) => assert_eq!(found.map(|m| m.content), Some(json!("kept").into())),
         Err(err) => {
             assert!(first_may_fail, "the first call failed: {}", Chain(&err));
             assert!(err.is_connection(), "not a connection error: {err:?}");
@@ -87,7 +87,7 @@ async fn dropped_then(pause: Duration, first_may_fail: bool) {
         stored.unwrap_or_else(|e| panic!("store {i} after the drop: {}", Chain(&e)));
         let found = backend.get_memory(&agent, "k").await;
         let found = found.unwrap_or_else(|e| panic!("read {i} after the drop: {}", Chain(&e)));
-        assert_eq!(found.map(|m| m.content), Some(json!("kept")));
+        assert_eq!(found.map(|m| m.content), Some(json!("kept").into()));
     }
     backend.close().await;
 }

@@ -36,7 +36,7 @@ where
 async fn value_of(backend: &dyn MemoryBackend, agent: &AgentId, key: &str) -> Option<Value> {
     let found = backend.get_memory(agent, key).await;
     let found = found.unwrap_or_else(|e| panic!("{}: read {key:?}: {e:?}", backend.name()));
-    found.map(|m| m.content)
+    found.map(|m| m.content.parse().expect("stored JSON reads back"))
 }
 
 /// Both sides hold the same memories and nothing is owed.
@@ -117,7 +117,7 @@ async fn dual_backend_survives_a_postgres_restart() {
         Some(json!("live value"))
     );
     let read = dual.get_memory(&agent, "k").await.expect("reads fall back");
-    assert_eq!(read.map(|m| m.content), Some(json!("live value")));
+    assert_eq!(read.map(|m| m.content), Some(json!("live value").into()));
     assert!(dual.stats().fallback_on_error >= 1, "{:?}", dual.stats());
     pg("start-existing");
     let (newer, took) = timed(eventually("a store after the restart", || {

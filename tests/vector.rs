@@ -524,7 +524,7 @@ impl Embedder for Meddling {
                 .get_memory(&self.agent, &self.key)
                 .await?
                 .unwrap();
-            memory.content = json!({"content": "rewritten while embedding"});
+            memory.content = json!({"content": "rewritten while embedding"}).into();
             memory.updated_at = memshift::record::now();
             self.backend.put_memory(&self.agent, &memory).await?;
         }
@@ -694,7 +694,11 @@ async fn first_embedding(
 
 #[tokio::test]
 async fn legacy_embeddings_in_the_public_corpus_are_decoded_on_request() {
-    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/public");
+    let Some(corpus) =
+        common::corpus("legacy_embeddings_in_the_public_corpus_are_decoded_on_request")
+    else {
+        return;
+    };
     let db = TestDatabase::migrated().await;
     let mut options = BackfillOptions::new(&corpus);
     options.map = options

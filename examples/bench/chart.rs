@@ -1,7 +1,12 @@
-//! A small SVG chart of a suite's main numbers: panels side by side, each a grouped bar
-//! chart (one group per category, one bar per series) with its own value axis.
+//! A suite's chart: panels side by side, each a grouped bar chart (one group per
+//! category, one bar per series) with its own value axis, drawn as SVG by plotters.
 
-use std::fmt::Write;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::FontTransform;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
+
+use crate::harness::Result;
 
 /// What a suite plots.
 #[derive(Debug, Clone)]
@@ -33,16 +38,35 @@ pub struct Series {
     pub values: Vec<Option<f64>>,
 }
 
-const PANEL_WIDTH: f64 = 360.0;
-const PANEL_HEIGHT: f64 = 240.0;
-const MARGIN_LEFT: f64 = 70.0;
-const MARGIN_RIGHT: f64 = 20.0;
-const TOP: f64 = 84.0;
-const BOTTOM: f64 = 40.0;
+/// Width of one panel, its value axis included.
+const PANEL_WIDTH: u32 = 450;
+/// Height of the plotting area of a panel.
+const PLOT_HEIGHT: u32 = 240;
+/// Room for the chart's title and legend above the panels.
+const HEADER: u32 = 52;
+/// Room for a panel's title above its plotting area.
+const CAPTION: u32 = 28;
+/// Width of the value axis's labels.
+const Y_LABELS: u32 = 64;
+/// Room below the axis for horizontal category labels.
+const X_LABELS: u32 = 28;
+/// Gap right of each plotting area.
+const MARGIN_RIGHT: u32 = 20;
+/// Value ticks each panel aims at.
 const TICKS: usize = 5;
-const COLOURS: [&str; 6] = [
-    "#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#b07aa1",
+const COLOURS: [RGBColor; 6] = [
+    RGBColor(0x4e, 0x79, 0xa7),
+    RGBColor(0xf2, 0x8e, 0x2b),
+    RGBColor(0x59, 0xa1, 0x4f),
+    RGBColor(0xe1, 0x57, 0x59),
+    RGBColor(0x76, 0xb7, 0xb2),
+    RGBColor(0xb0, 0x7a, 0xa1),
 ];
+const GRID: RGBColor = RGBColor(0xdd, 0xdd, 0xdd);
+const AXIS: RGBColor = RGBColor(0x33, 0x33, 0x33);
+
+/// Approximate width of one character of the 12 px labels.
+const CHAR_WIDTH: u32 = 7;
 
 /// `n` with thousands separators and `decimals` decimals: `12,345.6`.
 pub fn thousands(n: f64, decimals: usize) -> String {
@@ -68,126 +92,124 @@ pub fn thousands(n: f64, decimals: usize) -> String {
     }
 }
 
+/// An axis value with thousands separators and no more decimals (up to 3) than it
+/// needs: `15,000`, `0.2`, `2.5`.
+fn tick_label(value: f64) -> String {
+    let decimals = (0..3)
+        .find(|&d| {
+            let scaled = value * 10f64.powi(d);
+            (scaled - scaled.round()).abs() < 1e-6 * scaled.abs().max(1.0)
+        })
+        .unwrap_or(3);
+    thousands(value, decimals as usize)
+}
+
 /// A round step (1, 2 or 5 times a power of ten) giving about [`TICKS`] ticks up to
-/// `max`, and the decimals it needs.
-fn tick_step(max: f64) -> (f64, usize) {
+/// `max`: the axis ends at the first multiple of it at or above the tallest bar.
+fn tick_step(max: f64) -> f64 {
     let raw = (max / TICKS as f64).max(f64::MIN_POSITIVE);
     let power = 10f64.powf(raw.log10().floor());
-    let step = [1.0, 2.0, 5.0, 10.0]
+    [1.0, 2.0, 5.0, 10.0]
         .iter()
         .map(|m| m * power)
         .find(|s| *s >= raw)
-        .unwrap_or(10.0 * power);
-    let decimals = if step >= 1.0 {
-        0
-    } else {
-        (-step.log10() - 1e-9).ceil() as usize
-    };
-    (step, decimals)
+        .unwrap_or(10.0 * power)
 }
 
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-/// Approximate width of one character of the 12 px labels.
-const CHAR_WIDTH: f64 = 7.0;
-/// The slant of category labels too long to stand side by side, in degrees.
-const SLANT: f64 = 35.0;
-
-/// Whether `panel`'s category labels must slant to fit their groups.
-fn slanted(panel: &Panel) -> bool {
-    let group_width = PANEL_WIDTH / panel.categories.len().max(1) as f64;
+/// Whether `panel`'s category labels must stand upright to fit their groups.
+fn upright(panel: &Panel) -> bool {
+    let plot_width = PANEL_WIDTH - Y_LABELS - MARGIN_RIGHT;
+    let group_width = plot_width as f64 / panel.categories.len().max(1) as f64;
     panel
         .categories
         .iter()
-        .any(|c| c.chars().count() as f64 * CHAR_WIDTH > group_width * 0.95)
+        .any(|c| (c.chars().count() as u32 * CHAR_WIDTH) as f64 > group_width * 0.95)
 }
 
-/// The height slanted labels of `panel` take below the axis.
-fn label_depth(panel: &Panel) -> f64 {
-    if !slanted(panel) {
-        return 0.0;
+/// The room `panel`'s category labels take below its axis.
+fn label_depth(panel: &Panel) -> u32 {
+    if !upright(panel) {
+        return X_LABELS;
     }
-    let longest = panel
-        .categories
-        .iter()
-        .map(|c| c.chars().count())
-        .max()
-        .unwrap_or(0);
-    longest as f64 * CHAR_WIDTH * SLANT.to_radians().sin()
+    let longest = panel.categories.iter().map(|c| c.chars().count());
+    longest.max().unwrap_or(0) as u32 * CHAR_WIDTH + 12
 }
 
-/// How far slanted labels of `panel` reach left of its first group's centre.
-fn label_reach(panel: &Panel) -> f64 {
-    if !slanted(panel) {
-        return 0.0;
+/// A sans-serif font of `px` pixels (plotters' SVG writes sizes divided by 1.24).
+fn font(px: f64) -> TextStyle<'static> {
+    ("sans-serif", px * 1.24).into_font().into()
+}
+
+/// [`font`] in bold.
+fn bold(px: f64) -> TextStyle<'static> {
+    ("sans-serif", px * 1.24, FontStyle::Bold)
+        .into_font()
+        .into()
+}
+
+/// The series' names in order of first appearance: one legend for all panels.
+fn series_names(chart: &Chart) -> Vec<&str> {
+    let mut names: Vec<&str> = Vec::new();
+    for series in chart.panels.iter().flat_map(|p| &p.series) {
+        if !names.contains(&series.name.as_str()) {
+            names.push(&series.name);
+        }
     }
-    let first = panel.categories.first().map_or(0, |c| c.chars().count());
-    let group_width = PANEL_WIDTH / panel.categories.len().max(1) as f64;
-    first as f64 * CHAR_WIDTH * SLANT.to_radians().cos() - group_width / 2.0
+    names
 }
 
 /// The chart as a standalone SVG document.
-pub fn svg(chart: &Chart) -> String {
-    let panels = chart.panels.len().max(1) as f64;
-    let width = panels * (MARGIN_LEFT + PANEL_WIDTH + MARGIN_RIGHT);
-    let depth = chart.panels.iter().map(label_depth).fold(0.0, f64::max);
-    let height = TOP + PANEL_HEIGHT + BOTTOM + depth;
-    // Room on the left for the first panel's slanted labels, past its axis labels.
-    let pad = chart
-        .panels
-        .first()
-        .map_or(0.0, |p| (label_reach(p) - MARGIN_LEFT + 10.0).max(0.0));
-    let width = width + pad;
-    let mut out = String::new();
-    // Writing to a String cannot fail.
-    let _ = writeln!(
-        out,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(
-        out,
-        r##"<rect width="100%" height="100%" fill="#ffffff"/>
-<text x="{}" y="22" text-anchor="middle" font-size="15" font-weight="bold">{}</text>"##,
-        width / 2.0,
-        escape(&chart.title)
-    );
-    // One legend for all panels: series are the same in each.
-    let names: Vec<&str> = chart
+pub fn svg(chart: &Chart) -> Result<String> {
+    let panels = chart.panels.len().max(1);
+    let depth = chart
         .panels
         .iter()
-        .flat_map(|p| p.series.iter().map(|s| s.name.as_str()))
-        .fold(Vec::new(), |mut names, name| {
-            if !names.contains(&name) {
-                names.push(name);
-            }
-            names
-        });
-    let mut x = pad + MARGIN_LEFT;
-    for (i, name) in names.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            r#"<rect x="{x}" y="34" width="12" height="12" fill="{}"/><text x="{}" y="44">{}</text>"#,
-            COLOURS[i % COLOURS.len()],
-            x + 16.0,
-            escape(name)
-        );
-        x += 24.0 + CHAR_WIDTH * name.chars().count() as f64;
+        .map(label_depth)
+        .max()
+        .unwrap_or(X_LABELS);
+    let size = (
+        PANEL_WIDTH * panels as u32,
+        HEADER + CAPTION + PLOT_HEIGHT + depth,
+    );
+    let names = series_names(chart);
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, size).into_drawing_area();
+        root.fill(&WHITE)?;
+        let centre_top = Pos::new(HPos::Center, VPos::Top);
+        root.draw(&Text::new(
+            chart.title.clone(),
+            (size.0 as i32 / 2, 10),
+            bold(15.0).pos(centre_top),
+        ))?;
+        let mut x = Y_LABELS as i32;
+        for (i, name) in names.iter().enumerate() {
+            root.draw(&Rectangle::new(
+                [(x, 32), (x + 12, 44)],
+                COLOURS[i % COLOURS.len()].filled(),
+            ))?;
+            root.draw(&Text::new(
+                name.to_string(),
+                (x + 16, 38),
+                font(12.0).pos(Pos::new(HPos::Left, VPos::Center)),
+            ))?;
+            x += 24 + (CHAR_WIDTH * name.chars().count() as u32) as i32;
+        }
+        let (_, body) = root.split_vertically(HEADER);
+        for (area, panel) in body.split_evenly((1, panels)).iter().zip(&chart.panels) {
+            draw_panel(area, panel, &names, depth)?;
+        }
+        root.present()?;
     }
-    for (p, panel) in chart.panels.iter().enumerate() {
-        let left = pad + p as f64 * (MARGIN_LEFT + PANEL_WIDTH + MARGIN_RIGHT) + MARGIN_LEFT;
-        draw_panel(&mut out, panel, left, &names);
-    }
-    out.push_str("</svg>\n");
-    out
+    Ok(out)
 }
 
-fn draw_panel(out: &mut String, panel: &Panel, left: f64, names: &[&str]) {
-    let bottom = TOP + PANEL_HEIGHT;
+fn draw_panel(
+    area: &DrawingArea<SVGBackend<'_>, Shift>,
+    panel: &Panel,
+    names: &[&str],
+    depth: u32,
+) -> Result<()> {
     let max = panel
         .series
         .iter()
@@ -195,77 +217,55 @@ fn draw_panel(out: &mut String, panel: &Panel, left: f64, names: &[&str]) {
         .copied()
         .filter(|v| v.is_finite())
         .fold(0.0, f64::max);
-    let (step, decimals) = tick_step(if max > 0.0 { max } else { 1.0 });
-    let top_value = (max / step).ceil().max(1.0) * step;
-    let y = |v: f64| bottom - v / top_value * PANEL_HEIGHT;
-    let _ = writeln!(
-        out,
-        r#"<text x="{}" y="{}" text-anchor="middle" font-weight="bold">{}</text>"#,
-        left + PANEL_WIDTH / 2.0,
-        TOP - 8.0,
-        escape(&panel.title)
-    );
-    let mut tick = 0.0;
-    while tick <= top_value + step / 2.0 {
-        let _ = writeln!(
-            out,
-            r##"<line x1="{left}" x2="{}" y1="{ty}" y2="{ty}" stroke="#dddddd"/><text x="{}" y="{}" text-anchor="end">{}</text>"##,
-            left + PANEL_WIDTH,
-            left - 6.0,
-            y(tick) + 4.0,
-            thousands(tick, decimals),
-            ty = y(tick),
-        );
-        tick += step;
+    let step = tick_step(if max > 0.0 { max } else { 1.0 });
+    let top = (max / step).ceil().max(1.0) * step;
+    let groups = panel.categories.len().max(1);
+    let mut plot = ChartBuilder::on(area)
+        .caption(&panel.title, bold(12.0))
+        .margin_right(MARGIN_RIGHT)
+        .x_label_area_size(depth)
+        .y_label_area_size(Y_LABELS)
+        .build_cartesian_2d(0f64..groups as f64, 0f64..top)?;
+    plot.configure_mesh()
+        .disable_x_mesh()
+        .x_labels(0)
+        .y_labels(TICKS + 1)
+        .y_label_formatter(&|v| tick_label(*v))
+        .label_style(font(12.0))
+        .bold_line_style(GRID)
+        .light_line_style(TRANSPARENT)
+        .axis_style(AXIS)
+        .draw()?;
+
+    let bar_width = 0.8 / panel.series.len().max(1) as f64;
+    for (s, series) in panel.series.iter().enumerate() {
+        let colour = names
+            .iter()
+            .position(|n| *n == series.name)
+            .map_or(COLOURS[0], |i| COLOURS[i % COLOURS.len()]);
+        let bars = series.values.iter().enumerate().filter_map(|(c, value)| {
+            let value = value.filter(|v| v.is_finite())?;
+            let left = c as f64 + 0.1 + s as f64 * bar_width;
+            Some(Rectangle::new(
+                [(left, 0.0), (left + bar_width * 0.92, value)],
+                colour.filled(),
+            ))
+        });
+        plot.draw_series(bars)?;
     }
-    let _ = writeln!(
-        out,
-        r##"<line x1="{left}" x2="{left}" y1="{TOP}" y2="{bottom}" stroke="#333333"/><line x1="{left}" x2="{}" y1="{bottom}" y2="{bottom}" stroke="#333333"/>"##,
-        left + PANEL_WIDTH
-    );
-    let groups = panel.categories.len().max(1) as f64;
-    let group_width = PANEL_WIDTH / groups;
-    let bar_width = group_width * 0.8 / panel.series.len().max(1) as f64;
-    let slant = slanted(panel);
-    for (c, category) in panel.categories.iter().enumerate() {
-        let group_left = left + c as f64 * group_width + group_width * 0.1;
-        let (x, y_label) = (left + (c as f64 + 0.5) * group_width, bottom + 18.0);
-        let _ = if slant {
-            writeln!(
-                out,
-                r#"<text x="{x}" y="{y_label}" text-anchor="end" transform="rotate(-{SLANT} {x} {y_label})">{}</text>"#,
-                escape(category)
-            )
-        } else {
-            writeln!(
-                out,
-                r#"<text x="{x}" y="{y_label}" text-anchor="middle">{}</text>"#,
-                escape(category)
-            )
-        };
-        for (s, series) in panel.series.iter().enumerate() {
-            let Some(value) = series.values.get(c).copied().flatten() else {
-                continue;
-            };
-            if !value.is_finite() {
-                continue;
-            }
-            let colour = names
-                .iter()
-                .position(|n| *n == series.name)
-                .map_or(COLOURS[0], |i| COLOURS[i % COLOURS.len()]);
-            let x = group_left + s as f64 * bar_width;
-            let _ = writeln!(
-                out,
-                r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{colour}"><title>{}: {}</title></rect>"#,
-                y(value),
-                bar_width * 0.92,
-                bottom - y(value),
-                escape(&series.name),
-                thousands(value, decimals + 1),
-            );
-        }
-    }
+
+    // Category labels under the groups' centres; upright (read from the bottom up,
+    // ending at the axis) when they are too long to stand side by side.
+    let style = match upright(panel) {
+        true => font(12.0)
+            .transform(FontTransform::Rotate270)
+            .pos(Pos::new(HPos::Right, VPos::Center)),
+        false => font(12.0).pos(Pos::new(HPos::Center, VPos::Top)),
+    };
+    plot.draw_series(panel.categories.iter().enumerate().map(|(c, name)| {
+        EmptyElement::at((c as f64 + 0.5, 0.0)) + Text::new(name.clone(), (0, 8), style.clone())
+    }))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -284,18 +284,21 @@ mod tests {
 
     #[test]
     fn ticks_are_round() {
-        assert_eq!(tick_step(12_376.0), (5000.0, 0));
-        assert_eq!(tick_step(0.9), (0.2, 1));
-        assert_eq!(tick_step(3.0), (1.0, 0));
+        assert_eq!(tick_step(12_376.0), 5000.0);
+        assert_eq!(tick_step(0.9), 0.2);
+        assert_eq!(tick_step(3.0), 1.0);
+        assert_eq!(tick_label(15_000.0), "15,000");
+        assert_eq!(tick_label(0.2), "0.2");
+        assert_eq!(tick_label(2.5), "2.5");
     }
 
     #[test]
-    fn svg_has_a_bar_per_value() {
+    fn svg_has_a_bar_per_value() -> Result<()> {
         let chart = Chart {
             title: "t <&>".into(),
             panels: vec![Panel {
                 title: "calls/s".into(),
-                categories: vec!["1".into(), "4".into()],
+                categories: vec!["1 agent".into(), "4 agents".into()],
                 series: vec![
                     Series {
                         name: "a".into(),
@@ -308,14 +311,22 @@ mod tests {
                 ],
             }],
         };
-        let svg = svg(&chart);
-        assert!(svg.starts_with("<svg"));
-        assert!(svg.contains("t &lt;&amp;&gt;"));
-        assert_eq!(
-            svg.matches("<rect x=").count(),
-            3 + 2,
-            "3 bars + 2 legend keys"
-        );
-        assert!(svg.contains(">2,500<") || svg.contains(">3,000<"), "{svg}");
+        let svg = svg(&chart)?;
+        assert!(svg.starts_with("<svg"), "{svg}");
+        assert!(svg.contains("t &lt;&amp;&gt;"), "the title, escaped: {svg}");
+        let fills = |colour: RGBColor| {
+            let RGBColor(r, g, b) = colour;
+            svg.matches(&format!(r##"fill="#{r:02X}{g:02X}{b:02X}""##))
+                .count()
+        };
+        assert_eq!(fills(COLOURS[0]), 1 + 1, "a: 1 bar + its legend key");
+        assert_eq!(fills(COLOURS[1]), 2 + 1, "b: 2 bars + its legend key");
+        for label in ["1 agent", "4 agents", "calls/s", "2,500"] {
+            assert!(
+                svg.contains(&format!(">\n{label}\n<")),
+                "{label} missing: {svg}"
+            );
+        }
+        Ok(())
     }
 }

@@ -6,6 +6,7 @@
 //! scripts/bench backfill [--rows N] [--batch-size B] [--try-batch-sizes B1,B2] [--out DIR]
 //! scripts/bench vector [--memories N] [--dims D] [--queries Q] [--ef-search E1,E2] [--out DIR]
 //! scripts/bench all [--out DIR]        # every suite above with its defaults
+//! scripts/bench report [--out DIR]     # RESULTS.md and the charts again, from the JSON
 //! cargo run --release --example bench -- ops ...     # with DATABASE_URL set
 //! ```
 //!
@@ -19,6 +20,10 @@
 //! Each suite runs its baselines in the same invocation, prints a table with its target
 //! ratios, and writes its numbers, with the machine's facts, to `DIR/<suite>.json` and a
 //! chart of its main numbers to `DIR/<suite>.svg` (`--out DIR`, default `target/bench`).
+//! Then `DIR/RESULTS.md`, the page of measured figures (machine, dates, every target and
+//! each suite's tables), is written again from all the `<suite>.json` files in `DIR`;
+//! `report` writes that page and the charts from those files alone, measuring nothing
+//! and needing no database.
 //! The header warns when the machine was busy at the start. `RUST_LOG` sets the log
 //! level (default `warn`, without sqlx's slow-statement warnings, which index builds
 //! and exact scans would otherwise print between the tables).
@@ -28,22 +33,20 @@ mod chart;
 mod dual;
 mod harness;
 mod ops;
+mod results;
 mod vector;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use memshift::Chain;
 use clap::{Parser, Subcommand};
+use memshift::Chain;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "bench",
-    about = "Benchmarks of memshift on durable storage"
-)]
+#[command(name = "bench", about = "Benchmarks of memshift on durable storage")]
 struct Cli {
-    /// Folder for the results: `<suite>.json` and the chart `<suite>.svg`.
+    /// Folder for the results: `<suite>.json`, the chart `<suite>.svg`, and RESULTS.md.
     #[arg(long, global = true, default_value = "target/bench")]
     out: PathBuf,
     #[command(subcommand)]
@@ -68,10 +71,35 @@ enum Suite {
     Vector(vector::Args),
     /// Every suite, one after another, each with its defaults and its own database.
     All,
+    /// Writes RESULTS.md and each suite's chart again from the `<suite>.json` files in
+    /// --out, without running anything.
+    Report,
 }
 
-/// The suites `all` runs, in order.
-const ALL: [&str; 4] = ["ops", "dual", "backfill", "vector"];
+/// The suites `all` runs, in order, as the saved results know them: the order of the
+/// results page too.
+const ALL: [results::Suite; 4] = [
+    results::Suite {
+        name: "ops",
+        heading: "Everyday calls",
+        summary: ops::summary,
+    },
+    results::Suite {
+        name: "dual",
+        heading: "Dual backend",
+        summary: dual::summary,
+    },
+    results::Suite {
+        name: "backfill",
+        heading: "Backfill",
+        summary: backfill::summary,
+    },
+    results::Suite {
+        name: "vector",
+        heading: "Vector search",
+        summary: vector::summary,
+    },
+];
 
 impl Suite {
     fn name(&self) -> &'static str {
@@ -81,11 +109,13 @@ impl Suite {
             Suite::Backfill(_) => "backfill",
             Suite::Vector(_) => "vector",
             Suite::All => "all",
+            Suite::Report => "report",
         }
     }
 }
 
-/// Runs one suite on a fresh database and writes its results to `out`.
+/// Runs one suite on a fresh database and writes its results to `out`: its JSON file and
+/// chart, then the results page.
 async fn run_suite(suite: &Suite, out: &Path) -> harness::Result<()> {
     let name = suite.name();
     let env = harness::Env::setup().await?;
@@ -95,28 +125,49 @@ async fn run_suite(suite: &Suite, out: &Path) -> harness::Result<()> {
         Suite::Dual(args) => dual::run(&env, args).await,
         Suite::Backfill(args) => backfill::run(&env, args).await,
         Suite::Vector(args) => vector::run(&env, args).await,
-        Suite::All => Err("`all` is not a single suite".into()),
+        Suite::All | Suite::Report => Err(format!("`{name}` is not a single suite").into()),
     };
     let machine = env.machine.clone();
     // The database goes whatever the outcome; a suite's failure is the one reported.
     let removed = env.teardown().await;
-    let (results, chart) = outcome?;
+    let results = outcome?;
     removed?;
-    let (json, svg) = harness::write_results(out, name, &machine, results, &chart)?;
-    println!(
-        "\nresults written to {} and {}",
-        json.display(),
-        svg.display()
-    );
+    let json = results::write_results(out, name, &machine, results)?;
+    println!("\nresults written to {}", json.display());
+    let entry = ALL
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| format!("suite {name} is missing from ALL"))?;
+    if let Some(svg) = results::write_chart(out, entry)? {
+        println!("chart written to {}", svg.display());
+    }
+    let page = results::write_page(out, &ALL)?;
+    println!("results page written to {}", page.display());
+    Ok(())
+}
+
+/// Writes every saved suite's chart and the results page again from the JSON files in
+/// `out`.
+fn report(out: &Path) -> harness::Result<()> {
+    for suite in &ALL {
+        match results::write_chart(out, suite)? {
+            Some(svg) => println!("chart written to {}", svg.display()),
+            None => println!("no results of {} in {}", suite.name, out.display()),
+        }
+    }
+    let page = results::write_page(out, &ALL)?;
+    println!("results page written to {}", page.display());
     Ok(())
 }
 
 async fn run(cli: Cli) -> harness::Result<()> {
-    if !matches!(cli.suite, Suite::All) {
-        return run_suite(&cli.suite, &cli.out).await;
+    match cli.suite {
+        Suite::Report => return report(&cli.out),
+        Suite::All => {}
+        _ => return run_suite(&cli.suite, &cli.out).await,
     }
     let mut failed = Vec::new();
-    for (i, name) in ALL.iter().enumerate() {
+    for (i, name) in ALL.iter().map(|s| s.name).enumerate() {
         // Each suite's defaults, exactly as `bench <suite>` would take them.
         let suite = Cli::try_parse_from(["bench", name])?.suite;
         if i > 0 {
@@ -133,7 +184,7 @@ async fn run(cli: Cli) -> harness::Result<()> {
         // One suite failing (pgloader missing, a full disk) does not stop the others.
         if let Err(err) = run_suite(&suite, &cli.out).await {
             eprintln!("bench: suite {name} failed: {}", Chain(&*err));
-            failed.push(*name);
+            failed.push(name);
         }
     }
     match failed.is_empty() {

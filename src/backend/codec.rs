@@ -1,14 +1,14 @@
 //! Value forms both backends share: JSON text, time text and embedding bytes.
 
 use chrono::{DateTime, Utc};
-use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::json::Json;
 use crate::record::Metadata;
 
-/// A JSON value as the exact text both databases store.
-pub(crate) fn json_text(value: &Value) -> String {
-    value.to_string()
+/// A stored value as the exact text both databases store: its own.
+pub(crate) fn json_text(value: &Json) -> &str {
+    value.as_str()
 }
 
 /// Metadata as the JSON text SQLite stores.
@@ -17,9 +17,9 @@ pub(crate) fn metadata_text(metadata: &Metadata) -> String {
     serde_json::to_string(metadata).unwrap_or_else(|_| "{}".to_string())
 }
 
-/// Parses stored JSON text; `what` names the value in the error.
-pub(crate) fn parse_json(text: &str, what: impl FnOnce() -> String) -> Result<Value> {
-    serde_json::from_str(text).map_err(|source| Error::Json {
+/// Checks stored JSON text and keeps it as it is; `what` names the value in the error.
+pub(crate) fn parse_json(text: &str, what: impl FnOnce() -> String) -> Result<Json> {
+    Json::from_text(text).map_err(|source| Error::Json {
         context: what(),
         source,
     })

@@ -403,9 +403,8 @@ pub enum OwedWrite {
 }
 
 // Not derived: a derived internally tagged enum buffers its fields first, and that
-// buffer cannot hold serde_json's arbitrary-precision numbers, so a journaled metric
-// value (f64) or embedding (f32) could not be read back. A plain struct reads them
-// directly from the text.
+// buffer cannot hold a record's content (`Json` keeps its exact text only when
+// serde_json's own deserializer reads it). A plain struct reads it directly from the text.
 impl<'de> Deserialize<'de> for OwedWrite {
     fn deserialize<D: serde::Deserializer<'de>>(
         deserializer: D,
@@ -500,20 +499,17 @@ impl OwedWrite {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::json::Json;
     use crate::record::now;
-    use serde_json::Value;
 
     #[test]
     fn owed_writes_read_back_exactly() {
-        let content: Value =
-            serde_json::from_str(r#"{"n": 1.50, "big": 123456789012345678901234567890}"#).unwrap();
+        let content: Json = r#"{"n": 1.50, "big": 123456789012345678901234567890, "a": -0}"#
+            .parse()
+            .unwrap();
         let writes = [
             OwedWrite::SyncMemory { key: "k".into() },
             OwedWrite::SyncTool { name: "t".into() },
-            OwedWrite::DeleteTool {
-                name: "t".into(),
-                at: now(),
-            },
             OwedWrite::PutMemory {
                 memory: Memory::new("k", content.clone()).with_embedding(vec![0.1, -1e-30, 3.4e38]),
             },
@@ -530,7 +526,18 @@ mod tests {
             OwedWrite::Execution {
                 execution: Execution::new(Some("ok".into()), content),
             },
+            OwedWrite::DeleteTool {
+                name: "t".into(),
+                at: now(),
+            },
         ];
+        let text = serde_json::to_string(&writes[2]).unwrap();
+        assert!(
+            text.contains(
+                r#""content":{"n": 1.50, "big": 123456789012345678901234567890, "a": -0}"#
+            ),
+            "the journal holds the content's own text: {text}"
+        );
         for write in writes {
             let text = serde_json::to_string(&write).unwrap();
             let back: OwedWrite = serde_json::from_str(&text).expect(&text);

@@ -1,5 +1,5 @@
 //! The bulk backfill: every legacy SQLite database under an agents path into the
-//! PostgreSQL contract tables, exactly per `CONTRACT.md`.
+//! PostgreSQL contract tables, exactly per `docs/contract.md`.
 //!
 //! - [`run`] discovers the files (see [`crate::legacy`]), claims each for one worker (a
 //!   PostgreSQL session lock, so several processes share the work and a dead worker's

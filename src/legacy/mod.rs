@@ -1,7 +1,7 @@
 //! Legacy SQLite files: finding them, reading them undisturbed, and turning their rows into contract rows.
 //!
 //! This is the one place that decides how a legacy row becomes a row of the data
-//! contract (`CONTRACT.md`, "One migrated row") and which id it gets, so the bulk
+//! contract (`docs/contract.md`, "One migrated row") and which id it gets, so the bulk
 //! backfill and lazy migration cannot disagree:
 //!
 //! - [`discover`] walks the agents path and probes every `*.db`, `*.sqlite`, `*.sqlite3`

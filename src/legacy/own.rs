@@ -1,6 +1,5 @@
 //! Files of the library's own SQLite layout: their rows read back as the records they are, unchanged.
 
-use serde_json::Value;
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
@@ -165,7 +164,7 @@ fn decode(
     let id: uuid::Uuid = text("id")?
         .parse()
         .map_err(|e| Error::invalid("stored id", format!("{}: {e}", what())))?;
-    let content: Value = parse_json(&text("content")?, what)?;
+    let content = parse_json(&text("content")?, what)?;
     let metadata = parse_metadata(&text("metadata")?, what)?;
     let created_at = parse_time(&text("created_at")?, what)?;
     Ok(match target {

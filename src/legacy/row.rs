@@ -3,15 +3,16 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use serde_json::{Map, Number, Value};
+use serde_json::{Number, Value};
 use uuid::Uuid;
 
 use super::Target;
 use super::read::{SourceRow, TableInfo, TableKind};
 use super::time::{TIME_COLUMNS, parse_time_value};
-use super::value::{SqlValue, without_nul};
+use super::value::{SqlValue, ordered_object, without_nul};
 use crate::backend::codec::time_text;
 use crate::error::{Error, Result};
+use crate::json::Json;
 use crate::record::{AgentId, Execution, MAX_KEY_BYTES, Memory, Metadata, Metric, Tool};
 
 /// The namespace of every legacy row id: UUID v5 of the name
@@ -30,14 +31,11 @@ pub const LEGACY_ROW_NAMESPACE: Uuid = Uuid::from_u128(0xa581f4c7_e8fc_5bbf_9361
 /// `json.dumps(x, ensure_ascii=False, separators=(",", ":"))` writes. For example, row
 /// 7 of table `memory` in `crawler/memory.db` of agent `crawler` has the id
 /// `uuid5(LEGACY_ROW_NAMESPACE, '["crawler","crawler/memory.db","memory",7]')`.
-pub fn row_id(agent: &AgentId, source_db: &str, source_table: &str, key: &Value) -> Uuid {
-    let name = Value::Array(vec![
-        Value::String(agent.as_str().to_string()),
-        Value::String(source_db.to_string()),
-        Value::String(source_table.to_string()),
-        key.clone(),
-    ]);
-    Uuid::new_v5(&LEGACY_ROW_NAMESPACE, name.to_string().as_bytes())
+pub fn row_id(agent: &AgentId, source_db: &str, source_table: &str, key: &Json) -> Uuid {
+    let name = (agent.as_str(), source_db, source_table, key);
+    // Strings and JSON text always serialize.
+    let name = Json::new(&name).map(Json::into_string).unwrap_or_default();
+    Uuid::new_v5(&LEGACY_ROW_NAMESPACE, name.as_bytes())
 }
 
 /// A contract record of one of the four targets.
@@ -85,7 +83,7 @@ impl ContractRecord {
     }
 
     /// Its `content`.
-    pub fn content(&self) -> &Value {
+    pub fn content(&self) -> &Json {
         match self {
             ContractRecord::Memory(r) => &r.content,
             ContractRecord::Tool(r) => &r.content,
@@ -220,10 +218,10 @@ pub fn convert_row(
             .or_else(|| columns.iter().position(|c| c.eq_ignore_ascii_case(name)))?;
         row.values.get(at)
     };
-    let content: Map<String, Value> = columns
+    let content: Vec<(&str, Value)> = columns
         .iter()
         .zip(&row.values)
-        .map(|(c, v)| (c.clone(), v.to_json()))
+        .map(|(c, v)| (c.as_str(), v.to_json()))
         .collect();
 
     let mut metadata = Metadata::new();
@@ -233,19 +231,29 @@ pub fn convert_row(
         (false, Some(rowid)) => {
             metadata.insert("source_rowid".into(), Value::Number(Number::from(rowid)));
             (
-                Value::Number(Number::from(rowid)),
+                Json::from(Value::from(rowid)),
                 format!("{}:{rowid}", table.name),
             )
         }
         _ => {
-            let key: Map<String, Value> = primary_key
+            let key: Vec<(&str, Value)> = primary_key
                 .iter()
-                .map(|c| (c.clone(), column(c).map_or(Value::Null, SqlValue::to_json)))
+                .map(|c| (c.as_str(), column(c).map_or(Value::Null, SqlValue::to_json)))
                 .collect();
-            let key = Value::Object(key);
             metadata.insert("source_rowid".into(), Value::Null);
-            metadata.insert("source_key".into(), key.clone());
-            (key.clone(), format!("{}:{key}", table.name))
+            metadata.insert(
+                "source_key".into(),
+                Value::Object(
+                    key.iter()
+                        .cloned()
+                        .map(|(c, v)| (c.to_string(), v))
+                        .collect(),
+                ),
+            );
+            // The id and the fallback name take the key in column order.
+            let key = ordered_object(&key);
+            let name = format!("{}:{key}", table.name);
+            (key, name)
         }
     };
     metadata.insert("migrated_at".into(), time_text(&migrated_at).into());
@@ -279,7 +287,7 @@ pub fn convert_row(
     }
 
     let id = row_id(agent, source_db, &table.name, &key);
-    let content = Value::Object(content);
+    let content = ordered_object(&content);
     let name = name.unwrap_or_else(|| {
         let fallback = without_nul_text(fallback_name);
         // A WITHOUT ROWID table's fallback holds its primary key, which may be long too.

@@ -2,9 +2,12 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use serde::{Serialize, Serializer};
 use serde_json::{Map, Number, Value};
 use sqlx::sqlite::{SqliteRow, SqliteValueRef};
 use sqlx::{Row, TypeInfo, ValueRef};
+
+use crate::json::Json;
 
 /// A value read from a legacy table, by the storage class SQLite actually holds for it.
 #[derive(Debug, Clone, PartialEq)]
@@ -91,6 +94,19 @@ impl SqlValue {
             _ => None,
         }
     }
+}
+
+/// A JSON object of `fields` in their order (a row's columns, or its primary key):
+/// `serde_json`'s compact text, which the library's own `Metadata` cannot keep ordered.
+pub(crate) fn ordered_object(fields: &[(&str, Value)]) -> Json {
+    struct InOrder<'a>(&'a [(&'a str, Value)]);
+    impl Serialize for InOrder<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.collect_map(self.0.iter().map(|(name, value)| (name, value)))
+        }
+    }
+    // String keys and JSON values always serialize.
+    Json::new(&InOrder(fields)).unwrap_or_else(|_| Json::from(Value::Null))
 }
 
 /// `{"$base64": "<standard base64, padded>"}` of `bytes`.
@@ -183,6 +199,20 @@ mod tests {
         assert_eq!(SqlValue::Text("NaN".into()).as_f64(), None);
         assert_eq!(SqlValue::Text("toto".into()).as_f64(), None);
         assert_eq!(SqlValue::Blob(vec![1]).as_f64(), None);
+    }
+
+    #[test]
+    fn objects_keep_their_column_order() {
+        let row = [
+            ("z", SqlValue::Integer(1).to_json()),
+            ("a\"b", SqlValue::Text("x\0".into()).to_json()),
+            ("m", SqlValue::Real(2.5).to_json()),
+        ];
+        assert_eq!(
+            ordered_object(&row).as_str(),
+            r#"{"z":1,"a\"b":"x\u0000","m":2.5}"#
+        );
+        assert_eq!(ordered_object(&[]).as_str(), "{}");
     }
 
     #[test]

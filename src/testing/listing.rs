@@ -219,7 +219,7 @@ pub async fn listings_by_limit_and_since(backend: &dyn MemoryBackend) {
             let executions = executions.expect("executions");
             executions
                 .into_iter()
-                .map(|e| e.content.as_i64().unwrap_or(-1))
+                .map(|e| e.content.parse::<i64>().expect("a step"))
                 .collect::<Vec<_>>()
         }
     };

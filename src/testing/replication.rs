@@ -7,11 +7,12 @@ use serde_json::{Value, json};
 use super::unique_agent;
 use crate::backend::replica::{Change, Outcome, OwedWrite, Replica};
 use crate::error::Error;
+use crate::json::Json;
 use crate::record::{AgentId, Memory, Tool, now};
 
 fn version(memory: &Memory, at: DateTime<Utc>, content: Value) -> Memory {
     Memory {
-        content,
+        content: content.into(),
         updated_at: at,
         ..memory.clone()
     }
@@ -19,7 +20,7 @@ fn version(memory: &Memory, at: DateTime<Utc>, content: Value) -> Memory {
 
 async fn value(backend: &dyn Replica, agent: &AgentId, key: &str) -> Option<Value> {
     let found = backend.get_memory(agent, key).await.expect("read");
-    found.map(|m| m.content)
+    found.map(|m| m.content.parse().expect("stored JSON reads back"))
 }
 
 /// A copy of one version of key `k`, or of a delete of it.
@@ -118,7 +119,7 @@ pub async fn equal_versions_are_decided_the_same_way(backend: &dyn Replica) {
     for b_first in [false, true] {
         let tool = Tool::new("t", json!("a"));
         let other = Tool {
-            content: json!("b"),
+            content: json!("b").into(),
             ..tool.clone()
         };
         let (first, second) = if b_first {
@@ -143,17 +144,20 @@ pub async fn newer_wins_and_copies_say_what_is_stored(backend: &dyn Replica) {
     let old = Memory::new("k", json!("old"));
     let new = version(&old, old.updated_at + Duration::seconds(1), json!("new"));
     let stored = backend.apply_memory(&agent, &new).await.unwrap();
-    assert_eq!(stored.as_ref().map(|m| &m.content), Some(&json!("new")));
+    assert_eq!(
+        stored.as_ref().map(|m| m.content.as_str()),
+        Some(r#""new""#)
+    );
     assert_eq!(backend.apply_memory(&agent, &old).await.unwrap(), None);
     assert_eq!(value(backend, &agent, "k").await, Some(json!("new")));
     let tool = Tool::new("t", json!(1));
     let newer = Tool {
-        content: json!(2),
+        content: Json::from(json!(2)),
         updated_at: tool.updated_at + Duration::seconds(1),
         ..tool.clone()
     };
     let stored = backend.apply_tool(&agent, &newer).await.unwrap();
-    assert_eq!(stored.map(|t| t.content), Some(json!(2)));
+    assert_eq!(stored.map(|t| t.content), Some(Json::from(json!(2))));
     assert_eq!(backend.apply_tool(&agent, &tool).await.unwrap(), None);
 }
 
@@ -374,7 +378,7 @@ pub async fn tool_deletes_hold_in_any_order(backend: &dyn Replica) {
     let name = backend.name();
     let versions = |base: &Tool| {
         [(0, "v1"), (20, "v3"), (5, "v2")].map(|(after, content)| Tool {
-            content: json!(content),
+            content: json!(content).into(),
             updated_at: t + us(after),
             ..base.clone()
         })
@@ -404,7 +408,7 @@ pub async fn tool_deletes_hold_in_any_order(backend: &dyn Replica) {
             }
         }
         let stored = backend.get_tool(&agent, "t").await.unwrap();
-        let expected = newest_applied.then(|| json!("v3"));
+        let expected = newest_applied.then(|| json!("v3").into());
         assert_eq!(
             stored.map(|t| t.content),
             expected,
@@ -475,7 +479,7 @@ pub async fn tool_deletes_hold_in_any_order(backend: &dyn Replica) {
             .await
             .unwrap()
             .map(|t| t.content),
-        Some(json!("again"))
+        Some(json!("again").into())
     );
     // A copied delete older than the definition leaves it.
     assert!(!backend.apply_tool_delete(&agent, "t", at).await.unwrap());

@@ -13,12 +13,13 @@ pub use super::search::{
 use super::unique_agent;
 use crate::backend::MemoryBackend;
 use crate::error::Error;
+use crate::json::Json;
 use crate::listing::Listing;
-use crate::record::{Execution, Memory, Metadata, Metric, Tool};
+use crate::record::{AgentId, Execution, Memory, Metadata, Metric, Tool};
 
-/// Parses JSON text into a value without losing any number's exact form.
-fn value(text: &str) -> Value {
-    serde_json::from_str(text).expect("scenario JSON is valid")
+/// JSON text kept exactly as written: key order, whitespace and every number's form.
+fn value(text: &str) -> Json {
+    text.parse().expect("scenario JSON is valid")
 }
 
 fn nested(depth: usize) -> Value {
@@ -31,8 +32,8 @@ fn nested(depth: usize) -> Value {
     })
 }
 
-/// The awkward values every backend must give back unchanged, by key.
-pub fn awkward_values() -> Vec<(String, Value)> {
+/// The awkward values every backend must give back unchanged (as the same text), by key.
+pub fn awkward_values() -> Vec<(String, Json)> {
     let big_text: String = "agent memory ✓ ".repeat(140_000);
     let many: Vec<Value> = (0..20_000)
         .map(|i| json!({"i": i, "s": format!("row {i}")}))
@@ -43,41 +44,76 @@ pub fn awkward_values() -> Vec<(String, Value)> {
             value(
                 r#"{"beyond_u64": 123456789012345678901234567890, "i64_max": 9223372036854775807,
                 "i64_min": -9223372036854775808, "u64_max": 18446744073709551615,
-                "above_2_53": 9007199254740993, "tenth": 0.1, "tiny": 1.5e-300,
-                "huge": 1.7976931348623157e308, "neg_zero": -0.0, "float_one": 1.0,
-                "long_fraction": 3.14159265358979323846264338327950288}"#,
+                "u64_max_plus_1": 18446744073709551616, "above_2_53": 9007199254740993,
+                "tenth": 0.1, "written": 2.50, "tiny": 1.5e-300, "huge": 1.7976931348623157e308,
+                "beyond_f64": 1e400, "below_f64": -2.5E-400, "neg_zero": -0.0, "neg_zero_int": -0,
+                "float_one": 1.0, "long_fraction": 3.14159265358979323846264338327950288}"#,
             ),
+        ),
+        ("u64 max plus one".into(), value("18446744073709551616")),
+        ("written form".into(), value("2.50")),
+        ("negative zero".into(), value("-0")),
+        (
+            "escapes".into(),
+            value(r#"["caf\u00e9", "\ud83d\ude80", "a\/b", "nul \u0000 in text", "\"q\""]"#),
         ),
         (
             "unicode".into(),
-            json!({
+            Json::from(json!({
                 "latin": "héllo wörld", "cyrillic": "привет", "arabic": "مرحبا بالعالم",
                 "cjk": "記憶の移行", "emoji": "👩‍👩‍👧‍👦🚀", "combining": "e\u{301}",
                 "zero_width": "a\u{200b}b", "nul": "before\u{0}after", "quotes": "'\"`\\",
                 "newlines": "line1\nline2\r\n\ttabbed", "keys are ünïcode too ✓": true
-            }),
+            })),
         ),
-        ("empty string".into(), json!("")),
+        ("empty string".into(), value(r#""""#)),
         (
             "empties".into(),
-            json!({"s": "", "a": [], "o": {}, "n": null, "f": false}),
+            value(r#"{"s": "", "a": [], "o": {}, "n": null, "f": false}"#),
         ),
-        ("null".into(), Value::Null),
-        ("nested".into(), nested(100)),
-        ("big text".into(), Value::String(big_text)),
-        ("many objects".into(), Value::Array(many)),
+        ("null".into(), value("null")),
+        ("nested".into(), Json::from(nested(100))),
+        ("big text".into(), Json::from(Value::String(big_text))),
+        ("many objects".into(), Json::from(Value::Array(many))),
+        ("key order".into(), value(r#"{"b":1,"a":2}"#)),
         (
-            "key order".into(),
-            value(r#"{"z": 1, "a": 2, "m": {"y": 1, "b": 2}}"#),
+            "nested key order".into(),
+            value(r#"{"z": 1, "a": 2, "m": {"y": 1, "b": [{"d": 4.0, "c": 3}]}}"#),
         ),
-        (String::new(), json!("the empty key")),
-        ("ключ/with\\slashes 'and' \"quotes\" %_".into(), json!(42)),
+        ("whitespace".into(), value("{ \"spaced\" :\t[ 1 ,\n 2 ] }")),
+        (String::new(), value(r#""the empty key""#)),
+        ("ключ/with\\slashes 'and' \"quotes\" %_".into(), value("42")),
         // The longest key both databases hold: MAX_KEY_BYTES bytes of four-byte chars.
         (
             "🔑".repeat(crate::MAX_KEY_BYTES / 4),
-            json!("a long unicode key"),
+            value(r#""a long unicode key""#),
         ),
     ]
+}
+
+/// Stores every awkward value ([`awkward_values`]) for `agent`, for a path that moves
+/// them elsewhere (a copy, a backfill) to be checked with [`assert_awkward_values`].
+pub async fn store_awkward_values(backend: &dyn MemoryBackend, agent: &AgentId) {
+    for (key, content) in awkward_values() {
+        let memory = Memory::new(key.clone(), content);
+        let stored = backend.put_memory(agent, &memory).await;
+        stored.unwrap_or_else(|e| panic!("{}: store {key:?}: {e:?}", backend.name()));
+    }
+}
+
+/// Asserts that `backend` holds every awkward value for `agent` as the same JSON text;
+/// `path` names the way they came, for the message.
+pub async fn assert_awkward_values(backend: &dyn MemoryBackend, agent: &AgentId, path: &str) {
+    for (key, content) in awkward_values() {
+        let found = backend.get_memory(agent, &key).await;
+        let found = found.unwrap_or_else(|e| panic!("{path}: read {key:?}: {e:?}"));
+        let found = found.unwrap_or_else(|| panic!("{path}: {key:?} is missing"));
+        assert_eq!(
+            found.content.as_str(),
+            content.as_str(),
+            "{path}: the value of {key:?} changed on the way"
+        );
+    }
 }
 
 /// Every awkward value comes back as the same JSON text, with its metadata, embedding
@@ -106,8 +142,8 @@ pub async fn round_trip_awkward_values(backend: &dyn MemoryBackend) {
             .expect("retrieve")
             .unwrap_or_else(|| panic!("{}: stored key {key:?} is missing", backend.name()));
         assert_eq!(
-            got.content.to_string(),
-            content.to_string(),
+            got.content.as_str(),
+            content.as_str(),
             "{}: value of {key:?} changed on the way",
             backend.name()
         );
@@ -429,7 +465,7 @@ pub async fn concurrent_writers_one_agent(backend: &dyn MemoryBackend) {
         .unwrap()
         .content;
     assert_eq!(
-        shared["i"],
+        shared.parse::<Value>().unwrap()["i"],
         json!(KEYS_PER_TASK - 1),
         "the shared key holds some task's last write"
     );
@@ -466,7 +502,7 @@ pub async fn concurrent_writers_many_agents(backend: &dyn MemoryBackend) {
         for key in keys {
             let got = backend.get_memory(agent, &key).await.unwrap().unwrap();
             assert_eq!(
-                got.content["agent"],
+                got.content.parse::<Value>().unwrap()["agent"],
                 json!(agent.as_str()),
                 "agent {agent} holds another's value"
             );
@@ -506,7 +542,7 @@ pub async fn tools_register_get_list(backend: &dyn MemoryBackend) {
         .unwrap()
         .unwrap();
     assert_eq!(got, first);
-    assert_eq!(got.content.to_string(), definition.to_string());
+    assert_eq!(got.content.as_str(), definition.as_str());
     let updated = backend
         .put_tool(&agent, &Tool::new("web_search", json!({"v": 2})))
         .await
@@ -551,7 +587,7 @@ pub async fn metrics_and_executions_keep_order(backend: &dyn MemoryBackend) {
     let mut metrics = Vec::new();
     for (i, v) in values.iter().enumerate() {
         let mut metric = Metric::new(format!("m{}", i % 2), *v);
-        metric.content = json!({"step": i, "detail": "ü"});
+        metric.content = json!({"step": i, "detail": "ü"}).into();
         metric.metadata.insert("run".into(), json!(7));
         backend.record_metric(&agent, &metric).await.unwrap();
         metrics.push(metric);

@@ -6,6 +6,7 @@ use serde_json::json;
 use super::unique_agent;
 use crate::backend::MemoryBackend;
 use crate::error::Error;
+use crate::json::Json;
 use crate::record::{AgentId, Memory, Metadata};
 use crate::vector::{DistanceMetric, Neighbor, VectorQuery, distance};
 
@@ -28,7 +29,8 @@ impl Lcg {
 }
 
 /// `n` memories `m/000`.. of `dims` dimensions, with metadata `{"group": i % 3, "even":
-/// i % 2 == 0}`, stored for `agent`; returns them as stored.
+/// i % 2 == 0}` and content whose text only an exact store keeps (key order, a number
+/// beyond u64, `2.50`, `-0`), stored for `agent`; returns them as stored.
 async fn store_vectors(
     backend: &dyn MemoryBackend,
     agent: &AgentId,
@@ -42,7 +44,9 @@ async fn store_vectors(
         let mut meta = Metadata::new();
         meta.insert("group".into(), json!(i % 3));
         meta.insert("even".into(), json!(i % 2 == 0));
-        let memory = Memory::new(format!("m/{i:03}"), json!({ "i": i }))
+        let content = format!(r#"{{"i": {i}, "big": 18446744073709551616, "w": 2.50, "a": -0}}"#);
+        let content = Json::from_text(content).expect("valid JSON");
+        let memory = Memory::new(format!("m/{i:03}"), content)
             .with_metadata(meta)
             .with_embedding(rng.vector(dims));
         stored.push(backend.put_memory(agent, &memory).await.unwrap());
@@ -143,6 +147,15 @@ pub async fn search_finds_nearest(backend: &dyn MemoryBackend) {
                 "{}: a search answer differs from the stored memory",
                 backend.name()
             );
+            for hit in &found {
+                let put = stored.iter().find(|m| m.key == hit.memory.key).unwrap();
+                assert_eq!(
+                    hit.memory.content.as_str(),
+                    put.content.as_str(),
+                    "{}: a search answer's value changed on the way",
+                    backend.name()
+                );
+            }
         }
     }
 }

@@ -19,7 +19,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use pgvector::Vector;
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 use sqlx::Row;
 use uuid::Uuid;
 
@@ -27,6 +27,7 @@ use super::Embedder;
 use crate::PostgresBackend;
 use crate::backfill::Progress;
 use crate::error::{Error, Result};
+use crate::json::{self, Json};
 use crate::record::AgentId;
 
 /// Which text of a memory is embedded.
@@ -45,22 +46,18 @@ pub enum TextSource {
 
 impl TextSource {
     /// The text of `content` to embed.
-    pub fn text_of(&self, content: &Value) -> String {
-        let field = |name: &str| content.as_object().and_then(|o| o.get(name));
-        let as_text = |v: &Value| match v {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
+    pub fn text_of(&self, content: &Json) -> String {
+        let whole = || content.as_str().to_string();
+        let as_text = |v: &RawValue| json::string(v).unwrap_or_else(|| v.get().to_string());
         match self {
-            TextSource::Json => content.to_string(),
-            TextSource::Field(name) => field(name).map_or_else(|| content.to_string(), as_text),
-            TextSource::Auto => match content {
-                Value::String(s) => s.clone(),
-                _ => ["content", "text"]
+            TextSource::Json => whole(),
+            TextSource::Field(name) => content.field(name).map_or_else(whole, as_text),
+            TextSource::Auto => content.string().unwrap_or_else(|| {
+                ["content", "text"]
                     .iter()
-                    .find_map(|name| field(name).filter(|v| v.is_string()))
-                    .map_or_else(|| content.to_string(), as_text),
-            },
+                    .find_map(|name| content.field(name).and_then(json::string))
+                    .unwrap_or_else(whole)
+            }),
         }
     }
 }
@@ -177,7 +174,7 @@ pub async fn fill_embeddings(
         for row in &rows {
             let id: Uuid = row.get("id");
             let content: &str = row.get("content");
-            let content: Value = crate::backend::codec::parse_json(content, || {
+            let content = crate::backend::codec::parse_json(content, || {
                 format!("memory {id} of agent {:?}", row.get::<&str, _>("agent_id"))
             })?;
             ids.push(id);
@@ -233,4 +230,24 @@ pub async fn fill_embeddings(
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_text_to_embed_comes_from_the_stored_text() {
+        let j = |text: &str| text.parse::<Json>().unwrap();
+        let row = j(r#"{"key": "k", "content": "user asked \u00e9", "n": 2.50}"#);
+        assert_eq!(TextSource::Auto.text_of(&row), "user asked é");
+        assert_eq!(TextSource::Auto.text_of(&j(r#""plain""#)), "plain");
+        let no_text = j(r#"{"b": 1, "text": 7}"#);
+        assert_eq!(TextSource::Auto.text_of(&no_text), r#"{"b": 1, "text": 7}"#);
+        assert_eq!(TextSource::Json.text_of(&row), row.as_str());
+        let field = |name: &str| TextSource::Field(name.into());
+        assert_eq!(field("n").text_of(&row), "2.50");
+        assert_eq!(field("key").text_of(&row), "k");
+        assert_eq!(field("missing").text_of(&row), row.as_str());
+    }
 }

@@ -1,5 +1,5 @@
 //! Helpers shared by the integration tests: running memctl, stopping and starting the
-//! test server, capturing log lines.
+//! test server, capturing log lines, finding the public corpus (or saying it is absent).
 
 #![allow(dead_code)] // each test file uses its own subset
 
@@ -165,4 +165,67 @@ pub async fn memory_rows_once(conn: &mut sqlx::PgConnection) -> (i64, i64) {
     .fetch_one(conn)
     .await
     .unwrap()
+}
+
+/// The variable naming the public corpus's folder, when it is not at its usual place.
+pub const CORPUS_VAR: &str = "MEMSHIFT_CORPUS";
+/// Set to `1` (CI sets it), an absent corpus fails the tests that read it.
+pub const REQUIRE_CORPUS_VAR: &str = "MEMSHIFT_REQUIRE_CORPUS";
+/// A file that tests which were not run append their names to (`scripts/test` sets it
+/// and lists the names at the end).
+pub const NOT_RUN_VAR: &str = "MEMSHIFT_NOT_RUN";
+
+/// The public corpus: SQLite files of real agent projects and of pgloader's tests. It is
+/// not part of the repository (not every file's licence allows shipping it): it lies at
+/// `../shared/corpus/public` beside the checkout, or where `MEMSHIFT_CORPUS` says.
+pub fn corpus_dir() -> PathBuf {
+    match std::env::var_os(CORPUS_VAR) {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap_or(Path::new(".."))
+            .join("shared/corpus/public"),
+    }
+}
+
+/// The corpus for the test named `test`, or `None` when it is absent (no folder, or an
+/// empty one). The test then returns without running, after saying so on stderr (past
+/// the test harness's capture, so it shows in a plain `cargo test`) and adding its name
+/// to the `MEMSHIFT_NOT_RUN` file. With `MEMSHIFT_REQUIRE_CORPUS=1` an absent corpus
+/// fails the test instead.
+pub fn corpus(test: &str) -> Option<PathBuf> {
+    use std::io::Write as _;
+    let dir = corpus_dir();
+    let present = std::fs::read_dir(&dir).is_ok_and(|mut entries| entries.next().is_some());
+    if present {
+        return Some(dir);
+    }
+    let name = format!("{}::{test}", env!("CARGO_CRATE_NAME"));
+    let required = std::env::var(REQUIRE_CORPUS_VAR).is_ok_and(|v| !v.is_empty() && v != "0");
+    assert!(
+        !required,
+        "{name}: the corpus {} is absent and {REQUIRE_CORPUS_VAR} is set: put the corpus \
+         there, or set {CORPUS_VAR} to its folder",
+        dir.display()
+    );
+    // Straight to the stream: eprintln! would be held back by the harness for a passing test.
+    let _ = writeln!(
+        std::io::stderr(),
+        "not run: {name}: corpus {} absent (set {CORPUS_VAR} to its folder)",
+        dir.display()
+    );
+    if let Some(file) = std::env::var_os(NOT_RUN_VAR).filter(|f| !f.is_empty()) {
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&file)
+            .and_then(|mut f| f.write_all(format!("{name}\n").as_bytes()));
+        if let Err(e) = appended {
+            panic!(
+                "{name}: cannot record it as not run in {}: {e}",
+                Path::new(&file).display()
+            );
+        }
+    }
+    None
 }

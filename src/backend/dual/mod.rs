@@ -187,6 +187,9 @@ struct Inner {
     repairing: Mutex<HashSet<AgentId>>,
     /// Agents whose journals were checked at first use in this process.
     checked: Mutex<HashSet<AgentId>>,
+    /// Journal records whose writes are being copied to the other side right now: a
+    /// repair waits for their copy to end instead of replaying them alongside it.
+    in_flight: Mutex<HashSet<(Side, AgentId, i64)>>,
 }
 
 impl std::fmt::Debug for DualBackend {
@@ -230,6 +233,7 @@ impl DualBackend {
                 owing: Mutex::new(HashSet::new()),
                 repairing: Mutex::new(HashSet::new()),
                 checked: Mutex::new(HashSet::new()),
+                in_flight: Mutex::new(HashSet::new()),
             }),
         }
     }

@@ -133,10 +133,14 @@ impl DualBackend {
                 let mut done = Vec::with_capacity(batch.len());
                 let mut stop = None;
                 // Records whose copies already arrived (cleared lazily) need no replay.
-                let delivered = self.take_done(from, agent);
+                let mut delivered = self.take_done(from, agent);
                 let mut cleared = 0;
                 for record in &batch {
                     last_seq = record.seq;
+                    // A record whose copy is under way: let it end, then it is either
+                    // delivered or owed.
+                    self.wait_in_flight(from, agent, record.seq).await;
+                    delivered.extend(self.take_done(from, agent));
                     if delivered.contains(&record.seq) {
                         done.push(record.seq);
                         cleared += 1;

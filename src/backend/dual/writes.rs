@@ -58,6 +58,7 @@ impl DualBackend {
             lock(&self.inner.owing).insert(agent.clone());
             return Ok((committed.outcome, None));
         };
+        let in_flight = committed.seq.map(|seq| InFlight::new(self, first, agent, seq));
         let copied = self
             .timed(
                 second,
@@ -65,11 +66,14 @@ impl DualBackend {
                 self.copy(second, agent, change, &committed.outcome),
             )
             .await;
+        if let (Ok(_), Some(seq)) = (&copied, committed.seq) {
+            // Marked arrived before it stops being in flight, so a waiting repair
+            // finds it delivered.
+            self.give_done(first, agent, vec![seq]);
+        }
+        drop(in_flight);
         match copied {
             Ok(changed) => {
-                if let Some(seq) = committed.seq {
-                    self.give_done(first, agent, vec![seq]);
-                }
                 self.repair_in_background(agent);
                 Ok((committed.outcome, Some(changed)))
             }
@@ -187,5 +191,39 @@ impl DualBackend {
             .entry((side, agent.clone()))
             .or_default()
             .extend(seqs);
+    }
+}
+
+/// A journal record whose copy is under way, for as long as this lives (dropped also
+/// when the writing call is cancelled).
+struct InFlight<'a> {
+    dual: &'a DualBackend,
+    key: (Side, AgentId, i64),
+}
+
+impl<'a> InFlight<'a> {
+    fn new(dual: &'a DualBackend, side: Side, agent: &AgentId, seq: i64) -> Self {
+        let key = (side, agent.clone(), seq);
+        lock(&dual.inner.in_flight).insert(key.clone());
+        InFlight { dual, key }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        lock(&self.dual.inner.in_flight).remove(&self.key);
+    }
+}
+
+impl DualBackend {
+    /// Waits, at most about two side timeouts, until the copy of record `seq` (of
+    /// `side`, for `agent`) is no longer under way.
+    pub(super) async fn wait_in_flight(&self, side: Side, agent: &AgentId, seq: i64) {
+        let key = (side, agent.clone(), seq);
+        let give_up = tokio::time::Instant::now() + self.inner.options.side_timeout * 2;
+        while lock(&self.inner.in_flight).contains(&key) && tokio::time::Instant::now() < give_up
+        {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 }

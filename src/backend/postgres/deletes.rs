@@ -77,15 +77,17 @@ macro_rules! named {
     };
 }
 
-pub(super) const MEMORIES: Named =
-    named!("memory", "agent_memories", "key", "memory_tombstones");
+pub(super) const MEMORIES: Named = named!("memory", "agent_memories", "key", "memory_tombstones");
 
 pub(super) const TOOLS: Named = named!("tool", "agent_tools", "name", "tool_tombstones");
 
 impl PostgresBackend {
     /// A delete as this backend's own (journaling nothing); whether there was a value.
     pub(super) async fn delete_own(&self, agent: &AgentId, change: Change<'_>) -> Result<bool> {
-        Ok(self.commit_change(agent, change, None, &[]).await?.existed())
+        Ok(self
+            .commit_change(agent, change, None, &[])
+            .await?
+            .existed())
     }
 
     /// A delete copied from SQLite. The tombstone commits first, so any copy that started

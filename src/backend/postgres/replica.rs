@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use pgvector::Vector;
 use sqlx::postgres::PgArguments;
 use sqlx::query::Query;
-use sqlx::{Postgres, Row};
 use sqlx::types::Json;
+use sqlx::{Postgres, Row};
 
 use super::deletes::{MEMORIES, Named, TOOLS};
 use super::{

@@ -13,22 +13,27 @@
 //!
 //! Every figure reported is the median over the repetitions.
 
+mod saved;
+
+pub use saved::summary;
+
 use std::sync::Arc;
 
 use memshift::backend::DualBackend;
 use memshift::backend::dual::DualStats;
 use memshift::config::Stage;
 use memshift::{MemoryBackend, PostgresBackend, PostgresOptions, SqliteBackend};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::chart::{Chart, Panel, Series};
 use crate::harness::{
     AgentLoad, Env, Latency, Result, Samples, concurrently, median, ms, settle, table,
 };
 
 /// Options of the `dual` suite.
-#[derive(Debug, Clone, clap::Args, Serialize)]
+/// (Read back from saved results too: an option added later needs `#[serde(default)]`,
+/// since earlier files lack it.)
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
 pub struct Args {
     /// Stores, and as many retrieves, per pass, configuration and repetition.
     #[arg(long, default_value_t = 1000)]
@@ -102,7 +107,7 @@ struct Sides {
 }
 
 /// The figures of one configuration: latencies in microseconds, throughput in calls/s.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 struct Figures {
     store_p50_us: f64,
     store_p99_us: f64,
@@ -166,7 +171,7 @@ const TARGETS: [Target; 2] = [
 ];
 
 /// Runs the suite, prints its tables, and returns its results for the JSON file.
-pub async fn run(env: &Env, args: &Args) -> Result<(Value, Chart)> {
+pub async fn run(env: &Env, args: &Args) -> Result<Value> {
     if args.ops == 0 || args.concurrency == 0 || args.reps == 0 {
         return Err("--ops, --concurrency and --reps must be at least 1".into());
     }
@@ -323,7 +328,7 @@ fn check_dual(config: Config, stats: &DualStats) -> Result<()> {
 }
 
 /// Prints the tables and ratios, and returns everything as JSON.
-fn report(args: &Args, runs: &[Vec<Run>]) -> (Value, Chart) {
+fn report(args: &Args, runs: &[Vec<Run>]) -> Value {
     let medians: Vec<Figures> = runs
         .iter()
         .map(|r| Figures::median(&r.iter().map(|run| run.figures).collect::<Vec<_>>()))
@@ -362,9 +367,20 @@ fn report(args: &Args, runs: &[Vec<Run>]) -> (Value, Chart) {
         )
     );
 
+    let configs: serde_json::Map<String, Value> = Config::ALL
+        .iter()
+        .map(|c| {
+            (
+                c.name().to_string(),
+                json!({"median": medians[c.index()], "repetitions": runs[c.index()]}),
+            )
+        })
+        .collect();
+    // Printed from the results as saved, as the results page shows it.
+    let configs = Value::Object(configs);
     println!(
         "\ndual backend per side, from DualBackend::stats() over the latency pass (histogram, within 9%), ms p50\n{}",
-        breakdown(runs)
+        saved::breakdown(&configs).map_or_else(|e| format!("(not shown: {e})"), |t| t.text())
     );
 
     println!("\ntargets");
@@ -395,83 +411,5 @@ fn report(args: &Args, runs: &[Vec<Run>]) -> (Value, Chart) {
         })
         .collect();
 
-    let configs: serde_json::Map<String, Value> = Config::ALL
-        .iter()
-        .map(|c| {
-            (
-                c.name().to_string(),
-                json!({"median": medians[c.index()], "repetitions": runs[c.index()]}),
-            )
-        })
-        .collect();
-    // One bar per configuration in each group: its store figure, then its retrieve one.
-    let series = |store: fn(&Figures) -> f64, retrieve: fn(&Figures) -> f64| -> Vec<Series> {
-        Config::ALL
-            .iter()
-            .map(|c| Series {
-                name: c.name().to_string(),
-                values: vec![
-                    Some(store(&medians[c.index()])),
-                    Some(retrieve(&medians[c.index()])),
-                ],
-            })
-            .collect()
-    };
-    let chart = Chart {
-        title: "dual: the dual backend against SQLite and PostgreSQL alone".into(),
-        panels: vec![
-            Panel {
-                title: "p50 latency, one task, ms (lower is better)".into(),
-                categories: vec!["store".into(), "retrieve".into()],
-                series: series(|f| f.store_p50_us / 1000.0, |f| f.retrieve_p50_us / 1000.0),
-            },
-            Panel {
-                title: format!("calls/s, {} tasks (higher is better)", args.concurrency),
-                categories: vec!["store".into(), "retrieve".into()],
-                series: series(|f| f.store_ops_per_s, |f| f.retrieve_ops_per_s),
-            },
-        ],
-    };
-    (
-        json!({"args": args, "configs": configs, "ratios": ratios}),
-        chart,
-    )
-}
-
-/// Where a dual call's time goes: each side's share, as the dual backend timed it.
-fn breakdown(runs: &[Vec<Run>]) -> String {
-    let p50 = |l: &memshift::backend::dual::Latency| l.p50_us.unwrap_or(0) as f64;
-    let rows: Vec<Vec<String>> = [Config::DualWrite, Config::Live]
-        .iter()
-        .map(|c| {
-            let runs = &runs[c.index()];
-            let m = |f: &dyn Fn(&DualStats) -> f64| {
-                median(runs.iter().filter_map(|r| r.dual.as_ref()).map(f).collect())
-            };
-            let figures = Figures::median(&runs.iter().map(|r| r.figures).collect::<Vec<_>>());
-            vec![
-                c.name().to_string(),
-                ms(figures.store_p50_us),
-                ms(m(&|s| p50(&s.sqlite.write_latency))),
-                ms(m(&|s| p50(&s.postgres.write_latency))),
-                ms(figures.retrieve_p50_us),
-                ms(m(&|s| p50(&s.sqlite.read_latency))),
-                ms(m(&|s| p50(&s.postgres.read_latency))),
-                format!("{:.0}", m(&|s| s.shadow_compares as f64)),
-            ]
-        })
-        .collect();
-    table(
-        &[
-            "config",
-            "store",
-            "sqlite write",
-            "postgres write",
-            "retrieve",
-            "sqlite read",
-            "postgres read",
-            "compares",
-        ],
-        &rows,
-    )
+    json!({"args": args, "configs": configs, "ratios": ratios})
 }

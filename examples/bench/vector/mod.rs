@@ -14,20 +14,25 @@
 //!    `--exact-queries` exact searches on PostgreSQL and on SQLite; reports queries/s
 //!    and p50/p99 latency, and recall@k of every kind of search against the truth.
 
+mod saved;
+
+pub use saved::summary;
+
 use std::time::Instant;
 
 use memshift::vector::{self, DistanceMetric, Neighbor, VectorIndex, VectorQuery};
 use memshift::{
     AgentId, Memory, MemoryBackend, PostgresBackend, PostgresOptions, SqliteBackend, SqliteOptions,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::chart::{Chart, Panel, Series, thousands};
 use crate::harness::{Env, Latency, Result, Rng, Samples, ms, table};
 
 /// Options of the `vector` suite.
-#[derive(Debug, Clone, clap::Args, Serialize)]
+/// (Read back from saved results too: an option added later needs `#[serde(default)]`,
+/// since earlier files lack it.)
+#[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
 pub struct Args {
     /// Memories of the one agent searched.
     #[arg(long, default_value_t = 100_000)]
@@ -194,7 +199,7 @@ fn recall(found: &[Neighbor], truth: &[String]) -> f64 {
 }
 
 /// One kind of search, measured.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Measured {
     name: String,
     ef_search: Option<u32>,
@@ -237,7 +242,7 @@ async fn measure(
 }
 
 /// Runs the suite.
-pub async fn run(env: &Env, args: &Args) -> Result<(Value, Chart)> {
+pub async fn run(env: &Env, args: &Args) -> Result<Value> {
     if args.memories == 0 || args.dims == 0 || args.queries == 0 || args.k == 0 || args.latent == 0
     {
         return Err("--memories, --dims, --latent, --queries and --k must be at least 1".into());
@@ -390,36 +395,6 @@ pub async fn run(env: &Env, args: &Args) -> Result<(Value, Chart)> {
             lite.latency.p50_us / pg.latency.p50_us
         );
     }
-    let label = |m: &Measured| match m.ef_search {
-        Some(ef) => format!("{} ef={ef}", m.name),
-        None => m.name.clone(),
-    };
-    let chart = Chart {
-        title: format!(
-            "vector: {} memories of {} dimensions, k = {}",
-            thousands(args.memories as f64, 0),
-            args.dims,
-            args.k
-        ),
-        panels: vec![
-            Panel {
-                title: "queries/s (higher is better)".into(),
-                categories: results.iter().map(label).collect(),
-                series: vec![Series {
-                    name: "queries/s".into(),
-                    values: results.iter().map(|m| Some(m.queries_per_s)).collect(),
-                }],
-            },
-            Panel {
-                title: format!("recall@{} (higher is better)", args.k),
-                categories: results.iter().map(label).collect(),
-                series: vec![Series {
-                    name: "recall".into(),
-                    values: results.iter().map(|m| Some(m.recall_at_k)).collect(),
-                }],
-            },
-        ],
-    };
     let results = json!({
         "args": args,
         "load_seconds": { "postgres": load_postgres_s, "sqlite": load_sqlite_s },
@@ -427,5 +402,5 @@ pub async fn run(env: &Env, args: &Args) -> Result<(Value, Chart)> {
         "searches": results,
         "target": { "recall_at_k": 0.95, "measured": default.recall_at_k, "pass": default.recall_at_k >= 0.95 },
     });
-    Ok((results, chart))
+    Ok(results)
 }
