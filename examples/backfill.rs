@@ -29,10 +29,10 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use memshift::backfill::{self, BackfillOptions, Progress, Report, backup};
 use memshift::legacy::Target;
 use memshift::{Chain, Error};
-use clap::Parser;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -318,11 +318,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 .transpose()?,
             ..Default::default()
         };
-        let missing =
-            memshift::vector::missing_embeddings(&backend, fill.agent.as_ref()).await?;
+        let missing = memshift::vector::missing_embeddings(&backend, fill.agent.as_ref()).await?;
         let progress = ShowProgress::bar(missing, "memories");
-        let report =
-            memshift::vector::fill_embeddings(&backend, &embedder, &fill, &progress).await;
+        let report = memshift::vector::fill_embeddings(&backend, &embedder, &fill, &progress).await;
         progress.finish();
         let report = report?;
         eprintln!(

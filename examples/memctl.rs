@@ -166,8 +166,7 @@ async fn run(cli: Cli) -> Result<Outcome, Error> {
         config.agents_path = path;
     }
     if let Command::Migrate = cli.command {
-        let applied =
-            memshift::migrate_url(config.require_database_url("memctl migrate")?).await?;
+        let applied = memshift::migrate_url(config.require_database_url("memctl migrate")?).await?;
         match applied.as_slice() {
             [] => println!("schema already up to date"),
             versions => println!("applied migrations {versions:?}"),

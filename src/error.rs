@@ -1,8 +1,13 @@
-//! The crate's one error type, and the redaction that keeps secrets out of it.
+//! The crate's one error type, and the one rule that says what kind of failure an error
+//! is. Secrets are kept out of it by reading connection strings once (see
+//! [`redact_url`]).
 
 use std::error::Error as StdError;
 use std::fmt;
 use std::path::PathBuf;
+
+use crate::redact::ConnectionString;
+pub use crate::redact::redact_url;
 
 /// A boxed cause, kept as a source so callers can walk or downcast the chain.
 pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
@@ -14,8 +19,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 ///
 /// `Display` gives this error's own message; the cause, when there is one, is its
 /// [`source`](StdError::source). Use [`Chain`] to print the whole chain on one line.
-/// No variant ever holds a password: connection targets are stored redacted, and a
-/// cause whose text would reveal one is replaced by its redacted text.
+/// No variant holds a password: connection targets are stored as [`redact_url`] shows
+/// them, and a cause whose text shows the URL, or its password as credentials
+/// (`:password@`, `password=...`) or, when 8 bytes or longer, anywhere, is replaced by
+/// its text with those parts as `***`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -120,69 +127,198 @@ impl Error {
         }
     }
 
+    /// [`Error::Database`] for a statement of `backend` that failed with `cause`,
+    /// classified ([`Fault`]) before `hide` may replace the cause by its redacted text.
+    pub(crate) fn database(
+        backend: &'static str,
+        operation: impl Into<String>,
+        cause: sqlx::Error,
+        hide: Option<&ConnectionString>,
+    ) -> Self {
+        Error::Database {
+            backend,
+            operation: operation.into(),
+            source: Classified::driver(cause, hide),
+        }
+    }
+
+    /// [`Error::Connect`] to `target`, which failed with `cause`.
+    pub(crate) fn connect(target: &ConnectionString, cause: sqlx::Error) -> Self {
+        Error::Connect {
+            target: target.shown().to_string(),
+            source: Classified::driver(cause, Some(target)),
+        }
+    }
+
+    /// [`Error::Connect`] to `target`, which did not answer in time: a lost connection.
+    pub(crate) fn connect_timed_out(target: &ConnectionString, cause: std::io::Error) -> Self {
+        Error::Connect {
+            target: target.shown().to_string(),
+            source: Classified::lost(cause),
+        }
+    }
+
+    /// [`Error::Database`] for a call that could not reach `backend` at all (a server
+    /// known to be down, an injected fault): a lost connection, whatever `cause` says.
+    pub(crate) fn unreachable(
+        backend: &'static str,
+        operation: impl Into<String>,
+        cause: std::io::Error,
+    ) -> Self {
+        Error::Database {
+            backend,
+            operation: operation.into(),
+            source: Classified::lost(cause),
+        }
+    }
+
+    /// What kind of failure this is (see [`Fault`]).
+    pub(crate) fn fault(&self) -> Fault {
+        match self {
+            Error::InvalidInput { .. } | Error::Json { .. } => Fault::Lasting,
+            Error::Connect { source, .. } | Error::Database { source, .. } => {
+                match source.downcast_ref::<Classified>() {
+                    Some(classified) => classified.fault,
+                    // A cause built outside the library: read by the same rule.
+                    None => source
+                        .downcast_ref::<sqlx::Error>()
+                        .map_or(Fault::Other, Fault::of),
+                }
+            }
+            _ => Fault::Other,
+        }
+    }
+
     /// True when the cause is a lost, refused or timed-out connection: the kind of
     /// failure that a retry after the database comes back can cure. That includes the
     /// server ending the session (SQLSTATE `57P01` to `57P03`: an administrator's
     /// `pg_terminate_backend`, a shutdown, a server still starting) and SQLSTATE class
     /// `08` (connection exceptions). A refused login or a missing database is not.
     pub fn is_connection(&self) -> bool {
-        match self {
-            Error::Connect { source, .. } | Error::Database { source, .. } => {
-                match source.downcast_ref::<sqlx::Error>() {
-                    Some(sqlx::Error::Database(db)) => {
-                        db.code().is_some_and(|code| is_connection_sqlstate(&code))
-                    }
-                    Some(e) => matches!(
-                        e,
-                        sqlx::Error::Io(_)
-                            | sqlx::Error::PoolTimedOut
-                            | sqlx::Error::PoolClosed
-                            | sqlx::Error::Tls(_)
-                    ),
-                    // The probe's own timeout, or an injected fault.
-                    None => source.downcast_ref::<std::io::Error>().is_some(),
-                }
-            }
-            _ => false,
-        }
+        self.fault() == Fault::Connection
     }
-}
 
-impl Error {
     /// Whether retrying the same call cannot help: the database refuses this data
     /// itself (a value it cannot hold, a constraint, a record that cannot be read), as
     /// opposed to a side that is unreachable, busy, locked, full or slow, or a schema
     /// that is missing (fixed by an operator, after which everything passes again).
     pub fn is_lasting(&self) -> bool {
-        match self {
-            Error::InvalidInput { .. } | Error::Json { .. } => true,
-            Error::Database { source, .. } => match source.downcast_ref::<sqlx::Error>() {
-                Some(sqlx::Error::Database(db)) => {
-                    db.code().is_some_and(|code| is_lasting_code(&code))
-                }
-                Some(sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. }) => true,
-                _ => false,
-            },
-            _ => false,
+        self.fault() == Fault::Lasting
+    }
+}
+
+/// What kind of failure a database error is, for a caller deciding whether to retry.
+/// Decided once, by [`Fault::of`], where the driver's error becomes this crate's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// The session is gone or cannot be had: a retry after the database comes back can
+    /// cure it.
+    Connection,
+    /// Two transactions collided (a deadlock, a serialization failure): the same call
+    /// at once again can succeed.
+    Collision,
+    /// The database refuses this data itself: retrying the same call cannot help.
+    Lasting,
+    /// Anything else (a missing table, a full disk, a lock timeout, a refused login).
+    Other,
+}
+
+impl Fault {
+    /// The one rule, for both databases:
+    ///
+    /// - [`Connection`](Self::Connection): an I/O or TLS error, a pool that timed out or
+    ///   closed; PostgreSQL's SQLSTATE class `08` (connection exception) and `57P01` to
+    ///   `57P03` (terminated by an administrator, by a shutdown, or the server cannot
+    ///   accept connections now).
+    /// - [`Collision`](Self::Collision): SQLSTATE `40001` (serialization failure) and
+    ///   `40P01` (deadlock).
+    /// - [`Lasting`](Self::Lasting): SQLSTATE classes `22` (data exception), `23`
+    ///   (integrity constraint violation) and `54` (program limit exceeded, e.g. an
+    ///   index row too large); SQLite's CONSTRAINT (19), TOOBIG (18), MISMATCH (20) and
+    ///   RANGE (25), extended codes included; a value that cannot be decoded.
+    pub(crate) fn of(err: &sqlx::Error) -> Fault {
+        match err {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed => Fault::Connection,
+            sqlx::Error::Decode(_) | sqlx::Error::ColumnDecode { .. } => Fault::Lasting,
+            sqlx::Error::Database(db) => {
+                db.code().map_or(Fault::Other, |code| Fault::of_code(&code))
+            }
+            _ => Fault::Other,
+        }
+    }
+
+    /// [`of`](Self::of) for a PostgreSQL SQLSTATE (always five characters, often all
+    /// digits, like `23505`) or a SQLite result code (a number below 10,000).
+    fn of_code(code: &str) -> Fault {
+        if code.len() < 5
+            && let Ok(sqlite) = code.parse::<i64>()
+        {
+            return match sqlite & 0xff {
+                18 | 19 | 20 | 25 => Fault::Lasting,
+                _ => Fault::Other,
+            };
+        }
+        match code {
+            "57P01" | "57P02" | "57P03" => Fault::Connection,
+            "40001" | "40P01" => Fault::Collision,
+            _ if code.starts_with("08") => Fault::Connection,
+            _ if ["22", "23", "54"]
+                .iter()
+                .any(|class| code.starts_with(class)) =>
+            {
+                Fault::Lasting
+            }
+            _ => Fault::Other,
         }
     }
 }
 
-/// PostgreSQL SQLSTATE classes `22` (data exception), `23` (integrity constraint
-/// violation) and `54` (program limit exceeded, e.g. an index row too large); SQLite's
-/// CONSTRAINT (19), TOOBIG (18), MISMATCH (20) and RANGE (25), extended codes included.
-fn is_lasting_code(code: &str) -> bool {
-    if let Ok(sqlite) = code.parse::<i64>() {
-        return matches!(sqlite & 0xff, 18 | 19 | 20 | 25);
-    }
-    code.starts_with("22") || code.starts_with("23") || code.starts_with("54")
+/// A database error's cause with its [`Fault`], fixed where the driver's error entered
+/// the library, so that replacing a cause by its redacted text cannot lose it. It reads
+/// as its cause: the same text, the same `Debug`, and the cause as its source.
+struct Classified {
+    fault: Fault,
+    cause: BoxError,
 }
 
-/// Whether a PostgreSQL SQLSTATE says the session is gone or cannot be had: class `08`
-/// (connection exception) or `57P01` to `57P03` (terminated by an administrator, by a
-/// shutdown, or the server cannot accept connections now).
-fn is_connection_sqlstate(code: &str) -> bool {
-    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+impl Classified {
+    fn driver(cause: sqlx::Error, hide: Option<&ConnectionString>) -> BoxError {
+        let fault = Fault::of(&cause);
+        let cause = match hide {
+            Some(target) => target.scrub(cause),
+            None => Box::new(cause),
+        };
+        Box::new(Classified { fault, cause })
+    }
+
+    /// A cause of the library's own that means the connection is lost.
+    fn lost(cause: std::io::Error) -> BoxError {
+        Box::new(Classified {
+            fault: Fault::Connection,
+            cause: Box::new(cause),
+        })
+    }
+}
+
+impl fmt::Display for Classified {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.cause, f)
+    }
+}
+
+impl fmt::Debug for Classified {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.cause, f)
+    }
+}
+
+impl StdError for Classified {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&*self.cause)
+    }
 }
 
 /// Displays an error and all its causes on one line, joined by `: `.
@@ -212,155 +348,55 @@ impl fmt::Display for Chain<'_> {
     }
 }
 
-/// A cause whose original text held a secret, kept as its redacted text.
-#[derive(Debug)]
-struct Redacted(String);
-
-impl fmt::Display for Redacted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl StdError for Redacted {}
-
-/// Returns `url` with its password replaced by `***`, ready for messages and logs.
-///
-/// Works on `postgres://user:pass@host/db` URLs and, as a fallback, on anything with a
-/// `scheme://user:pass@` prefix or a `password=...` setting.
-///
-/// ```
-/// assert_eq!(
-///     memshift::redact_url("postgres://app:hunter2@db:5432/agents"),
-///     "postgres://app:***@db:5432/agents"
-/// );
-/// ```
-pub fn redact_url(url: &str) -> String {
-    if let Ok(mut parsed) = url::Url::parse(url) {
-        if parsed.password().is_some() {
-            // set_password only fails for URLs that cannot have credentials at all.
-            let _ = parsed.set_password(Some("***"));
-        }
-        let mut text = parsed.to_string();
-        for secret in query_passwords(url) {
-            text = text.replace(&secret, "***");
-        }
-        return text;
-    }
-    let mut text = url.to_string();
-    for secret in url_secrets(url) {
-        text = text.replace(&secret, "***");
-    }
-    text
-}
-
-/// The secrets a connection string carries, in every form they may be echoed back in:
-/// as written (percent-encoded) and decoded.
-pub(crate) fn url_secrets(url: &str) -> Vec<String> {
-    let mut secrets = Vec::new();
-    if let Some(rest) = url.split_once("://").map(|(_, rest)| rest) {
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-        let password = authority
-            .rsplit_once('@')
-            .and_then(|(userinfo, _)| userinfo.split_once(':'))
-            .map(|(_, password)| password);
-        if let Some(password) = password {
-            secrets.push(password.to_string());
-            if let Ok(decoded) = percent_decode(password) {
-                secrets.push(decoded);
-            }
-        }
-    }
-    secrets.extend(query_passwords(url));
-    secrets.retain(|s| !s.is_empty() && s != "***");
-    secrets.sort();
-    secrets.dedup();
-    secrets
-}
-
-fn query_passwords(url: &str) -> Vec<String> {
-    url.split(['?', '&', ' '])
-        .filter_map(|part| part.strip_prefix("password="))
-        .map(str::to_string)
-        .filter(|s| !s.is_empty())
-        .collect()
-}
-
-fn percent_decode(text: &str) -> Result<String, std::string::FromUtf8Error> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3);
-        if bytes[i] == b'%' && hex.is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) {
-            // Two ASCII hex digits always parse.
-            out.push(u8::from_str_radix(&text[i + 1..i + 3], 16).unwrap_or(b'%'));
-            i += 3;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8(out)
-}
-
-/// Boxes `err` as a cause, replacing it by its redacted text when any error in its chain
-/// would show one of `secrets`.
-pub(crate) fn scrub<E>(err: E, secrets: &[String]) -> BoxError
-where
-    E: StdError + Send + Sync + 'static,
-{
-    if secrets.is_empty() {
-        return Box::new(err);
-    }
-    let text = format!("{} {:?}", Chain(&err), err);
-    if secrets.iter().any(|s| text.contains(s.as_str())) {
-        let mut shown = Chain(&err).to_string();
-        for secret in secrets {
-            shown = shown.replace(secret.as_str(), "***");
-        }
-        return Box::new(Redacted(shown));
-    }
-    Box::new(err)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn redacts_url_passwords() {
-        assert_eq!(
-            redact_url("postgres://u:p%40ss@h:5/d?sslmode=disable"),
-            "postgres://u:***@h:5/d?sslmode=disable"
-        );
-        assert_eq!(redact_url("postgres://h/d"), "postgres://h/d");
-        assert_eq!(
-            redact_url("postgres://h/d?user=u&password=topsecret"),
-            "postgres://h/d?user=u&password=***"
-        );
-        assert_eq!(
-            url_secrets("postgres://u:p%40ss@h/d"),
-            vec!["p%40ss".to_string(), "p@ss".to_string()]
-        );
-    }
-
-    #[test]
-    fn connection_sqlstates() {
+    fn one_rule_decides_the_kind_of_failure() {
         for code in ["08000", "08003", "08006", "57P01", "57P02", "57P03"] {
-            assert!(is_connection_sqlstate(code), "{code}");
+            assert_eq!(Fault::of_code(code), Fault::Connection, "{code}");
         }
-        // Cancelled by the user, out of disk, a failed login, a unique violation.
-        for code in ["57014", "53100", "28P01", "23505", "57P04"] {
-            assert!(!is_connection_sqlstate(code), "{code}");
+        for code in ["40001", "40P01"] {
+            assert_eq!(Fault::of_code(code), Fault::Collision, "{code}");
+        }
+        // A unique violation, a bad value, a too-large index row; SQLite's CONSTRAINT
+        // (plain and extended) and TOOBIG.
+        for code in ["23505", "22P02", "54000", "19", "2067", "18"] {
+            assert_eq!(Fault::of_code(code), Fault::Lasting, "{code}");
+        }
+        // Cancelled by the user, out of disk, a failed login, a lock timeout, SQLite's
+        // BUSY and FULL.
+        for code in ["57014", "53100", "28P01", "55P03", "57P04", "5", "13"] {
+            assert_eq!(Fault::of_code(code), Fault::Other, "{code}");
         }
     }
 
     #[test]
-    fn scrub_replaces_causes_that_show_a_secret() {
-        let io = std::io::Error::other("login as u:hunter2 refused");
-        let scrubbed = scrub(io, &["hunter2".to_string()]);
-        assert_eq!(scrubbed.to_string(), "login as u:*** refused");
-        assert!(!format!("{scrubbed:?}").contains("hunter2"));
+    fn the_kind_survives_redaction_and_reads_as_its_cause() {
+        let target = ConnectionString::parse("postgres://u:hunter2hunter2@h/d");
+        let io = std::io::Error::other("lost u:hunter2hunter2@h");
+        let err = Error::database("postgres", "store", sqlx::Error::Io(io), Some(&target));
+        assert!(err.is_connection());
+        assert!(
+            !Chain(&err).to_string().contains("hunter2"),
+            "{}",
+            Chain(&err)
+        );
+        assert!(!format!("{err:?}").contains("hunter2"));
+
+        let plain = Error::database("sqlite", "store", sqlx::Error::PoolClosed, None);
+        let raw = Error::Database {
+            backend: "sqlite",
+            operation: "store".into(),
+            source: Box::new(sqlx::Error::PoolClosed),
+        };
+        assert_eq!(Chain(&plain).to_string(), Chain(&raw).to_string());
+        assert_eq!(format!("{plain:?}"), format!("{raw:?}"));
+        assert!(plain.is_connection() && raw.is_connection());
+
+        let down = Error::unreachable("postgres", "call", std::io::Error::other("down"));
+        assert!(down.is_connection());
+        assert!(!down.is_lasting());
     }
 }

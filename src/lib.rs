@@ -67,12 +67,15 @@
 pub mod agent;
 pub mod backend;
 pub mod backfill;
+pub mod backup;
 pub mod config;
 pub mod error;
 mod json;
 pub mod legacy;
 mod listing;
+mod progress;
 pub mod record;
+mod redact;
 pub mod schema;
 mod typed;
 pub mod vector;
@@ -92,6 +95,7 @@ pub use config::{AgentConfig, BackendKind, Stage};
 pub use error::{Chain, Error, Result, redact_url};
 pub use json::Json;
 pub use listing::Listing;
+pub use progress::Progress;
 pub use record::{AgentId, Execution, MAX_KEY_BYTES, Memory, Metadata, Metric, Tool};
 pub use schema::{migrate, missing_schema};
 pub use typed::TypedNeighbor;
@@ -104,7 +108,7 @@ pub use vector::{DistanceMetric, Embedder, Neighbor, VectorIndex, VectorQuery};
 /// Connection errors (never showing the password) and migration errors.
 pub async fn migrate_url(url: &str) -> Result<Vec<i64>> {
     let pool = backend::postgres::connect_pool(
-        url,
+        &backend::PgTarget::parse(url)?,
         &PostgresOptions {
             max_connections: 1,
             ..PostgresOptions::default()

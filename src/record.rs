@@ -18,6 +18,10 @@ use crate::json::Json;
 /// for both, well under PostgreSQL's, so a key one side can hold the other can too.
 pub const MAX_KEY_BYTES: usize = 1024;
 
+/// The most dimensions an embedding or a query vector may have: the most a pgvector
+/// `vector` holds.
+pub const MAX_DIMENSIONS: usize = 16_000;
+
 /// A memory's or record's metadata: a JSON object of `serde_json` values.
 ///
 /// Unlike `content`, metadata is data the library and the databases read (PostgreSQL
@@ -174,7 +178,7 @@ impl Memory {
         check_key("key", key)?;
         check_metadata(&self.metadata)?;
         if let Some(embedding) = &self.embedding {
-            crate::vector::check_vector("embedding", embedding)?;
+            check_vector("embedding", embedding)?;
         }
         Ok(())
     }
@@ -348,6 +352,32 @@ fn check_metadata(metadata: &Metadata) -> Result<()> {
         return Err(Error::invalid(
             "metadata",
             "a string in it contains a NUL character, which PostgreSQL jsonb cannot hold",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that `vector` has 1 to [`MAX_DIMENSIONS`] finite numbers.
+pub(crate) fn check_vector(what: &'static str, vector: &[f32]) -> Result<()> {
+    if vector.is_empty() {
+        return Err(Error::invalid(what, "it is empty"));
+    }
+    if vector.len() > MAX_DIMENSIONS {
+        return Err(Error::invalid(
+            what,
+            format!(
+                "it has {} dimensions; pgvector holds at most {MAX_DIMENSIONS}",
+                vector.len()
+            ),
+        ));
+    }
+    if let Some(i) = vector.iter().position(|x| !x.is_finite()) {
+        return Err(Error::invalid(
+            what,
+            format!(
+                "element {i} is {}; only finite numbers can be stored",
+                vector[i]
+            ),
         ));
     }
     Ok(())

@@ -1086,3 +1086,86 @@ async fn an_agent_whose_id_another_agent_holds_is_reported_not_mixed_in() {
         .unwrap();
     assert_eq!(rows, 0, "nothing lands on the other agent");
 }
+
+/// Which row holds each key, per agent: `(agent, key, source_db, source_rowid)`, and how
+/// many rows arrived with `metadata.key_conflict`.
+async fn key_holders(db: &TestDatabase) -> (Vec<(String, String, String, Option<i64>)>, i64) {
+    let mut conn = connect(db).await;
+    let holders = sqlx::query_as(
+        "select agent_id, key, metadata->>'source_db', (metadata->>'source_rowid')::bigint
+         from agent_memories where key is not null order by agent_id, key",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let conflicts =
+        sqlx::query_scalar("select count(*) from agent_memories where metadata ? 'key_conflict'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    (holders, conflicts)
+}
+
+#[tokio::test]
+async fn key_conflicts_keep_the_newest_whatever_the_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let sql = "create table memory (key text, created_at text);
+               insert into memory values ('k', '2024-01-01'), ('k', '2024-06-01'),
+                                         ('j', '2024-01-01'), ('k', '2024-06-01');";
+    for file in ["a/one.db", "a/two.db", "b/one.db"] {
+        legacy_file(&dir.path().join(file), sql).await;
+    }
+    // Without rowids and with the same time, the greater id keeps the key.
+    legacy_file(
+        &dir.path().join("c/keyed.db"),
+        "create table memory (n integer primary key, key text, created_at text) without rowid;
+         insert into memory values (1, 'k', '2024-01-01'), (2, 'k', '2024-01-01'),
+                                   (3, 'l', '2024-01-01'), (4, 'l', '2024-01-01'),
+                                   (5, 'm', '2024-01-01'), (6, 'm', '2024-01-01'),
+                                   (7, 'n', '2024-01-01'), (8, 'n', '2024-01-01');",
+    )
+    .await;
+    let holders = [
+        ("a", "j", "a/two.db", Some(3)),
+        // Newest first, then the later file, then the later row.
+        ("a", "k", "a/two.db", Some(4)),
+        ("b", "j", "b/one.db", Some(3)),
+        ("b", "k", "b/one.db", Some(4)),
+        ("c", "k", "c/keyed.db", None),
+        ("c", "l", "c/keyed.db", None),
+        ("c", "m", "c/keyed.db", None),
+        ("c", "n", "c/keyed.db", None),
+    ]
+    .map(|(agent, key, db, rowid)| (agent.to_string(), key.to_string(), db.to_string(), rowid));
+    // All rows of a file in one batch, and every row in a batch of its own: the rule is
+    // the same within a batch and against rows loaded before.
+    let mut winners = Vec::new();
+    for batch_size in [1000, 1] {
+        let db = TestDatabase::migrated().await;
+        let mut options = BackfillOptions::new(dir.path());
+        options.read.batch_size = batch_size;
+        let report = backfill::run(&db.url, &options, &()).await.unwrap();
+        assert!(report.succeeded(), "{report:#?}");
+        assert_eq!(report.totals.inserted, 20, "no row is dropped");
+        let (held, conflicts) = key_holders(&db).await;
+        assert_eq!(held, holders, "batches of {batch_size}");
+        assert_eq!(conflicts, 12, "batches of {batch_size}");
+        let mut conn = connect(&db).await;
+        let ids: Vec<(String, uuid::Uuid, bool)> = sqlx::query_as(
+            "select coalesce(key, metadata->>'key_conflict'), id, key is not null
+             from agent_memories where agent_id = 'c' order by 1, id",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(ids.len(), 8);
+        for pair in ids.chunks(2) {
+            assert!(
+                !pair[0].2 && pair[1].2,
+                "the greater id wins a full tie: {pair:?}"
+            );
+        }
+        winners.push(ids);
+    }
+    assert_eq!(winners[0], winners[1]);
+}

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use memshift::backfill::backup::{Backup, FileOutcome, backup};
-use memshift::legacy::{ReadOptions, discover};
 use chrono::{DateTime, Utc};
+use memshift::backup::{Backup, FileOutcome, backup};
+use memshift::legacy::{ReadOptions, discover};
 use sha2::{Digest, Sha256};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode};
 use sqlx::{ConnectOptions, Connection};
@@ -118,10 +118,7 @@ fn assert_no_pwned(dirs: &[&Path]) {
     }
 }
 
-fn details<'a>(
-    backup: &'a Backup,
-    source_db: &str,
-) -> &'a memshift::backfill::backup::CopyDetails {
+fn details<'a>(backup: &'a Backup, source_db: &str) -> &'a memshift::backup::CopyDetails {
     let file = backup
         .files
         .iter()

@@ -386,6 +386,166 @@ async fn postgres_malformed_url_is_a_config_error_without_the_password() {
     }
 }
 
+/// Fails unless `err` shows none of `secrets` (the test server's password included)
+/// and holds each of `needles`.
+fn assert_redacted(err: &Error, secrets: &[&str], needles: &[&str]) {
+    assert_hides(err, secrets);
+    assert_says(err, needles);
+}
+
+#[tokio::test]
+async fn postgres_urls_the_driver_would_misread_are_refused_without_the_password() {
+    let port = closed_port();
+    let cases = [
+        // No `//`: the driver would take everything after the scheme for a database.
+        (
+            format!("postgres:{WRONG_PASSWORD}@127.0.0.1:{port}/db"),
+            vec!["postgres:***@127.0.0.1", "no `//`"],
+        ),
+        // `/`, `?` and `#` end a URL's host part unless percent-encoded.
+        (
+            format!("postgres://u:a/{WRONG_PASSWORD}@127.0.0.1:{port}/db"),
+            vec!["postgres://u:***@127.0.0.1", "percent-encode"],
+        ),
+        (
+            format!("postgres://u:1?{WRONG_PASSWORD}@127.0.0.1:{port}/db"),
+            vec!["postgres://u:***@127.0.0.1", "percent-encode"],
+        ),
+        (
+            format!("postgres://u:1#{WRONG_PASSWORD}@127.0.0.1:{port}/db"),
+            vec!["postgres://u:***@127.0.0.1", "percent-encode"],
+        ),
+        // A key=value connection string.
+        (
+            format!("host=127.0.0.1 port={port} user=u password='{WRONG_PASSWORD} x' dbname=db"),
+            vec!["password=*** dbname=db", "key=value"],
+        ),
+    ];
+    for (url, needles) in cases {
+        let mut errors = open_errors(&url, Duration::from_secs(2)).await;
+        errors.push(("migrate_url", migrate_url(&url).await.expect_err(&url)));
+        for (entry, err) in &errors {
+            assert!(
+                matches!(err, Error::Config { .. }),
+                "{entry}: expected Error::Config for {url:?}, got {err:?}"
+            );
+            assert_redacted(err, &[WRONG_PASSWORD], &needles);
+        }
+        assert!(!memshift::redact_url(&url).contains(WRONG_PASSWORD));
+    }
+}
+
+#[tokio::test]
+async fn postgres_passwords_in_every_form_stay_hidden() {
+    let port = closed_port();
+    let encoded = "p%40ss%2Fw%23rd%3Fx-long";
+    let decoded = "p@ss/w#rd?x-long";
+    let at = format!("postgres://u:{WRONG_PASSWORD}@x@127.0.0.1:{port}/db");
+    let cases = [
+        (
+            format!("postgres://u:{encoded}@127.0.0.1:{port}/db"),
+            vec![encoded, decoded],
+            "postgres://u:***@127.0.0.1",
+        ),
+        (
+            at.clone(),
+            vec![WRONG_PASSWORD],
+            "postgres://u:***@127.0.0.1",
+        ),
+        (
+            format!("postgres://u@127.0.0.1:{port}/db?sslmode=disable&password={WRONG_PASSWORD}"),
+            vec![WRONG_PASSWORD],
+            "sslmode=disable&password=***",
+        ),
+        (
+            format!("postgres://u@127.0.0.1:{port}/db?password={encoded}"),
+            vec![encoded, decoded],
+            "/db?password=***",
+        ),
+    ];
+    for (url, secrets, shown) in cases {
+        for (entry, err) in &open_errors(&url, Duration::from_secs(2)).await {
+            assert!(
+                matches!(err, Error::Connect { .. }),
+                "{entry}: expected Error::Connect for {url:?}, got {err:?}"
+            );
+            assert!(err.is_connection(), "{entry}: {err}");
+            assert_redacted(err, &secrets, &[shown]);
+        }
+    }
+}
+
+#[tokio::test]
+async fn postgres_short_passwords_leave_messages_whole() {
+    let db = TestDatabase::migrated().await;
+    let port = closed_port();
+    for password in ["e", "rror", "a"] {
+        // A refused connection: the driver's message, not a garbled copy of it.
+        let url = format!("postgres://agent:{password}@127.0.0.1:{port}/agents");
+        for (entry, err) in &open_errors(&url, Duration::from_secs(2)).await {
+            assert_says(
+                err,
+                &[
+                    &format!("cannot connect to postgres://agent:***@127.0.0.1:{port}/agents"),
+                    "error communicating with database",
+                ],
+            );
+            assert!(
+                !Chain(err).to_string().contains("***rror"),
+                "{entry}: {}",
+                Chain(err)
+            );
+        }
+        // A refused login on the real server.
+        let url = with_password(&db.url, password);
+        for (entry, err) in &open_errors(&url, Duration::from_secs(10)).await {
+            assert_says(
+                err,
+                &[
+                    &format!("cannot connect to {}", redacted(&db)),
+                    "error returned from database: password authentication failed for user",
+                ],
+            );
+            assert!(!err.is_connection(), "{entry}: {err}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn postgres_passwords_with_url_delimiters_connect_when_encoded() {
+    let db = TestDatabase::migrated().await;
+    let mut conn = PgConnection::connect(&db.url)
+        .await
+        .expect("connect as superuser");
+    let role = format!("delims_{}", &db.name[8..20]);
+    let password = "p@ss/w#rd?x:y%z";
+    // A superuser, so that the connect's schema check and bookkeeping pass as they do for
+    // the owner.
+    let sql = format!("create role {role} superuser login password '{password}'");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+        .execute(&mut conn)
+        .await
+        .expect("create the role");
+    let mut url = url::Url::parse(&db.url).expect("the test URL");
+    url.set_username(&role).expect("a URL with a host");
+    // The URL standard encodes what must be encoded, `@` and `:` included.
+    url.set_password(Some(password)).expect("a URL with a host");
+    let encoded = url.to_string();
+    let backend = PostgresBackend::connect(&encoded)
+        .await
+        .unwrap_or_else(|err| panic!("{encoded}: {}", Chain(&err)));
+    assert!(!format!("{backend:?}").contains("w#rd"), "{backend:?}");
+    backend.close().await;
+    // A raw `@` is read as the URL standard reads it: the last `@` ends the password.
+    let raw_at = encoded.replace("p%40ss", "p@ss");
+    assert_ne!(raw_at, encoded);
+    PostgresBackend::connect(&raw_at)
+        .await
+        .unwrap_or_else(|err| panic!("{raw_at}: {}", Chain(&err)))
+        .close()
+        .await;
+}
+
 #[tokio::test]
 async fn postgres_backend_without_database_url_says_to_set_it() {
     for url in [None, Some("  ")] {

@@ -17,14 +17,14 @@ use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, TimeZone, Utc};
+use common::{example_path, memctl, stdout};
 use memshift::backend::dual::DualOptions;
 use memshift::backend::{DualBackend, Replica};
 use memshift::config::Stage;
 use memshift::testing::postgres::TestDatabase;
 use memshift::testing::unique_agent;
 use memshift::{AgentId, AgentMemory, Memory, MemoryBackend, SqliteBackend};
-use chrono::{DateTime, TimeZone, Utc};
-use common::{example_path, memctl, stdout};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection};
 
@@ -638,9 +638,7 @@ async fn row_lock_past_the_side_timeout_in_live() {
     let stored = memory.store_memory("k", json!({"v": "new"})).await;
     println!(
         "live store under a row lock: {:?} after {:?}",
-        stored
-            .as_ref()
-            .map_err(|e| memshift::Chain(e).to_string()),
+        stored.as_ref().map_err(|e| memshift::Chain(e).to_string()),
         started.elapsed()
     );
     tokio::time::sleep(Duration::from_millis(1500).saturating_sub(started.elapsed())).await;

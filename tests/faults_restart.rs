@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::{RestartOnDrop, pg};
 use memshift::backend::dual::DualOptions;
 use memshift::backend::{DualBackend, Replica};
 use memshift::config::Stage;
 use memshift::testing::postgres::TestDatabase;
 use memshift::testing::unique_agent;
 use memshift::{AgentMemory, SqliteBackend};
-use common::{RestartOnDrop, pg};
 use serde_json::{Value, json};
 
 const TASKS: u64 = 4;

@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use memshift::legacy::{
     ContractRecord, ContractRow, OpenStrategy, Probe, ReadOptions, Source, SourceRow, TableInfo,
     TableKind, TableMap, TableOutcome, Target, convert_row, discover, inventory, read_own_records,
-    resolve_key_conflicts, row_id,
+    row_id,
 };
 use memshift::{
     AgentId, Execution, Json, Listing, Memory, MemoryBackend, Metric, SqliteBackend, Tool,
@@ -484,75 +484,6 @@ async fn big_values_and_awkward_names_survive() {
         content["c\"d"]["$base64"].as_str().unwrap().len(),
         (1 << 20) / 3 * 4 + 4
     );
-}
-
-#[tokio::test]
-async fn key_conflicts_keep_the_newest_and_drop_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let sql = "create table memory (key text, created_at text);
-               insert into memory values ('k', '2024-01-01'), ('k', '2024-06-01'), ('j', '2024-01-01'),
-                                         ('k', '2024-06-01');";
-    let one = generated(dir.path(), "a/one.db", sql).await;
-    let two = generated(dir.path(), "a/two.db", sql).await;
-    let other_agent = generated(dir.path(), "b/one.db", sql).await;
-    let mut rows = convert(&one, "a", "a/one.db", "memory", Target::Memories).await;
-    rows.extend(convert(&two, "a", "a/two.db", "memory", Target::Memories).await);
-    rows.extend(convert(&other_agent, "b", "b/one.db", "memory", Target::Memories).await);
-    resolve_key_conflicts(&mut rows);
-    assert_eq!(rows.len(), 12);
-    type Kept = (String, Option<i64>, Option<String>, Option<String>);
-    let kept: Vec<Kept> = rows
-        .iter()
-        .map(|r| {
-            let ContractRecord::Memory(m) = &r.record else {
-                unreachable!()
-            };
-            (
-                format!("{}:{}", r.source.agent, r.source.source_db),
-                r.source.rowid,
-                m.key.clone(),
-                m.metadata
-                    .get("key_conflict")
-                    .map(|v| v.as_str().unwrap().to_string()),
-            )
-        })
-        .filter(|(_, _, key, _)| key.is_some())
-        .collect();
-    // Per agent: 'k' kept by the newest time, ties broken by the later file, then rowid.
-    assert_eq!(
-        kept,
-        [
-            (
-                "a:a/two.db".to_string(),
-                Some(3),
-                Some("j".to_string()),
-                None
-            ),
-            (
-                "a:a/two.db".to_string(),
-                Some(4),
-                Some("k".to_string()),
-                None
-            ),
-            (
-                "b:b/one.db".to_string(),
-                Some(3),
-                Some("j".to_string()),
-                None
-            ),
-            (
-                "b:b/one.db".to_string(),
-                Some(4),
-                Some("k".to_string()),
-                None
-            ),
-        ]
-    );
-    let conflicts = rows
-        .iter()
-        .filter(|r| r.record.metadata().get("key_conflict").is_some())
-        .count();
-    assert_eq!(conflicts, 8);
 }
 
 #[tokio::test]

@@ -9,12 +9,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{RestartOnDrop, pg};
 use memshift::backend::DualBackend;
 use memshift::config::Stage;
 use memshift::testing::postgres::TestDatabase;
 use memshift::testing::unique_agent;
 use memshift::{AgentId, Memory, MemoryBackend, SqliteBackend};
-use common::{RestartOnDrop, pg};
 use serde_json::{Value, json};
 
 /// Retries `attempt` every 100 ms until it succeeds (the pool reconnects, the dual

@@ -6,9 +6,9 @@ mod common;
 
 use std::time::Duration;
 
+use common::{RestartOnDrop, legacy_file, memory_rows_once, memory_table, pg};
 use memshift::backfill::{self, BackfillOptions};
 use memshift::testing::postgres::TestDatabase;
-use common::{RestartOnDrop, legacy_file, memory_rows_once, memory_table, pg};
 use sqlx::{Connection, PgConnection};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -228,10 +228,7 @@ async fn using_the_backend_changes_no_contract_table_definition() {
     let agent = memshift::AgentId::new("schema_probe").unwrap();
     use memshift::MemoryBackend;
     backend
-        .put_memory(
-            &agent,
-            &memshift::Memory::new("k", serde_json::json!(1)),
-        )
+        .put_memory(&agent, &memshift::Memory::new("k", serde_json::json!(1)))
         .await
         .unwrap();
     backend.delete_memory(&agent, "k").await.unwrap();

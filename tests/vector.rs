@@ -8,20 +8,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use memshift::backend::DualBackend;
 use memshift::backfill::{self, BackfillOptions};
 use memshift::config::Stage;
 use memshift::legacy::Target;
 use memshift::testing::postgres::TestDatabase;
 use memshift::testing::unique_agent;
-use memshift::vector::{
-    Embedder, FillOptions, HashEmbedder, fill_embeddings, missing_embeddings,
-};
+use memshift::vector::{Embedder, FillOptions, HashEmbedder, fill_embeddings, missing_embeddings};
 use memshift::{
     AgentId, DistanceMetric, Error, Memory, MemoryBackend, PostgresBackend, SqliteBackend,
     VectorIndex, VectorQuery,
 };
-use async_trait::async_trait;
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
 

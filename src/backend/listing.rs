@@ -6,7 +6,6 @@ use sqlx::{Arguments, ColumnIndex, Decode, Encode, Row, Type};
 
 use crate::error::{Error, Result};
 use crate::listing::Bounds;
-use crate::record::AgentId;
 
 /// What a listing lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,8 +121,9 @@ pub(crate) fn statement(kind: Kind, bounds: &Bounds, dialect: Dialect) -> String
     sql
 }
 
-/// Reads the key of a row of a [`Kind::MemoryKeys`] listing.
-pub(crate) fn key_of<R: Row>(row: &R, _agent: &AgentId) -> Result<String>
+/// Reads the key of a row of a [`Kind::MemoryKeys`] listing (`_whose` names the agent
+/// for the other decoders' messages).
+pub(crate) fn key_of<R: Row, W: ?Sized>(row: &R, _whose: &W) -> Result<String>
 where
     String: for<'r> Decode<'r, R::Database> + Type<R::Database>,
     &'static str: ColumnIndex<R>,

@@ -20,6 +20,7 @@ pub mod replica;
 pub mod sqlite;
 
 pub use dual::DualBackend;
+pub(crate) use postgres::PgTarget;
 pub use postgres::{PostgresBackend, PostgresOptions};
 pub use replica::Replica;
 pub use sqlite::{SqliteBackend, SqliteOptions};
@@ -208,9 +209,9 @@ pub async fn open(config: &AgentConfig) -> Result<Arc<dyn MemoryBackend>> {
 /// [`Error::Config`](crate::Error::Config) without a URL or with a malformed one; a
 /// refused login; schema errors when PostgreSQL answers.
 pub async fn open_dual(config: &AgentConfig) -> Result<DualBackend> {
-    let purpose = "memory_backend = dual";
+    let target = PgTarget::parse(config.require_database_url("memory_backend = dual")?)?;
     let sqlite = Arc::new(SqliteBackend::new(&config.agents_path));
-    match connect_postgres(config, purpose).await {
+    match PostgresBackend::connect_to(target.clone(), postgres_options(config)).await {
         Ok(postgres) => Ok(DualBackend::new(
             sqlite,
             Arc::new(postgres),
@@ -222,8 +223,7 @@ pub async fn open_dual(config: &AgentConfig) -> Result<DualBackend> {
                 stage = %config.memory_stage,
                 "PostgreSQL unreachable; starting without it until it answers"
             );
-            let url = config.require_database_url(purpose)?;
-            let postgres = PostgresBackend::connect_lazy(url, postgres_options(config))?;
+            let postgres = PostgresBackend::lazy_to(target, postgres_options(config));
             let dual = DualBackend::new(sqlite, Arc::new(postgres), config.memory_stage);
             dual.start_without(dual::Side::Postgres);
             Ok(dual)
@@ -240,9 +240,6 @@ fn postgres_options(config: &AgentConfig) -> PostgresOptions {
 }
 
 async fn connect_postgres(config: &AgentConfig, purpose: &str) -> Result<PostgresBackend> {
-    PostgresBackend::connect_with(
-        config.require_database_url(purpose)?,
-        postgres_options(config),
-    )
-    .await
+    let target = PgTarget::parse(config.require_database_url(purpose)?)?;
+    PostgresBackend::connect_to(target, postgres_options(config)).await
 }

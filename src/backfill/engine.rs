@@ -3,6 +3,7 @@
 
 use std::time::{Duration, Instant};
 
+use backon::{ExponentialBuilder, RetryableWithContext};
 use chrono::Utc;
 use sqlx::{Connection, PgConnection};
 
@@ -10,21 +11,60 @@ use super::load::{load_batch, prepare};
 use super::report::{Failure, FileReport, Report, TableReport, rate};
 use super::{BackfillOptions, Progress};
 use crate::backend::agent_rows::AgentRowError;
-use crate::backend::{MemoryBackend, PostgresBackend, Replica};
-use crate::error::{Chain, Error, Result, redact_url, scrub, url_secrets};
+use crate::backend::{MemoryBackend, PgTarget, PostgresBackend, Replica};
+use crate::error::{Chain, Error, Fault, Result};
 use crate::legacy::{
     ContractRecord, ContractRow, Found, Probe, Source, SourceRow, TableInfo, TableKind, Target,
     convert_row, discover, read_own_records, read_own_tombstones, read_own_tool_tombstones,
 };
 use crate::record::AgentId;
 
-/// Attempts per batch before it is reported failed; transient errors wait 0.5, 1, 2 s.
-const ATTEMPTS: u32 = 4;
+/// When a batch that failed for a transient reason is tried again: after 0.5, 1 and 2 s,
+/// four attempts in all, then it is reported failed.
+fn retry_schedule() -> ExponentialBuilder {
+    ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(500))
+        .with_factor(2.0)
+        .with_max_times(3)
+}
+
+/// `attempt`, typed as a retried attempt that is lent the run and gives it back (a
+/// closure's own signature would lend the run for each call alone, too short for the
+/// future it returns).
+fn attempts<'a, 'r: 'a, F, Fut>(attempt: F) -> F
+where
+    F: FnMut(&'a mut Run<'r>) -> Fut,
+    Fut: std::future::Future<Output = (&'a mut Run<'r>, std::result::Result<u64, Attempt>)>,
+{
+    attempt
+}
+
+/// Why one attempt at a batch failed, and whether another may succeed.
+struct Attempt {
+    reason: String,
+    retry: bool,
+}
+
+impl Attempt {
+    fn again(reason: String) -> Self {
+        Attempt {
+            reason,
+            retry: true,
+        }
+    }
+
+    fn last(reason: String) -> Self {
+        Attempt {
+            reason,
+            retry: false,
+        }
+    }
+}
 
 /// One worker's run: a backend for the library-layout files and one connection holding
 /// the claims and the staging table.
 pub(crate) struct Run<'a> {
-    pub(crate) url: &'a str,
+    pub(crate) target: &'a PgTarget,
     pub(crate) options: &'a BackfillOptions,
     pub(crate) backend: &'a PostgresBackend,
     pub(crate) conn: PgConnection,
@@ -34,11 +74,11 @@ pub(crate) struct Run<'a> {
 
 impl Run<'_> {
     /// Connects the worker's own connection, with its staging table.
-    pub(crate) async fn connect(url: &str) -> Result<PgConnection> {
-        let mut conn = connect(url).await?;
+    pub(crate) async fn connect(target: &PgTarget) -> Result<PgConnection> {
+        let mut conn = connect_to(target).await?;
         prepare(&mut conn)
             .await
-            .map_err(|e| db("prepare the staging table", e, &url_secrets(url)))?;
+            .map_err(|e| db(target, "prepare the staging table", e))?;
         Ok(conn)
     }
 
@@ -110,12 +150,11 @@ impl Run<'_> {
         } else {
             "select pg_advisory_unlock(hashtextextended('agent_memory.backfill:' || $1, 0))"
         };
-        let secrets = url_secrets(self.url);
         sqlx::query_scalar(sql)
             .bind(source_db)
             .fetch_one(&mut self.conn)
             .await
-            .map_err(|e| db("claim a source file", e, &secrets))
+            .map_err(|e| db(self.target, "claim a source file", e))
     }
 
     async fn legacy_file(
@@ -222,56 +261,79 @@ impl Run<'_> {
             return;
         }
         let run = self.report.run_id.clone();
-        let mut last = None;
-        for attempt in 0..ATTEMPTS {
-            if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(500 << (attempt - 1))).await;
-                if self.conn.ping().await.is_err() {
-                    match Run::connect(self.url).await {
-                        Ok(conn) => self.conn = conn,
-                        Err(err) => {
-                            last = Some(Chain(&err).to_string());
-                            continue;
-                        }
-                    }
-                    // The claim died with the old session; take it again or stop.
-                    if !matches!(self.claim(source.0, true).await, Ok(true)) {
-                        last = Some("lost the claim on the file after reconnecting".into());
-                        break;
-                    }
-                }
+        let mut tried = false;
+        let attempt = attempts(|this| {
+            let retrying = std::mem::replace(&mut tried, true);
+            let run = &run;
+            async move {
+                let loaded = this.load_once(target, rows, run, source, retrying).await;
+                (this, loaded)
             }
-            let loading = load_batch(&mut self.conn, target, rows, &run, source);
-            match tokio::time::timeout(self.options.timeout, loading).await {
-                Ok(Ok(inserted)) => {
-                    out.inserted += inserted;
-                    out.already_present += rows.len() as u64 - inserted;
-                    return;
-                }
-                Ok(Err(AgentRowError::Database(err))) => {
-                    let transient = is_transient(&err);
-                    let hint = permission_hint(&err, target);
-                    last = Some(format!("{}{hint}", scrub(err, &url_secrets(self.url))));
-                    if !transient {
-                        break;
-                    }
-                }
-                // The agent's name is free but its id is another agent's: only an
-                // operator can settle that.
-                Ok(Err(err @ AgentRowError::IdTaken { .. })) => {
-                    last = Some(err.to_string());
-                    break;
-                }
-                Err(_) => last = Some(format!("batch took longer than {:?}", self.options.timeout)),
+        });
+        let (_, loaded) = attempt
+            .retry(retry_schedule())
+            .sleep(tokio::time::sleep)
+            .context(self)
+            .when(|failed: &Attempt| failed.retry)
+            .await;
+        match loaded {
+            Ok(inserted) => {
+                out.inserted += inserted;
+                out.already_present += rows.len() as u64 - inserted;
+            }
+            Err(failed) => {
+                let first = rows.first().and_then(|r| r.source.rowid);
+                let end = rows.last().and_then(|r| r.source.rowid);
+                out.failed.push(Failure {
+                    rowids: first.zip(end),
+                    rows: rows.len() as u64,
+                    reason: failed.reason,
+                });
             }
         }
-        let first = rows.first().and_then(|r| r.source.rowid);
-        let end = rows.last().and_then(|r| r.source.rowid);
-        out.failed.push(Failure {
-            rowids: first.zip(end),
-            rows: rows.len() as u64,
-            reason: last.unwrap_or_default(),
-        });
+    }
+
+    /// One attempt at a batch; a `retrying` one first checks the connection, and makes
+    /// a new one (taking the file's claim again) when the old one is gone.
+    async fn load_once(
+        &mut self,
+        target: Target,
+        rows: &[ContractRow],
+        run: &str,
+        source: (&str, &str),
+        retrying: bool,
+    ) -> std::result::Result<u64, Attempt> {
+        if retrying && self.conn.ping().await.is_err() {
+            self.conn = Run::connect(self.target)
+                .await
+                .map_err(|err| Attempt::again(Chain(&err).to_string()))?;
+            // The claim died with the old session; take it again or stop.
+            if !matches!(self.claim(source.0, true).await, Ok(true)) {
+                return Err(Attempt::last(
+                    "lost the claim on the file after reconnecting".into(),
+                ));
+            }
+        }
+        let loading = load_batch(&mut self.conn, target, rows, run, source);
+        match tokio::time::timeout(self.options.timeout, loading).await {
+            Ok(Ok(inserted)) => Ok(inserted),
+            Ok(Err(AgentRowError::Database(err))) => {
+                let transient = is_transient(&err);
+                let hint = permission_hint(&err, target);
+                let reason = format!("{}{hint}", self.target.url.scrub(err));
+                Err(Attempt {
+                    reason,
+                    retry: transient,
+                })
+            }
+            // The agent's name is free but its id is another agent's: only an
+            // operator can settle that.
+            Ok(Err(err @ AgentRowError::IdTaken { .. })) => Err(Attempt::last(err.to_string())),
+            Err(_) => Err(Attempt::again(format!(
+                "batch took longer than {:?}",
+                self.options.timeout
+            ))),
+        }
     }
 
     async fn finished_earlier(&mut self, source_db: &str, table: &str) -> bool {
@@ -413,27 +475,23 @@ impl Run<'_> {
 
 /// One connection to `url`, with errors that never show its password.
 pub(crate) async fn connect(url: &str) -> Result<PgConnection> {
-    PgConnection::connect(url)
-        .await
-        .map_err(|e| Error::Connect {
-            target: redact_url(url),
-            source: scrub(e, &url_secrets(url)),
-        })
+    connect_to(&PgTarget::parse(url)?).await
 }
 
-/// Worth retrying: a lost connection, a timeout, a deadlock, a serialization failure or
-/// a unique key taken by a concurrent writer between the conflict check and the insert.
+/// One connection to `target`, with errors that never show its password.
+async fn connect_to(target: &PgTarget) -> Result<PgConnection> {
+    PgConnection::connect_with(&target.options)
+        .await
+        .map_err(|e| Error::connect(&target.url, e))
+}
+
+/// Worth retrying: a lost connection, a deadlock or a serialization failure (the
+/// library's one rule, [`Fault::of`]), or a unique key taken by a concurrent run between
+/// the batch's conflict check and its insert (SQLSTATE `23505`, which elsewhere is a
+/// lasting refusal).
 fn is_transient(err: &sqlx::Error) -> bool {
-    match err {
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_) => true,
-        sqlx::Error::Database(db) => {
-            matches!(
-                db.code().as_deref(),
-                Some("40001" | "40P01" | "23505" | "57P01" | "08006" | "08003")
-            )
-        }
-        _ => false,
-    }
+    let taken = matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"));
+    taken || matches!(Fault::of(err), Fault::Connection | Fault::Collision)
 }
 
 /// For a refused privilege, which privileges on which tables a backfill needs.
@@ -450,12 +508,8 @@ fn permission_hint(err: &sqlx::Error, target: Target) -> String {
     }
 }
 
-fn db(operation: &str, e: sqlx::Error, secrets: &[String]) -> Error {
-    Error::Database {
-        backend: "postgres",
-        operation: operation.into(),
-        source: scrub(e, secrets),
-    }
+fn db(target: &PgTarget, operation: &str, e: sqlx::Error) -> Error {
+    Error::database("postgres", operation, e, Some(&target.url))
 }
 
 /// The report of a run that has not started loading.
@@ -505,7 +559,7 @@ fn take_embedding(
     let ContractRecord::Memory(memory) = &mut converted.record else {
         return;
     };
-    match crate::vector::legacy::embedding_of(table, row) {
+    match crate::legacy::embedding_of(table, row) {
         None | Some(Ok(None)) => {}
         Some(Ok(Some(embedding))) => {
             memory.embedding = Some(embedding);
@@ -520,5 +574,21 @@ fn take_embedding(
                 out.embedding_problem = Some(format!("{reason}{at}"));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backon::BackoffBuilder;
+
+    #[test]
+    fn a_batch_is_tried_four_times_over_three_and_a_half_seconds() {
+        let waits: Vec<Duration> = retry_schedule().build().collect();
+        assert_eq!(
+            waits,
+            [500, 1000, 2000].map(Duration::from_millis),
+            "no jitter, no fourth wait"
+        );
     }
 }

@@ -31,26 +31,68 @@ const STAGE_ROWS: &str = "insert into am_stage (id, agent_id, agent_name, key, n
          as t(id, agent_id, agent_name, key, name, value, status, content, metadata,
               created_at, updated_at, source_db, source_rowid, embedding)";
 
-/// Legacy rows of one agent that share a key: the newest (by `created_at`, then file,
-/// then rowid) keeps it; the others arrive with no key and `metadata.key_conflict`.
-/// Step 1, within the batch.
-const MEMORY_RANK_IN_BATCH: &str = "update am_stage s
+/// The one rule for which of several legacy rows of an agent keeps a key (or a tool
+/// name): the greatest `(created_at, source_db, source_rowid, id)`, that is the newest,
+/// then the later file, then the later row (a row without a rowid, from a WITHOUT ROWID
+/// table, below any with one), then the greater id. Every statement that settles a
+/// conflict, within a batch or against rows loaded before, ranks rows by it, so the
+/// winner does not depend on how the rows were split into batches.
+macro_rules! conflict_rank {
+    ($created_at:literal, $source_db:literal, $source_rowid:literal, $id:literal) => {
+        concat!(
+            "(",
+            $created_at,
+            ", ",
+            $source_db,
+            ", coalesce(",
+            $source_rowid,
+            ", -9223372036854775808), ",
+            $id,
+            ")"
+        )
+    };
+}
+
+/// `conflict_rank!` of a staged row.
+macro_rules! staged_rank {
+    () => {
+        conflict_rank!("created_at", "source_db", "source_rowid", "id")
+    };
+}
+
+/// Legacy rows of one agent that share a key: the first by `conflict_rank!` keeps it;
+/// the others arrive with no key and `metadata.key_conflict`. Step 1, within the batch.
+const MEMORY_RANK_IN_BATCH: &str = concat!(
+    "update am_stage s
     set key = null, metadata = s.metadata || jsonb_build_object('key_conflict', s.key)
     from (select id, row_number() over (
-              partition by agent_id, key
-              order by created_at desc, source_db desc, source_rowid desc nulls last) as rank
+              partition by agent_id, key order by ",
+    staged_rank!(),
+    " desc) as rank
           from am_stage where key is not null) r
-    where s.id = r.id and r.rank > 1";
+    where s.id = r.id and r.rank > 1"
+);
 
-/// Step 2: an older legacy row holding the key in PostgreSQL gives it up to a newer one.
-const MEMORY_DEMOTE_OLDER: &str = "update agent_memories m
+/// Step 2: a legacy row holding the key in PostgreSQL that ranks below the staged one
+/// gives it up.
+const MEMORY_DEMOTE_OLDER: &str = concat!(
+    "update agent_memories m
     set key = null, metadata = m.metadata || jsonb_build_object('key_conflict', m.key)
     from am_stage s
     where m.agent_id = s.agent_id and m.key = s.key and m.id <> s.id
       and m.metadata ? 'source_table' and m.metadata ? 'source_db'
-      and (m.created_at, m.metadata->>'source_db', coalesce((m.metadata->>'source_rowid')::bigint, 0))
-          < (s.created_at, s.source_db, coalesce(s.source_rowid, 0))
-      and not exists (select 1 from agent_memories x where x.id = s.id)";
+      and ",
+    conflict_rank!(
+        "m.created_at",
+        "m.metadata->>'source_db'",
+        "(m.metadata->>'source_rowid')::bigint",
+        "m.id"
+    ),
+    " < ",
+    conflict_rank!("s.created_at", "s.source_db", "s.source_rowid", "s.id"),
+    "
+      and not exists (select 1 from agent_memories x where x.id = s.id)"
+);
 
 /// Step 3: a key still held by another row (a newer legacy row, or one the agents wrote),
 /// or deleted since this row was written, is not taken. Tombstones are the library's
@@ -78,10 +120,12 @@ const TOOL_KEEP_OUT: &str = "delete from am_stage s
                   where t.agent_id in (s.agent_id, s.agent_name) and t.name = s.name
                     and t.deleted_at >= s.updated_at)";
 
-/// Tool names are unique per agent too: a second row of a name arrives renamed, with
-/// `metadata.name_conflict` holding the name. A new name longer than the library's
-/// limit (`MAX_KEY_BYTES`, 1024 bytes) is the row's id instead.
-const TOOL_RENAME: &str = "update am_stage s
+/// Tool names are unique per agent too: of the rows of a name in a batch, the first by
+/// `conflict_rank!` keeps it, and every other row, and a row whose name a tool already
+/// has, arrives renamed, with `metadata.name_conflict` holding the name. A new name
+/// longer than the library's limit (`MAX_KEY_BYTES`, 1024 bytes) is the row's id instead.
+const TOOL_RENAME: &str = concat!(
+    "update am_stage s
     set name = case
             when octet_length(s.name || ' (' || s.source_db || ':'
                               || coalesce(s.source_rowid::text, s.id::text) || ')') <= 1024
@@ -90,14 +134,15 @@ const TOOL_RENAME: &str = "update am_stage s
             else s.id::text
         end,
         metadata = s.metadata || jsonb_build_object('name_conflict', s.name)
-    from (select id, row_number() over (
-              partition by agent_id, name
-              order by created_at desc, source_db desc, source_rowid desc nulls last) as rank
+    from (select id, row_number() over (partition by agent_id, name order by ",
+    staged_rank!(),
+    " desc) as rank
           from am_stage) r
     where s.id = r.id
       and (r.rank > 1 or exists (select 1 from agent_tools t
                                  where t.agent_id = s.agent_id and t.name = s.name
-                                   and t.id <> s.id))";
+                                   and t.id <> s.id))"
+);
 
 // TOOL_RENAME's limit is the library's.
 const _: () = assert!(crate::record::MAX_KEY_BYTES == 1024);

@@ -18,7 +18,8 @@ mod load;
 mod report;
 mod verify;
 
-pub mod backup;
+/// The backup that `--backup` makes before a run, at its former place.
+pub use crate::backup;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,8 +27,10 @@ use std::time::Duration;
 pub use report::{Failure, FileReport, Report, TableReport, Totals};
 pub use verify::{TableCheck, Verification, verify};
 
-use crate::backend::{PostgresBackend, PostgresOptions};
-use crate::error::{Error, Result, redact_url, scrub, url_secrets};
+pub use crate::progress::Progress;
+
+use crate::backend::{PgTarget, PostgresBackend, PostgresOptions};
+use crate::error::{Error, Result};
 use crate::legacy::{ReadOptions, TableMap, TableOutcome, inventory};
 
 /// Why a table of another name is not migrated, and what to do about it.
@@ -65,17 +68,6 @@ impl BackfillOptions {
             legacy_embeddings: false,
         }
     }
-}
-
-/// Told about progress as rows are read, for a progress bar or log lines.
-pub trait Progress: Send + Sync {
-    /// `rows` more rows were read and handled.
-    fn rows(&self, rows: u64);
-}
-
-/// No progress reporting.
-impl Progress for () {
-    fn rows(&self, _: u64) {}
 }
 
 /// Reads every legacy file and reports what a run would migrate (agents, files, tables,
@@ -127,8 +119,9 @@ pub async fn dry_run(options: &BackfillOptions) -> Report {
 /// When the database cannot be reached, lacks the contract tables, or the run cannot be
 /// recorded.
 pub async fn run(url: &str, options: &BackfillOptions, progress: &dyn Progress) -> Result<Report> {
-    let backend = PostgresBackend::connect_with(
-        url,
+    let target = PgTarget::parse(url)?;
+    let backend = PostgresBackend::connect_to(
+        target.clone(),
         PostgresOptions {
             max_connections: 2,
             ..PostgresOptions::default()
@@ -140,23 +133,19 @@ pub async fn run(url: &str, options: &BackfillOptions, progress: &dyn Progress) 
         chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
-    let secrets = url_secrets(url);
-    let record = |e: sqlx::Error| Error::Database {
-        backend: "postgres",
-        operation: "record the backfill run".into(),
-        source: scrub(e, &secrets),
-    };
+    let record = |e: sqlx::Error| backend.error("record the backfill run", e);
     sqlx::query("insert into agent_memory.backfill_runs (id, status) values ($1, 'running')")
         .bind(&run_id)
         .execute(backend.pool())
         .await
         .map_err(record)?;
-    let report = engine::empty_report(options, run_id.clone(), Some(redact_url(url)), false);
+    let shown = Some(target.url.shown().to_string());
+    let report = engine::empty_report(options, run_id.clone(), shown, false);
     let mut worker = engine::Run {
-        url,
+        target: &target,
         options,
         backend: &backend,
-        conn: engine::Run::connect(url).await?,
+        conn: engine::Run::connect(&target).await?,
         report,
         progress,
     };
@@ -203,13 +192,12 @@ pub struct Rollback {
 /// # Errors
 /// Connection and database errors; nothing is deleted then.
 pub async fn rollback(url: &str, run_id: &str) -> Result<Rollback> {
-    let secrets = url_secrets(url);
-    let fail = |e: sqlx::Error| Error::Database {
-        backend: "postgres",
-        operation: format!("roll back backfill run {run_id:?}"),
-        source: scrub(e, &secrets),
+    let target = PgTarget::parse(url)?;
+    let fail = |e: sqlx::Error| {
+        let operation = format!("roll back backfill run {run_id:?}");
+        Error::database("postgres", operation, e, Some(&target.url))
     };
-    let pool = crate::backend::postgres::connect_pool(url, &PostgresOptions::default()).await?;
+    let pool = crate::backend::postgres::connect_pool(&target, &PostgresOptions::default()).await?;
     let mut tx = pool.begin().await.map_err(fail)?;
     let mut deleted = [0u64; 4];
     for (i, table) in [

@@ -1,8 +1,12 @@
 //! Legacy SQLite files: finding them, reading them undisturbed, and turning their rows into contract rows.
 //!
 //! This is the one place that decides how a legacy row becomes a row of the data
-//! contract (`docs/contract.md`, "One migrated row") and which id it gets, so the bulk
-//! backfill and lazy migration cannot disagree:
+//! contract (`docs/contract.md`, "One migrated row") and which id it gets: the bulk
+//! backfill loads what it decides and `--verify` compares with it, so the two cannot
+//! disagree. Lazy migration does not come here: the dual backend's copy on a read that
+//! misses PostgreSQL copies a row the SQLite backend stored, as itself, and never reads
+//! a legacy file; the backfill moves files of the library's own layout the same way
+//! ([`read_own_records`]).
 //!
 //! - [`discover`] walks the agents path and probes every `*.db`, `*.sqlite`, `*.sqlite3`
 //!   file ([`Found`]): a legacy database, a file of the library's own layout, or a
@@ -11,12 +15,16 @@
 //!   WAL strategy), lists its tables ([`Source::tables`], with skip reasons) and streams
 //!   their rows in key order ([`Source::rows`]).
 //! - [`convert_row`] turns one [`SourceRow`] into a [`ContractRow`]; [`row_id`] is the
-//!   deterministic id; [`resolve_key_conflicts`] settles duplicate memory keys.
+//!   deterministic id. Which of several rows keeps a shared key is settled where the
+//!   rows meet, in PostgreSQL, by the backfill's load (`backfill::load`).
 //! - [`read_own_records`] reads a file of the library's own layout as its records,
 //!   unchanged.
+//! - [`embedding_of`] decodes an embedding a legacy row kept, when the backfill is asked
+//!   to.
 //! - [`inventory`] counts everything for a dry run.
 
 mod discover;
+mod embedding;
 mod inventory;
 mod open;
 mod own;
@@ -26,14 +34,12 @@ mod time;
 mod value;
 
 pub use discover::{Found, Probe, discover};
+pub use embedding::{EMBEDDING_COLUMNS, decode_embedding, embedding_of};
 pub use inventory::{FileInventory, Inventory, TableInventory, TableOutcome, inventory};
 pub use open::{OpenStrategy, ReadOptions, Source};
 pub use own::{read_own_records, read_own_tombstones, read_own_tool_tombstones};
 pub use read::{RowBatches, SourceRow, TableInfo, TableKind};
-pub use row::{
-    ContractRecord, ContractRow, LEGACY_ROW_NAMESPACE, RowSource, convert_row,
-    resolve_key_conflicts, row_id,
-};
+pub use row::{ContractRecord, ContractRow, LEGACY_ROW_NAMESPACE, RowSource, convert_row, row_id};
 pub use time::{
     MICROS_THRESHOLD, MILLIS_THRESHOLD, NANOS_THRESHOLD, TIME_COLUMNS, parse_time_value,
 };

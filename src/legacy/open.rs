@@ -218,8 +218,7 @@ struct Scratch {
 
 impl Scratch {
     fn copy_of(path: &Path) -> Result<Scratch> {
-        let dir =
-            std::env::temp_dir().join(format!("memshift-legacy-{}", uuid::Uuid::new_v4()));
+        let dir = std::env::temp_dir().join(format!("memshift-legacy-{}", uuid::Uuid::new_v4()));
         let scratch = Scratch {
             db: dir.join("source.db"),
             dir,

@@ -1,14 +1,15 @@
-//! Files of the library's own SQLite layout: their rows read back as the records they are, unchanged.
+//! Files of the library's own SQLite layout: their rows read back as the records they
+//! are, unchanged, by the SQLite backend's own decoder.
 
 use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 
 use super::Target;
 use super::open::Source;
 use super::row::{ContractRecord, ContractRow, RowSource};
-use crate::backend::codec::{bytes_embedding, parse_json, parse_metadata, parse_time};
+use crate::backend::codec::parse_time;
+use crate::backend::sqlite::{execution_from_row, memory_from_row, metric_from_row, tool_from_row};
 use crate::error::{Error, Result};
-use crate::record::{AgentId, Execution, Memory, Metric, Tool};
+use crate::record::AgentId;
 
 /// The table a file of the library's own layout is recognised by.
 pub(crate) const OWN_SCHEMA_TABLE: &str = "agent_memory_schema";
@@ -59,13 +60,15 @@ pub async fn read_own_records(
         .fetch_all(&mut source.conn)
         .await
         .map_err(fail)?;
+    let whose = format!("in {} (agent {agent:?})", path.display());
     rows.iter()
         .map(|row| {
-            let what = || format!("{table} row of {} (agent {agent:?})", path.display());
-            let record = decode(row, target, what).map_err(|e| match e {
-                DecodeError::Sqlx(e) => fail(e),
-                DecodeError::Crate(e) => e,
-            })?;
+            let record = match target {
+                Target::Memories => ContractRecord::Memory(memory_from_row(row, &whose)?),
+                Target::Tools => ContractRecord::Tool(tool_from_row(row, &whose)?),
+                Target::Metrics => ContractRecord::Metric(metric_from_row(row, &whose)?),
+                Target::Executions => ContractRecord::Execution(execution_from_row(row, &whose)?),
+            };
             Ok(ContractRow {
                 source: RowSource {
                     agent: agent.clone(),
@@ -134,74 +137,4 @@ async fn read_tombstones(
             Ok((key, at))
         })
         .collect()
-}
-
-enum DecodeError {
-    Sqlx(sqlx::Error),
-    Crate(Error),
-}
-
-impl From<sqlx::Error> for DecodeError {
-    fn from(e: sqlx::Error) -> Self {
-        DecodeError::Sqlx(e)
-    }
-}
-
-impl From<Error> for DecodeError {
-    fn from(e: Error) -> Self {
-        DecodeError::Crate(e)
-    }
-}
-
-/// Decodes with the SQLite backend's own value forms (`backend::codec`), using
-/// `try_get` so a hand-edited file gives an error, never a panic.
-fn decode(
-    row: &SqliteRow,
-    target: Target,
-    what: impl Fn() -> String + Copy,
-) -> std::result::Result<ContractRecord, DecodeError> {
-    let text = |name: &str| row.try_get::<String, _>(name);
-    let id: uuid::Uuid = text("id")?
-        .parse()
-        .map_err(|e| Error::invalid("stored id", format!("{}: {e}", what())))?;
-    let content = parse_json(&text("content")?, what)?;
-    let metadata = parse_metadata(&text("metadata")?, what)?;
-    let created_at = parse_time(&text("created_at")?, what)?;
-    Ok(match target {
-        Target::Memories => ContractRecord::Memory(Memory {
-            id,
-            key: row.try_get("key")?,
-            content,
-            metadata,
-            embedding: row
-                .try_get::<Option<Vec<u8>>, _>("embedding")?
-                .map(|b| bytes_embedding(&b, what))
-                .transpose()?,
-            created_at,
-            updated_at: parse_time(&text("updated_at")?, what)?,
-        }),
-        Target::Tools => ContractRecord::Tool(Tool {
-            id,
-            name: text("name")?,
-            content,
-            metadata,
-            created_at,
-            updated_at: parse_time(&text("updated_at")?, what)?,
-        }),
-        Target::Metrics => ContractRecord::Metric(Metric {
-            id,
-            name: text("name")?,
-            value: row.try_get("value")?,
-            content,
-            metadata,
-            created_at,
-        }),
-        Target::Executions => ContractRecord::Execution(Execution {
-            id,
-            status: row.try_get("status")?,
-            content,
-            metadata,
-            created_at,
-        }),
-    })
 }

@@ -1,6 +1,4 @@
-//! The contract conversion: one legacy row -> one contract row, with its deterministic id; and the settling of duplicate memory keys.
-
-use std::collections::HashMap;
+//! The contract conversion: one legacy row -> one contract row, with its deterministic id.
 
 use chrono::{DateTime, Utc};
 use serde_json::{Number, Value};
@@ -362,49 +360,5 @@ fn without_nul_text(text: String) -> String {
     match without_nul(Value::String(text)) {
         Value::String(s) => s,
         other => other.to_string(),
-    }
-}
-
-/// Settles memory keys that several rows of one agent carry: the newest (by
-/// `created_at`, then by `source_db`, then rowid, then id) keeps the key; each other
-/// gets `key = None` and `metadata.key_conflict` = the key. No row is removed.
-pub fn resolve_key_conflicts(rows: &mut [ContractRow]) {
-    let mut winner: HashMap<(AgentId, String), usize> = HashMap::new();
-    let rank = |row: &ContractRow| {
-        (
-            row.record.created_at(),
-            row.source.source_db.clone(),
-            row.source.rowid.unwrap_or(i64::MIN),
-            row.record.id(),
-        )
-    };
-    for (i, row) in rows.iter().enumerate() {
-        let ContractRecord::Memory(memory) = &row.record else {
-            continue;
-        };
-        let Some(key) = &memory.key else { continue };
-        winner
-            .entry((row.source.agent.clone(), key.clone()))
-            .and_modify(|best| {
-                if rank(row) > rank(&rows[*best]) {
-                    *best = i;
-                }
-            })
-            .or_insert(i);
-    }
-    for (i, row) in rows.iter_mut().enumerate() {
-        let agent = row.source.agent.clone();
-        let ContractRecord::Memory(memory) = &mut row.record else {
-            continue;
-        };
-        let Some(key) = memory.key.clone() else {
-            continue;
-        };
-        if winner.get(&(agent, key.clone())) != Some(&i) {
-            memory.key = None;
-            memory
-                .metadata
-                .insert("key_conflict".into(), Value::String(key));
-        }
     }
 }

@@ -57,14 +57,14 @@ impl FaultyBackend {
             return Ok(());
         }
         self.injected.fetch_add(1, Ordering::SeqCst);
-        Err(Error::Database {
-            backend: self.inner.name(),
-            operation: format!("{operation} (injected fault)"),
-            source: Box::new(std::io::Error::new(
+        Err(Error::unreachable(
+            self.inner.name(),
+            format!("{operation} (injected fault)"),
+            std::io::Error::new(
                 std::io::ErrorKind::ConnectionRefused,
                 "injected: connection refused",
-            )),
-        })
+            ),
+        ))
     }
 }
 

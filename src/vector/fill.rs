@@ -25,9 +25,9 @@ use uuid::Uuid;
 
 use super::Embedder;
 use crate::PostgresBackend;
-use crate::backfill::Progress;
 use crate::error::{Error, Result};
 use crate::json::{self, Json};
+use crate::progress::Progress;
 use crate::record::AgentId;
 
 /// Which text of a memory is embedded.

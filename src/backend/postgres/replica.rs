@@ -9,10 +9,9 @@ use sqlx::query::Query;
 use sqlx::types::Json;
 use sqlx::{Postgres, Row};
 
+use super::PostgresBackend;
 use super::deletes::{MEMORIES, Named, TOOLS};
-use super::{
-    LOG_EXECUTION, PUT_MEMORY, PUT_MEMORY_PLAIN, PUT_TOOL, PostgresBackend, RECORD_METRIC,
-};
+use super::sql::{LOG_EXECUTION, PUT_MEMORY, PUT_MEMORY_PLAIN, PUT_TOOL, RECORD_METRIC};
 use crate::backend::codec::json_text;
 use crate::backend::replica::{Change, Committed, Outcome, OwedCount, OwedRecord, Replica};
 use crate::error::{Error, Result};

@@ -5,7 +5,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::{Connection, Row, SqliteConnection};
 
-use super::{DELETE_MEMORY, SqliteBackend, next_version_sql};
+use super::SqliteBackend;
+use super::sql::{DELETE_MEMORY, next_version_sql};
 use crate::backend::codec::{parse_time, time_text};
 use crate::backend::replica::{Change, Outcome, Replica};
 use crate::error::Result;

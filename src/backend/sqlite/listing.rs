@@ -4,6 +4,7 @@
 use sqlx::sqlite::{SqliteArguments, SqliteRow};
 
 use super::SqliteBackend;
+use super::rows::of_agent;
 use crate::backend::codec::time_text;
 use crate::backend::listing::{Dialect, Kind, bind, statement};
 use crate::error::Result;
@@ -18,7 +19,7 @@ impl SqliteBackend {
         agent: &AgentId,
         kind: Kind,
         listing: &Listing,
-        decode: impl Fn(&SqliteRow, &AgentId) -> Result<T>,
+        decode: impl Fn(&SqliteRow, &str) -> Result<T>,
     ) -> Result<Vec<T>> {
         let Some(bounds) = listing.bounds()? else {
             return Ok(Vec::new());
@@ -33,6 +34,7 @@ impl SqliteBackend {
             .fetch_all(&pool)
             .await
             .map_err(self.fail(|| format!("list {} of agent {agent:?}", kind.describe())))?;
-        rows.iter().map(|row| decode(row, agent)).collect()
+        let whose = of_agent(agent);
+        rows.iter().map(|row| decode(row, &whose)).collect()
     }
 }

@@ -5,8 +5,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::{Connection, Row, SqliteConnection};
 
+use super::SqliteBackend;
 use super::deletes::{MEMORIES, TOOLS};
-use super::{LOG_EXECUTION, PUT_MEMORY, PUT_TOOL, RECORD_METRIC, SqliteBackend, parse_id};
+use super::rows::{parse_id, stored_identity};
+use super::sql::{APPLY_MEMORY, APPLY_TOOL, LOG_EXECUTION, PUT_MEMORY, PUT_TOOL, RECORD_METRIC};
 use crate::backend::codec::{embedding_bytes, json_text, metadata_text, parse_time, time_text};
 use crate::backend::replica::{Change, Committed, Outcome, OwedCount, OwedRecord, Replica};
 use crate::error::{Error, Result};
@@ -341,4 +343,56 @@ async fn clear_in(
         .execute(conn)
         .await?;
     Ok(())
+}
+
+impl SqliteBackend {
+    /// Copies `memory` over older versions only ([`APPLY_MEMORY`]); returns the memory
+    /// as stored (with the id and `created_at` of an existing key), or `None` when a
+    /// newer version kept it out.
+    async fn apply_memory_row(&self, agent: &AgentId, memory: &Memory) -> Result<Option<Memory>> {
+        memory.validate()?;
+        let pool = self.writer(agent).await?;
+        let key = memory.key.as_deref().unwrap_or_default();
+        let row = sqlx::query(APPLY_MEMORY)
+            .bind(memory.id.to_string())
+            .bind(key)
+            .bind(json_text(&memory.content))
+            .bind(metadata_text(&memory.metadata))
+            .bind(memory.embedding.as_deref().map(embedding_bytes))
+            .bind(time_text(&memory.created_at))
+            .bind(time_text(&memory.updated_at))
+            .fetch_all(&pool)
+            .await
+            .map_err(self.fail(|| format!("apply memory {key:?} of agent {agent:?}")))?;
+        row.first()
+            .map(|row| stored_identity(row, memory, agent))
+            .transpose()
+    }
+
+    /// Copies `tool` over older versions only ([`APPLY_TOOL`]); returns the tool as
+    /// registered, or `None` when a newer version or a delete of its name kept it out.
+    async fn apply_tool_row(&self, agent: &AgentId, tool: &Tool) -> Result<Option<Tool>> {
+        tool.validate()?;
+        let pool = self.writer(agent).await?;
+        let row = sqlx::query(APPLY_TOOL)
+            .bind(tool.id.to_string())
+            .bind(&tool.name)
+            .bind(json_text(&tool.content))
+            .bind(metadata_text(&tool.metadata))
+            .bind(time_text(&tool.created_at))
+            .bind(time_text(&tool.updated_at))
+            .fetch_all(&pool)
+            .await
+            .map_err(self.fail(|| format!("apply tool {:?} of agent {agent:?}", tool.name)))?;
+        let what = || format!("tool {:?} of agent {agent:?}", tool.name);
+        row.first()
+            .map(|row| {
+                Ok(Tool {
+                    id: parse_id(row.get("id"), what)?,
+                    created_at: parse_time(row.get("created_at"), what)?,
+                    ..tool.clone()
+                })
+            })
+            .transpose()
+    }
 }

@@ -6,7 +6,7 @@
 //! is a whole vector of finite float32 values; anything else is left as it is (the row's
 //! `content` keeps the column in every case) and counted as undecodable.
 
-use crate::legacy::{SourceRow, SqlValue, TableInfo, TableKind};
+use super::{SourceRow, SqlValue, TableInfo, TableKind};
 
 /// Column names, in order of preference, that hold a legacy row's embedding.
 pub const EMBEDDING_COLUMNS: [&str; 3] = ["embedding", "vector", "embeddings"];
@@ -49,7 +49,7 @@ pub fn decode_embedding(value: &SqlValue) -> Result<Option<Vec<f32>>, String> {
         }
         SqlValue::InvalidText(_) => return Err("TEXT that is not valid UTF-8".into()),
     };
-    crate::vector::check_vector("legacy embedding", &vector)
+    crate::record::check_vector("legacy embedding", &vector)
         .map(|()| Some(vector))
         .map_err(|e| match e {
             crate::Error::InvalidInput { reason, .. } => reason,
