@@ -16,7 +16,8 @@
 //! embedder is `hash:DIMS`, a deterministic one for trials (a real model is an
 //! `memshift::Embedder` of your own, passed to `memshift::vector::fill_embeddings`).
 //!
-//! Reads `DATABASE_URL` (for `--postgres-url`), `MIGRATION_BATCH_SIZE` (rows per
+//! Reads `DATABASE_URL` (for `--postgres-url`), `AGENTS_PATH` (for `--agents-path`,
+//! default `./agents`, as the agents and memctl read it), `MIGRATION_BATCH_SIZE` (rows per
 //! transaction, default 1000), `MIGRATION_TIMEOUT` (seconds per batch, default 300) and
 //! `MIGRATION_BACKUP_PATH` (for `--backup`, default `./backups`);
 //! `RUST_LOG` sets the log level (default `info,sqlx=warn`). Writes
@@ -43,8 +44,8 @@ struct Cli {
     /// PostgreSQL URL.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     postgres_url: Option<String>,
-    /// Folder of agent folders to scan.
-    #[arg(long, default_value = "./agents")]
+    /// Folder of agent folders to scan: the agents' own AGENTS_PATH unless given.
+    #[arg(long, env = "AGENTS_PATH", default_value = memshift::config::DEFAULT_AGENTS_PATH)]
     agents_path: PathBuf,
     /// Read everything and report what would be migrated; write nothing to PostgreSQL.
     #[arg(long)]
@@ -72,8 +73,9 @@ struct Cli {
     /// Where to write the JSON report.
     #[arg(long, default_value = ".")]
     report_dir: PathBuf,
-    /// Compare every legacy table with PostgreSQL (row counts and content checksums);
-    /// exit 1 naming each difference.
+    /// Compare every legacy table with PostgreSQL (row counts and content checksums), and
+    /// every record of the library's own files (each looked up); exit 1 naming each
+    /// difference, or when nothing was found to compare.
     #[arg(long)]
     verify: bool,
     /// Delete exactly the rows of one earlier run, by its id (from its report).
@@ -218,6 +220,11 @@ fn summary(report: &Report) {
         t.seconds,
         t.rows_per_second
     );
+    for file in &report.files {
+        if let Some(problem) = &file.problem {
+            eprintln!("backfill: unusable: {problem}");
+        }
+    }
     for warning in &report.warnings {
         eprintln!("backfill: warning: {warning}");
     }
@@ -292,6 +299,26 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         }
         for (file, why) in &verification.problems {
             eprintln!("backfill: cannot verify {file}: {why}");
+        }
+        if verification.tables.is_empty() {
+            eprintln!(
+                "backfill: nothing verified: no table to compare in any SQLite file under {}",
+                options.agents_path.display()
+            );
+        } else {
+            let differ = verification.tables.iter().filter(|t| !t.same).count();
+            let newer: u64 = verification
+                .tables
+                .iter()
+                .map(|t| t.newer_in_postgres)
+                .sum();
+            eprintln!(
+                "backfill: compared {} rows in {} tables: {differ} tables differ, {} files \
+                 not verified, {newer} rows have a later write in PostgreSQL",
+                verification.rows(),
+                verification.tables.len(),
+                verification.problems.len(),
+            );
         }
         println!(
             "{}",

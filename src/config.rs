@@ -248,6 +248,18 @@ impl AgentConfig {
         if let Some(path) = get("AGENTS_PATH") {
             config.agents_path = PathBuf::from(path);
         }
+        // Info, not warn: DATABASE_URL often names the application's own database, and
+        // staying on SQLite is then right; someone who meant PostgreSQL reads why here.
+        // The URL itself is not shown, so no form of it can leak a password.
+        if config.database_url.is_some() && get("MEMORY_BACKEND").is_none() {
+            tracing::info!(
+                agent = %config.name,
+                agents_path = %config.agents_path.display(),
+                "DATABASE_URL is set but MEMORY_BACKEND is not: memory stays in SQLite under \
+                 the agents path; set MEMORY_BACKEND=postgres to use PostgreSQL, or \
+                 MEMORY_BACKEND=dual to move through the migration stages"
+            );
+        }
         if let Some(flag) = get("MEMORY_ENABLED") {
             config.memory_enabled = match flag.trim().to_ascii_lowercase().as_str() {
                 "1" | "true" | "yes" | "on" => true,
@@ -298,7 +310,7 @@ mod secs {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let secs = f64::deserialize(d)?;
         Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
     }

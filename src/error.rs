@@ -328,6 +328,7 @@ impl StdError for Classified {
 /// let err: Error = "nope".parse::<memshift::BackendKind>().unwrap_err();
 /// assert!(Chain(&err).to_string().contains("nope"));
 /// ```
+#[derive(Debug)]
 pub struct Chain<'a>(pub &'a (dyn StdError + 'static));
 
 impl fmt::Display for Chain<'_> {

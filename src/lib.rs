@@ -23,7 +23,7 @@
 //! change how your own code serializes or deserializes.
 //!
 //! The PostgreSQL tables are those of the data contract, shared with an admin
-//! application; [`migrate`] creates them when asked, and [`PostgresBackend::connect`]
+//! application; [`migrate_url`] creates them when asked, and [`PostgresBackend::connect`]
 //! checks that they are there.
 //!
 //! Memories with embeddings can be searched by nearness ([`AgentMemory::search`],
@@ -62,7 +62,7 @@
 //! # });
 //! ```
 
-#![warn(missing_docs)]
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 pub mod agent;
 pub mod backend;
@@ -76,7 +76,7 @@ mod listing;
 mod progress;
 pub mod record;
 mod redact;
-pub mod schema;
+mod schema;
 mod typed;
 pub mod vector;
 
@@ -97,15 +97,19 @@ pub use json::Json;
 pub use listing::Listing;
 pub use progress::Progress;
 pub use record::{AgentId, Execution, MAX_KEY_BYTES, Memory, Metadata, Metric, Tool};
-pub use schema::{migrate, missing_schema};
 pub use typed::TypedNeighbor;
 pub use vector::{DistanceMetric, Embedder, Neighbor, VectorIndex, VectorQuery};
 
-/// Connects to `url` and applies the shipped PostgreSQL migrations (see [`migrate`]),
-/// returning the versions applied.
+/// Connects to `url` and applies the shipped PostgreSQL migrations its database has not
+/// had yet, in one transaction, returning the versions applied.
+///
+/// Safe to run concurrently and repeatedly: migrators take an advisory lock, and every
+/// statement is idempotent over tables the admin application created itself.
 ///
 /// # Errors
-/// Connection errors (never showing the password) and migration errors.
+/// Connection errors (never showing the password), and [`Error::Database`] when a
+/// statement fails (for example `permission denied to create extension "vector"`);
+/// nothing is applied then.
 pub async fn migrate_url(url: &str) -> Result<Vec<i64>> {
     let pool = backend::postgres::connect_pool(
         &backend::PgTarget::parse(url)?,
@@ -115,7 +119,7 @@ pub async fn migrate_url(url: &str) -> Result<Vec<i64>> {
         },
     )
     .await?;
-    let applied = migrate(&pool).await;
+    let applied = schema::migrate(&pool).await;
     pool.close().await;
     applied
 }

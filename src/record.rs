@@ -34,7 +34,7 @@ pub type Metadata = serde_json::Map<String, Value>;
 ///
 /// Strictly increasing within a process: two writes never share a time, so "the newer
 /// write wins" always has one answer, the same on both sides of a dual backend.
-pub fn now() -> DateTime<Utc> {
+pub(crate) fn now() -> DateTime<Utc> {
     static LAST: AtomicI64 = AtomicI64::new(i64::MIN);
     let wall = Utc::now().timestamp_micros();
     let mut last = LAST.load(Ordering::Relaxed);

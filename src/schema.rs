@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 
 /// One schema step, embedded from `migrations/<database>/`.
 #[derive(Debug, Clone, Copy)]
-pub struct Migration {
+pub(crate) struct Migration {
     /// Applied in increasing order; recorded once applied.
     pub version: i64,
     /// The file's name without version and extension.
@@ -18,14 +18,14 @@ pub struct Migration {
 
 /// PostgreSQL migrations: the contract tables, the `vector` extension and the library's
 /// own `agent_memory` schema.
-pub const POSTGRES_MIGRATIONS: &[Migration] = &[Migration {
+pub(crate) const POSTGRES_MIGRATIONS: &[Migration] = &[Migration {
     version: 1,
     name: "contract_tables",
     sql: include_str!("../migrations/postgres/0001_contract_tables.sql"),
 }];
 
 /// SQLite migrations, applied to every agent file when it is opened.
-pub const SQLITE_MIGRATIONS: &[Migration] = &[
+pub(crate) const SQLITE_MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
         name: "agent_memory",
@@ -72,7 +72,7 @@ const HINT: &str = "apply the shipped schema (backfill --migrate, memctl migrate
 /// # Errors
 /// [`Error::Database`] when a statement fails (for example `permission denied to create
 /// extension "vector"`); nothing is applied then.
-pub async fn migrate(pool: &PgPool) -> Result<Vec<i64>> {
+pub(crate) async fn migrate(pool: &PgPool) -> Result<Vec<i64>> {
     let fail = |step: String| {
         move |e: sqlx::Error| Error::Database {
             backend: "postgres",
@@ -124,7 +124,7 @@ pub async fn migrate(pool: &PgPool) -> Result<Vec<i64>> {
 ///
 /// # Errors
 /// [`Error::Database`], e.g. when the user may not create a schema; the message says so.
-pub async fn ensure_bookkeeping(pool: &PgPool) -> Result<()> {
+pub(crate) async fn ensure_bookkeeping(pool: &PgPool) -> Result<()> {
     let fail = |e: sqlx::Error| Error::Database {
         backend: "postgres",
         operation: "create the library's bookkeeping schema agent_memory (needs the CREATE \
@@ -255,7 +255,7 @@ const REQUIRED_UNIQUE: &[(&str, &[&str])] = &[
 ///
 /// # Errors
 /// [`Error::Database`] when the catalog cannot be read.
-pub async fn missing_schema(pool: &PgPool) -> Result<Vec<String>> {
+pub(crate) async fn missing_schema(pool: &PgPool) -> Result<Vec<String>> {
     let fail = |e: sqlx::Error| Error::Database {
         backend: "postgres",
         operation: "check the schema".into(),

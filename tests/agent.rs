@@ -311,6 +311,47 @@ async fn memctl_migrates_then_stores_on_postgres() {
 }
 
 #[test]
+fn quickstart_says_where_the_data_went_and_its_commands_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(common::example_path("quickstart"))
+        .env_remove("MEMORY_BACKEND")
+        .env_remove("DATABASE_URL")
+        .env("AGENTS_PATH", dir.path())
+        .output()
+        .unwrap();
+    let said = stdout(&out);
+    assert!(out.status.success(), "{said}");
+    let file = dir.path().join("quickstart_agent/memory.db");
+    assert!(
+        said.contains(&format!("the SQLite file {}.", file.display())),
+        "{said}"
+    );
+    assert!(file.is_file());
+    // Each memctl command it suggests, run as printed but without AGENTS_PATH: the
+    // command itself must carry the agents path.
+    let suggested: Vec<Vec<&str>> = said
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("cargo run --example memctl -- "))
+        .map(|args| args.split_whitespace().collect())
+        .collect();
+    assert_eq!(suggested.len(), 2, "{said}");
+    let outputs: Vec<String> = suggested
+        .iter()
+        .map(|args| {
+            let ran = memctl(&[], args);
+            assert!(
+                ran.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&ran.stderr)
+            );
+            stdout(&ran)
+        })
+        .collect();
+    assert!(outputs[0].contains("billed per seat"), "{outputs:?}");
+    assert_eq!(outputs[1], "conversation\n");
+}
+
+#[test]
 fn memctl_unknown_backend_lists_the_valid_ones() {
     let out = memctl(&[("MEMORY_BACKEND", "mongo")], &["--agent", "a", "keys"]);
     assert_eq!(out.status.code(), Some(2));

@@ -504,6 +504,224 @@ async fn tool_deletes_move_and_keep_older_registrations_out() {
     assert!(report.succeeded(), "{report:#?}");
     let listed = postgres.list_tools(&agent, &Listing::default()).await;
     assert_eq!(names(listed.unwrap()), ["kept", "older"]);
+    // Verify counts the kept-out registration and the moved delete as outranked.
+    let verified = backfill::verify(&db.url, &options).await.unwrap();
+    assert!(verified.passed(), "{verified:#?}");
+    let outranked: u64 = verified.tables.iter().map(|t| t.newer_in_postgres).sum();
+    assert_eq!(outranked, 1, "{verified:#?}");
+    // A tool deleted in PostgreSQL since outranks the file's registration of it.
+    assert!(postgres.delete_tool(&agent, "kept").await.unwrap());
+    let verified = backfill::verify(&db.url, &options).await.unwrap();
+    assert!(verified.passed(), "{verified:#?}");
+    let outranked: u64 = verified.tables.iter().map(|t| t.newer_in_postgres).sum();
+    assert_eq!(outranked, 2, "{verified:#?}");
+}
+
+/// A library-written agent: memories (one with an embedding, one deleted), a tool, a
+/// metric and an execution.
+async fn library_agent(root: &Path, agent: &AgentId) {
+    let sqlite = SqliteBackend::new(root);
+    for (key, value) in [("k", r#"{"v": 2.50}"#), ("other", r#""text""#)] {
+        let value: memshift::Json = value.parse().unwrap();
+        sqlite
+            .put_memory(
+                agent,
+                &Memory::new(key, value).with_embedding(vec![0.5, -1.0]),
+            )
+            .await
+            .unwrap();
+    }
+    sqlite
+        .put_memory(agent, &Memory::new("gone", json!("deleted by the agent")))
+        .await
+        .unwrap();
+    assert!(sqlite.delete_memory(agent, "gone").await.unwrap());
+    sqlite
+        .put_tool(agent, &memshift::Tool::new("search", json!({"k": 5})))
+        .await
+        .unwrap();
+    sqlite
+        .record_metric(agent, &memshift::Metric::new("latency", Some(1.5)))
+        .await
+        .unwrap();
+    sqlite
+        .log_execution(
+            agent,
+            &memshift::Execution::new(Some("ok".into()), json!({"task": "t"})),
+        )
+        .await
+        .unwrap();
+    sqlite.close().await;
+}
+
+/// (table, difference) of every table that differs.
+fn differing(verification: &backfill::Verification) -> Vec<(String, String)> {
+    verification
+        .tables
+        .iter()
+        .filter(|t| !t.same)
+        .map(|t| (t.table.clone(), t.difference.clone().unwrap_or_default()))
+        .collect()
+}
+
+#[tokio::test]
+async fn verify_checks_every_record_of_library_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentId::new("own_verified").unwrap();
+    library_agent(dir.path(), &agent).await;
+    let db = TestDatabase::migrated().await;
+    let options = BackfillOptions::new(dir.path());
+
+    let before = backfill::verify(&db.url, &options).await.unwrap();
+    assert!(!before.passed(), "nothing moved yet: {before:#?}");
+    let missing = differing(&before);
+    assert_eq!(missing.len(), 4, "every record table: {missing:?}");
+    assert!(
+        missing[0].1.contains(r#"memory "k": missing"#),
+        "names the row: {missing:?}"
+    );
+
+    let report = backfill::run(&db.url, &options, &()).await.unwrap();
+    assert!(report.succeeded(), "{report:#?}");
+    let after = backfill::verify(&db.url, &options).await.unwrap();
+    assert!(after.passed(), "{after:#?}");
+    assert_eq!(
+        after.rows(),
+        6,
+        "2 memories, 1 tool, 1 metric, 1 execution, 1 delete"
+    );
+    let memories = &after.tables[0];
+    assert_eq!(
+        (
+            memories.table.as_str(),
+            memories.legacy_rows,
+            memories.postgres_rows
+        ),
+        ("agent_memories", 2, 2)
+    );
+
+    // A later write through the library outranks the file's row: still verified.
+    let postgres = db.backend().await;
+    postgres
+        .put_memory(&agent, &Memory::new("other", json!("written later")))
+        .await
+        .unwrap();
+    let outranked = backfill::verify(&db.url, &options).await.unwrap();
+    assert!(outranked.passed(), "{outranked:#?}");
+    assert_eq!(outranked.tables[0].newer_in_postgres, 1);
+
+    // Rows changed in PostgreSQL behind the library's back (2.50 rewritten as 2.5, a
+    // metric's value), and a deleted key back.
+    let mut conn = connect(&db).await;
+    sqlx::raw_sql(
+        r#"update agent_memories set content = '{"v": 2.5}' where key = 'k';
+           update agent_metrics set value = 2.5 where name = 'latency';
+           insert into agent_memories (id, agent_id, key, content, created_at, updated_at)
+           select gen_random_uuid(), id, 'gone', '"back"', '2000-01-01', '2000-01-01'
+           from agents where name = 'own_verified';"#,
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let broken = backfill::verify(&db.url, &options).await.unwrap();
+    assert!(!broken.passed());
+    let differences = differing(&broken);
+    let tables: Vec<&str> = differences.iter().map(|(t, _)| t.as_str()).collect();
+    assert_eq!(
+        tables,
+        ["agent_memories", "agent_metrics", "agent_memory_tombstones"],
+        "{differences:#?}"
+    );
+    assert!(
+        differences[0]
+            .1
+            .contains(r#"memory "k": differs in content"#)
+            && differences[1].1.contains(r#"metric "latency""#)
+            && differences[1].1.contains("differs in value")
+            && differences[2].1.contains(r#"memory "gone": deleted here"#),
+        "{differences:#?}"
+    );
+
+    // The command says the same, and fails.
+    let out = std::process::Command::new(common::example_path("backfill"))
+        .args(["--verify", "--agents-path"])
+        .arg(dir.path())
+        .env("DATABASE_URL", &db.url)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(r#"memory "k": differs in content"#)
+            && said.contains("compared 6 rows in 5 tables: 3 tables differ"),
+        "{said}"
+    );
+}
+
+#[tokio::test]
+async fn verify_that_finds_nothing_to_compare_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TestDatabase::migrated().await;
+    let empty = backfill::verify(&db.url, &BackfillOptions::new(dir.path()))
+        .await
+        .unwrap();
+    assert!(!empty.passed(), "an empty verification is no success");
+    let out = std::process::Command::new(common::example_path("backfill"))
+        .args(["--verify", "--agents-path"])
+        .arg(dir.path())
+        .env("DATABASE_URL", &db.url)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("nothing verified"), "{said}");
+}
+
+#[tokio::test]
+async fn the_backfill_command_finds_agents_where_agents_path_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let agents = dir.path().join("elsewhere");
+    legacy_file(&agents.join("alpha/main.db"), &memory_table(3)).await;
+    let backfill = || {
+        let mut command = std::process::Command::new(common::example_path("backfill"));
+        command
+            .current_dir(dir.path())
+            .env_remove("DATABASE_URL")
+            .env_remove("AGENTS_PATH")
+            .env("RUST_LOG", "warn");
+        command
+    };
+    let help = backfill().arg("--help").output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&help.stdout).contains("[env: AGENTS_PATH="),
+        "--help names the variable"
+    );
+    // A dry run: (the report's path, what it said); it exits 0 either way.
+    let dry_run = |agents_path: Option<&Path>| {
+        let mut command = backfill();
+        command.args(["--dry-run", "--report-dir"]).arg(dir.path());
+        if let Some(path) = agents_path {
+            command.env("AGENTS_PATH", path);
+        }
+        let out = command.output().unwrap();
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{said}");
+        (String::from_utf8(out.stdout).unwrap(), said)
+    };
+    let (report, _) = dry_run(Some(&agents));
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(report.trim()).unwrap()).unwrap();
+    assert_eq!(report["agents_path"], json!(agents));
+    assert_eq!(report["files"][0]["source_db"], json!("alpha/main.db"));
+    assert_eq!(report["totals"]["read"], json!(3));
+
+    // Without it, ./agents, which here does not exist: said, not silently empty.
+    let (_, said) = dry_run(None);
+    assert!(
+        said.contains("(1 unusable)") && said.contains("./agents cannot be listed"),
+        "{said}"
+    );
 }
 
 #[tokio::test]

@@ -109,3 +109,62 @@ async fn a_shadow_mismatch_is_logged_by_key_without_values() {
         "a value reached the logs:\n{logs}"
     );
 }
+
+#[tokio::test]
+async fn a_database_url_without_a_backend_says_memory_stays_in_sqlite() {
+    let _one_at_a_time = SERIAL.lock().await;
+    let env = |url: Option<String>, backend: Option<&'static str>| {
+        move |var: &str| match var {
+            "DATABASE_URL" => url.clone(),
+            "MEMORY_BACKEND" => backend.map(String::from),
+            _ => None,
+        }
+    };
+    let urls = [
+        format!("postgres://agent:{WRONG_PASSWORD}@db.example/agents"),
+        // No `//`: a form a redactor could miss; the line shows no URL at all.
+        format!("postgres:{WRONG_PASSWORD}@db.example/agents"),
+    ];
+    let mut kinds = Vec::new();
+    let logs = captured_logs(async {
+        for url in &urls {
+            let config = AgentConfig::from_lookup("told", env(Some(url.clone()), None)).unwrap();
+            kinds.push(config.memory_backend);
+        }
+    })
+    .await;
+    assert_eq!(kinds, [BackendKind::Sqlite, BackendKind::Sqlite]);
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("MEMORY_BACKEND"))
+        .collect();
+    assert_eq!(lines.len(), 2, "one line per configuration read:\n{logs}");
+    for line in lines {
+        assert!(
+            line.contains(" INFO ")
+                && line.contains("stays in SQLite")
+                && line.contains("MEMORY_BACKEND=postgres")
+                && line.contains("MEMORY_BACKEND=dual")
+                && line.contains("told"),
+            "says where memory goes and how to move it: {line}"
+        );
+    }
+    assert!(
+        !logs.contains(WRONG_PASSWORD),
+        "a password reached the logs:\n{logs}"
+    );
+
+    // A backend chosen explicitly, or no URL at all, leaves nothing to explain.
+    let quiet = captured_logs(async {
+        let url = Some(urls[0].clone());
+        for (url, backend) in [
+            (url.clone(), Some("sqlite")),
+            (url, Some("postgres")),
+            (None, None),
+        ] {
+            AgentConfig::from_lookup("told", env(url, backend)).unwrap();
+        }
+    })
+    .await;
+    assert!(!quiet.contains("MEMORY_BACKEND"), "{quiet}");
+}

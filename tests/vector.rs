@@ -523,7 +523,7 @@ impl Embedder for Meddling {
                 .await?
                 .unwrap();
             memory.content = json!({"content": "rewritten while embedding"}).into();
-            memory.updated_at = memshift::record::now();
+            memory.updated_at = chrono::Utc::now();
             self.backend.put_memory(&self.agent, &memory).await?;
         }
         self.inner.embed(texts).await

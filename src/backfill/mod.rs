@@ -31,7 +31,7 @@ pub use crate::progress::Progress;
 
 use crate::backend::{PgTarget, PostgresBackend, PostgresOptions};
 use crate::error::{Error, Result};
-use crate::legacy::{ReadOptions, TableMap, TableOutcome, inventory};
+use crate::legacy::{Probe, ReadOptions, TableMap, TableOutcome, inventory};
 
 /// Why a table of another name is not migrated, and what to do about it.
 pub(crate) const UNMAPPED: &str = "unmapped: not a contract table (map it with --map TABLE=TARGET)";
@@ -76,11 +76,17 @@ pub async fn dry_run(options: &BackfillOptions) -> Report {
     let found = inventory(&options.agents_path, &options.map, &options.read).await;
     let mut report = engine::empty_report(options, "dry-run".into(), None, true);
     for file in found.files {
+        let kind = file.probe.kind();
+        // A file that could not be probed states why, as a run's report does.
+        let problem = match file.probe {
+            Probe::Problem(why) => Some(why),
+            _ => file.problem,
+        };
         report.files.push(FileReport {
             source_db: file.source_db,
             agent: file.agent,
-            kind: file.probe.kind(),
-            problem: file.problem,
+            kind,
+            problem,
             tables: file
                 .tables
                 .into_iter()
@@ -110,7 +116,7 @@ pub async fn dry_run(options: &BackfillOptions) -> Report {
 
 /// Migrates every legacy file under the agents path into the database at `url`.
 ///
-/// The contract tables must exist (see [`crate::migrate`]); the library's bookkeeping
+/// The contract tables must exist (see [`crate::migrate_url`]); the library's bookkeeping
 /// is created when missing. Problems with one file, table or batch are reported in the
 /// [`Report`] and the rest carries on; transient database errors are retried with
 /// backoff first.

@@ -1,5 +1,8 @@
 //! `--verify`: every legacy table compared with PostgreSQL, by row count and by a
-//! checksum of the ids and contents, per agent and table.
+//! checksum of the ids and contents, per agent and table; every record of a file of the
+//! library's own layout looked up in PostgreSQL ([`own`]).
+
+mod own;
 
 use futures_util::StreamExt;
 use serde::Serialize;
@@ -8,27 +11,35 @@ use sqlx::PgConnection;
 
 use super::BackfillOptions;
 use crate::backend::agent_rows::agent_row_id;
+use crate::backend::{PostgresBackend, PostgresOptions, Replica};
 use crate::error::{Chain, Result};
-use crate::legacy::{Probe, Source, TableKind, convert_row, discover};
+use crate::legacy::{ContractRecord, Probe, Source, TableKind, convert_row, discover};
 
 /// One table compared.
 #[derive(Debug, Clone, Serialize)]
 pub struct TableCheck {
-    /// The legacy file, relative to the agents path.
+    /// The SQLite file, relative to the agents path.
     pub source_db: String,
     /// The agent.
     pub agent: String,
-    /// The legacy table.
+    /// The SQLite table.
     pub table: String,
     /// The contract table its rows went to.
     pub target: String,
-    /// Rows in the legacy table.
+    /// Rows in the SQLite table.
     pub legacy_rows: u64,
-    /// Rows in PostgreSQL that came from it.
+    /// Rows in PostgreSQL that came from it (for the library's own files: rows found
+    /// there as themselves).
     pub postgres_rows: u64,
-    /// True when both hold the same ids with the same contents.
+    /// Rows that PostgreSQL holds a later write of, or a later delete (rows of the
+    /// library's own files; tools of other files whose name was deleted): the newer
+    /// version wins, so they count as verified.
+    pub newer_in_postgres: u64,
+    /// True when every row is in PostgreSQL as itself (or, in the library's own files,
+    /// outranked there by a later write).
     pub same: bool,
-    /// What differs, or why the table could not be checked.
+    /// What differs, naming the rows where it can, or why the table could not be
+    /// checked to its end.
     pub difference: Option<String>,
 }
 
@@ -42,9 +53,16 @@ pub struct Verification {
 }
 
 impl Verification {
-    /// True when every table matches and every file could be read.
+    /// True when every table matches, every file could be read, and at least one table
+    /// was compared: finding nothing to compare (a wrong agents path, say) verifies
+    /// nothing, so it does not pass.
     pub fn passed(&self) -> bool {
-        self.problems.is_empty() && self.tables.iter().all(|t| t.same)
+        self.problems.is_empty() && !self.tables.is_empty() && self.tables.iter().all(|t| t.same)
+    }
+
+    /// Rows compared, over every table.
+    pub fn rows(&self) -> u64 {
+        self.tables.iter().map(|t| t.legacy_rows).sum()
     }
 }
 
@@ -71,33 +89,50 @@ impl Sum {
 
 /// Compares every mapped legacy table under the agents path with the rows PostgreSQL
 /// holds from it (`metadata.source_db` and `source_table`), and checks that those rows
-/// hang on the agent's `agents` row (found by name, whatever its id). Files of the library's own
-/// layout are not compared here: their rows move as themselves and agents may have
-/// changed them since.
+/// hang on the agent's `agents` row (found by name, whatever its id).
+///
+/// Files of the library's own layout are checked record by record: each memory (by
+/// key), tool (by name), metric and execution (by id) must be in PostgreSQL as itself,
+/// unless PostgreSQL holds a later write of that key or name, or a later delete; and no
+/// key the file records as deleted may be in PostgreSQL at a version its delete
+/// outranks. A memory's version in PostgreSQL may be earlier when its data is the same:
+/// the backfill caps versions at the migration time.
 ///
 /// # Errors
 /// When PostgreSQL cannot be reached or read (never showing the URL's password).
 pub async fn verify(url: &str, options: &BackfillOptions) -> Result<Verification> {
     let mut conn = super::engine::connect(url).await?;
-    let verification = compare(&mut conn, options).await;
+    // Reads only: no schema check and no bookkeeping created, unlike a run.
+    let backend = PostgresBackend::connect_lazy(
+        url,
+        PostgresOptions {
+            max_connections: 1,
+            ..PostgresOptions::default()
+        },
+    )?;
+    let verification = compare(&mut conn, &backend, options).await;
     let _ = sqlx::Connection::close(conn).await;
+    backend.close().await;
     verification
 }
 
-async fn compare(conn: &mut PgConnection, options: &BackfillOptions) -> Result<Verification> {
+async fn compare(
+    conn: &mut PgConnection,
+    backend: &PostgresBackend,
+    options: &BackfillOptions,
+) -> Result<Verification> {
     let mut out = Verification {
         tables: Vec::new(),
         problems: Vec::new(),
     };
     let migrated_at = crate::record::now();
     for found in discover(&options.agents_path, &options.read).await {
-        let agent = match (&found.probe, &found.agent) {
-            (Probe::Legacy, Ok(agent)) => agent.clone(),
+        let (agent, own) = match (&found.probe, &found.agent) {
             (Probe::Problem(why), _) | (_, Err(why)) => {
                 out.problems.push((found.source_db.clone(), why.clone()));
                 continue;
             }
-            (Probe::Own, _) => continue,
+            (probe, Ok(agent)) => (agent.clone(), *probe == Probe::Own),
         };
         let mut source = match Source::open(&found.path, &options.read).await {
             Ok(source) => source,
@@ -107,6 +142,15 @@ async fn compare(conn: &mut PgConnection, options: &BackfillOptions) -> Result<V
                 continue;
             }
         };
+        if own {
+            let file = own::OwnFile {
+                backend,
+                agent: &agent,
+                source_db: &found.source_db,
+            };
+            out.tables.extend(file.check(&mut source).await?);
+            continue;
+        }
         // The rows must hang on the agents row of the agent's name, whatever its id.
         let agent_row = match agent_row_id(conn, &agent, false).await {
             Ok(id) => id,
@@ -132,6 +176,7 @@ async fn compare(conn: &mut PgConnection, options: &BackfillOptions) -> Result<V
             };
             let mut legacy = Sum::default();
             let mut legacy_rows = 0;
+            let mut outranked = 0;
             let mut problem = None;
             let mut batches = source.rows(&table);
             loop {
@@ -147,6 +192,17 @@ async fn compare(conn: &mut PgConnection, options: &BackfillOptions) -> Result<V
                                 migrated_at,
                             ) {
                                 Ok(converted) => {
+                                    // A tool whose name PostgreSQL deleted at or after
+                                    // this version was kept out by the backfill.
+                                    if let ContractRecord::Tool(tool) = &converted.record
+                                        && backend
+                                            .tool_tombstone(&agent, &tool.name)
+                                            .await?
+                                            .is_some_and(|at| at >= tool.updated_at)
+                                    {
+                                        outranked += 1;
+                                        continue;
+                                    }
                                     legacy_rows += 1;
                                     legacy.add(
                                         &converted.record.id(),
@@ -226,6 +282,7 @@ async fn compare(conn: &mut PgConnection, options: &BackfillOptions) -> Result<V
                 target: target.table().to_string(),
                 legacy_rows,
                 postgres_rows,
+                newer_in_postgres: outranked,
                 same: difference.is_none(),
                 difference,
             });

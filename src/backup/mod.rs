@@ -21,8 +21,8 @@
 //!   no `-wal`/`-shm` appear beside it, and every other file with `sqlite3 -readonly`.
 //!
 //! Both scripts are `bash` with `set -euo pipefail`, and every path in them is absolute
-//! and single-quoted by [`shell_quote`], so names with spaces, quotes, `$(...)`,
-//! backticks or newlines are data, never code.
+//! and single-quoted, so names with spaces, quotes, `$(...)`, backticks or newlines are
+//! data, never code.
 //!
 //! # How a copy is made, and when it is byte-identical
 //!
@@ -80,8 +80,6 @@ use serde::{Serialize, Serializer};
 use self::copy::{copy_one, partial};
 use self::script::{backup_script, restore_script};
 use crate::error::{Chain, Error, Result};
-
-pub use self::script::shell_quote;
 
 /// Name of the manifest written into the backup folder.
 pub const MANIFEST: &str = "manifest.json";

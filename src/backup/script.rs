@@ -9,12 +9,7 @@ use super::{BackedUpFile, CopyDetails, Manifest};
 /// `text` as one single-quoted shell word: every `'` becomes `'\''`, nothing else is
 /// special inside single quotes (not `$`, backticks, `\`, `"` or a newline), so the shell
 /// reads back exactly these bytes. The empty string becomes `''`.
-///
-/// ```
-/// use memshift::backup::shell_quote;
-/// assert_eq!(shell_quote("it's $(x).db".as_ref()), b"'it'\\''s $(x).db'".to_vec());
-/// ```
-pub fn shell_quote(text: &OsStr) -> Vec<u8> {
+pub(crate) fn shell_quote(text: &OsStr) -> Vec<u8> {
     let bytes = os_bytes(text);
     let mut quoted = Vec::with_capacity(bytes.len() + 2);
     quoted.push(b'\'');

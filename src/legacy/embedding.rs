@@ -9,14 +9,14 @@
 use super::{SourceRow, SqlValue, TableInfo, TableKind};
 
 /// Column names, in order of preference, that hold a legacy row's embedding.
-pub const EMBEDDING_COLUMNS: [&str; 3] = ["embedding", "vector", "embeddings"];
+pub(crate) const EMBEDDING_COLUMNS: [&str; 3] = ["embedding", "vector", "embeddings"];
 
 /// The embedding in one legacy value: `Ok(None)` for NULL, `Err` with the reason for a
 /// value that is not a vector of 1 to 16,000 finite float32 numbers.
 ///
 /// # Errors
 /// The reason the value is not an embedding.
-pub fn decode_embedding(value: &SqlValue) -> Result<Option<Vec<f32>>, String> {
+pub(super) fn decode_embedding(value: &SqlValue) -> Result<Option<Vec<f32>>, String> {
     let vector = match value {
         SqlValue::Null => return Ok(None),
         SqlValue::Blob(bytes) => {
@@ -59,7 +59,7 @@ pub fn decode_embedding(value: &SqlValue) -> Result<Option<Vec<f32>>, String> {
 
 /// The decoded embedding of a legacy row: `None` when its table has no embedding column
 /// ([`EMBEDDING_COLUMNS`], any case), else as [`decode_embedding`].
-pub fn embedding_of(
+pub(crate) fn embedding_of(
     table: &TableInfo,
     row: &SourceRow,
 ) -> Option<Result<Option<Vec<f32>>, String>> {

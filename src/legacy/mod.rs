@@ -19,8 +19,8 @@
 //!   rows meet, in PostgreSQL, by the backfill's load (`backfill::load`).
 //! - [`read_own_records`] reads a file of the library's own layout as its records,
 //!   unchanged.
-//! - [`embedding_of`] decodes an embedding a legacy row kept, when the backfill is asked
-//!   to.
+//! - An embedding a legacy row kept is decoded when the backfill is asked to
+//!   ([`BackfillOptions::legacy_embeddings`](crate::backfill::BackfillOptions::legacy_embeddings)).
 //! - [`inventory`] counts everything for a dry run.
 
 mod discover;
@@ -34,15 +34,23 @@ mod time;
 mod value;
 
 pub use discover::{Found, Probe, discover};
-pub use embedding::{EMBEDDING_COLUMNS, decode_embedding, embedding_of};
+pub(crate) use embedding::embedding_of;
 pub use inventory::{FileInventory, Inventory, TableInventory, TableOutcome, inventory};
-pub use open::{OpenStrategy, ReadOptions, Source};
-pub use own::{read_own_records, read_own_tombstones, read_own_tool_tombstones};
-pub use read::{RowBatches, SourceRow, TableInfo, TableKind};
+pub use open::{OpenStrategy, ReadOptions};
+pub(crate) use own::{read_own_tombstones, read_own_tool_tombstones};
+pub use read::TableKind;
+
+// Doors for tests/legacy.rs, tests/backfill.rs and the bench's client-side backfill,
+// which read and convert rows themselves; not part of the API.
+#[doc(hidden)]
+pub use open::Source;
+#[doc(hidden)]
+pub use own::read_own_records;
+#[doc(hidden)]
+pub use read::{RowBatches, SourceRow, TableInfo};
+#[doc(hidden)]
 pub use row::{ContractRecord, ContractRow, LEGACY_ROW_NAMESPACE, RowSource, convert_row, row_id};
-pub use time::{
-    MICROS_THRESHOLD, MILLIS_THRESHOLD, NANOS_THRESHOLD, TIME_COLUMNS, parse_time_value,
-};
+#[doc(hidden)]
 pub use value::SqlValue;
 
 use std::collections::BTreeMap;

@@ -91,7 +91,7 @@ pub async fn read_own_records(
 /// # Errors
 /// [`Error::Database`] when the table cannot be read (files written before tombstones
 /// existed have none, and give an empty list).
-pub async fn read_own_tombstones(
+pub(crate) async fn read_own_tombstones(
     source: &mut Source,
 ) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>> {
     read_tombstones(source, "agent_memory_tombstones", "key").await
@@ -103,7 +103,7 @@ pub async fn read_own_tombstones(
 /// # Errors
 /// As [`read_own_tombstones`] (files written before tool deletes existed give an empty
 /// list).
-pub async fn read_own_tool_tombstones(
+pub(crate) async fn read_own_tool_tombstones(
     source: &mut Source,
 ) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>> {
     read_tombstones(source, "agent_tool_tombstones", "name").await

@@ -7,20 +7,21 @@ use super::value::SqlValue;
 /// The columns that may hold a row's time, in the order they are tried (names matched
 /// without regard to ASCII case). The first of them that the row has, holding a
 /// non-NULL value, decides `created_at`.
-pub const TIME_COLUMNS: &[&str] = &["created_at", "timestamp", "datetime", "time", "ts", "date"];
+pub(super) const TIME_COLUMNS: &[&str] =
+    &["created_at", "timestamp", "datetime", "time", "ts", "date"];
 
 /// Numbers whose magnitude is at least this are Unix **milliseconds**; smaller ones are
 /// Unix seconds. 10^11 seconds is the year 5138, while 10^11 milliseconds is
 /// 1973-03-03, so every plausible time of either kind lands on the right side.
-pub const MILLIS_THRESHOLD: f64 = 1e11;
+pub(super) const MILLIS_THRESHOLD: f64 = 1e11;
 
 /// From this magnitude on, numbers are Unix **microseconds** (10^14 ms is the year
 /// 5138, 10^14 us is 1973-03-03).
-pub const MICROS_THRESHOLD: f64 = 1e14;
+pub(super) const MICROS_THRESHOLD: f64 = 1e14;
 
 /// From this magnitude on, numbers are Unix **nanoseconds** (10^17 us is the year 5138,
 /// 10^17 ns is 1973-03-03). Every 64-bit integer is then a time between 1677 and 2262.
-pub const NANOS_THRESHOLD: f64 = 1e17;
+pub(super) const NANOS_THRESHOLD: f64 = 1e17;
 
 /// Reads a time value by the contract's rules, truncated to microseconds (the precision
 /// both databases keep):
@@ -37,7 +38,7 @@ pub const NANOS_THRESHOLD: f64 = 1e17;
 ///
 /// # Errors
 /// A short reason when the value is not a time (BLOB, other text, out of range).
-pub fn parse_time_value(value: &SqlValue) -> Result<DateTime<Utc>, String> {
+pub(crate) fn parse_time_value(value: &SqlValue) -> Result<DateTime<Utc>, String> {
     let at = match value {
         SqlValue::Integer(i) => from_unix(*i, 0),
         // Rust prints the shortest decimal that reads back as the same f64: read those

@@ -18,7 +18,9 @@ pub mod search;
 use crate::record::AgentId;
 
 /// The statements the backends issue for a single store and a single retrieve, for
-/// benchmarks that time them without the library around them.
+/// benchmarks that time them without the library around them. Door for the bench's
+/// floor (examples/bench/ops/raw.rs); not part of the API.
+#[doc(hidden)]
 pub mod statements {
     use crate::backend::{postgres, sqlite};
 

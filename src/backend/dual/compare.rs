@@ -11,12 +11,12 @@ use crate::record::{AgentId, Memory, Metadata, Tool};
 /// True when `a` and `b` are the same data: objects equal whatever their key order,
 /// numbers equal by value whatever their written form (`1`, `1.0`, `1e0`); see
 /// [`Json::same_data`].
-pub fn same_json(a: &Json, b: &Json) -> bool {
+pub(crate) fn same_json(a: &Json, b: &Json) -> bool {
     a.same_data(b)
 }
 
 /// Metadata compared as [`same_json`] compares contents.
-fn same_metadata(a: &Metadata, b: &Metadata) -> bool {
+pub(crate) fn same_metadata(a: &Metadata, b: &Metadata) -> bool {
     // A map of JSON values always serializes.
     a == b || matches!((Json::new(a), Json::new(b)), (Ok(a), Ok(b)) if same_json(&a, &b))
 }
@@ -25,7 +25,7 @@ fn same_metadata(a: &Metadata, b: &Metadata) -> bool {
 /// times; ids may differ between the sides). An embedding on one side only counts as
 /// not yet filled, not as a difference: the fill pass
 /// ([`fill_embeddings`](crate::vector::fill_embeddings)) writes PostgreSQL alone.
-pub fn same_memory(a: &Memory, b: &Memory) -> bool {
+pub(crate) fn same_memory(a: &Memory, b: &Memory) -> bool {
     a.key == b.key
         && same_json(&a.content, &b.content)
         && same_metadata(&a.metadata, &b.metadata)
@@ -37,7 +37,7 @@ pub fn same_memory(a: &Memory, b: &Memory) -> bool {
 }
 
 /// True when two reads of a tool hold the same data.
-pub fn same_tool(a: &Tool, b: &Tool) -> bool {
+pub(crate) fn same_tool(a: &Tool, b: &Tool) -> bool {
     a.name == b.name
         && same_json(&a.content, &b.content)
         && same_metadata(&a.metadata, &b.metadata)

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 pub use crate::backend::replica::OwedWrite;
-pub use compare::{same_json, same_memory, same_tool};
+pub(crate) use compare::{same_memory, same_metadata, same_tool};
 pub use health::DualOptions;
 pub use stats::{DualStats, Latency, SideStats};
 
@@ -162,7 +162,8 @@ impl Comparison {
 /// - **Deletes** of memories and of tools leave tombstones on both sides, so neither a
 ///   fallback read, a lazy copy nor a replay brings a deleted key or tool back.
 /// - **Shadow compares** (in `shadow`, and in the background in `live`) use
-///   [`same_memory`], and count and log mismatches by key, never by value at info level.
+///   one rule for "the same data" (objects whatever their key order, numbers by value:
+///   [`Json::same_data`](crate::Json::same_data); ids may differ), and count and log mismatches by key, never by value at info level.
 #[derive(Clone)]
 pub struct DualBackend {
     inner: Arc<Inner>,

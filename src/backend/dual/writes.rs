@@ -58,7 +58,9 @@ impl DualBackend {
             lock(&self.inner.owing).insert(agent.clone());
             return Ok((committed.outcome, None));
         };
-        let in_flight = committed.seq.map(|seq| InFlight::new(self, first, agent, seq));
+        let in_flight = committed
+            .seq
+            .map(|seq| InFlight::new(self, first, agent, seq));
         let copied = self
             .timed(
                 second,
@@ -221,8 +223,7 @@ impl DualBackend {
     pub(super) async fn wait_in_flight(&self, side: Side, agent: &AgentId, seq: i64) {
         let key = (side, agent.clone(), seq);
         let give_up = tokio::time::Instant::now() + self.inner.options.side_timeout * 2;
-        while lock(&self.inner.in_flight).contains(&key) && tokio::time::Instant::now() < give_up
-        {
+        while lock(&self.inner.in_flight).contains(&key) && tokio::time::Instant::now() < give_up {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }

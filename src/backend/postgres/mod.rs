@@ -37,7 +37,10 @@ mod rows;
 mod sql;
 
 pub(crate) use self::connect::{PgTarget, connect_pool};
+// Door for tests/pool.rs, which waits past it; not part of the API.
+#[doc(hidden)]
 pub use self::recycle::CHECK_IDLE_AFTER;
+#[cfg(feature = "testing")]
 pub(crate) use self::sql::{GET_MEMORY, PUT_MEMORY};
 
 /// Settings of the PostgreSQL backend's connection pool.
@@ -61,7 +64,7 @@ impl Default for PostgresOptions {
 /// Agent memory in the PostgreSQL contract tables (`agents`, `agent_memories`,
 /// `agent_tools`, `agent_metrics`, `agent_executions`).
 ///
-/// The tables come from the shipped migrations ([`crate::migrate`]) or from the admin
+/// The tables come from the shipped migrations ([`crate::migrate_url`]) or from the admin
 /// application's Prisma schema; this backend never creates them. [`connect`](Self::connect)
 /// checks that they are there and names what is missing. An agent's `agents` row is made
 /// on its first write.
@@ -148,7 +151,10 @@ impl PostgresBackend {
         Error::database("postgres", operation, e, Some(&self.target))
     }
 
-    /// The connection pool, for callers that run their own statements.
+    /// The connection pool. Door for tests/pool.rs (the pool's own users beside the
+    /// library's), tests/vector.rs and the bench (statements of their own); not part of
+    /// the API, whose signatures name no sqlx type.
+    #[doc(hidden)]
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }

@@ -30,6 +30,7 @@ mod rows;
 mod sql;
 
 pub(crate) use self::rows::{execution_from_row, memory_from_row, metric_from_row, tool_from_row};
+#[cfg(feature = "testing")]
 pub(crate) use self::sql::{GET_MEMORY, PUT_MEMORY};
 
 /// The file name of an agent's database inside its folder.
