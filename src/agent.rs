@@ -10,7 +10,9 @@ use crate::backend::{self, MemoryBackend};
 use crate::config::AgentConfig;
 use crate::error::{Error, Result};
 use crate::json::Json;
+use crate::listing::Listing;
 use crate::record::{AgentId, Execution, Memory, Metric, Tool};
+use crate::typed::TypedNeighbor;
 use crate::vector::{Neighbor, VectorQuery};
 
 /// One agent's memory, tools, metrics and execution history.
@@ -107,6 +109,41 @@ impl AgentMemory {
         self.store(Memory::new(key, content)).await.map(drop)
     }
 
+    /// Stores `data` (anything `Serialize`) under `key` with `embedding` for vector search
+    /// ([`search`](Self::search)), replacing what was there, and returns the memory as
+    /// stored. With memory disabled, returns it without storing it.
+    ///
+    /// ```no_run
+    /// # async fn demo(memory: memshift::AgentMemory) -> memshift::Result<()> {
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Note {
+    ///     text: String,
+    ///     turn: u32,
+    /// }
+    ///
+    /// let note = Note { text: "refund policy".into(), turn: 3 };
+    /// memory.store_with_embedding("notes/3", &note, vec![0.1, 0.7, 0.2]).await?;
+    /// let query = memshift::VectorQuery::new(vec![0.1, 0.6, 0.3], 5);
+    /// for hit in memory.search_as::<Note>(&query).await? {
+    ///     println!("{} at {:.3}", hit.value.text, hit.distance);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Json`] when `data` cannot be serialized; backend errors
+    /// ([`Error::InvalidInput`] for an embedding [`Memory::validate`] refuses).
+    pub async fn store_with_embedding<T: Serialize + ?Sized>(
+        &self,
+        key: &str,
+        data: &T,
+        embedding: Vec<f32>,
+    ) -> Result<Memory> {
+        let content = self.to_json(data, || format!("memory {key:?}"))?;
+        self.store(Memory::new(key, content).with_embedding(embedding))
+            .await
+    }
+
     /// Stores a full [`Memory`] (with metadata or an embedding) and returns it as stored.
     /// With memory disabled, returns `memory` unchanged without storing it.
     ///
@@ -165,8 +202,27 @@ impl AgentMemory {
     /// # Errors
     /// Backend errors.
     pub async fn memory_keys(&self) -> Result<Vec<String>> {
+        self.memory_keys_with(&Listing::default()).await
+    }
+
+    /// The stored keys `listing` selects (by prefix, stored or replaced since, at most
+    /// its limit), in byte order.
+    ///
+    /// ```no_run
+    /// # async fn demo(memory: memshift::AgentMemory) -> memshift::Result<()> {
+    /// use memshift::Listing;
+    /// let notes = Listing::new().prefix("notes/").limit(50);
+    /// for key in memory.memory_keys_with(&notes).await? {
+    ///     println!("{key}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a prefix holding NUL; backend errors.
+    pub async fn memory_keys_with(&self, listing: &Listing) -> Result<Vec<String>> {
         match &self.backend {
-            Some(backend) => backend.memory_keys(&self.agent).await,
+            Some(backend) => backend.memory_keys(&self.agent, listing).await,
             None => Ok(Vec::new()),
         }
     }
@@ -196,6 +252,26 @@ impl AgentMemory {
         }
     }
 
+    /// [`search`](Self::search), with each memory's value read as `T`: the nearest first,
+    /// each with its distance and the memory itself.
+    ///
+    /// # Errors
+    /// As [`search`](Self::search); [`Error::Json`] naming the key of a found value that
+    /// is not a `T`.
+    pub async fn search_as<T: DeserializeOwned>(
+        &self,
+        query: &VectorQuery,
+    ) -> Result<Vec<TypedNeighbor<T>>> {
+        let found = self.search(query).await?;
+        found
+            .into_iter()
+            .map(|neighbor| {
+                let key = neighbor.memory.key.clone().unwrap_or_default();
+                neighbor.into_typed(|| format!("memory {key:?} of agent {:?}", self.agent))
+            })
+            .collect()
+    }
+
     /// Registers a tool under `name` with `definition` (anything `Serialize`), replacing
     /// an earlier definition, and returns it as stored.
     ///
@@ -221,13 +297,35 @@ impl AgentMemory {
         }
     }
 
+    /// Deletes the tool registered under `name`; returns whether there was one. A
+    /// deleted tool stays deleted on every backend, also across the dual backend's two
+    /// sides, until it is registered again.
+    ///
+    /// # Errors
+    /// Backend errors.
+    pub async fn delete_tool(&self, name: &str) -> Result<bool> {
+        match &self.backend {
+            Some(backend) => backend.delete_tool(&self.agent, name).await,
+            None => Ok(false),
+        }
+    }
+
     /// Every registered tool, in byte order of name.
     ///
     /// # Errors
     /// Backend errors.
     pub async fn tools(&self) -> Result<Vec<Tool>> {
+        self.tools_with(&Listing::default()).await
+    }
+
+    /// The registered tools `listing` selects (by prefix of the name, registered or
+    /// changed since, at most its limit), in byte order of name.
+    ///
+    /// # Errors
+    /// As [`memory_keys_with`](Self::memory_keys_with).
+    pub async fn tools_with(&self, listing: &Listing) -> Result<Vec<Tool>> {
         match &self.backend {
-            Some(backend) => backend.list_tools(&self.agent).await,
+            Some(backend) => backend.list_tools(&self.agent, listing).await,
             None => Ok(Vec::new()),
         }
     }
@@ -255,8 +353,17 @@ impl AgentMemory {
     /// # Errors
     /// Backend errors.
     pub async fn metrics(&self) -> Result<Vec<Metric>> {
+        self.metrics_with(&Listing::default()).await
+    }
+
+    /// The measurements `listing` selects (by prefix of the name, recorded since, the
+    /// first ones up to its limit), oldest first.
+    ///
+    /// # Errors
+    /// As [`memory_keys_with`](Self::memory_keys_with).
+    pub async fn metrics_with(&self, listing: &Listing) -> Result<Vec<Metric>> {
         match &self.backend {
-            Some(backend) => backend.list_metrics(&self.agent).await,
+            Some(backend) => backend.list_metrics(&self.agent, listing).await,
             None => Ok(Vec::new()),
         }
     }
@@ -279,8 +386,17 @@ impl AgentMemory {
     /// # Errors
     /// Backend errors.
     pub async fn executions(&self) -> Result<Vec<Execution>> {
+        self.executions_with(&Listing::default()).await
+    }
+
+    /// The executions `listing` selects (by prefix of the status, logged since, the
+    /// first ones up to its limit), oldest first.
+    ///
+    /// # Errors
+    /// As [`memory_keys_with`](Self::memory_keys_with).
+    pub async fn executions_with(&self, listing: &Listing) -> Result<Vec<Execution>> {
         match &self.backend {
-            Some(backend) => backend.list_executions(&self.agent).await,
+            Some(backend) => backend.list_executions(&self.agent, listing).await,
             None => Ok(Vec::new()),
         }
     }

@@ -41,6 +41,37 @@
 //! there) fails with [`Error::Config`] naming the feature to turn on. `cli` builds the
 //! `memctl` and `backfill` programs (`cargo install memshift --features cli`); `testing`
 //! brings the conformance scenarios.
+//!
+//! What a user implements or configures is at the crate root: the traits
+//! ([`MemoryBackend`], [`Embedder`]) with [`async_trait`](macro@async_trait) to implement them, the backends
+//! and their options, the dual backend ([`DualBackend`], [`DualOptions`]) and its
+//! [`Stage`]s, and [`Listing`] for filtered listings. Implementing a trait needs no
+//! dependency on `async-trait` of your own:
+//!
+//! ```
+//! use memshift::{Embedder, Result};
+//!
+//! /// Each text's length, as a one-dimensional vector.
+//! struct Lengths;
+//!
+//! #[memshift::async_trait]
+//! impl Embedder for Lengths {
+//!     fn name(&self) -> String {
+//!         "lengths".into()
+//!     }
+//!     fn dimensions(&self) -> usize {
+//!         1
+//!     }
+//!     async fn embed(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+//!         Ok(texts.iter().map(|t| vec![t.len() as f32]).collect())
+//!     }
+//! }
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let vectors = Lengths.embed(&["four".to_string()]).await.unwrap();
+//! assert_eq!(vectors, [[4.0]]);
+//! # });
+//! ```
 
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -65,14 +96,21 @@ mod json;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub mod legacy;
+mod listing;
 mod progress;
 pub mod record;
 mod redact;
 mod schema;
+mod typed;
 pub mod vector;
 
 #[cfg(feature = "testing")]
 pub mod testing;
+
+/// The attribute that implements [`MemoryBackend`] and [`Embedder`] (their methods are
+/// `async`): `#[memshift::async_trait]` on the `impl` block, re-exported from the
+/// `async-trait` crate so that implementing them needs no dependency of your own.
+pub use async_trait::async_trait;
 
 pub use agent::AgentMemory;
 pub use backend::MemoryBackend;
@@ -80,11 +118,15 @@ pub use backend::MemoryBackend;
 pub use backend::{PostgresBackend, PostgresOptions};
 #[cfg(feature = "sqlite")]
 pub use backend::{SqliteBackend, SqliteOptions};
-pub use config::{AgentConfig, BackendKind};
+#[cfg(all(feature = "sqlite", feature = "postgres"))]
+pub use backend::dual::{DualBackend, DualOptions};
+pub use config::{AgentConfig, BackendKind, Stage};
 pub use error::{Chain, Error, Result, redact_url};
 pub use json::Json;
+pub use listing::Listing;
 pub use progress::Progress;
 pub use record::{AgentId, Execution, MAX_KEY_BYTES, Memory, Metadata, Metric, Tool};
+pub use typed::TypedNeighbor;
 pub use vector::{DistanceMetric, Embedder, Neighbor, VectorIndex, VectorQuery};
 
 /// Connects to `url` and applies the shipped PostgreSQL migrations its database has not

@@ -5,7 +5,7 @@ mod common;
 
 use common::{memctl, stdout};
 use memshift::testing::postgres::TestDatabase;
-use memshift::{AgentConfig, AgentMemory, BackendKind, Error};
+use memshift::{AgentConfig, AgentMemory, BackendKind, Error, Listing, VectorQuery};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -46,6 +46,10 @@ async fn typed_round_trip(config: AgentConfig) {
         .await
         .unwrap();
     assert_eq!(memory.tool("search").await.unwrap(), Some(tool));
+    memory.register_tool("scratch", json!({})).await.unwrap();
+    assert!(memory.delete_tool("scratch").await.unwrap());
+    assert!(!memory.delete_tool("scratch").await.unwrap());
+    assert_eq!(memory.tool("scratch").await.unwrap(), None);
     memory
         .record_metric("latency", 0.25, json!({"unit": "s"}))
         .await
@@ -64,6 +68,97 @@ async fn typed_round_trip(config: AgentConfig) {
         memory.memory_keys().await.unwrap(),
         ["conversation", "count"]
     );
+
+    // Typed values with embeddings, found by a search and read back as their type.
+    let near = Conversation {
+        topic: "refunds".into(),
+        turns: 9_007_199_254_740_993,
+        scores: vec![1.5],
+    };
+    let far = Conversation {
+        topic: "weather".into(),
+        turns: 1,
+        scores: vec![],
+    };
+    let stored = memory
+        .store_with_embedding("notes/near", &near, vec![1.0, 0.0])
+        .await
+        .unwrap();
+    assert_eq!(stored.embedding.as_deref(), Some(&[1.0, 0.0][..]));
+    assert_eq!(stored.content_as::<Conversation>().unwrap(), near);
+    memory
+        .store_with_embedding("notes/far", &far, vec![0.0, 1.0])
+        .await
+        .unwrap();
+    let other = json!({"shape": "not a conversation"});
+    memory
+        .store_with_embedding("notes/other", &other, vec![-1.0, 0.0])
+        .await
+        .unwrap();
+    let query = VectorQuery::new(vec![0.9, 0.1], 2).key_prefix("notes/");
+    let hits = memory.search_as::<Conversation>(&query).await.unwrap();
+    let found: Vec<(&Conversation, Option<&str>)> = hits
+        .iter()
+        .map(|hit| (&hit.value, hit.memory.key.as_deref()))
+        .collect();
+    assert_eq!(
+        found,
+        [(&near, Some("notes/near")), (&far, Some("notes/far"))]
+    );
+    assert!(hits[0].distance < hits[1].distance);
+    let plain = memory.search(&query).await.unwrap();
+    assert_eq!(plain[0].content_as::<Conversation>().unwrap(), near);
+    assert_eq!(plain[0].distance, hits[0].distance);
+    // A found value of another shape is an error naming its key.
+    let nearest_other = VectorQuery::new(vec![-1.0, 0.0], 1);
+    match memory.search_as::<Conversation>(&nearest_other).await {
+        Err(err @ Error::Json { .. }) => {
+            assert!(err.to_string().contains("\"notes/other\""), "{err}")
+        }
+        other => panic!("expected a JSON error, got {other:?}"),
+    }
+    assert_eq!(
+        memory
+            .search_as::<serde_json::Value>(&nearest_other)
+            .await
+            .unwrap()[0]
+            .value,
+        other
+    );
+
+    // Listings with options, through the handle.
+    let counted = Listing::new().prefix("co").limit(1);
+    assert_eq!(
+        memory.memory_keys_with(&counted).await.unwrap(),
+        ["conversation"]
+    );
+    let later = Listing::new().since(chrono::Utc::now());
+    assert!(memory.memory_keys_with(&later).await.unwrap().is_empty());
+    assert_eq!(
+        memory
+            .tools_with(&Listing::new().prefix("s"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        memory
+            .tools_with(&Listing::new().prefix("x"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        memory
+            .metrics_with(&Listing::new().limit(1))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let statuses = Listing::new().prefix("failed");
+    assert!(memory.executions_with(&statuses).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -117,8 +212,16 @@ async fn disabled_memory_stores_nothing_and_opens_nothing() {
         None
     );
     assert!(memory.memory_keys().await.unwrap().is_empty());
+    let unstored = memory
+        .store_with_embedding("e", &json!(2), vec![1.0])
+        .await
+        .unwrap();
+    assert_eq!(unstored.embedding, Some(vec![1.0]));
+    let query = VectorQuery::new(vec![1.0], 1);
+    assert!(memory.search_as::<i64>(&query).await.unwrap().is_empty());
     memory.register_tool("t", json!({})).await.unwrap();
     assert!(memory.tools().await.unwrap().is_empty());
+    assert!(!memory.delete_tool("t").await.unwrap());
     memory.record_metric("m", 1.0, json!({})).await.unwrap();
     assert!(memory.metrics().await.unwrap().is_empty());
     assert!(!memory.delete_memory("k").await.unwrap());

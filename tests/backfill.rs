@@ -11,7 +11,7 @@ use memshift::backfill::{self, BackfillOptions};
 use memshift::legacy::{self, ContractRecord, ReadOptions, Source, TableKind, TableMap};
 use memshift::testing::postgres::TestDatabase;
 use memshift::testing::scenarios::{assert_awkward_values, store_awkward_values};
-use memshift::{AgentId, Memory, MemoryBackend, SqliteBackend};
+use memshift::{AgentId, Listing, Memory, MemoryBackend, SqliteBackend, Tool};
 use serde_json::{Value, json};
 use sqlx::{Connection, PgConnection, Row};
 
@@ -333,7 +333,10 @@ async fn a_rollback_removes_exactly_one_run() {
         deleted.memories + deleted.tools + deleted.metrics + deleted.executions,
         10
     );
-    let keys = backend.memory_keys(&alpha).await.unwrap();
+    let keys = backend
+        .memory_keys(&alpha, &Listing::default())
+        .await
+        .unwrap();
     assert_eq!(
         keys,
         ["own", "pricing"],
@@ -447,6 +450,71 @@ async fn library_files_move_as_themselves() {
         ContractRecord::Memory(_)
     ));
     assert_awkward_values(&*backend, &awkward, "backfilled").await;
+}
+
+/// Tool deletes move like key deletes: a tool the agent deleted after an earlier run
+/// is deleted in PostgreSQL by the next, and a legacy table's older registration of a
+/// deleted name does not bring it back.
+#[tokio::test]
+async fn tool_deletes_move_and_keep_older_registrations_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentId::new("tool_deletes").unwrap();
+    let sqlite = SqliteBackend::new(dir.path());
+    for name in ["kept", "gone"] {
+        sqlite
+            .put_tool(&agent, &Tool::new(name, json!({"tool": name})))
+            .await
+            .unwrap();
+    }
+    sqlite.close().await;
+    let db = TestDatabase::migrated().await;
+    let options = BackfillOptions::new(dir.path());
+    let report = backfill::run(&db.url, &options, &()).await.unwrap();
+    assert!(report.succeeded(), "{report:#?}");
+    let postgres = db.backend().await;
+    let names = |tools: Vec<Tool>| tools.into_iter().map(|t| t.name).collect::<Vec<_>>();
+    let listed = postgres.list_tools(&agent, &Listing::default()).await;
+    assert_eq!(names(listed.unwrap()), ["gone", "kept"]);
+
+    // The agent deletes a tool; an old database of its own has an older registration of
+    // it, and of another.
+    let sqlite = SqliteBackend::new(dir.path());
+    assert!(sqlite.delete_tool(&agent, "gone").await.unwrap());
+    sqlite.close().await;
+    legacy_file(
+        &dir.path().join("tool_deletes/old.db"),
+        "create table tools (name text, config text, created_at text);
+         insert into tools values ('gone', '{\"legacy\": true}', '2024-01-01 00:00:00'),
+                                  ('older', '{\"legacy\": true}', '2024-01-01 00:00:00');",
+    )
+    .await;
+    let report = backfill::run(&db.url, &options, &()).await.unwrap();
+    assert!(report.succeeded(), "{report:#?}");
+    let listed = postgres.list_tools(&agent, &Listing::default()).await;
+    assert_eq!(names(listed.unwrap()), ["kept", "older"]);
+    assert!(
+        postgres
+            .tool_tombstone(&agent, "gone")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    // A third run changes nothing.
+    let report = backfill::run(&db.url, &options, &()).await.unwrap();
+    assert!(report.succeeded(), "{report:#?}");
+    let listed = postgres.list_tools(&agent, &Listing::default()).await;
+    assert_eq!(names(listed.unwrap()), ["kept", "older"]);
+    // Verify counts the kept-out registration and the moved delete as outranked.
+    let verified = backfill::verify(&db.url, &options).await.unwrap();
+    assert!(verified.passed(), "{verified:#?}");
+    let outranked: u64 = verified.tables.iter().map(|t| t.newer_in_postgres).sum();
+    assert_eq!(outranked, 1, "{verified:#?}");
+    // A tool deleted in PostgreSQL since outranks the file's registration of it.
+    assert!(postgres.delete_tool(&agent, "kept").await.unwrap());
+    let verified = backfill::verify(&db.url, &options).await.unwrap();
+    assert!(verified.passed(), "{verified:#?}");
+    let outranked: u64 = verified.tables.iter().map(|t| t.newer_in_postgres).sum();
+    assert_eq!(outranked, 2, "{verified:#?}");
 }
 
 /// A library-written agent: memories (one with an embedding, one deleted), a tool, a

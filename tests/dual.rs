@@ -16,7 +16,9 @@ use memshift::testing::faulty::FaultyBackend;
 use memshift::testing::postgres::TestDatabase;
 use memshift::testing::scenarios::{assert_awkward_values, store_awkward_values};
 use memshift::testing::unique_agent;
-use memshift::{AgentId, Execution, Json, Memory, MemoryBackend, Metric, SqliteBackend, Tool};
+use memshift::{
+    AgentId, Execution, Json, Listing, Memory, MemoryBackend, Metric, SqliteBackend, Tool,
+};
 use serde_json::json;
 
 // ---------------------------------------------------------------------------------------
@@ -139,18 +141,18 @@ impl Fixture {
         assert!(comparison.agrees(), "the sides disagree: {comparison:?}");
         let (s, p) = (&self.sqlite, &self.postgres);
         assert_eq!(
-            s.list_tools(agent).await.unwrap(),
-            p.list_tools(agent).await.unwrap(),
+            s.list_tools(agent, &Listing::default()).await.unwrap(),
+            p.list_tools(agent, &Listing::default()).await.unwrap(),
             "tools"
         );
         assert_eq!(
-            s.list_metrics(agent).await.unwrap(),
-            p.list_metrics(agent).await.unwrap(),
+            s.list_metrics(agent, &Listing::default()).await.unwrap(),
+            p.list_metrics(agent, &Listing::default()).await.unwrap(),
             "metrics"
         );
         assert_eq!(
-            s.list_executions(agent).await.unwrap(),
-            p.list_executions(agent).await.unwrap(),
+            s.list_executions(agent, &Listing::default()).await.unwrap(),
+            p.list_executions(agent, &Listing::default()).await.unwrap(),
             "executions"
         );
     }
@@ -295,15 +297,31 @@ async fn postgres_down_then_back(stage: Stage, repair: Repair) {
         .expect("register a tool");
     let got = fx.dual.get_tool(agent, "search").await.unwrap();
     assert_eq!(got.map(|t| t.content), Some(tool.content.clone()));
-    assert_eq!(fx.dual.list_tools(agent).await.unwrap().len(), 1);
+    assert_eq!(
+        fx.dual
+            .list_tools(agent, &Listing::default())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     let mut metric = Metric::new("latency_ms", Some(12.5));
     metric.content = exact(r#"{"z": -0, "a": 1e400}"#);
     fx.dual.record_metric(agent, &metric).await.expect("metric");
     let execution = Execution::new(Some("ok".into()), exact(r#"{"step": 1, "at": 2.50}"#));
     fx.dual.log_execution(agent, &execution).await.expect("log");
-    assert_eq!(fx.dual.list_metrics(agent).await.unwrap(), vec![metric]);
     assert_eq!(
-        fx.dual.list_executions(agent).await.unwrap(),
+        fx.dual
+            .list_metrics(agent, &Listing::default())
+            .await
+            .unwrap(),
+        vec![metric]
+    );
+    assert_eq!(
+        fx.dual
+            .list_executions(agent, &Listing::default())
+            .await
+            .unwrap(),
         vec![execution]
     );
 
@@ -587,20 +605,42 @@ async fn deletes_in_live_stay_deleted_in_every_stage() {
         .unwrap();
     fx.put("both", json!(2)).await;
     fx.put("survivor", json!(3)).await;
-    assert!(fx.dual.delete_memory(agent, "only_sqlite").await.unwrap());
-    assert!(fx.dual.delete_memory(agent, "both").await.unwrap());
+    // Tools the same way.
+    fx.sqlite
+        .put_tool(agent, &Tool::new("only_sqlite", json!(1)))
+        .await
+        .unwrap();
+    for name in ["both", "survivor"] {
+        let tool = Tool::new(name, json!(2));
+        fx.dual.put_tool(agent, &tool).await.unwrap();
+    }
+    for name in ["only_sqlite", "both"] {
+        assert!(fx.dual.delete_memory(agent, name).await.unwrap());
+        assert!(fx.dual.delete_tool(agent, name).await.unwrap());
+    }
     for stage in there_and_back() {
         step(&fx.dual, stage).await;
         fx.assert_value("only_sqlite", None, &[]).await;
         fx.assert_value("both", None, &[]).await;
         fx.assert_value("survivor", Some(&json!(3).into()), &[])
             .await;
-        let keys = fx.dual.memory_keys(agent).await.unwrap();
+        let keys = fx
+            .dual
+            .memory_keys(agent, &Listing::default())
+            .await
+            .unwrap();
         assert_eq!(keys, ["survivor"], "keys at {stage}");
+        for name in ["only_sqlite", "both"] {
+            assert_eq!(fx.tool_of(&fx.dual, name).await, None, "{name} at {stage}");
+        }
+        assert_eq!(fx.tool_names(&fx.dual).await, ["survivor"], "at {stage}");
     }
     assert_eq!(fx.dual.stats().lazy_copies, 0);
     fx.assert_value("only_sqlite", None, BOTH).await;
     fx.assert_value("both", None, BOTH).await;
+    for side in [&*fx.sqlite, &*fx.postgres] {
+        assert_eq!(fx.tool_names(side).await, ["survivor"], "{}", side.name());
+    }
     fx.assert_sides_agree().await;
 }
 
@@ -615,9 +655,25 @@ async fn delete_missed_by_sqlite_is_not_copied_back() {
         .await
         .unwrap();
     fx.put("both", json!(2)).await;
+    fx.sqlite
+        .put_tool(agent, &Tool::new("only_sqlite", json!(1)))
+        .await
+        .unwrap();
+    fx.dual
+        .put_tool(agent, &Tool::new("both", json!(2)))
+        .await
+        .unwrap();
 
     fx.sqlite_faults.set_writes_failing(true);
     for key in ["only_sqlite", "both"] {
+        fx.dual
+            .delete_tool(agent, key)
+            .await
+            .expect("delete a tool");
+        assert!(
+            fx.tool_of(&*fx.sqlite, key).await.is_some(),
+            "SQLite missed it"
+        );
         fx.dual.delete_memory(agent, key).await.expect("delete");
         assert!(
             value_of(&*fx.sqlite, agent, key).await.is_some(),
@@ -632,27 +688,49 @@ async fn delete_missed_by_sqlite_is_not_copied_back() {
     }
     let keys = eventually("list keys", || async {
         fx.dual
-            .memory_keys(agent)
+            .memory_keys(agent, &Listing::default())
             .await
             .map_err(|e| format!("{e:?}"))
     });
     assert!(keys.await.is_empty(), "deleted keys are not listed");
+    // The same for the tools: a read or a listing does not bring them back.
+    for name in ["only_sqlite", "both"] {
+        assert_eq!(fx.tool_of(&fx.dual, name).await, None, "{name} came back");
+    }
+    assert!(
+        fx.tool_names(&fx.dual).await.is_empty(),
+        "deleted tools are listed"
+    );
+    assert!(fx.tool_names(&*fx.postgres).await.is_empty());
     let stats = fx.dual.stats();
     assert_eq!(stats.lazy_copies, 0, "{stats:?}");
     assert!(
         stats.fallback_hits > 0,
         "the old rows were found in SQLite: {stats:?}"
     );
-    assert_eq!(fx.journal(Side::Postgres).await.len(), 2);
+    let owed = fx.journal(Side::Postgres).await;
+    let tool_deletes = owed
+        .iter()
+        .filter(|w| matches!(w, OwedWrite::DeleteTool { .. }))
+        .count();
+    assert_eq!((owed.len(), tool_deletes), (4, 2), "{owed:?}");
 
     fx.sqlite_faults.set_writes_failing(false);
     fx.dual.repair(agent).await.expect("repair");
     assert_eq!(fx.dual.owed_pending().await.unwrap(), 0);
     // A background repair, started when the side answered again, may replay them too.
-    assert!(fx.dual.stats().owed_replayed >= 2);
+    assert!(fx.dual.stats().owed_replayed >= 4);
     for key in ["only_sqlite", "both"] {
         fx.assert_value(key, None, BOTH).await;
+        assert!(
+            fx.sqlite
+                .tool_tombstone(agent, key)
+                .await
+                .unwrap()
+                .is_some()
+        );
     }
+    assert!(fx.tool_names(&*fx.sqlite).await.is_empty());
     fx.assert_sides_agree().await;
 }
 
@@ -1001,4 +1079,168 @@ async fn a_repair_waits_for_a_copy_under_way_instead_of_replaying_it() {
         .await;
     fx.dual.flush().await.expect("flush");
     assert_eq!(fx.dual.owed_pending().await.unwrap(), 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// 9. Listings in `live`
+// ---------------------------------------------------------------------------------------
+
+/// In `live`, a listing holds PostgreSQL's records and those only SQLite holds (readable
+/// through the fallback), but no key PostgreSQL recorded a delete of; with a limit, a
+/// prefix or a `since` it holds exactly the first records of that whole listing, also
+/// when deleted keys sort first and fill SQLite's first pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn live_listings_merge_both_sides_within_their_limit() {
+    let fx = Fixture::new(Stage::Live).await;
+    let agent = &fx.agent;
+    // SQLite only: a0..a9, of which PostgreSQL recorded the delete of a0..a5.
+    for i in 0..10 {
+        let key = format!("a{i}");
+        fx.sqlite
+            .put_memory(agent, &Memory::new(&key, json!(i)))
+            .await
+            .unwrap();
+    }
+    for i in 0..6 {
+        let key = format!("a{i}");
+        fx.postgres
+            .apply_memory_delete(agent, &key, chrono::Utc::now())
+            .await
+            .unwrap();
+    }
+    // PostgreSQL only, and on both sides.
+    fx.postgres
+        .put_memory(agent, &Memory::new("a7x", json!("pg")))
+        .await
+        .unwrap();
+    fx.put("b", json!("both")).await;
+    let visible = ["a6", "a7", "a7x", "a8", "a9", "b"];
+    for limit in 0..=visible.len() + 1 {
+        let listing = Listing::new().limit(limit as u32);
+        let keys = fx.dual.memory_keys(agent, &listing).await.unwrap();
+        let want = &visible[..limit.min(visible.len())];
+        assert_eq!(keys, want, "keys, limit {limit}");
+    }
+    let prefixed = Listing::new().prefix("a7").limit(5);
+    assert_eq!(
+        fx.dual.memory_keys(agent, &prefixed).await.unwrap(),
+        ["a7", "a7x"]
+    );
+    let recent = fx.postgres.get_memory(agent, "a7x").await.unwrap().unwrap();
+    let since = Listing::new().since(recent.updated_at);
+    assert_eq!(
+        fx.dual.memory_keys(agent, &since).await.unwrap(),
+        ["a7x", "b"]
+    );
+    assert_eq!(fx.dual.stats().lazy_copies, 0, "a listing copies nothing");
+
+    // Tools and metrics: each side holds some of them, interleaved in order.
+    let mut metrics = Vec::new();
+    for i in 0..8 {
+        let tool = Tool::new(format!("t{i}"), json!(i));
+        let metric = Metric::new(format!("m{i}"), Some(f64::from(i)));
+        let side: &dyn Replica = if i % 3 == 0 {
+            &*fx.postgres
+        } else {
+            &*fx.sqlite
+        };
+        side.put_tool(agent, &tool).await.unwrap();
+        side.record_metric(agent, &metric).await.unwrap();
+        metrics.push(metric);
+    }
+    for limit in [1_usize, 3, 8, 9] {
+        let listing = Listing::new().limit(limit as u32);
+        let tools: Vec<String> = fx
+            .dual
+            .list_tools(agent, &listing)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        let names: Vec<String> = (0..8).map(|i| format!("t{i}")).take(limit).collect();
+        assert_eq!(tools, names, "tools, limit {limit}");
+        let listed = fx.dual.list_metrics(agent, &listing).await.unwrap();
+        assert_eq!(listed, metrics[..limit.min(8)], "metrics, limit {limit}");
+    }
+    let since = Listing::new().since(metrics[4].created_at).limit(2);
+    assert_eq!(
+        fx.dual.list_metrics(agent, &since).await.unwrap(),
+        metrics[4..6]
+    );
+
+    // PostgreSQL down: SQLite's listing answers alone (deleted keys included, as SQLite
+    // has not heard of the delete yet).
+    fx.postgres_faults.set_down(true);
+    let keys = fx.dual.memory_keys(agent, &Listing::new().limit(2)).await;
+    assert_eq!(keys.unwrap(), ["a0", "a1"]);
+    fx.postgres_faults.set_down(false);
+}
+
+// ---------------------------------------------------------------------------------------
+// 10. Tool deletes
+// ---------------------------------------------------------------------------------------
+
+impl Fixture {
+    /// The names of the tools `backend` lists for the agent.
+    async fn tool_names(&self, backend: &dyn MemoryBackend) -> Vec<String> {
+        let tools = backend.list_tools(&self.agent, &Listing::default()).await;
+        let tools = tools.unwrap_or_else(|e| panic!("{}: list tools: {e:?}", backend.name()));
+        tools.into_iter().map(|t| t.name).collect()
+    }
+
+    /// The definition of tool `name` that `backend` holds for the agent.
+    async fn tool_of(&self, backend: &dyn MemoryBackend, name: &str) -> Option<Json> {
+        let tool = backend.get_tool(&self.agent, name).await;
+        let tool = tool.unwrap_or_else(|e| panic!("{}: get tool {name:?}: {e:?}", backend.name()));
+        tool.map(|t| t.content)
+    }
+}
+
+/// A tool deleted while PostgreSQL is down (SQLite leads) is journaled and, once
+/// PostgreSQL answers, deleted there by repair; a registration after the delete wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tool_delete_while_postgres_is_down_is_repaired() {
+    let fx = Fixture::with_retry(Stage::DualWrite, Duration::from_secs(3600)).await;
+    let agent = &fx.agent;
+    for name in ["gone", "back"] {
+        fx.dual
+            .put_tool(agent, &Tool::new(name, json!("v1")))
+            .await
+            .unwrap();
+    }
+    fx.postgres_faults.set_down(true);
+    assert!(fx.dual.delete_tool(agent, "gone").await.unwrap());
+    assert!(fx.dual.delete_tool(agent, "back").await.unwrap());
+    fx.dual
+        .put_tool(agent, &Tool::new("back", json!("v2")))
+        .await
+        .unwrap();
+    assert_eq!(fx.tool_names(&fx.dual).await, ["back"]);
+    fx.postgres_faults.set_down(false);
+    assert_eq!(
+        fx.tool_names(&*fx.postgres).await,
+        ["back", "gone"],
+        "not yet"
+    );
+    let report = fx.dual.repair(agent).await.expect("repair");
+    assert_eq!(report.to_postgres, 3, "{report:?}");
+    assert_eq!(fx.tool_names(&*fx.postgres).await, ["back"]);
+    assert_eq!(
+        fx.tool_of(&*fx.postgres, "back").await,
+        Some(json!("v2").into())
+    );
+    assert!(
+        fx.postgres
+            .tool_tombstone(agent, "gone")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    fx.assert_sides_agree().await;
+    // Serving from PostgreSQL now, the deleted tool stays deleted.
+    for stage in [Stage::Live, Stage::Postgres] {
+        step(&fx.dual, stage).await;
+        assert_eq!(fx.tool_of(&fx.dual, "gone").await, None, "at {stage}");
+    }
 }

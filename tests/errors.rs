@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use memshift::testing::postgres::TestDatabase;
 use memshift::testing::unique_agent;
 use memshift::{
-    AgentConfig, AgentId, AgentMemory, BackendKind, Chain, Error, Memory, MemoryBackend,
+    AgentConfig, AgentId, AgentMemory, BackendKind, Chain, Error, Listing, Memory, MemoryBackend,
     PostgresBackend, PostgresOptions, SqliteBackend, migrate_url,
 };
 use serde_json::json;
@@ -787,19 +787,31 @@ async fn sqlite_reads_of_an_unknown_agent_create_nothing() {
     let agent = unique_agent("ghost");
     assert_eq!(backend.get_memory(&agent, "k").await.expect("get"), None);
     assert!(!backend.delete_memory(&agent, "k").await.expect("delete"));
-    assert!(backend.memory_keys(&agent).await.expect("keys").is_empty());
-    assert_eq!(backend.get_tool(&agent, "t").await.expect("tool"), None);
-    assert!(backend.list_tools(&agent).await.expect("tools").is_empty());
     assert!(
         backend
-            .list_metrics(&agent)
+            .memory_keys(&agent, &Listing::default())
+            .await
+            .expect("keys")
+            .is_empty()
+    );
+    assert_eq!(backend.get_tool(&agent, "t").await.expect("tool"), None);
+    assert!(
+        backend
+            .list_tools(&agent, &Listing::default())
+            .await
+            .expect("tools")
+            .is_empty()
+    );
+    assert!(
+        backend
+            .list_metrics(&agent, &Listing::default())
             .await
             .expect("metrics")
             .is_empty()
     );
     assert!(
         backend
-            .list_executions(&agent)
+            .list_executions(&agent, &Listing::default())
             .await
             .expect("executions")
             .is_empty()

@@ -10,7 +10,9 @@ use memshift::legacy::{
     TableKind, TableMap, TableOutcome, Target, convert_row, discover, inventory, read_own_records,
     row_id,
 };
-use memshift::{AgentId, Execution, Json, Memory, MemoryBackend, Metric, SqliteBackend, Tool};
+use memshift::{
+    AgentId, Execution, Json, Listing, Memory, MemoryBackend, Metric, SqliteBackend, Tool,
+};
 use serde_json::{Value, json};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{ConnectOptions, Connection};
@@ -538,7 +540,7 @@ async fn the_library_layout_moves_as_itself() {
         (
             Target::Tools,
             backend
-                .list_tools(&me)
+                .list_tools(&me, &Listing::default())
                 .await
                 .unwrap()
                 .into_iter()
@@ -548,7 +550,7 @@ async fn the_library_layout_moves_as_itself() {
         (
             Target::Metrics,
             backend
-                .list_metrics(&me)
+                .list_metrics(&me, &Listing::default())
                 .await
                 .unwrap()
                 .into_iter()
@@ -558,7 +560,7 @@ async fn the_library_layout_moves_as_itself() {
         (
             Target::Executions,
             backend
-                .list_executions(&me)
+                .list_executions(&me, &Listing::default())
                 .await
                 .unwrap()
                 .into_iter()

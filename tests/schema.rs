@@ -207,7 +207,8 @@ async fn migrations_create_exactly_the_contract_tables() {
             "backfill_runs",
             "memory_tombstones",
             "owed_writes",
-            "schema_migrations"
+            "schema_migrations",
+            "tool_tombstones"
         ],
         "the library's own tables live in its schema"
     );

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 
 use crate::config::{AgentConfig, BackendKind};
 use crate::error::Result;
-
+use crate::listing::Listing;
 use crate::record::{AgentId, Execution, Memory, Metric, Tool};
 use crate::vector::{Neighbor, VectorQuery};
 
@@ -17,6 +17,7 @@ pub(crate) mod codec;
 #[cfg(all(feature = "sqlite", feature = "postgres"))]
 #[cfg_attr(docsrs, doc(cfg(all(feature = "sqlite", feature = "postgres"))))]
 pub mod dual;
+pub(crate) mod listing;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
@@ -54,10 +55,14 @@ pub use sqlite::{SqliteBackend, SqliteOptions};
 /// - **Acknowledged means stored.** Once a write returns `Ok`, every later read sees it
 ///   (or a newer write), also after a restart.
 /// - **Deletes are final.** After `delete_memory` returns, the key reads as absent until
-///   it is stored again. It returns whether the key existed.
+///   it is stored again; after `delete_tool`, the tool until it is registered again.
+///   Both return whether there was one.
 /// - **Isolation.** An operation for one agent never reads or changes another's data.
 /// - **Orders.** Keys and tools are listed in byte order of key or name; metrics and
 ///   executions in order of `created_at`, then `id`.
+/// - **Listings filter in the database.** A [`Listing`]'s prefix, `since` and limit
+///   select the same records on every backend (see [`Listing`] for what each compares),
+///   and its default lists everything.
 /// - **Refusals, not corruption.** A value a database cannot hold exactly (see
 ///   [`Memory::validate`]) is refused with [`Error::InvalidInput`](crate::Error) before
 ///   anything is written. A failed call writes nothing.
@@ -101,11 +106,13 @@ pub trait MemoryBackend: Send + Sync + std::fmt::Debug {
     /// Database errors.
     async fn delete_memory(&self, agent: &AgentId, key: &str) -> Result<bool>;
 
-    /// Every key the agent has stored, in byte order.
+    /// The keys the agent has stored that `listing` selects (prefix of the key, stored
+    /// or replaced since), in byte order; all of them with [`Listing::default`].
     ///
     /// # Errors
-    /// Database errors.
-    async fn memory_keys(&self, agent: &AgentId) -> Result<Vec<String>>;
+    /// [`InvalidInput`](crate::Error::InvalidInput) for a listing
+    /// [`Listing::validate`] refuses; database errors.
+    async fn memory_keys(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<String>>;
 
     /// The `query.k` memories of `agent` whose embeddings are nearest to `query.vector`,
     /// nearest first, with their distances; only embeddings of the query's dimension
@@ -133,11 +140,19 @@ pub trait MemoryBackend: Send + Sync + std::fmt::Debug {
     /// Database errors.
     async fn get_tool(&self, agent: &AgentId, name: &str) -> Result<Option<Tool>>;
 
-    /// Every registered tool, in byte order of name.
+    /// Deletes the tool `name` now, whatever its version, and records the delete so that
+    /// no older copy brings it back; returns whether there was one.
     ///
     /// # Errors
     /// Database errors.
-    async fn list_tools(&self, agent: &AgentId) -> Result<Vec<Tool>>;
+    async fn delete_tool(&self, agent: &AgentId, name: &str) -> Result<bool>;
+
+    /// The registered tools `listing` selects (prefix of the name, registered or changed
+    /// since), in byte order of name.
+    ///
+    /// # Errors
+    /// As [`memory_keys`](Self::memory_keys).
+    async fn list_tools(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<Tool>>;
 
     /// Records one measurement. Recording a metric whose id is already there does
     /// nothing, so a replayed write is never doubled.
@@ -147,11 +162,12 @@ pub trait MemoryBackend: Send + Sync + std::fmt::Debug {
     /// refuses; database errors otherwise.
     async fn record_metric(&self, agent: &AgentId, metric: &Metric) -> Result<()>;
 
-    /// Every recorded measurement, oldest first.
+    /// The recorded measurements `listing` selects (prefix of the name, recorded since),
+    /// oldest first.
     ///
     /// # Errors
-    /// Database errors.
-    async fn list_metrics(&self, agent: &AgentId) -> Result<Vec<Metric>>;
+    /// As [`memory_keys`](Self::memory_keys).
+    async fn list_metrics(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<Metric>>;
 
     /// Logs one execution. Logging an execution whose id is already there does nothing.
     ///
@@ -160,11 +176,12 @@ pub trait MemoryBackend: Send + Sync + std::fmt::Debug {
     /// [`Execution::validate`] refuses; database errors otherwise.
     async fn log_execution(&self, agent: &AgentId, execution: &Execution) -> Result<()>;
 
-    /// Every logged execution, oldest first.
+    /// The logged executions `listing` selects (prefix of the status, logged since),
+    /// oldest first.
     ///
     /// # Errors
-    /// Database errors.
-    async fn list_executions(&self, agent: &AgentId) -> Result<Vec<Execution>>;
+    /// As [`memory_keys`](Self::memory_keys).
+    async fn list_executions(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<Execution>>;
 
     /// Finishes background bookkeeping now (the dual backend clears the journal records
     /// of writes that reached both sides); call it before a short-lived process exits.

@@ -42,6 +42,13 @@ pub enum Change<'a> {
     },
     /// Register a tool.
     PutTool(&'a Tool),
+    /// Delete a tool (at this time, or later if its definition is later).
+    DeleteTool {
+        /// The tool's name.
+        name: &'a str,
+        /// The writer's clock.
+        at: DateTime<Utc>,
+    },
     /// Record a metric.
     Metric(&'a Metric),
     /// Log an execution.
@@ -60,6 +67,10 @@ impl Change<'_> {
             },
             Change::PutTool(tool) => OwedWrite::SyncTool {
                 name: tool.name.clone(),
+            },
+            Change::DeleteTool { name, at } => OwedWrite::DeleteTool {
+                name: name.to_string(),
+                at,
             },
             Change::Metric(metric) => OwedWrite::Metric {
                 metric: metric.clone(),
@@ -81,8 +92,38 @@ impl Change<'_> {
             ),
             Change::DeleteMemory { key, .. } => format!("delete memory {key:?}"),
             Change::PutTool(tool) => format!("register tool {:?}", tool.name),
+            Change::DeleteTool { name, .. } => format!("delete tool {name:?}"),
             Change::Metric(metric) => format!("record metric {:?}", metric.name),
             Change::Execution(_) => "log execution".to_string(),
+        }
+    }
+}
+
+/// What a delete deletes: a memory under its key, or a tool under its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Deletes {
+    Memory,
+    Tool,
+}
+
+impl Deletes {
+    /// `memory` or `tool`, whichever this delete is about.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn pick<T>(self, memory: T, tool: T) -> T {
+        match self {
+            Deletes::Memory => memory,
+            Deletes::Tool => tool,
+        }
+    }
+}
+
+impl<'a> Change<'a> {
+    /// For a delete, what it deletes, the key or name, and the writer's clock.
+    pub(crate) fn deletes(&self) -> Option<(Deletes, &'a str, DateTime<Utc>)> {
+        match *self {
+            Change::DeleteMemory { key, at } => Some((Deletes::Memory, key, at)),
+            Change::DeleteTool { name, at } => Some((Deletes::Tool, name, at)),
+            _ => None,
         }
     }
 }
@@ -92,7 +133,8 @@ impl Change<'_> {
 pub enum Outcome {
     /// The memory as now stored: the key's id and `created_at`, the new version.
     Memory(Memory),
-    /// A delete: whether a value was there, and the version the delete took.
+    /// A delete of a memory or a tool: whether a value was there, and the version the
+    /// delete took.
     Deleted {
         /// Whether a value was deleted.
         existed: bool,
@@ -112,6 +154,16 @@ pub struct Committed {
     pub outcome: Outcome,
     /// The journal record's sequence number, when one was written.
     pub seq: Option<i64>,
+}
+
+impl Committed {
+    /// Whether the committed delete found a value to delete.
+    pub(crate) fn existed(&self) -> bool {
+        match self.outcome {
+            Outcome::Deleted { existed, .. } => existed,
+            ref other => unreachable!("a delete commits a delete, not {other:?}"),
+        }
+    }
 }
 
 /// One journal record as stored: its text is decoded by the reader, so a record that
@@ -150,7 +202,9 @@ pub struct OwedCount {
 /// - **Newer wins, in any order.** [`apply_memory`](Self::apply_memory) and
 ///   [`apply_memory_delete`](Self::apply_memory_delete) end in the same state whatever
 ///   order they arrive in; equal versions are decided by content bytes.
-/// - **Deletes win over older values** and are never undone by an older copy.
+/// - **Deletes win over older values** and are never undone by an older copy: of memories
+///   ([`apply_memory_delete`](Self::apply_memory_delete)) and of tools
+///   ([`apply_tool_delete`](Self::apply_tool_delete)) alike.
 /// - **Restore only of the exact version.**
 /// - **Outbox.** A committed change and its journal record are one transaction: both or
 ///   neither survive a crash.
@@ -217,11 +271,31 @@ pub trait Replica: MemoryBackend {
     async fn memory_tombstone(&self, agent: &AgentId, key: &str) -> Result<Option<DateTime<Utc>>>;
 
     /// Registers `tool`, keeping its version, unless a version at least as new is
-    /// registered. Returns the tool as now registered, or `None` when it was kept out.
+    /// registered or the name was deleted at or after it. Returns the tool as now
+    /// registered, or `None` when it was kept out.
     ///
     /// # Errors
     /// As [`MemoryBackend::put_tool`].
     async fn apply_tool(&self, agent: &AgentId, tool: &Tool) -> Result<Option<Tool>>;
+
+    /// Deletes the tool `name` unless its definition is newer than `at`, and records a
+    /// tombstone at `at` so that no older copy of it is registered again. Returns
+    /// whether a tool was deleted.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn apply_tool_delete(
+        &self,
+        agent: &AgentId,
+        name: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool>;
+
+    /// When the tool `name` was last deleted, if this side recorded a delete of it.
+    ///
+    /// # Errors
+    /// Database errors.
+    async fn tool_tombstone(&self, agent: &AgentId, name: &str) -> Result<Option<DateTime<Utc>>>;
 
     /// Up to `limit` of the agent's pending (not parked) journal records, oldest first.
     ///
@@ -262,10 +336,12 @@ pub trait Replica: MemoryBackend {
 /// their id is absent.
 ///
 /// The library journals [`SyncMemory`](Self::SyncMemory) and
-/// [`SyncTool`](Self::SyncTool) for memories and tools: replaying one copies the key's
+/// [`SyncTool`](Self::SyncTool) for memories and tools (and
+/// [`DeleteTool`](Self::DeleteTool) for tool deletes): replaying one copies the key's
 /// state as the journaling side holds it at replay time (its newest value, or its
 /// delete), so a record needs no payload and many records of one key converge on the
-/// same state. The payload forms are read from journals written by earlier versions.
+/// same state. The other payload forms are read from journals written by earlier
+/// versions.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum OwedWrite {
@@ -278,6 +354,16 @@ pub enum OwedWrite {
     SyncTool {
         /// The tool's name.
         name: String,
+    },
+    /// A tool deleted on the journaling side. Replayed like
+    /// [`SyncTool`](Self::SyncTool) (the name's state as the journaling side holds it
+    /// then); a record of its own, so that a version that does not know tool deletes
+    /// parks it instead of clearing it unapplied.
+    DeleteTool {
+        /// The tool's name.
+        name: String,
+        /// When it was deleted (the writer's clock).
+        at: DateTime<Utc>,
     },
     /// A stored memory.
     PutMemory {
@@ -359,6 +445,10 @@ impl<'de> Deserialize<'de> for OwedWrite {
                 key: f.key.ok_or_else(|| need("key"))?,
                 at: f.at.ok_or_else(|| need("at"))?,
             },
+            "delete_tool" => OwedWrite::DeleteTool {
+                name: f.name.ok_or_else(|| need("name"))?,
+                at: f.at.ok_or_else(|| need("at"))?,
+            },
             "put_tool" => OwedWrite::PutTool {
                 tool: f.tool.ok_or_else(|| need("tool"))?,
             },
@@ -377,6 +467,7 @@ impl<'de> Deserialize<'de> for OwedWrite {
                         "put_memory",
                         "restore_memory",
                         "delete_memory",
+                        "delete_tool",
                         "put_tool",
                         "metric",
                         "execution",
@@ -398,6 +489,7 @@ impl OwedWrite {
             }
             OwedWrite::DeleteMemory { key, .. } => format!("delete of memory {key:?}"),
             OwedWrite::RestoreMemory { key, .. } => format!("restore of memory {key:?}"),
+            OwedWrite::DeleteTool { name, .. } => format!("delete of tool {name:?}"),
             OwedWrite::PutTool { tool } => format!("tool {:?}", tool.name),
             OwedWrite::Metric { metric } => format!("metric {}", metric.id),
             OwedWrite::Execution { execution } => format!("execution {}", execution.id),
@@ -434,6 +526,10 @@ mod tests {
             },
             OwedWrite::Execution {
                 execution: Execution::new(Some("ok".into()), content),
+            },
+            OwedWrite::DeleteTool {
+                name: "t".into(),
+                at: now(),
             },
         ];
         let text = serde_json::to_string(&writes[2]).unwrap();

@@ -15,7 +15,7 @@ use crate::backend::{MemoryBackend, PgTarget, PostgresBackend, Replica};
 use crate::error::{Chain, Error, Fault, Result};
 use crate::legacy::{
     ContractRecord, ContractRow, Found, Probe, Source, SourceRow, TableInfo, TableKind, Target,
-    convert_row, discover, read_own_records, read_own_tombstones,
+    convert_row, discover, read_own_records, read_own_tombstones, read_own_tool_tombstones,
 };
 use crate::record::AgentId;
 
@@ -436,25 +436,39 @@ impl Run<'_> {
             out.rows_per_second = rate(out.read, out.seconds);
             report.tables.push(out);
         }
-        // Deletes the agent made move too, so no older copy of a deleted key (from a
-        // legacy table, a replay or a lazy copy) comes back in PostgreSQL.
-        let mut out = TableReport {
-            table: "agent_memory_tombstones".into(),
-            target: Some("agent_memory.memory_tombstones".into()),
-            ..TableReport::default()
-        };
-        for (key, at) in read_own_tombstones(source).await? {
-            out.read += 1;
-            match self.backend.apply_memory_delete(agent, &key, at).await {
-                Ok(_) => out.inserted += 1,
-                Err(err) => out.failed.push(Failure {
-                    rowids: None,
-                    rows: 1,
-                    reason: format!("delete of {key:?}: {}", Chain(&err)),
-                }),
+        // Deletes the agent made move too, so no older copy of a deleted key or tool
+        // (from a legacy table, a replay or a lazy copy) comes back in PostgreSQL.
+        for tools in [false, true] {
+            let (table, target) = match tools {
+                false => ("agent_memory_tombstones", "agent_memory.memory_tombstones"),
+                true => ("agent_tool_tombstones", "agent_memory.tool_tombstones"),
+            };
+            let mut out = TableReport {
+                table: table.into(),
+                target: Some(target.into()),
+                ..TableReport::default()
+            };
+            let deletes = match tools {
+                false => read_own_tombstones(source).await?,
+                true => read_own_tool_tombstones(source).await?,
+            };
+            for (name, at) in deletes {
+                out.read += 1;
+                let applied = match tools {
+                    false => self.backend.apply_memory_delete(agent, &name, at).await,
+                    true => self.backend.apply_tool_delete(agent, &name, at).await,
+                };
+                match applied {
+                    Ok(_) => out.inserted += 1,
+                    Err(err) => out.failed.push(Failure {
+                        rowids: None,
+                        rows: 1,
+                        reason: format!("delete of {name:?}: {}", Chain(&err)),
+                    }),
+                }
             }
+            report.tables.push(out);
         }
-        report.tables.push(out);
         Ok(())
     }
 }

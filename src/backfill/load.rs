@@ -112,6 +112,14 @@ const MEMORY_INSERT: &str = "insert into agent_memories
     select id, agent_id, key, content, metadata, embedding, created_at, updated_at from am_stage
     on conflict (id) do nothing";
 
+/// A tool whose name was deleted at or after this row's version is not registered
+/// again: the delete outranks it, as it does a copy between the dual backend's sides.
+/// Tombstones are matched as in `MEMORY_KEEP_OUT`.
+const TOOL_KEEP_OUT: &str = "delete from am_stage s
+    where exists (select 1 from agent_memory.tool_tombstones t
+                  where t.agent_id in (s.agent_id, s.agent_name) and t.name = s.name
+                    and t.deleted_at >= s.updated_at)";
+
 /// Tool names are unique per agent too: of the rows of a name in a batch, the first by
 /// `conflict_rank!` keeps it, and every other row, and a row whose name a tool already
 /// has, arrives renamed, with `metadata.name_conflict` holding the name. A new name
@@ -200,7 +208,7 @@ pub(crate) async fn load_batch(
     sqlx::raw_sql("analyze am_stage").execute(&mut *tx).await?;
     let steps: &[&'static str] = match target {
         Target::Memories => &[MEMORY_RANK_IN_BATCH, MEMORY_DEMOTE_OLDER, MEMORY_KEEP_OUT],
-        Target::Tools => &[TOOL_RENAME],
+        Target::Tools => &[TOOL_KEEP_OUT, TOOL_RENAME],
         Target::Metrics | Target::Executions => &[],
     };
     for step in steps {

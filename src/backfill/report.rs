@@ -60,7 +60,8 @@ pub struct TableReport {
     pub read: u64,
     /// Rows inserted by this run.
     pub inserted: u64,
-    /// Rows that were already in PostgreSQL (an earlier run, lazy migration, dual writes).
+    /// Rows that were already in PostgreSQL (an earlier run, lazy migration, dual writes),
+    /// or that a newer version or a delete there outranks.
     pub already_present: u64,
     /// Rows that could not be migrated, with why and where.
     pub failed: Vec<Failure>,

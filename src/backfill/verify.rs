@@ -11,9 +11,9 @@ use sqlx::PgConnection;
 
 use super::BackfillOptions;
 use crate::backend::agent_rows::agent_row_id;
-use crate::backend::{PostgresBackend, PostgresOptions};
+use crate::backend::{PostgresBackend, PostgresOptions, Replica};
 use crate::error::{Chain, Result};
-use crate::legacy::{Probe, Source, TableKind, convert_row, discover};
+use crate::legacy::{ContractRecord, Probe, Source, TableKind, convert_row, discover};
 
 /// One table compared.
 #[derive(Debug, Clone, Serialize)]
@@ -31,8 +31,9 @@ pub struct TableCheck {
     /// Rows in PostgreSQL that came from it (for the library's own files: rows found
     /// there as themselves).
     pub postgres_rows: u64,
-    /// Rows of the library's own files that PostgreSQL holds a later write of, or a
-    /// later delete: the newer version wins, so they count as verified.
+    /// Rows that PostgreSQL holds a later write of, or a later delete (rows of the
+    /// library's own files; tools of other files whose name was deleted): the newer
+    /// version wins, so they count as verified.
     pub newer_in_postgres: u64,
     /// True when every row is in PostgreSQL as itself (or, in the library's own files,
     /// outranked there by a later write).
@@ -175,6 +176,7 @@ async fn compare(
             };
             let mut legacy = Sum::default();
             let mut legacy_rows = 0;
+            let mut outranked = 0;
             let mut problem = None;
             let mut batches = source.rows(&table);
             loop {
@@ -190,6 +192,17 @@ async fn compare(
                                 migrated_at,
                             ) {
                                 Ok(converted) => {
+                                    // A tool whose name PostgreSQL deleted at or after
+                                    // this version was kept out by the backfill.
+                                    if let ContractRecord::Tool(tool) = &converted.record
+                                        && backend
+                                            .tool_tombstone(&agent, &tool.name)
+                                            .await?
+                                            .is_some_and(|at| at >= tool.updated_at)
+                                    {
+                                        outranked += 1;
+                                        continue;
+                                    }
                                     legacy_rows += 1;
                                     legacy.add(
                                         &converted.record.id(),
@@ -269,7 +282,7 @@ async fn compare(
                 target: target.table().to_string(),
                 legacy_rows,
                 postgres_rows,
-                newer_in_postgres: 0,
+                newer_in_postgres: outranked,
                 same: difference.is_none(),
                 difference,
             });

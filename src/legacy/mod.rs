@@ -42,7 +42,7 @@ pub(crate) use embedding::embedding_of;
 pub use inventory::{FileInventory, Inventory, TableInventory, TableOutcome, inventory};
 pub use open::{OpenStrategy, ReadOptions};
 #[cfg(feature = "postgres")]
-pub(crate) use own::read_own_tombstones;
+pub(crate) use own::{read_own_tombstones, read_own_tool_tombstones};
 pub use read::TableKind;
 
 // Doors for tests/legacy.rs, tests/backfill.rs and the bench's client-side backfill,

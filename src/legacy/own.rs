@@ -96,19 +96,43 @@ pub async fn read_own_records(
 pub(crate) async fn read_own_tombstones(
     source: &mut Source,
 ) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>> {
-    if !source.has_table("agent_memory_tombstones").await? {
+    read_tombstones(source, "agent_memory_tombstones", "key").await
+}
+
+/// The tool deletes recorded in a file of the library's own layout: each deleted tool
+/// name with when it was deleted, as [`read_own_tombstones`] for keys.
+///
+/// # Errors
+/// As [`read_own_tombstones`] (files written before tool deletes existed give an empty
+/// list).
+#[cfg(feature = "postgres")]
+pub(crate) async fn read_own_tool_tombstones(
+    source: &mut Source,
+) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>> {
+    read_tombstones(source, "agent_tool_tombstones", "name").await
+}
+
+/// The rows of tombstone table `table`, whose names are in column `name`.
+#[cfg(feature = "postgres")]
+async fn read_tombstones(
+    source: &mut Source,
+    table: &'static str,
+    name: &'static str,
+) -> Result<Vec<(String, chrono::DateTime<chrono::Utc>)>> {
+    if !source.has_table(table).await? {
         return Ok(Vec::new());
     }
     let path = source.path.clone();
-    let rows: Vec<(String, String)> =
-        sqlx::query_as("select key, deleted_at from agent_memory_tombstones order by key")
-            .fetch_all(&mut source.conn)
-            .await
-            .map_err(|e| Error::Database {
-                backend: "sqlite",
-                operation: format!("read the deletes recorded in {}", path.display()),
-                source: Box::new(e),
-            })?;
+    // Both are names of ours, never input text.
+    let sql = format!("select {name}, deleted_at from {table} order by {name}");
+    let rows: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .fetch_all(&mut source.conn)
+        .await
+        .map_err(|e| Error::Database {
+            backend: "sqlite",
+            operation: format!("read the deletes recorded in {}", path.display()),
+            source: Box::new(e),
+        })?;
     rows.into_iter()
         .map(|(key, at)| {
             let at = parse_time(&at, || {

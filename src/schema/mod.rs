@@ -53,4 +53,9 @@ pub(crate) const SQLITE_MIGRATIONS: &[Migration] = &[
         name: "parked_owed",
         sql: include_str!("../../migrations/sqlite/0003_parked_owed.sql"),
     },
+    Migration {
+        version: 4,
+        name: "tool_tombstones",
+        sql: include_str!("../../migrations/sqlite/0004_tool_tombstones.sql"),
+    },
 ];

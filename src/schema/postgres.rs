@@ -7,8 +7,13 @@ use super::POSTGRES_MIGRATIONS;
 use crate::error::{Error, Result};
 
 /// The library's bookkeeping in PostgreSQL (schema `agent_memory`): applied migrations,
-/// memory tombstones and writes owed to SQLite. Created at connect, never in `public`.
-const BOOKKEEPING_SQL: &str = include_str!("../../migrations/postgres/bookkeeping.sql");
+/// memory and tool tombstones and writes owed to SQLite. Created at connect, never in
+/// `public`. Its files run in order; each is idempotent.
+const BOOKKEEPING_SQL: &str = concat!(
+    include_str!("../../migrations/postgres/bookkeeping.sql"),
+    "\n",
+    include_str!("../../migrations/postgres/bookkeeping_0002_tool_tombstones.sql"),
+);
 
 /// Serialises concurrent migrators on one PostgreSQL database.
 const MIGRATE_LOCK: i64 = 0x6167_656e_745f_6d65; // "agent_me"
@@ -86,13 +91,13 @@ pub(crate) async fn ensure_bookkeeping(pool: &PgPool) -> Result<()> {
         source: Box::new(e),
     };
     let present: bool = sqlx::query_scalar(
-        "select count(*) = 5 and exists (
+        "select count(*) = 6 and exists (
                 select 1 from information_schema.columns where table_schema = 'agent_memory'
                 and table_name = 'owed_writes' and column_name = 'parked_at')
          from information_schema.tables
          where table_schema = 'agent_memory'
            and table_name in ('schema_migrations', 'memory_tombstones', 'owed_writes',
-                              'backfill_runs', 'backfill_progress')",
+                              'backfill_runs', 'backfill_progress', 'tool_tombstones')",
     )
     .fetch_one(pool)
     .await

@@ -9,6 +9,7 @@ use chrono::{DateTime, Utc};
 use crate::backend::MemoryBackend;
 use crate::backend::replica::{Change, Committed, OwedCount, OwedRecord, Replica};
 use crate::error::{Error, Result};
+use crate::listing::Listing;
 use crate::record::{AgentId, Execution, Memory, Metric, Tool};
 use crate::vector::{Neighbor, VectorQuery};
 
@@ -92,8 +93,8 @@ impl MemoryBackend for FaultyBackend {
     async fn delete_memory(&self, agent: &AgentId, key: &str) -> Result<bool> {
         forward!(self, true, delete_memory(agent, key))
     }
-    async fn memory_keys(&self, agent: &AgentId) -> Result<Vec<String>> {
-        forward!(self, false, memory_keys(agent))
+    async fn memory_keys(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<String>> {
+        forward!(self, false, memory_keys(agent, listing))
     }
     async fn search_memories(&self, agent: &AgentId, query: &VectorQuery) -> Result<Vec<Neighbor>> {
         forward!(self, false, search_memories(agent, query))
@@ -104,20 +105,23 @@ impl MemoryBackend for FaultyBackend {
     async fn get_tool(&self, agent: &AgentId, name: &str) -> Result<Option<Tool>> {
         forward!(self, false, get_tool(agent, name))
     }
-    async fn list_tools(&self, agent: &AgentId) -> Result<Vec<Tool>> {
-        forward!(self, false, list_tools(agent))
+    async fn list_tools(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<Tool>> {
+        forward!(self, false, list_tools(agent, listing))
+    }
+    async fn delete_tool(&self, agent: &AgentId, name: &str) -> Result<bool> {
+        forward!(self, true, delete_tool(agent, name))
     }
     async fn record_metric(&self, agent: &AgentId, metric: &Metric) -> Result<()> {
         forward!(self, true, record_metric(agent, metric))
     }
-    async fn list_metrics(&self, agent: &AgentId) -> Result<Vec<Metric>> {
-        forward!(self, false, list_metrics(agent))
+    async fn list_metrics(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<Metric>> {
+        forward!(self, false, list_metrics(agent, listing))
     }
     async fn log_execution(&self, agent: &AgentId, execution: &Execution) -> Result<()> {
         forward!(self, true, log_execution(agent, execution))
     }
-    async fn list_executions(&self, agent: &AgentId) -> Result<Vec<Execution>> {
-        forward!(self, false, list_executions(agent))
+    async fn list_executions(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<Execution>> {
+        forward!(self, false, list_executions(agent, listing))
     }
 }
 
@@ -157,6 +161,17 @@ impl Replica for FaultyBackend {
     }
     async fn apply_tool(&self, agent: &AgentId, tool: &Tool) -> Result<Option<Tool>> {
         forward!(self, true, apply_tool(agent, tool))
+    }
+    async fn apply_tool_delete(
+        &self,
+        agent: &AgentId,
+        name: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        forward!(self, true, apply_tool_delete(agent, name, at))
+    }
+    async fn tool_tombstone(&self, agent: &AgentId, name: &str) -> Result<Option<DateTime<Utc>>> {
+        forward!(self, false, tool_tombstone(agent, name))
     }
     async fn owed_writes(&self, agent: &AgentId, limit: usize) -> Result<Vec<OwedRecord>> {
         forward!(self, false, owed_writes(agent, limit))

@@ -9,6 +9,7 @@
 //! ```
 
 pub mod faulty;
+pub mod listing;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod replication;
@@ -61,6 +62,9 @@ macro_rules! conformance_suite {
             concurrent_writers_many_agents,
             tools_register_get_list,
             metrics_and_executions_keep_order,
+            listings_by_prefix,
+            listings_by_limit_and_since,
+            listings_refuse_and_read_nothing,
             unstorable_values_are_refused,
             search_finds_nearest,
             search_edge_cases,

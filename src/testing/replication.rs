@@ -368,6 +368,124 @@ pub async fn the_outbox_record_goes_with_its_change(backend: &dyn Replica) {
     assert!(backend.owed_writes(&agent, 10).await.unwrap().is_empty());
 }
 
+/// Tool deletes hold as memory deletes do: copies of a tool's versions and deletes end
+/// in the same state in any order; a delete committed as the authoritative side is past
+/// the definition it deletes, keeps older copies out, is journaled, and a registration
+/// after it outranks it.
+pub async fn tool_deletes_hold_in_any_order(backend: &dyn Replica) {
+    let t = now();
+    let us = Duration::microseconds;
+    let name = backend.name();
+    let versions = |base: &Tool| {
+        [(0, "v1"), (20, "v3"), (5, "v2")].map(|(after, content)| Tool {
+            content: json!(content).into(),
+            updated_at: t + us(after),
+            ..base.clone()
+        })
+    };
+    let orders: [&[usize]; 5] = [
+        &[0, 1, 2, 3],
+        &[3, 2, 1, 0],
+        &[2, 0, 3, 1],
+        &[1, 3, 0, 2],
+        &[3, 0, 2],
+    ];
+    for order in orders {
+        let agent = unique_agent("tool_converge");
+        let [v1, v3, v2] = versions(&Tool::new("t", json!(0)));
+        let newest_applied = order.contains(&1);
+        for &i in order {
+            match i {
+                0 => drop(backend.apply_tool(&agent, &v1).await.unwrap()),
+                1 => drop(backend.apply_tool(&agent, &v3).await.unwrap()),
+                2 => drop(
+                    backend
+                        .apply_tool_delete(&agent, "t", t + us(10))
+                        .await
+                        .unwrap(),
+                ),
+                _ => drop(backend.apply_tool(&agent, &v2).await.unwrap()),
+            }
+        }
+        let stored = backend.get_tool(&agent, "t").await.unwrap();
+        let expected = newest_applied.then(|| json!("v3").into());
+        assert_eq!(
+            stored.map(|t| t.content),
+            expected,
+            "{name}: order {order:?}"
+        );
+        assert_eq!(
+            backend.tool_tombstone(&agent, "t").await.unwrap(),
+            Some(t + us(10)),
+            "{name}"
+        );
+    }
+
+    let agent = unique_agent("tool_forward");
+    let future = now() + Duration::days(365);
+    let ahead = Tool {
+        updated_at: future,
+        ..Tool::new("t", json!("from the future"))
+    };
+    backend.apply_tool(&agent, &ahead).await.unwrap();
+    let clock = now();
+    let delete = Change::DeleteTool {
+        name: "t",
+        at: clock,
+    };
+    let deleted = backend
+        .commit(&agent, delete, true, &[])
+        .await
+        .expect("delete a tool");
+    let Outcome::Deleted { existed, at } = deleted.outcome else {
+        panic!("a delete commits a delete")
+    };
+    assert!(existed, "{name}");
+    assert_eq!(
+        at,
+        future + us(1),
+        "{name}: the delete outranks the definition"
+    );
+    assert_eq!(backend.get_tool(&agent, "t").await.unwrap(), None, "{name}");
+    assert_eq!(backend.tool_tombstone(&agent, "t").await.unwrap(), Some(at));
+    assert_eq!(
+        backend.apply_tool(&agent, &ahead).await.unwrap(),
+        None,
+        "{name}: an older copy never comes back"
+    );
+    let owed = backend.owed_writes(&agent, 10).await.unwrap();
+    let record: OwedWrite = serde_json::from_str(&owed[0].op).unwrap();
+    assert_eq!(
+        record,
+        OwedWrite::DeleteTool {
+            name: "t".into(),
+            at: clock
+        },
+        "{name}: the delete is journaled with it"
+    );
+    let again = Tool::new("t", json!("again"));
+    let Outcome::Tool(stored) = backend
+        .commit(&agent, Change::PutTool(&again), false, &[])
+        .await
+        .unwrap()
+        .outcome
+    else {
+        panic!("a registration commits a tool")
+    };
+    assert_eq!(stored.updated_at, at + us(1), "{name}: past the delete");
+    assert_eq!(
+        backend
+            .get_tool(&agent, "t")
+            .await
+            .unwrap()
+            .map(|t| t.content),
+        Some(json!("again").into())
+    );
+    // A copied delete older than the definition leaves it.
+    assert!(!backend.apply_tool_delete(&agent, "t", at).await.unwrap());
+    assert!(backend.get_tool(&agent, "t").await.unwrap().is_some());
+}
+
 /// Stamps out one `#[tokio::test]` per replication scenario for a backend.
 ///
 /// `$fixture` is an async fn returning `(Arc<dyn Replica>, guard)`.
@@ -380,7 +498,8 @@ macro_rules! replication_suite {
             newer_wins_and_copies_say_what_is_stored,
             restores_touch_only_the_exact_version,
             commits_move_versions_forward,
-            the_outbox_record_goes_with_its_change
+            the_outbox_record_goes_with_its_change,
+            tool_deletes_hold_in_any_order
         );
     };
     (@each $fixture:path; $($scenario:ident),* $(,)?) => {

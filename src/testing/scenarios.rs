@@ -4,6 +4,9 @@
 use futures_util::future::join_all as futures_join_all;
 use serde_json::{Value, json};
 
+pub use super::listing::{
+    listings_by_limit_and_since, listings_by_prefix, listings_refuse_and_read_nothing,
+};
 pub use super::search::{
     search_edge_cases, search_filters, search_finds_nearest, search_follows_writes,
 };
@@ -11,6 +14,7 @@ use super::unique_agent;
 use crate::backend::MemoryBackend;
 use crate::error::Error;
 use crate::json::Json;
+use crate::listing::Listing;
 use crate::record::{AgentId, Execution, Memory, Metadata, Metric, Tool};
 
 /// JSON text kept exactly as written: key order, whitespace and every number's form.
@@ -153,7 +157,10 @@ pub async fn round_trip_awkward_values(backend: &dyn MemoryBackend) {
     let mut keys: Vec<String> = awkward_values().into_iter().map(|(k, _)| k).collect();
     keys.sort();
     assert_eq!(
-        backend.memory_keys(&agent).await.unwrap(),
+        backend
+            .memory_keys(&agent, &Listing::default())
+            .await
+            .unwrap(),
         keys,
         "keys in byte order"
     );
@@ -186,12 +193,16 @@ pub async fn overwrite_replaces_value_keeps_identity(backend: &dyn MemoryBackend
     assert_eq!(got.content, json!({"v": 2}));
     assert_eq!(got.embedding, None, "overwrite replaces the embedding too");
     assert_eq!(
-        backend.memory_keys(&agent).await.unwrap(),
+        backend
+            .memory_keys(&agent, &Listing::default())
+            .await
+            .unwrap(),
         vec!["k".to_string()]
     );
 }
 
-/// A deleted key reads as absent, and can be stored again.
+/// A deleted key or tool reads as absent and is not listed, for its agent only; deleting
+/// it again finds nothing; it can be stored (registered) again, as a new version.
 pub async fn delete_is_final(backend: &dyn MemoryBackend) {
     let agent = unique_agent("delete");
     backend
@@ -216,7 +227,10 @@ pub async fn delete_is_final(backend: &dyn MemoryBackend) {
         "second delete finds nothing"
     );
     assert_eq!(
-        backend.memory_keys(&agent).await.unwrap(),
+        backend
+            .memory_keys(&agent, &Listing::default())
+            .await
+            .unwrap(),
         vec!["kept".to_string()]
     );
     let again = backend
@@ -227,6 +241,39 @@ pub async fn delete_is_final(backend: &dyn MemoryBackend) {
         backend.get_memory(&agent, "gone").await.unwrap(),
         Some(again)
     );
+
+    let name = backend.name();
+    let other = unique_agent("delete_other");
+    let gone = Tool::new("gone", json!({"v": 1}));
+    let registrations = [
+        (&agent, gone.clone()),
+        (&agent, Tool::new("kept", json!(2))),
+        (&other, Tool::new("gone", json!("another agent's"))),
+    ];
+    for (owner, tool) in &registrations {
+        backend.put_tool(owner, tool).await.unwrap();
+    }
+    let deletes = [
+        backend.delete_tool(&agent, "gone").await.unwrap(),
+        backend.delete_tool(&agent, "gone").await.unwrap(),
+    ];
+    assert_eq!(deletes, [true, false], "{name}: found once, then nothing");
+    assert_eq!(
+        backend.get_tool(&agent, "gone").await.unwrap(),
+        None,
+        "{name}"
+    );
+    let tools = backend.list_tools(&agent, &Listing::default()).await;
+    let listed: Vec<String> = tools.unwrap().into_iter().map(|t| t.name).collect();
+    assert_eq!(listed, ["kept"], "{name}: a deleted tool is not listed");
+    let kept = backend.get_tool(&other, "gone").await.unwrap();
+    assert!(kept.is_some(), "{name}: the delete reached another agent");
+    // Registered again with its old version, it lands past the delete.
+    let again = backend.put_tool(&agent, &gone).await.unwrap();
+    assert!(again.updated_at > gone.updated_at, "{name}");
+    assert_eq!(backend.get_tool(&agent, "gone").await.unwrap(), Some(again));
+    let never = unique_agent("never_deleted");
+    assert!(!backend.delete_tool(&never, "t").await.unwrap(), "{name}");
 }
 
 /// Keys and agents never written read as absent, and deleting them is not an error.
@@ -234,11 +281,35 @@ pub async fn missing_keys_read_as_absent(backend: &dyn MemoryBackend) {
     let never = unique_agent("never_written");
     assert_eq!(backend.get_memory(&never, "k").await.unwrap(), None);
     assert!(!backend.delete_memory(&never, "k").await.unwrap());
-    assert!(backend.memory_keys(&never).await.unwrap().is_empty());
+    assert!(
+        backend
+            .memory_keys(&never, &Listing::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(backend.get_tool(&never, "t").await.unwrap().is_none());
-    assert!(backend.list_tools(&never).await.unwrap().is_empty());
-    assert!(backend.list_metrics(&never).await.unwrap().is_empty());
-    assert!(backend.list_executions(&never).await.unwrap().is_empty());
+    assert!(
+        backend
+            .list_tools(&never, &Listing::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        backend
+            .list_metrics(&never, &Listing::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        backend
+            .list_executions(&never, &Listing::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let agent = unique_agent("missing");
     backend
         .put_memory(&agent, &Memory::new("present", json!(1)))
@@ -295,7 +366,7 @@ pub async fn agents_are_isolated(backend: &dyn MemoryBackend) {
         "B sees A's key"
     );
     assert_eq!(
-        backend.memory_keys(&b).await.unwrap(),
+        backend.memory_keys(&b, &Listing::default()).await.unwrap(),
         vec!["shared".to_string()]
     );
     assert!(
@@ -303,11 +374,19 @@ pub async fn agents_are_isolated(backend: &dyn MemoryBackend) {
         "B sees A's tool"
     );
     assert!(
-        backend.list_metrics(&b).await.unwrap().is_empty(),
+        backend
+            .list_metrics(&b, &Listing::default())
+            .await
+            .unwrap()
+            .is_empty(),
         "B sees A's metric"
     );
     assert!(
-        backend.list_executions(&b).await.unwrap().is_empty(),
+        backend
+            .list_executions(&b, &Listing::default())
+            .await
+            .unwrap()
+            .is_empty(),
         "B sees A's execution"
     );
     assert!(backend.delete_memory(&b, "shared").await.unwrap());
@@ -360,7 +439,10 @@ pub async fn concurrent_writers_one_agent(backend: &dyn MemoryBackend) {
     for result in futures_join_all(handles).await {
         result.expect("no concurrent write fails");
     }
-    let keys = backend.memory_keys(&agent).await.unwrap();
+    let keys = backend
+        .memory_keys(&agent, &Listing::default())
+        .await
+        .unwrap();
     assert_eq!(
         keys.len(),
         TASKS * KEYS_PER_TASK + 1,
@@ -412,7 +494,10 @@ pub async fn concurrent_writers_many_agents(backend: &dyn MemoryBackend) {
         result.expect("no concurrent write fails");
     }
     for agent in &agents {
-        let keys = backend.memory_keys(agent).await.unwrap();
+        let keys = backend
+            .memory_keys(agent, &Listing::default())
+            .await
+            .unwrap();
         assert_eq!(keys.len(), 45, "agent {agent} lost writes");
         for key in keys {
             let got = backend.get_memory(agent, &key).await.unwrap().unwrap();
@@ -422,7 +507,14 @@ pub async fn concurrent_writers_many_agents(backend: &dyn MemoryBackend) {
                 "agent {agent} holds another's value"
             );
         }
-        assert_eq!(backend.list_metrics(agent).await.unwrap().len(), 3);
+        assert_eq!(
+            backend
+                .list_metrics(agent, &Listing::default())
+                .await
+                .unwrap()
+                .len(),
+            3
+        );
     }
 }
 
@@ -467,7 +559,7 @@ pub async fn tools_register_get_list(backend: &dyn MemoryBackend) {
         json!({"v": 2})
     );
     let names: Vec<String> = backend
-        .list_tools(&agent)
+        .list_tools(&agent, &Listing::default())
         .await
         .unwrap()
         .into_iter()
@@ -500,7 +592,13 @@ pub async fn metrics_and_executions_keep_order(backend: &dyn MemoryBackend) {
         backend.record_metric(&agent, &metric).await.unwrap();
         metrics.push(metric);
     }
-    assert_eq!(backend.list_metrics(&agent).await.unwrap(), metrics);
+    assert_eq!(
+        backend
+            .list_metrics(&agent, &Listing::default())
+            .await
+            .unwrap(),
+        metrics
+    );
     let mut executions = Vec::new();
     for (i, status) in [Some("ok"), None, Some("failed")].into_iter().enumerate() {
         let execution = Execution::new(
@@ -510,7 +608,13 @@ pub async fn metrics_and_executions_keep_order(backend: &dyn MemoryBackend) {
         backend.log_execution(&agent, &execution).await.unwrap();
         executions.push(execution);
     }
-    assert_eq!(backend.list_executions(&agent).await.unwrap(), executions);
+    assert_eq!(
+        backend
+            .list_executions(&agent, &Listing::default())
+            .await
+            .unwrap(),
+        executions
+    );
 }
 
 /// Values a database cannot hold exactly are refused before anything is written.
@@ -546,7 +650,10 @@ pub async fn unstorable_values_are_refused(backend: &dyn MemoryBackend) {
         "a tool name longer than PostgreSQL's unique index holds",
     );
     assert_eq!(
-        backend.memory_keys(&agent).await.expect("keys"),
+        backend
+            .memory_keys(&agent, &Listing::default())
+            .await
+            .expect("keys"),
         Vec::<String>::new(),
         "{}: a refused write wrote nothing",
         backend.name()
@@ -585,11 +692,19 @@ pub async fn unstorable_values_are_refused(backend: &dyn MemoryBackend) {
         "a NUL in a tool name",
     );
     assert!(
-        backend.memory_keys(&agent).await.unwrap().is_empty(),
+        backend
+            .memory_keys(&agent, &Listing::default())
+            .await
+            .unwrap()
+            .is_empty(),
         "a refused write left a key"
     );
     assert!(
-        backend.list_metrics(&agent).await.unwrap().is_empty(),
+        backend
+            .list_metrics(&agent, &Listing::default())
+            .await
+            .unwrap()
+            .is_empty(),
         "a refused write left a metric"
     );
 }

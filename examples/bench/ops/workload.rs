@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use memshift::{AgentId, Memory, MemoryBackend};
+use memshift::{AgentId, Listing, Memory, MemoryBackend};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -117,7 +117,8 @@ impl OpsAgent {
                 took
             }
             Op::ListKeys => {
-                let (listed, took) = timed(self.backend.memory_keys(&self.agent)).await;
+                let (listed, took) =
+                    timed(self.backend.memory_keys(&self.agent, &Listing::default())).await;
                 let listed = listed?;
                 if listed.len() != self.keys.len() {
                     return Err(format!(

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use super::{Comparison, DualBackend, Side};
 use crate::error::Result;
 use crate::json::Json;
+use crate::listing::Listing;
 use crate::record::{AgentId, Memory, Metadata, Tool};
 
 /// True when `a` and `b` are the same data: objects equal whatever their key order,
@@ -52,10 +53,10 @@ impl DualBackend {
         self.refresh_health().await;
         let (sqlite, postgres) = (self.side(Side::Sqlite), self.side(Side::Postgres));
         let mut keys: BTreeMap<String, (bool, bool)> = BTreeMap::new();
-        for key in sqlite.memory_keys(agent).await? {
+        for key in sqlite.memory_keys(agent, &Listing::default()).await? {
             keys.entry(key).or_default().0 = true;
         }
-        for key in postgres.memory_keys(agent).await? {
+        for key in postgres.memory_keys(agent, &Listing::default()).await? {
             keys.entry(key).or_default().1 = true;
         }
         let mut comparison = Comparison::default();

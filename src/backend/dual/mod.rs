@@ -3,6 +3,7 @@
 
 mod compare;
 mod health;
+mod listing;
 mod reads;
 mod repair;
 mod stats;
@@ -28,6 +29,7 @@ use super::MemoryBackend;
 use super::replica::{Change, Replica};
 use crate::config::Stage;
 use crate::error::Result;
+use crate::listing::Listing;
 use crate::record::{AgentId, Execution, Memory, Metric, Tool, now};
 use crate::vector::{Neighbor, VectorQuery};
 
@@ -157,8 +159,8 @@ impl Comparison {
 /// - **Reads** follow the stage. In `live`, a miss in PostgreSQL is answered from SQLite
 ///   and the row copied into PostgreSQL with its id and times (inserted only where no
 ///   newer value or delete is there); if PostgreSQL cannot be reached, SQLite answers.
-/// - **Deletes** leave tombstones on both sides, so neither a fallback read, a lazy copy
-///   nor a replay brings a deleted key back.
+/// - **Deletes** of memories and of tools leave tombstones on both sides, so neither a
+///   fallback read, a lazy copy nor a replay brings a deleted key or tool back.
 /// - **Shadow compares** (in `shadow`, and in the background in `live`) use
 ///   one rule for "the same data" (objects whatever their key order, numbers by value:
 ///   [`Json::same_data`](crate::Json::same_data); ids may differ), and count and log mismatches by key, never by value at info level.
@@ -450,20 +452,13 @@ impl MemoryBackend for DualBackend {
     }
 
     async fn delete_memory(&self, agent: &AgentId, key: &str) -> Result<bool> {
-        let plan = Plan::of(self.stage());
-        let change = Change::DeleteMemory { key, at: now() };
-        let (outcome, on_second) = self.write(agent, change, plan).await?;
-        let existed = matches!(
-            outcome,
-            super::replica::Outcome::Deleted { existed: true, .. }
-        );
-        // In `live` a key only SQLite held was readable (through the fallback), so it
-        // existed for the agent even though PostgreSQL had no row to delete.
-        Ok(existed || (plan.stage == Stage::Live && on_second == Some(true)))
+        self.delete(agent, Change::DeleteMemory { key, at: now() })
+            .await
     }
 
-    async fn memory_keys(&self, agent: &AgentId) -> Result<Vec<String>> {
-        self.memory_keys_planned(agent, self.stage()).await
+    async fn memory_keys(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<String>> {
+        self.list_planned::<String>(agent, listing, self.stage())
+            .await
     }
 
     async fn search_memories(&self, agent: &AgentId, query: &VectorQuery) -> Result<Vec<Neighbor>> {
@@ -486,8 +481,14 @@ impl MemoryBackend for DualBackend {
         self.get_tool_planned(agent, name, self.stage()).await
     }
 
-    async fn list_tools(&self, agent: &AgentId) -> Result<Vec<Tool>> {
-        self.list_tools_planned(agent, self.stage()).await
+    async fn delete_tool(&self, agent: &AgentId, name: &str) -> Result<bool> {
+        self.delete(agent, Change::DeleteTool { name, at: now() })
+            .await
+    }
+
+    async fn list_tools(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<Tool>> {
+        self.list_planned::<Tool>(agent, listing, self.stage())
+            .await
     }
 
     async fn record_metric(&self, agent: &AgentId, metric: &Metric) -> Result<()> {
@@ -497,8 +498,9 @@ impl MemoryBackend for DualBackend {
             .map(drop)
     }
 
-    async fn list_metrics(&self, agent: &AgentId) -> Result<Vec<Metric>> {
-        self.list_metrics_planned(agent, self.stage()).await
+    async fn list_metrics(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<Metric>> {
+        self.list_planned::<Metric>(agent, listing, self.stage())
+            .await
     }
 
     async fn log_execution(&self, agent: &AgentId, execution: &Execution) -> Result<()> {
@@ -508,7 +510,8 @@ impl MemoryBackend for DualBackend {
             .map(drop)
     }
 
-    async fn list_executions(&self, agent: &AgentId) -> Result<Vec<Execution>> {
-        self.list_executions_planned(agent, self.stage()).await
+    async fn list_executions(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<Execution>> {
+        self.list_planned::<Execution>(agent, listing, self.stage())
+            .await
     }
 }

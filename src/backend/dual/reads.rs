@@ -1,7 +1,6 @@
 //! The dual backend's reads: by stage, with the `live` fallback to SQLite, lazy copies
 //! of what only SQLite holds, and the compared reads of `shadow` and `live`.
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 
@@ -9,7 +8,7 @@ use super::stats::bump;
 use super::{DualBackend, Side, same_memory, same_tool};
 use crate::config::Stage;
 use crate::error::Result;
-use crate::record::{AgentId, Execution, Memory, Metric, Tool};
+use crate::record::{AgentId, Memory, Tool};
 use crate::vector::{Neighbor, VectorQuery};
 
 impl DualBackend {
@@ -90,41 +89,6 @@ impl DualBackend {
         }
     }
 
-    pub(super) async fn memory_keys_planned(
-        &self,
-        agent: &AgentId,
-        stage: Stage,
-    ) -> Result<Vec<String>> {
-        let (sqlite, postgres) = (self.side(Side::Sqlite), self.side(Side::Postgres));
-        match stage {
-            Stage::Sqlite | Stage::DualWrite | Stage::Shadow => {
-                self.read(Side::Sqlite, sqlite.memory_keys(agent)).await
-            }
-            Stage::Live => {
-                let (keys, side) = self
-                    .live_read(postgres.memory_keys(agent), sqlite.memory_keys(agent))
-                    .await?;
-                if side == Side::Sqlite {
-                    return Ok(keys);
-                }
-                let mut all: std::collections::BTreeSet<String> = keys.into_iter().collect();
-                // Keys only SQLite holds are readable through the fallback, so they are
-                // listed, unless PostgreSQL recorded their delete.
-                for key in self.read(Side::Sqlite, sqlite.memory_keys(agent)).await? {
-                    if !all.contains(&key)
-                        && postgres.memory_tombstone(agent, &key).await?.is_none()
-                    {
-                        all.insert(key);
-                    }
-                }
-                Ok(all.into_iter().collect())
-            }
-            Stage::RampDown | Stage::Postgres => {
-                self.read(Side::Postgres, postgres.memory_keys(agent)).await
-            }
-        }
-    }
-
     pub(super) async fn get_tool_planned(
         &self,
         agent: &AgentId,
@@ -162,97 +126,6 @@ impl DualBackend {
             }
             Stage::RampDown | Stage::Postgres => {
                 self.read(Side::Postgres, postgres.get_tool(agent, name))
-                    .await
-            }
-        }
-    }
-
-    pub(super) async fn list_tools_planned(
-        &self,
-        agent: &AgentId,
-        stage: Stage,
-    ) -> Result<Vec<Tool>> {
-        let (sqlite, postgres) = (self.side(Side::Sqlite), self.side(Side::Postgres));
-        match stage {
-            Stage::Sqlite | Stage::DualWrite | Stage::Shadow => {
-                self.read(Side::Sqlite, sqlite.list_tools(agent)).await
-            }
-            Stage::Live => {
-                let (mut tools, side) = self
-                    .live_read(postgres.list_tools(agent), sqlite.list_tools(agent))
-                    .await?;
-                if side == Side::Sqlite {
-                    return Ok(tools);
-                }
-                let mut names: HashSet<String> = tools.iter().map(|t| t.name.clone()).collect();
-                for tool in self.read(Side::Sqlite, sqlite.list_tools(agent)).await? {
-                    if names.insert(tool.name.clone()) {
-                        tools.push(tool);
-                    }
-                }
-                tools.sort_by(|a, b| a.name.cmp(&b.name));
-                Ok(tools)
-            }
-            Stage::RampDown | Stage::Postgres => {
-                self.read(Side::Postgres, postgres.list_tools(agent)).await
-            }
-        }
-    }
-
-    pub(super) async fn list_metrics_planned(
-        &self,
-        agent: &AgentId,
-        stage: Stage,
-    ) -> Result<Vec<Metric>> {
-        let (sqlite, postgres) = (self.side(Side::Sqlite), self.side(Side::Postgres));
-        match stage {
-            Stage::Sqlite | Stage::DualWrite | Stage::Shadow => {
-                self.read(Side::Sqlite, sqlite.list_metrics(agent)).await
-            }
-            Stage::Live => {
-                let (primary, side) = self
-                    .live_read(postgres.list_metrics(agent), sqlite.list_metrics(agent))
-                    .await?;
-                if side == Side::Sqlite {
-                    return Ok(primary);
-                }
-                let secondary = self.read(Side::Sqlite, sqlite.list_metrics(agent)).await?;
-                Ok(merge_by_id(primary, secondary, |m| m.id, |m| m.created_at))
-            }
-            Stage::RampDown | Stage::Postgres => {
-                self.read(Side::Postgres, postgres.list_metrics(agent))
-                    .await
-            }
-        }
-    }
-
-    pub(super) async fn list_executions_planned(
-        &self,
-        agent: &AgentId,
-        stage: Stage,
-    ) -> Result<Vec<Execution>> {
-        let (sqlite, postgres) = (self.side(Side::Sqlite), self.side(Side::Postgres));
-        match stage {
-            Stage::Sqlite | Stage::DualWrite | Stage::Shadow => {
-                self.read(Side::Sqlite, sqlite.list_executions(agent)).await
-            }
-            Stage::Live => {
-                let (primary, side) = self
-                    .live_read(
-                        postgres.list_executions(agent),
-                        sqlite.list_executions(agent),
-                    )
-                    .await?;
-                if side == Side::Sqlite {
-                    return Ok(primary);
-                }
-                let secondary = self
-                    .read(Side::Sqlite, sqlite.list_executions(agent))
-                    .await?;
-                Ok(merge_by_id(primary, secondary, |e| e.id, |e| e.created_at))
-            }
-            Stage::RampDown | Stage::Postgres => {
-                self.read(Side::Postgres, postgres.list_executions(agent))
                     .await
             }
         }
@@ -331,13 +204,17 @@ impl DualBackend {
     }
 
     /// Reads from `side` only, counted and timed.
-    async fn read<T>(&self, side: Side, call: impl Future<Output = Result<T>>) -> Result<T> {
+    pub(super) async fn read<T>(
+        &self,
+        side: Side,
+        call: impl Future<Output = Result<T>>,
+    ) -> Result<T> {
         self.timed(side, false, call).await
     }
 
     /// A `live` read of PostgreSQL; if PostgreSQL cannot be reached, `fallback` answers.
     /// Returns the answer and the side that gave it.
-    async fn live_read<T>(
+    pub(super) async fn live_read<T>(
         &self,
         primary: impl Future<Output = Result<T>>,
         fallback: impl Future<Output = Result<T>>,
@@ -381,18 +258,4 @@ impl DualBackend {
             }
         });
     }
-}
-
-/// Merges two lists by `id` (PostgreSQL's version wins), ordered by time then id.
-fn merge_by_id<T: Clone>(
-    primary: Vec<T>,
-    secondary: Vec<T>,
-    id: impl Fn(&T) -> uuid::Uuid,
-    at: impl Fn(&T) -> chrono::DateTime<chrono::Utc>,
-) -> Vec<T> {
-    let mut seen: HashSet<uuid::Uuid> = primary.iter().map(&id).collect();
-    let mut all = primary;
-    all.extend(secondary.into_iter().filter(|item| seen.insert(id(item))));
-    all.sort_by_key(|item| (at(item), id(item)));
-    all
 }

@@ -2,14 +2,17 @@
 //! parking the ones that side refuses for good so they block no other.
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::sync::atomic::Ordering;
+
+use chrono::{DateTime, Utc};
 
 use super::stats::bump;
 use super::{DualBackend, RepairAll, RepairReport, Side, lock};
-use crate::backend::replica::OwedWrite;
+use crate::backend::replica::{OwedWrite, Replica};
 use crate::config::Stage;
 use crate::error::{Error, Result};
-use crate::record::AgentId;
+use crate::record::{AgentId, Memory, Tool};
 
 /// Records read from a journal at a time.
 const BATCH: usize = 256;
@@ -203,14 +206,16 @@ impl DualBackend {
         let (source, target) = (self.side(from), from.other());
         match write {
             OwedWrite::SyncMemory { key } | OwedWrite::DeleteMemory { key, .. } => {
-                self.sync_memory(from, agent, key).await
+                self.sync::<Memory>(from, agent, key).await
             }
             OwedWrite::PutMemory { memory } => {
-                self.sync_memory(from, agent, memory.key.as_deref().unwrap_or_default())
-                    .await
+                let key = memory.key.as_deref().unwrap_or_default();
+                self.sync::<Memory>(from, agent, key).await
             }
-            OwedWrite::SyncTool { name } => self.sync_tool(from, agent, name).await,
-            OwedWrite::PutTool { tool } => self.sync_tool(from, agent, &tool.name).await,
+            OwedWrite::SyncTool { name } | OwedWrite::DeleteTool { name, .. } => {
+                self.sync::<Tool>(from, agent, name).await
+            }
+            OwedWrite::PutTool { tool } => self.sync::<Tool>(from, agent, &tool.name).await,
             OwedWrite::Metric { metric } => {
                 self.timed(target, true, self.side(target).record_metric(agent, metric))
                     .await
@@ -240,29 +245,31 @@ impl DualBackend {
         }
     }
 
-    /// Copies `key`'s state on `from` (its value, or its delete) to the other side.
-    async fn sync_memory(&self, from: Side, agent: &AgentId, key: &str) -> Result<()> {
-        let (source, target) = (self.side(from), from.other());
-        let value = self.quiet(from, source.get_memory(agent, key)).await?;
-        let deleted = self
-            .quiet(from, source.memory_tombstone(agent, key))
-            .await?;
+    /// Copies the state `from` holds for `name` (its value, or its delete) to the other
+    /// side.
+    async fn sync<T: KeptByName>(&self, from: Side, agent: &AgentId, name: &str) -> Result<()> {
+        let (source, target) = (self.side(from), self.side(from.other()));
+        let value = self.quiet(from, T::get(source, agent, name)).await?;
+        let deleted = self.quiet(from, T::tombstone(source, agent, name)).await?;
         match (value, deleted) {
-            (Some(value), deleted) if deleted.is_none_or(|at| value.updated_at > at) => self
-                .timed(target, true, self.side(target).apply_memory(agent, &value))
-                .await
-                .map(drop),
+            (Some(value), deleted) if deleted.is_none_or(|at| value.version() > at) => {
+                if let Some(at) = deleted {
+                    // The delete the value followed goes first, so the other side ends
+                    // with this value's id and `created_at`, not those of what was
+                    // deleted.
+                    self.timed(from.other(), true, T::apply_delete(target, agent, name, at))
+                        .await?;
+                }
+                self.timed(from.other(), true, value.apply(target, agent))
+                    .await
+            }
             (value, Some(at)) => {
-                self.timed(
-                    target,
-                    true,
-                    self.side(target).apply_memory_delete(agent, key, at),
-                )
-                .await?;
+                self.timed(from.other(), true, T::apply_delete(target, agent, name, at))
+                    .await?;
                 if value.is_some() {
                     // A value the delete outranks, left by a write cut short between
                     // its two statements: the delete holds on this side too.
-                    self.timed(from, true, source.apply_memory_delete(agent, key, at))
+                    self.timed(from, true, T::apply_delete(source, agent, name, at))
                         .await?;
                 }
                 Ok(())
@@ -270,20 +277,6 @@ impl DualBackend {
             (None, None) => Ok(()),
             (Some(_), None) => unreachable!("handled by the first arm"),
         }
-    }
-
-    /// Copies tool `name` as `from` holds it to the other side.
-    async fn sync_tool(&self, from: Side, agent: &AgentId, name: &str) -> Result<()> {
-        let target = from.other();
-        let Some(tool) = self
-            .quiet(from, self.side(from).get_tool(agent, name))
-            .await?
-        else {
-            return Ok(());
-        };
-        self.timed(target, true, self.side(target).apply_tool(agent, &tool))
-            .await
-            .map(drop)
     }
 
     /// Repairs every agent with owed writes in either journal, each on its own: an
@@ -328,3 +321,93 @@ impl DualBackend {
         Ok(all)
     }
 }
+
+/// What a side keeps by name, with versions and deletes: memories by key, tools by
+/// name. Repair copies either the same way.
+trait KeptByName: Sized + Send + Sync {
+    /// The version (`updated_at`).
+    fn version(&self) -> DateTime<Utc>;
+
+    fn get<'a>(
+        side: &'a dyn Replica,
+        agent: &'a AgentId,
+        name: &'a str,
+    ) -> impl Future<Output = Result<Option<Self>>> + Send + 'a;
+
+    fn tombstone<'a>(
+        side: &'a dyn Replica,
+        agent: &'a AgentId,
+        name: &'a str,
+    ) -> impl Future<Output = Result<Option<DateTime<Utc>>>> + Send + 'a;
+
+    /// Copies this value to `side`, over older versions only.
+    fn apply<'a>(
+        &'a self,
+        side: &'a dyn Replica,
+        agent: &'a AgentId,
+    ) -> impl Future<Output = Result<()>> + Send + 'a;
+
+    /// Copies a delete to `side`.
+    fn apply_delete<'a>(
+        side: &'a dyn Replica,
+        agent: &'a AgentId,
+        name: &'a str,
+        at: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool>> + Send + 'a;
+}
+
+/// Implements [`KeptByName`] for `$record` with the [`Replica`] methods that read, copy
+/// and delete it.
+macro_rules! kept_by_name {
+    ($record:ty, $get:ident, $tombstone:ident, $apply:ident, $apply_delete:ident) => {
+        impl KeptByName for $record {
+            fn version(&self) -> DateTime<Utc> {
+                self.updated_at
+            }
+
+            fn get<'a>(
+                side: &'a dyn Replica,
+                agent: &'a AgentId,
+                name: &'a str,
+            ) -> impl Future<Output = Result<Option<Self>>> + Send + 'a {
+                side.$get(agent, name)
+            }
+
+            fn tombstone<'a>(
+                side: &'a dyn Replica,
+                agent: &'a AgentId,
+                name: &'a str,
+            ) -> impl Future<Output = Result<Option<DateTime<Utc>>>> + Send + 'a {
+                side.$tombstone(agent, name)
+            }
+
+            async fn apply<'a>(&'a self, side: &'a dyn Replica, agent: &'a AgentId) -> Result<()> {
+                side.$apply(agent, self).await.map(drop)
+            }
+
+            fn apply_delete<'a>(
+                side: &'a dyn Replica,
+                agent: &'a AgentId,
+                name: &'a str,
+                at: DateTime<Utc>,
+            ) -> impl Future<Output = Result<bool>> + Send + 'a {
+                side.$apply_delete(agent, name, at)
+            }
+        }
+    };
+}
+
+kept_by_name!(
+    Memory,
+    get_memory,
+    memory_tombstone,
+    apply_memory,
+    apply_memory_delete
+);
+kept_by_name!(
+    Tool,
+    get_tool,
+    tool_tombstone,
+    apply_tool,
+    apply_tool_delete
+);

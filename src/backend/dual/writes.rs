@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::stats::bump;
 use super::{DualBackend, Plan, Side, lock};
 use crate::backend::replica::{Change, Outcome};
+use crate::config::Stage;
 use crate::error::Result;
 use crate::record::AgentId;
 
@@ -91,6 +92,17 @@ impl DualBackend {
         }
     }
 
+    /// Deletes a memory or a tool (`change`) by the stage's plan; returns whether the
+    /// agent could read it before.
+    pub(super) async fn delete(&self, agent: &AgentId, change: Change<'_>) -> Result<bool> {
+        let plan = Plan::of(self.stage());
+        let (outcome, on_second) = self.write(agent, change, plan).await?;
+        let existed = matches!(outcome, Outcome::Deleted { existed: true, .. });
+        // In `live` what only SQLite held was readable (through the fallback), so it
+        // existed for the agent even though PostgreSQL had no row to delete.
+        Ok(existed || (plan.stage == Stage::Live && on_second == Some(true)))
+    }
+
     /// Copies what the authoritative side committed to `side`, keeping its version;
     /// returns whether it changed anything there.
     async fn copy(
@@ -109,6 +121,9 @@ impl DualBackend {
                 backend.apply_memory_delete(agent, key, *at).await
             }
             (_, Outcome::Tool(stored)) => Ok(backend.apply_tool(agent, stored).await?.is_some()),
+            (Change::DeleteTool { name, .. }, Outcome::Deleted { at, .. }) => {
+                backend.apply_tool_delete(agent, name, *at).await
+            }
             (Change::Metric(metric), Outcome::Recorded) => {
                 backend.record_metric(agent, metric).await.map(|()| true)
             }

@@ -6,8 +6,10 @@ use super::PostgresBackend;
 use super::rows::{execution_from_row, memory_from_row, metric_from_row, tool_from_row};
 use super::sql::GET_MEMORY;
 use crate::backend::MemoryBackend;
+use crate::backend::listing::{Kind, key_of};
 use crate::backend::replica::{Change, Outcome};
 use crate::error::Result;
+use crate::listing::Listing;
 use crate::record::{AgentId, Execution, Memory, Metric, Tool, now};
 use crate::vector::{Neighbor, VectorQuery};
 
@@ -74,29 +76,12 @@ impl MemoryBackend for PostgresBackend {
     }
 
     async fn delete_memory(&self, agent: &AgentId, key: &str) -> Result<bool> {
-        let change = Change::DeleteMemory { key, at: now() };
-        match self.commit_change(agent, change, None, &[]).await?.outcome {
-            Outcome::Deleted { existed, .. } => Ok(existed),
-            other => unreachable!("a delete commits a delete, not {other:?}"),
-        }
+        self.delete_own(agent, Change::DeleteMemory { key, at: now() })
+            .await
     }
 
-    async fn memory_keys(&self, agent: &AgentId) -> Result<Vec<String>> {
-        let Some(row_id) = self.agent_row_if_any(agent).await? else {
-            return Ok(Vec::new());
-        };
-        let fail = || format!("list memory keys of agent {agent:?}");
-        // collate "C": byte order, the same as SQLite's, whatever the database's locale.
-        self.on_lease(fail, async |c| {
-            sqlx::query_scalar(
-                r#"select key from agent_memories where agent_id = $1 and key is not null
-                   order by key collate "C""#,
-            )
-            .bind(&row_id)
-            .fetch_all(c)
-            .await
-        })
-        .await
+    async fn memory_keys(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<String>> {
+        self.list(agent, Kind::MemoryKeys, listing, key_of).await
     }
 
     async fn put_tool(&self, agent: &AgentId, tool: &Tool) -> Result<Tool> {
@@ -132,26 +117,13 @@ impl MemoryBackend for PostgresBackend {
         .transpose()
     }
 
-    async fn list_tools(&self, agent: &AgentId) -> Result<Vec<Tool>> {
-        let Some(row_id) = self.agent_row_if_any(agent).await? else {
-            return Ok(Vec::new());
-        };
-        self.on_lease(
-            || format!("list tools of agent {agent:?}"),
-            async |c| {
-                sqlx::query(
-                    r#"select id, name, content, metadata, created_at, updated_at
-                       from agent_tools where agent_id = $1 order by name collate "C""#,
-                )
-                .bind(&row_id)
-                .fetch_all(c)
-                .await
-            },
-        )
-        .await?
-        .iter()
-        .map(|row| tool_from_row(row, agent))
-        .collect()
+    async fn list_tools(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<Tool>> {
+        self.list(agent, Kind::Tools, listing, tool_from_row).await
+    }
+
+    async fn delete_tool(&self, agent: &AgentId, name: &str) -> Result<bool> {
+        self.delete_own(agent, Change::DeleteTool { name, at: now() })
+            .await
     }
 
     async fn record_metric(&self, agent: &AgentId, metric: &Metric) -> Result<()> {
@@ -160,26 +132,9 @@ impl MemoryBackend for PostgresBackend {
             .map(drop)
     }
 
-    async fn list_metrics(&self, agent: &AgentId) -> Result<Vec<Metric>> {
-        let Some(row_id) = self.agent_row_if_any(agent).await? else {
-            return Ok(Vec::new());
-        };
-        self.on_lease(
-            || format!("list metrics of agent {agent:?}"),
-            async |c| {
-                sqlx::query(
-                    "select id, name, value, content, metadata, created_at
-                     from agent_metrics where agent_id = $1 order by created_at, id",
-                )
-                .bind(&row_id)
-                .fetch_all(c)
-                .await
-            },
-        )
-        .await?
-        .iter()
-        .map(|row| metric_from_row(row, agent))
-        .collect()
+    async fn list_metrics(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<Metric>> {
+        self.list(agent, Kind::Metrics, listing, metric_from_row)
+            .await
     }
 
     async fn log_execution(&self, agent: &AgentId, execution: &Execution) -> Result<()> {
@@ -188,25 +143,8 @@ impl MemoryBackend for PostgresBackend {
             .map(drop)
     }
 
-    async fn list_executions(&self, agent: &AgentId) -> Result<Vec<Execution>> {
-        let Some(row_id) = self.agent_row_if_any(agent).await? else {
-            return Ok(Vec::new());
-        };
-        self.on_lease(
-            || format!("list executions of agent {agent:?}"),
-            async |c| {
-                sqlx::query(
-                    "select id, status, content, metadata, created_at
-                     from agent_executions where agent_id = $1 order by created_at, id",
-                )
-                .bind(&row_id)
-                .fetch_all(c)
-                .await
-            },
-        )
-        .await?
-        .iter()
-        .map(|row| execution_from_row(row, agent))
-        .collect()
+    async fn list_executions(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<Execution>> {
+        self.list(agent, Kind::Executions, listing, execution_from_row)
+            .await
     }
 }

@@ -7,7 +7,9 @@
 //! - `admin.rs`: DDL that runs only when called (vector indexes, compression);
 //! - `sql.rs`: the statements; `rows.rs`: decoding their rows;
 //! - `calls.rs`: [`MemoryBackend`](super::MemoryBackend) for the backend; `replica.rs`:
-//!   [`Replica`](super::Replica).
+//!   [`Replica`](super::Replica);
+//! - `listing.rs`: the listings with a [`Listing`](crate::Listing)'s bounds; `deletes.rs`:
+//!   deletes of memories and tools, and their tombstones.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -27,6 +29,8 @@ use crate::vector::postgres::IndexCache;
 mod admin;
 mod calls;
 mod connect;
+mod deletes;
+mod listing;
 mod recycle;
 mod replica;
 mod rows;

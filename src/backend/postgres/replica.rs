@@ -4,14 +4,14 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use pgvector::Vector;
-use sqlx::Row;
+use sqlx::postgres::PgArguments;
+use sqlx::query::Query;
 use sqlx::types::Json;
+use sqlx::{Postgres, Row};
 
 use super::PostgresBackend;
-use super::sql::{
-    DELETE_MEMORY, DELETE_MEMORY_UP_TO, DROP_DELETED, LOG_EXECUTION, PUT_MEMORY, PUT_MEMORY_PLAIN,
-    PUT_TOOL, RECORD_METRIC,
-};
+use super::deletes::{MEMORIES, Named, TOOLS};
+use super::sql::{LOG_EXECUTION, PUT_MEMORY, PUT_MEMORY_PLAIN, PUT_TOOL, RECORD_METRIC};
 use crate::backend::codec::json_text;
 use crate::backend::replica::{Change, Committed, Outcome, OwedCount, OwedRecord, Replica};
 use crate::error::{Error, Result};
@@ -34,10 +34,13 @@ const APPLY_MEMORY: &str = r#"insert into agent_memories
            and agent_memories.content < excluded.content collate "C")
     returning id, created_at"#;
 
-/// Registers a tool over older versions only (ties as for memories).
+/// Registers a tool over older versions only (ties as for memories), and not over a
+/// delete at or after it ($8 the agent's name).
 const APPLY_TOOL: &str = r#"insert into agent_tools
         (id, agent_id, name, content, metadata, created_at, updated_at)
-    values ($1, $2, $3, $4, $5, $6, $7)
+    select $1, $2, $3, $4, $5, $6, $7
+    where not exists (select 1 from agent_memory.tool_tombstones
+                      where agent_id = $8 and name = $3 and deleted_at >= $7)
     on conflict (agent_id, name) do update set
         content = excluded.content, metadata = excluded.metadata,
         updated_at = excluded.updated_at
@@ -60,7 +63,7 @@ impl PostgresBackend {
             Change::PutTool(tool) => tool.validate()?,
             Change::Metric(metric) => metric.validate()?,
             Change::Execution(execution) => execution.validate()?,
-            Change::DeleteMemory { .. } => {}
+            Change::DeleteMemory { .. } | Change::DeleteTool { .. } => {}
         }
         let row_id = self.agent_row(agent).await?;
         let name = agent.as_str();
@@ -80,10 +83,12 @@ impl PostgresBackend {
                             .bind(memory.created_at)
                             .bind(memory.updated_at)
                     }
-                    Change::DeleteMemory { key, at } => {
+                    Change::DeleteMemory { .. } | Change::DeleteTool { .. } => {
+                        let (deletes, key, at) = change.deletes().expect("a delete");
+                        let named = deletes.pick(MEMORIES, TOOLS);
                         // $4-$8 are unused by this statement; PostgreSQL needs their
                         // types anyway, so bind typed nulls.
-                        sqlx::query(DELETE_MEMORY)
+                        sqlx::query(named.commit)
                             .bind(&row_id)
                             .bind(key)
                             .bind(at)
@@ -128,31 +133,34 @@ impl PostgresBackend {
                     .fetch_one(&mut *c)
                     .await?;
                 let seq: Option<i64> = row.try_get("seq")?;
+                let stored = match change {
+                    Change::PutMemory(memory) => Some((MEMORIES, memory.key.as_deref())),
+                    Change::PutTool(tool) => Some((TOOLS, Some(tool.name.as_str()))),
+                    _ => None,
+                };
+                // Replication needs the order of a store and a concurrent delete to match
+                // their versions (see `drop_deleted`); a plain backend, with no other
+                // side, takes the store as the later of the two and saves the round trip.
+                if let (Some((named, key)), Some(_)) = (stored, &op) {
+                    sqlx::query(named.drop_deleted)
+                        .bind(&row_id)
+                        .bind(key.unwrap_or_default())
+                        .bind(name)
+                        .execute(&mut *c)
+                        .await?;
+                }
                 let outcome = match change {
-                    Change::PutMemory(memory) => {
-                        // Replication needs the order of a store and a concurrent delete
-                        // to match their versions (see DROP_DELETED); a plain backend,
-                        // with no other side, takes the store as the later of the two
-                        // and saves the round trip.
-                        if op.is_some() {
-                            let key = memory.key.as_deref().unwrap_or_default();
-                            sqlx::query(DROP_DELETED)
-                                .bind(&row_id)
-                                .bind(key)
-                                .bind(name)
-                                .execute(&mut *c)
-                                .await?;
-                        }
-                        Outcome::Memory(Memory {
-                            id: row.try_get("id")?,
-                            created_at: row.try_get("created_at")?,
-                            updated_at: row.try_get("updated_at")?,
-                            ..memory.clone()
-                        })
-                    }
-                    Change::DeleteMemory { key, .. } => {
+                    Change::PutMemory(memory) => Outcome::Memory(Memory {
+                        id: row.try_get("id")?,
+                        created_at: row.try_get("created_at")?,
+                        updated_at: row.try_get("updated_at")?,
+                        ..memory.clone()
+                    }),
+                    Change::DeleteMemory { .. } | Change::DeleteTool { .. } => {
+                        let (deletes, key, _) = change.deletes().expect("a delete");
+                        let named = deletes.pick(MEMORIES, TOOLS);
                         let at: DateTime<Utc> = row.try_get("deleted_at")?;
-                        let done = sqlx::query(DELETE_MEMORY_UP_TO)
+                        let done = sqlx::query(named.delete_up_to)
                             .bind(&row_id)
                             .bind(key)
                             .bind(at)
@@ -183,33 +191,48 @@ impl PostgresBackend {
         memory.validate()?;
         let row_id = self.agent_row(agent).await?;
         let key = memory.key.as_deref().unwrap_or_default();
-        let fail = || format!("apply memory {key:?} of agent {agent:?}");
+        let apply = sqlx::query(APPLY_MEMORY)
+            .bind(memory.id)
+            .bind(&row_id)
+            .bind(key)
+            .bind(json_text(&memory.content))
+            .bind(Json(&memory.metadata))
+            .bind(memory.embedding.clone().map(Vector::from))
+            .bind(memory.created_at)
+            .bind(memory.updated_at)
+            .bind(agent.as_str());
+        let stored = self.apply_checked(agent, MEMORIES, key, &row_id, apply);
+        Ok(stored.await?.map(|(id, created_at)| Memory {
+            id,
+            created_at,
+            ..memory.clone()
+        }))
+    }
+
+    /// Runs `apply`, a copy that stores over older versions only, and then the closing
+    /// check for a delete of `name` committed while it ran (`drop_deleted`); returns the
+    /// id and `created_at` `apply` returned (those of an existing row), or `None` when a
+    /// newer version or a delete kept it out.
+    async fn apply_checked(
+        &self,
+        agent: &AgentId,
+        named: Named,
+        name: &str,
+        row_id: &str,
+        apply: Query<'_, Postgres, PgArguments>,
+    ) -> Result<Option<(uuid::Uuid, DateTime<Utc>)>> {
+        let fail = || format!("apply {} {name:?} of agent {agent:?}", named.what);
         self.on_lease(fail, async |c| {
-            let row = sqlx::query(APPLY_MEMORY)
-                .bind(memory.id)
-                .bind(&row_id)
-                .bind(key)
-                .bind(json_text(&memory.content))
-                .bind(Json(&memory.metadata))
-                .bind(memory.embedding.clone().map(Vector::from))
-                .bind(memory.created_at)
-                .bind(memory.updated_at)
-                .bind(agent.as_str())
-                .fetch_optional(&mut *c)
-                .await?;
-            let Some(row) = row else { return Ok(None) };
-            // A delete committed while the insert ran outranks it: see DROP_DELETED.
-            let undone = sqlx::query(DROP_DELETED)
-                .bind(&row_id)
-                .bind(key)
+            let Some(row) = apply.fetch_optional(&mut *c).await? else {
+                return Ok(None);
+            };
+            let undone = sqlx::query(named.drop_deleted)
+                .bind(row_id)
+                .bind(name)
                 .bind(agent.as_str())
                 .execute(&mut *c)
                 .await?;
-            Ok((undone.rows_affected() == 0).then(|| Memory {
-                id: row.get("id"),
-                created_at: row.get("created_at"),
-                ..memory.clone()
-            }))
+            Ok((undone.rows_affected() == 0).then(|| (row.get("id"), row.get("created_at"))))
         })
         .await
     }
@@ -244,36 +267,7 @@ impl Replica for PostgresBackend {
         key: &str,
         at: DateTime<Utc>,
     ) -> Result<bool> {
-        let fail = || format!("delete memory {key:?} of agent {agent:?}");
-        let row_id = self.agent_row_if_any(agent).await?;
-        // The tombstone commits first, so any copy that started before it sees it in its
-        // closing check (DROP_DELETED), and any that starts after it sees it at once.
-        let done = self
-            .on_lease(fail, async |c| {
-                sqlx::query(
-                    "insert into agent_memory.memory_tombstones (agent_id, key, deleted_at)
-                     values ($1, $2, $3)
-                     on conflict (agent_id, key) do update
-                     set deleted_at = greatest(memory_tombstones.deleted_at, excluded.deleted_at)",
-                )
-                .bind(agent.as_str())
-                .bind(key)
-                .bind(at)
-                .execute(&mut *c)
-                .await?;
-                let Some(row_id) = &row_id else {
-                    return Ok(false);
-                };
-                let done = sqlx::query(DELETE_MEMORY_UP_TO)
-                    .bind(row_id)
-                    .bind(key)
-                    .bind(at)
-                    .execute(c)
-                    .await?;
-                Ok(done.rows_affected() > 0)
-            })
-            .await?;
-        Ok(done)
+        self.apply_delete(agent, MEMORIES, key, at).await
     }
 
     async fn restore_memory(
@@ -314,47 +308,40 @@ impl Replica for PostgresBackend {
     }
 
     async fn memory_tombstone(&self, agent: &AgentId, key: &str) -> Result<Option<DateTime<Utc>>> {
-        self.on_lease(
-            || format!("read tombstone of {key:?} of agent {agent:?}"),
-            async |c| {
-                sqlx::query_scalar(
-                    "select deleted_at from agent_memory.memory_tombstones
-                     where agent_id = $1 and key = $2",
-                )
-                .bind(agent.as_str())
-                .bind(key)
-                .fetch_optional(c)
-                .await
-            },
-        )
-        .await
+        self.tombstone_of(agent, MEMORIES, key).await
     }
 
     async fn apply_tool(&self, agent: &AgentId, tool: &Tool) -> Result<Option<Tool>> {
         tool.validate()?;
         let row_id = self.agent_row(agent).await?;
-        let row = self
-            .on_lease(
-                || format!("apply tool {:?} of agent {agent:?}", tool.name),
-                async |c| {
-                    sqlx::query(APPLY_TOOL)
-                        .bind(tool.id)
-                        .bind(&row_id)
-                        .bind(&tool.name)
-                        .bind(json_text(&tool.content))
-                        .bind(Json(&tool.metadata))
-                        .bind(tool.created_at)
-                        .bind(tool.updated_at)
-                        .fetch_optional(c)
-                        .await
-                },
-            )
-            .await?;
-        Ok(row.map(|row| Tool {
-            id: row.get("id"),
-            created_at: row.get("created_at"),
+        let apply = sqlx::query(APPLY_TOOL)
+            .bind(tool.id)
+            .bind(&row_id)
+            .bind(&tool.name)
+            .bind(json_text(&tool.content))
+            .bind(Json(&tool.metadata))
+            .bind(tool.created_at)
+            .bind(tool.updated_at)
+            .bind(agent.as_str());
+        let stored = self.apply_checked(agent, TOOLS, &tool.name, &row_id, apply);
+        Ok(stored.await?.map(|(id, created_at)| Tool {
+            id,
+            created_at,
             ..tool.clone()
         }))
+    }
+
+    async fn apply_tool_delete(
+        &self,
+        agent: &AgentId,
+        name: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        self.apply_delete(agent, TOOLS, name, at).await
+    }
+
+    async fn tool_tombstone(&self, agent: &AgentId, name: &str) -> Result<Option<DateTime<Utc>>> {
+        self.tombstone_of(agent, TOOLS, name).await
     }
 
     async fn owed_writes(&self, agent: &AgentId, limit: usize) -> Result<Vec<OwedRecord>> {

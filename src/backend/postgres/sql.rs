@@ -44,28 +44,15 @@ pub(crate) const PUT_MEMORY: &str = concat!(
 /// [`PUT_MEMORY`] without a journal record or records to clear ($10 and $11 unused).
 pub(crate) const PUT_MEMORY_PLAIN: &str = concat!(put_memory_upsert!(), ", null::bigint as seq");
 
-/// Records a delete: the tombstone, past the value it deletes ($1 row id, $2 key, $3 the
-/// writer's clock); the rows go in a second statement ([`DELETE_MEMORY_UP_TO`]), after
-/// the tombstone has committed.
-pub(super) const DELETE_MEMORY: &str = "with tomb as (
-        insert into agent_memory.memory_tombstones (agent_id, key, deleted_at)
-        values ($9, $2, greatest($3,
-            (select updated_at + interval '1 microsecond' from agent_memories
-             where agent_id = $1 and key = $2)))
-        on conflict (agent_id, key) do update
-        set deleted_at = greatest(memory_tombstones.deleted_at, excluded.deleted_at)
-        returning deleted_at),
-    owed as (insert into agent_memory.owed_writes (agent_id, op)
-             select $9, $10 where $10::text is not null returning seq),
-    cleared as (delete from agent_memory.owed_writes where agent_id = $9 and seq = any($11))
-    select (select deleted_at from tomb) as deleted_at, (select seq from owed) as seq";
-
 /// Registers a tool ($1 id, $2 row id, $3 name, $4 content, $5 metadata, $6 created_at,
-/// $7 the writer's clock).
+/// $7 the writer's clock); its version is past the one it replaces and the name's last
+/// delete.
 pub(super) const PUT_TOOL: &str = "with stored as (
         insert into agent_tools
             (id, agent_id, name, content, metadata, created_at, updated_at)
-        values ($1, $2, $3, $4, $5, $6, $7)
+        values ($1, $2, $3, $4, $5, $6, greatest($7,
+            (select deleted_at + interval '1 microsecond' from agent_memory.tool_tombstones
+             where agent_id = $9 and name = $3)))
         on conflict (agent_id, name) do update set
             content = excluded.content, metadata = excluded.metadata,
             updated_at = greatest(excluded.updated_at,
@@ -93,17 +80,3 @@ pub(super) const LOG_EXECUTION: &str = "with logged as (
              select $9, $10 where $10::text is not null returning seq),
     cleared as (delete from agent_memory.owed_writes where agent_id = $9 and seq = any($11))
     select (select seq from owed) as seq";
-
-/// Deletes a key's memory if it is not newer than the delete ($1 row id, $2 key, $3 the
-/// delete's version).
-pub(super) const DELETE_MEMORY_UP_TO: &str =
-    "delete from agent_memories where agent_id = $1 and key = $2 and updated_at <= $3";
-
-/// Takes back a value that a delete committed meanwhile outranks ($1 row id, $2 key, $3
-/// the agent's name): an insert does not see a tombstone committed while it ran, and
-/// that delete may not have seen the new row. Run after every memory write, it sees
-/// every tombstone committed before it.
-pub(super) const DROP_DELETED: &str =
-    "delete from agent_memories m using agent_memory.memory_tombstones t
-    where m.agent_id = $1 and m.key = $2 and t.agent_id = $3 and t.key = $2
-    and m.updated_at <= t.deleted_at";

@@ -6,8 +6,10 @@ use super::SqliteBackend;
 use super::rows::{execution_from_row, memory_from_row, metric_from_row, of_agent, tool_from_row};
 use super::sql::GET_MEMORY;
 use crate::backend::MemoryBackend;
+use crate::backend::listing::{Kind, key_of};
 use crate::backend::replica::{Change, Outcome, Replica};
 use crate::error::Result;
+use crate::listing::Listing;
 use crate::record::{AgentId, Execution, Memory, Metric, Tool, now};
 use crate::vector::{Neighbor, VectorQuery};
 
@@ -65,26 +67,12 @@ impl MemoryBackend for SqliteBackend {
     }
 
     async fn delete_memory(&self, agent: &AgentId, key: &str) -> Result<bool> {
-        // Without a file there is nothing to delete and no replay to guard against, so a
-        // delete of an unknown agent creates nothing (replicated deletes do record one).
-        if self.reader(agent).await?.is_none() {
-            return Ok(false);
-        }
-        let change = Change::DeleteMemory { key, at: now() };
-        match self.commit(agent, change, false, &[]).await?.outcome {
-            Outcome::Deleted { existed, .. } => Ok(existed),
-            other => unreachable!("a delete commits a delete, not {other:?}"),
-        }
+        self.delete_own(agent, Change::DeleteMemory { key, at: now() })
+            .await
     }
 
-    async fn memory_keys(&self, agent: &AgentId) -> Result<Vec<String>> {
-        let Some(pool) = self.reader(agent).await? else {
-            return Ok(Vec::new());
-        };
-        sqlx::query_scalar("select key from agent_memories where key is not null order by key")
-            .fetch_all(&pool)
-            .await
-            .map_err(self.fail(|| format!("list memory keys of agent {agent:?}")))
+    async fn memory_keys(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<String>> {
+        self.list(agent, Kind::MemoryKeys, listing, key_of).await
     }
 
     async fn put_tool(&self, agent: &AgentId, tool: &Tool) -> Result<Tool> {
@@ -114,20 +102,13 @@ impl MemoryBackend for SqliteBackend {
         .transpose()
     }
 
-    async fn list_tools(&self, agent: &AgentId) -> Result<Vec<Tool>> {
-        let Some(pool) = self.reader(agent).await? else {
-            return Ok(Vec::new());
-        };
-        sqlx::query(
-            "select id, name, content, metadata, created_at, updated_at
-             from agent_tools order by name",
-        )
-        .fetch_all(&pool)
-        .await
-        .map_err(self.fail(|| format!("list tools of agent {agent:?}")))?
-        .iter()
-        .map(|row| tool_from_row(row, &of_agent(agent)))
-        .collect()
+    async fn list_tools(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<Tool>> {
+        self.list(agent, Kind::Tools, listing, tool_from_row).await
+    }
+
+    async fn delete_tool(&self, agent: &AgentId, name: &str) -> Result<bool> {
+        self.delete_own(agent, Change::DeleteTool { name, at: now() })
+            .await
     }
 
     async fn record_metric(&self, agent: &AgentId, metric: &Metric) -> Result<()> {
@@ -136,20 +117,9 @@ impl MemoryBackend for SqliteBackend {
             .map(drop)
     }
 
-    async fn list_metrics(&self, agent: &AgentId) -> Result<Vec<Metric>> {
-        let Some(pool) = self.reader(agent).await? else {
-            return Ok(Vec::new());
-        };
-        sqlx::query(
-            "select id, name, value, content, metadata, created_at
-             from agent_metrics order by created_at, id",
-        )
-        .fetch_all(&pool)
-        .await
-        .map_err(self.fail(|| format!("list metrics of agent {agent:?}")))?
-        .iter()
-        .map(|row| metric_from_row(row, &of_agent(agent)))
-        .collect()
+    async fn list_metrics(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<Metric>> {
+        self.list(agent, Kind::Metrics, listing, metric_from_row)
+            .await
     }
 
     async fn log_execution(&self, agent: &AgentId, execution: &Execution) -> Result<()> {
@@ -158,19 +128,8 @@ impl MemoryBackend for SqliteBackend {
             .map(drop)
     }
 
-    async fn list_executions(&self, agent: &AgentId) -> Result<Vec<Execution>> {
-        let Some(pool) = self.reader(agent).await? else {
-            return Ok(Vec::new());
-        };
-        sqlx::query(
-            "select id, status, content, metadata, created_at
-             from agent_executions order by created_at, id",
-        )
-        .fetch_all(&pool)
-        .await
-        .map_err(self.fail(|| format!("list executions of agent {agent:?}")))?
-        .iter()
-        .map(|row| execution_from_row(row, &of_agent(agent)))
-        .collect()
+    async fn list_executions(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<Execution>> {
+        self.list(agent, Kind::Executions, listing, execution_from_row)
+            .await
     }
 }

@@ -5,7 +5,9 @@
 //!   failed open means;
 //! - `sql.rs`: the statements; `rows.rs`: the one decoder of the library's own rows;
 //! - `calls.rs`: [`MemoryBackend`](super::MemoryBackend) for the backend; `replica.rs`:
-//!   [`Replica`](super::Replica).
+//!   [`Replica`](super::Replica);
+//! - `listing.rs`: the listings with a [`Listing`](crate::Listing)'s bounds; `deletes.rs`:
+//!   deletes of memories and tools, and their tombstones.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +22,8 @@ use crate::error::{Error, Result};
 use crate::record::AgentId;
 
 mod calls;
+mod deletes;
+mod listing;
 mod open;
 mod replica;
 mod rows;

@@ -6,10 +6,9 @@ use chrono::{DateTime, Utc};
 use sqlx::{Connection, Row, SqliteConnection};
 
 use super::SqliteBackend;
+use super::deletes::{MEMORIES, TOOLS};
 use super::rows::{parse_id, stored_identity};
-use super::sql::{
-    APPLY_MEMORY, APPLY_TOOL, DELETE_MEMORY, LOG_EXECUTION, PUT_MEMORY, PUT_TOOL, RECORD_METRIC,
-};
+use super::sql::{APPLY_MEMORY, APPLY_TOOL, LOG_EXECUTION, PUT_MEMORY, PUT_TOOL, RECORD_METRIC};
 use crate::backend::codec::{embedding_bytes, json_text, metadata_text, parse_time, time_text};
 use crate::backend::replica::{Change, Committed, Outcome, OwedCount, OwedRecord, Replica};
 use crate::error::{Error, Result};
@@ -41,26 +40,8 @@ impl SqliteBackend {
                     ..memory.clone()
                 })
             }
-            Change::DeleteMemory { key, at } => {
-                // The tombstone first, while the value it deletes is there to be past.
-                let rows = sqlx::query(DELETE_MEMORY)
-                    .bind(key)
-                    .bind(time_text(&at))
-                    .fetch_all(&mut *conn)
-                    .await?;
-                let at = match rows.first() {
-                    Some(row) => read_time(row.get("deleted_at"))?,
-                    None => return Err(sqlx::Error::RowNotFound),
-                };
-                let done = sqlx::query("delete from agent_memories where key = ?")
-                    .bind(key)
-                    .execute(&mut *conn)
-                    .await?;
-                Outcome::Deleted {
-                    existed: done.rows_affected() > 0,
-                    at,
-                }
-            }
+            Change::DeleteMemory { key, at } => Self::delete_in(conn, MEMORIES, key, at).await?,
+            Change::DeleteTool { name, at } => Self::delete_in(conn, TOOLS, name, at).await?,
             Change::PutTool(tool) => {
                 let rows = sqlx::query(PUT_TOOL)
                     .bind(tool.id.to_string())
@@ -141,7 +122,7 @@ impl Replica for SqliteBackend {
             Change::PutTool(tool) => tool.validate()?,
             Change::Metric(metric) => metric.validate()?,
             Change::Execution(execution) => execution.validate()?,
-            Change::DeleteMemory { .. } => {}
+            Change::DeleteMemory { .. } | Change::DeleteTool { .. } => {}
         }
         let record = journal
             .then(|| serde_json::to_string(&change.owed()))
@@ -153,8 +134,7 @@ impl Replica for SqliteBackend {
         let pool = self.writer(agent).await?;
         // A store, registration or record with nothing to journal is one statement, in
         // autocommit; anything more is one `begin immediate` transaction.
-        let single =
-            record.is_none() && clear.is_empty() && !matches!(change, Change::DeleteMemory { .. });
+        let single = record.is_none() && clear.is_empty() && change.deletes().is_none();
         let committed = async {
             let mut conn = pool.acquire().await?;
             if single {
@@ -198,31 +178,7 @@ impl Replica for SqliteBackend {
         key: &str,
         at: DateTime<Utc>,
     ) -> Result<bool> {
-        // The tombstone is needed even when nothing is stored yet: an older store still
-        // owed to this side (in the other side's journal) may be replayed after it.
-        let pool = self.writer(agent).await?;
-        let at = time_text(&at);
-        let fail = self.fail(|| format!("delete memory {key:?} of agent {agent:?}"));
-        let deleted = async {
-            let mut conn = pool.acquire().await?;
-            let mut tx = conn.begin_with("begin immediate").await?;
-            let done = sqlx::query("delete from agent_memories where key = ? and updated_at <= ?")
-                .bind(key)
-                .bind(&at)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(
-                "insert into agent_memory_tombstones (key, deleted_at) values (?, ?)
-                 on conflict (key) do update set deleted_at = max(deleted_at, excluded.deleted_at)",
-            )
-            .bind(key)
-            .bind(&at)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-            Ok::<_, sqlx::Error>(done.rows_affected() > 0)
-        };
-        deleted.await.map_err(fail)
+        self.apply_delete(agent, MEMORIES, key, at).await
     }
 
     async fn restore_memory(
@@ -256,21 +212,24 @@ impl Replica for SqliteBackend {
     }
 
     async fn memory_tombstone(&self, agent: &AgentId, key: &str) -> Result<Option<DateTime<Utc>>> {
-        let Some(pool) = self.reader(agent).await? else {
-            return Ok(None);
-        };
-        let at: Option<String> =
-            sqlx::query_scalar("select deleted_at from agent_memory_tombstones where key = ?")
-                .bind(key)
-                .fetch_optional(&pool)
-                .await
-                .map_err(self.fail(|| format!("read tombstone of {key:?} of agent {agent:?}")))?;
-        at.map(|t| parse_time(&t, || format!("tombstone of {key:?} of agent {agent:?}")))
-            .transpose()
+        self.tombstone_of(agent, MEMORIES, key).await
     }
 
     async fn apply_tool(&self, agent: &AgentId, tool: &Tool) -> Result<Option<Tool>> {
         self.apply_tool_row(agent, tool).await
+    }
+
+    async fn apply_tool_delete(
+        &self,
+        agent: &AgentId,
+        name: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        self.apply_delete(agent, TOOLS, name, at).await
+    }
+
+    async fn tool_tombstone(&self, agent: &AgentId, name: &str) -> Result<Option<DateTime<Utc>>> {
+        self.tombstone_of(agent, TOOLS, name).await
     }
 
     async fn owed_writes(&self, agent: &AgentId, limit: usize) -> Result<Vec<OwedRecord>> {
@@ -411,7 +370,7 @@ impl SqliteBackend {
     }
 
     /// Copies `tool` over older versions only ([`APPLY_TOOL`]); returns the tool as
-    /// registered, or `None` when a newer version kept it out.
+    /// registered, or `None` when a newer version or a delete of its name kept it out.
     async fn apply_tool_row(&self, agent: &AgentId, tool: &Tool) -> Result<Option<Tool>> {
         tool.validate()?;
         let pool = self.writer(agent).await?;

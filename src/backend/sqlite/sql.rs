@@ -38,6 +38,8 @@ macro_rules! next_version_sql {
     };
 }
 
+pub(super) use next_version_sql;
+
 /// Stores a memory as the authoritative side: its version moves past the replaced one
 /// and the key's last delete (see `next_version_sql`); returns the id, `created_at` and
 /// version now stored.
@@ -74,13 +76,14 @@ pub(super) const APPLY_MEMORY: &str = "insert into agent_memories
     returning id, created_at";
 
 /// Registers a tool as the authoritative side, its version moving past the replaced
-/// one; returns the id, `created_at` and version now stored.
+/// one and the name's last delete; returns the id, `created_at` and version now stored.
 pub(super) const PUT_TOOL: &str = concat!(
     "insert into agent_tools (id, name, content, metadata, created_at, updated_at)
     values (?1, ?2, ?3, ?4, ?5, ",
     next_version_sql!(
         "?6",
-        "coalesce((select updated_at from agent_tools where name = ?2), ''), ''"
+        "coalesce((select updated_at from agent_tools where name = ?2), ''),
+         coalesce((select deleted_at from agent_tool_tombstones where name = ?2), '')"
     ),
     ")
     on conflict (name) do update set
@@ -89,10 +92,12 @@ pub(super) const PUT_TOOL: &str = concat!(
     returning id, created_at, updated_at"
 );
 
-/// Registers a tool over older versions only.
+/// Registers a tool over older versions only, and not over a delete at or after it.
 pub(super) const APPLY_TOOL: &str =
     "insert into agent_tools (id, name, content, metadata, created_at, updated_at)
-    values (?1, ?2, ?3, ?4, ?5, ?6)
+    select ?1, ?2, ?3, ?4, ?5, ?6
+    where not exists (select 1 from agent_tool_tombstones
+                      where name = ?2 and deleted_at >= ?6)
     on conflict (name) do update set
         content = excluded.content, metadata = excluded.metadata,
         updated_at = excluded.updated_at

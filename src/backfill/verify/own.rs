@@ -8,7 +8,10 @@ use super::TableCheck;
 use crate::backend::dual::same_metadata;
 use crate::backend::{MemoryBackend, PostgresBackend, Replica};
 use crate::error::{Chain, Result};
-use crate::legacy::{ContractRecord, Source, Target, read_own_records, read_own_tombstones};
+use crate::legacy::{
+    ContractRecord, Source, Target, read_own_records, read_own_tombstones, read_own_tool_tombstones,
+};
+use crate::listing::Listing;
 use crate::record::AgentId;
 
 /// Rows named in a table's difference before the rest are only counted.
@@ -100,7 +103,8 @@ pub(super) struct OwnFile<'a> {
 }
 
 impl OwnFile<'_> {
-    /// Checks the file's four record tables and its deletes, one [`TableCheck`] each.
+    /// Checks the file's four record tables and its deletes of keys and of tools, one
+    /// [`TableCheck`] each.
     /// A table that cannot be read to its end is reported as not verified past the rows
     /// read.
     ///
@@ -116,7 +120,8 @@ impl OwnFile<'_> {
         ] {
             checks.push(self.table(source, target).await?);
         }
-        checks.push(self.tombstones(source).await?);
+        checks.push(self.tombstones(source, false).await?);
+        checks.push(self.tombstones(source, true).await?);
         Ok(checks)
     }
 
@@ -125,14 +130,14 @@ impl OwnFile<'_> {
         let mut listed: HashMap<uuid::Uuid, ContractRecord> = match target {
             Target::Metrics => self
                 .backend
-                .list_metrics(self.agent)
+                .list_metrics(self.agent, &Listing::default())
                 .await?
                 .into_iter()
                 .map(|m| (m.id, ContractRecord::Metric(m)))
                 .collect(),
             Target::Executions => self
                 .backend
-                .list_executions(self.agent)
+                .list_executions(self.agent, &Listing::default())
                 .await?
                 .into_iter()
                 .map(|e| (e.id, ContractRecord::Execution(e)))
@@ -182,42 +187,61 @@ impl OwnFile<'_> {
     }
 
     /// The verdict on a record PostgreSQL does not hold: outranked when it is a memory
-    /// whose key PostgreSQL deleted at or after its version.
+    /// or a tool whose key or name PostgreSQL deleted at or after its version.
     async fn missing(&self, own: &ContractRecord) -> Result<Verdict> {
         let name = name(own);
-        let ContractRecord::Memory(memory) = own else {
-            return Ok(Verdict::Differs(format!("{name}: missing")));
+        let deleted = match own {
+            ContractRecord::Memory(memory) => {
+                let Some(key) = memory.key.as_deref() else {
+                    return Ok(Verdict::Differs(format!(
+                        "{name}: stored without a key, so it cannot be looked up"
+                    )));
+                };
+                self.backend.memory_tombstone(self.agent, key).await?
+            }
+            ContractRecord::Tool(tool) => {
+                self.backend.tool_tombstone(self.agent, &tool.name).await?
+            }
+            ContractRecord::Metric(_) | ContractRecord::Execution(_) => None,
         };
-        let Some(key) = memory.key.as_deref() else {
-            return Ok(Verdict::Differs(format!(
-                "{name}: stored without a key, so it cannot be looked up"
-            )));
-        };
-        Ok(
-            match self.backend.memory_tombstone(self.agent, key).await? {
-                Some(deleted) if deleted >= memory.updated_at => Verdict::Outranked,
-                Some(deleted) => Verdict::Differs(format!(
-                    "{name}: missing; its delete in PostgreSQL ({deleted}) is older than this \
-                     version ({})",
-                    memory.updated_at
-                )),
-                None => Verdict::Differs(format!("{name}: missing")),
-            },
-        )
+        let version = own.updated_at().unwrap_or_else(|| own.created_at());
+        Ok(match deleted {
+            Some(deleted) if deleted >= version => Verdict::Outranked,
+            Some(deleted) => Verdict::Differs(format!(
+                "{name}: missing; its delete in PostgreSQL ({deleted}) is older than this \
+                 version ({version})"
+            )),
+            None => Verdict::Differs(format!("{name}: missing")),
+        })
     }
 
-    /// Every key the file records as deleted must not be in PostgreSQL at a version
-    /// the delete outranks: a deleted memory never comes back.
-    async fn tombstones(&self, source: &mut Source) -> Result<TableCheck> {
+    /// Every key and tool the file records as deleted must not be in PostgreSQL at a
+    /// version the delete outranks: a deleted memory or tool never comes back.
+    async fn tombstones(&self, source: &mut Source, tools: bool) -> Result<TableCheck> {
         let mut tally = Tally::default();
-        let unread = match read_own_tombstones(source).await {
+        let read = match tools {
+            false => read_own_tombstones(source).await,
+            true => read_own_tool_tombstones(source).await,
+        };
+        let unread = match read {
             Ok(tombstones) => {
-                for (key, deleted) in tombstones {
-                    let verdict = match self.backend.get_memory(self.agent, &key).await? {
-                        Some(held) if held.updated_at <= deleted => Verdict::Differs(format!(
-                            "memory {key:?}: deleted here at {deleted}, but PostgreSQL still \
-                             holds its version of {}",
-                            held.updated_at
+                for (name, deleted) in tombstones {
+                    let held = match tools {
+                        false => self
+                            .backend
+                            .get_memory(self.agent, &name)
+                            .await?
+                            .map(|m| ("memory", m.updated_at)),
+                        true => self
+                            .backend
+                            .get_tool(self.agent, &name)
+                            .await?
+                            .map(|t| ("tool", t.updated_at)),
+                    };
+                    let verdict = match held {
+                        Some((kind, version)) if version <= deleted => Verdict::Differs(format!(
+                            "{kind} {name:?}: deleted here at {deleted}, but PostgreSQL still \
+                             holds its version of {version}"
                         )),
                         Some(_) => Verdict::Outranked,
                         None => Verdict::Same,
@@ -228,12 +252,11 @@ impl OwnFile<'_> {
             }
             Err(err) => Some(Chain(&err).to_string()),
         };
-        Ok(tally.check(
-            self,
-            "agent_memory_tombstones",
-            "agent_memory.memory_tombstones",
-            unread,
-        ))
+        let (table, target) = match tools {
+            false => ("agent_memory_tombstones", "agent_memory.memory_tombstones"),
+            true => ("agent_tool_tombstones", "agent_memory.tool_tombstones"),
+        };
+        Ok(tally.check(self, table, target, unread))
     }
 }
 
