@@ -114,12 +114,12 @@ pub use async_trait::async_trait;
 
 pub use agent::AgentMemory;
 pub use backend::MemoryBackend;
+#[cfg(all(feature = "sqlite", feature = "postgres"))]
+pub use backend::dual::{DualBackend, DualOptions};
 #[cfg(feature = "postgres")]
 pub use backend::{PostgresBackend, PostgresOptions};
 #[cfg(feature = "sqlite")]
 pub use backend::{SqliteBackend, SqliteOptions};
-#[cfg(all(feature = "sqlite", feature = "postgres"))]
-pub use backend::dual::{DualBackend, DualOptions};
 pub use config::{AgentConfig, BackendKind, Stage};
 pub use error::{Chain, Error, Result, redact_url};
 pub use json::Json;
