@@ -19,7 +19,7 @@ const BOOKKEEPING_SQL: &str = concat!(
 const MIGRATE_LOCK: i64 = 0x6167_656e_745f_6d65; // "agent_me"
 
 const HINT: &str = "apply the shipped schema (backfill --migrate, memctl migrate, or \
-                    memshift::migrate), or run the admin app's prisma db push";
+                    memshift::migrate_url), or run the admin app's prisma db push";
 
 /// Applies the shipped PostgreSQL migrations that `pool`'s database has not had yet, in
 /// one transaction, and returns the versions it applied.
