@@ -63,7 +63,7 @@ impl Default for PostgresOptions {
 /// Agent memory in the PostgreSQL contract tables (`agents`, `agent_memories`,
 /// `agent_tools`, `agent_metrics`, `agent_executions`).
 ///
-/// The tables come from the shipped migrations ([`crate::migrate`]) or from the admin
+/// The tables come from the shipped migrations ([`crate::migrate_url`]) or from the admin
 /// application's Prisma schema; this backend never creates them. [`connect`](Self::connect)
 /// checks that they are there and names what is missing. An agent's `agents` row is made
 /// on its first write.
