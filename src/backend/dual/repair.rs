@@ -177,6 +177,10 @@ impl DualBackend {
                         }
                     }
                 }
+                // Deliveries of records past this batch (or past a stop) stay known, to
+                // be cleared with the next write or flush instead of replayed.
+                delivered.retain(|seq| !done.contains(seq));
+                self.give_done(from, agent, delivered);
                 // Counted before the journal entries go, so that whoever sees the
                 // journal empty also sees the count (a failed clear replays them again,
                 // and they are counted again: each replay is real).

@@ -143,7 +143,7 @@ impl DualBackend {
     }
 
     /// Marks records of `side` for `agent` as arrived, and makes sure a flush follows.
-    fn give_done(&self, side: Side, agent: &AgentId, seqs: Vec<i64>) {
+    pub(super) fn give_done(&self, side: Side, agent: &AgentId, seqs: Vec<i64>) {
         if seqs.is_empty() {
             return;
         }
