@@ -99,22 +99,21 @@ async fn expected(root: &Path) -> Vec<(uuid::Uuid, legacy::ContractRow)> {
             .await
             .unwrap();
         for table in source.tables().await.unwrap() {
-            let (TableKind::Data { .. }, Some(target)) = (&table.kind, map.target(&table.name))
+            let (TableKind::Data { .. }, Some(spec)) =
+                (&table.kind, map.spec(&found.source_db, &table.name))
             else {
                 continue;
+            };
+            let origin = legacy::RowOrigin {
+                agent: &agent,
+                source: "",
+                source_db: &found.source_db,
             };
             let mut batches = source.rows(&table);
             while let Some(batch) = batches.next_batch().await.unwrap() {
                 for row in batch {
-                    let converted = legacy::convert_row(
-                        &agent,
-                        &found.source_db,
-                        &table,
-                        target,
-                        &row,
-                        no_time(),
-                    )
-                    .unwrap();
+                    let converted =
+                        legacy::convert_row(&origin, &table, &spec, &row, no_time()).unwrap();
                     rows.push((converted.record.id(), converted));
                 }
             }

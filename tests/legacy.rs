@@ -6,9 +6,9 @@ use std::time::SystemTime;
 
 use chrono::{DateTime, Utc};
 use memshift::legacy::{
-    ContractRecord, ContractRow, OpenStrategy, Probe, ReadOptions, Source, SourceRow, TableInfo,
-    TableKind, TableMap, TableOutcome, Target, convert_row, discover, inventory, read_own_records,
-    row_id,
+    ContractRecord, ContractRow, OpenStrategy, Probe, ReadOptions, RowOrigin, Source, SourceRow,
+    TableInfo, TableKind, TableMap, TableOutcome, Target, convert_row, discover, inventory,
+    read_own_records, row_id,
 };
 use memshift::{
     AgentId, Execution, Json, Listing, Memory, MemoryBackend, Metric, SqliteBackend, Tool,
@@ -78,8 +78,25 @@ async fn convert(
     all_rows(&mut source, &info)
         .await
         .iter()
-        .map(|row| convert_row(&agent(who), source_db, &info, target, row, migrated_at()).unwrap())
+        .map(|row| convert_one(who, source_db, &info, target, row))
         .collect()
+}
+
+/// One row of agent `who`'s file `source_db`, of the unnamed source, converted.
+fn convert_one(
+    who: &str,
+    source_db: &str,
+    info: &TableInfo,
+    target: Target,
+    row: &SourceRow,
+) -> ContractRow {
+    let who = agent(who);
+    let origin = RowOrigin {
+        agent: &who,
+        source: "",
+        source_db,
+    };
+    convert_row(&origin, info, &target.into(), row, migrated_at()).unwrap()
 }
 
 async fn generated(dir: &Path, file: &str, sql: &str) -> PathBuf {
@@ -204,27 +221,78 @@ async fn metadata_holds_the_source_and_the_migration_time() {
 #[tokio::test]
 async fn ids_depend_only_on_agent_db_table_and_rowid() {
     let key = Json::from(json!(7));
-    let id = row_id(&agent("crawler"), "crawler/memory.db", "memory", &key);
+    let id = row_id(
+        &RowOrigin {
+            agent: &agent("crawler"),
+            source: "",
+            source_db: "crawler/memory.db",
+        },
+        "memory",
+        &key,
+    );
     // uuid5(a581f4c7-e8fc-5bbf-9361-1b7b5553cc3b, '["crawler","crawler/memory.db","memory",7]')
     assert_eq!(id.to_string(), "0d5145db-be5b-544b-88df-98526887968b");
     let others = [
-        row_id(&agent("Crawler"), "crawler/memory.db", "memory", &key),
-        row_id(&agent("crawler"), "crawler/memory2.db", "memory", &key),
-        row_id(&agent("crawler"), "crawler/memory.db", "tools", &key),
         row_id(
-            &agent("crawler"),
-            "crawler/memory.db",
+            &RowOrigin {
+                agent: &agent("Crawler"),
+                source: "",
+                source_db: "crawler/memory.db",
+            },
+            "memory",
+            &key,
+        ),
+        row_id(
+            &RowOrigin {
+                agent: &agent("crawler"),
+                source: "",
+                source_db: "crawler/memory2.db",
+            },
+            "memory",
+            &key,
+        ),
+        row_id(
+            &RowOrigin {
+                agent: &agent("crawler"),
+                source: "",
+                source_db: "crawler/memory.db",
+            },
+            "tools",
+            &key,
+        ),
+        row_id(
+            &RowOrigin {
+                agent: &agent("crawler"),
+                source: "",
+                source_db: "crawler/memory.db",
+            },
             "memory",
             &json!(8).into(),
         ),
         row_id(
-            &agent("crawler"),
-            "crawler/memory.db",
+            &RowOrigin {
+                agent: &agent("crawler"),
+                source: "",
+                source_db: "crawler/memory.db",
+            },
             "memory",
             &json!({"k": 7}).into(),
         ),
     ];
     assert!(others.iter().all(|o| *o != id));
+    // A named source (`--source host-b`) is part of the name, so two trees with the same
+    // paths keep their rows apart; the unnamed source keeps the ids above.
+    let named = row_id(
+        &RowOrigin {
+            agent: &agent("crawler"),
+            source: "host-b",
+            source_db: "crawler/memory.db",
+        },
+        "memory",
+        &key,
+    );
+    // uuid5(ns, '["crawler","host-b","crawler/memory.db","memory",7]')
+    assert_eq!(named.to_string(), "0e7a59d7-f35f-55f7-8a3f-6e017f57fded");
 
     // Stable across runs: another migration time, another read, the same ids.
     let dir = tempfile::tempdir().unwrap();
@@ -234,21 +302,22 @@ async fn ids_depend_only_on_agent_db_table_and_rowid() {
     let info = table(&mut source, "memory").await;
     let again = all_rows(&mut source, &info).await;
     for (row, before) in again.iter().zip(&first) {
-        let later = convert_row(
-            &agent("a"),
-            "a/m.db",
-            &info,
-            Target::Memories,
-            row,
-            Utc::now(),
-        )
-        .unwrap();
+        let who = agent("a");
+        let origin = RowOrigin {
+            agent: &who,
+            source: "",
+            source_db: "a/m.db",
+        };
+        let later = convert_row(&origin, &info, &Target::Memories.into(), row, Utc::now()).unwrap();
         assert_eq!(later.record.id(), before.record.id());
         assert_eq!(
             later.record.id(),
             row_id(
-                &agent("a"),
-                "a/m.db",
+                &RowOrigin {
+                    agent: &agent("a"),
+                    source: "",
+                    source_db: "a/m.db"
+                },
                 "memory",
                 &json!(row.rowid.unwrap()).into()
             )
@@ -355,17 +424,7 @@ async fn without_rowid_tables_are_keyed_by_their_primary_key_in_batches() {
     assert!(rows.iter().all(|r| r.rowid.is_none()));
     let converted: Vec<ContractRow> = rows
         .iter()
-        .map(|r| {
-            convert_row(
-                &agent("a"),
-                "a/w.db",
-                &info,
-                Target::Tools,
-                r,
-                migrated_at(),
-            )
-            .unwrap()
-        })
+        .map(|r| convert_one("a", "a/w.db", &info, Target::Tools, r))
         .collect();
     let meta = converted[0].record.metadata();
     assert_eq!(meta["source_rowid"], Value::Null);
@@ -381,8 +440,11 @@ async fn without_rowid_tables_are_keyed_by_their_primary_key_in_batches() {
     assert_eq!(
         converted[0].record.id(),
         row_id(
-            &agent("a"),
-            "a/w.db",
+            &RowOrigin {
+                agent: &agent("a"),
+                source: "",
+                source_db: "a/w.db"
+            },
             "my \"odd\" tablé",
             &json!({"a": "w", "b": {"$base64": "AA=="}}).into()
         )
@@ -415,15 +477,7 @@ async fn without_rowid_ids_take_the_key_in_key_order() {
     let mut source = open(&path).await;
     let info = table(&mut source, "t").await;
     let rows = all_rows(&mut source, &info).await;
-    let row = convert_row(
-        &agent("a"),
-        "a/k.db",
-        &info,
-        Target::Tools,
-        &rows[0],
-        migrated_at(),
-    )
-    .unwrap();
+    let row = convert_one("a", "a/k.db", &info, Target::Tools, &rows[0]);
     let name = r#"["a","a/k.db","t",{"z":"zz","a":"aa"}]"#;
     let namespace = memshift::legacy::LEGACY_ROW_NAMESPACE;
     assert_eq!(
@@ -433,8 +487,11 @@ async fn without_rowid_ids_take_the_key_in_key_order() {
     assert_eq!(
         row.record.id(),
         row_id(
-            &agent("a"),
-            "a/k.db",
+            &RowOrigin {
+                agent: &agent("a"),
+                source: "",
+                source_db: "a/k.db"
+            },
             "t",
             &r#"{"z":"zz","a":"aa"}"#.parse().unwrap()
         )
@@ -469,15 +526,7 @@ async fn big_values_and_awkward_names_survive() {
     let info = table(&mut source, "agent memory 'quoted' ünï").await;
     let rows = all_rows(&mut source, &info).await;
     assert_eq!(rows.len(), 1);
-    let row = convert_row(
-        &agent("a"),
-        "a/big.db",
-        &info,
-        Target::Memories,
-        &rows[0],
-        migrated_at(),
-    )
-    .unwrap();
+    let row = convert_one("a", "a/big.db", &info, Target::Memories, &rows[0]);
     let content: Value = row.record.content().parse().unwrap();
     assert_eq!(content["a b"].as_str().unwrap().len(), 1 << 20);
     assert_eq!(

@@ -14,8 +14,9 @@ use crate::backend::agent_rows::AgentRowError;
 use crate::backend::{MemoryBackend, PgTarget, PostgresBackend, Replica};
 use crate::error::{Chain, Error, Fault, Result};
 use crate::legacy::{
-    ContractRecord, ContractRow, Found, Probe, Source, SourceRow, TableInfo, TableKind, Target,
-    convert_row, discover, read_own_records, read_own_tombstones, read_own_tool_tombstones,
+    ContractRecord, ContractRow, Found, Probe, RowOrigin, Source, SourceRow, TableInfo, TableKind,
+    TableSpec, Target, convert_row, discover, read_own_records, read_own_tombstones,
+    read_own_tool_tombstones,
 };
 use crate::record::AgentId;
 
@@ -169,7 +170,10 @@ impl Run<'_> {
                 table: table.name.clone(),
                 ..TableReport::default()
             };
-            let target = match (&table.kind, self.options.map.target(&table.name)) {
+            let spec = match (
+                &table.kind,
+                self.options.map.spec(&found.source_db, &table.name),
+            ) {
                 (TableKind::Skipped { reason }, _) => {
                     out.skipped = Some(reason.clone());
                     None
@@ -178,11 +182,11 @@ impl Run<'_> {
                     out.skipped = Some(super::UNMAPPED.into());
                     None
                 }
-                (_, Some(target)) => Some(target),
+                (_, Some(spec)) => Some(spec),
             };
-            if let Some(target) = target {
-                out.target = Some(target.table().to_string());
-                self.legacy_table(source, agent, found, &table, target, &mut out)
+            if let Some(spec) = spec {
+                out.target = Some(spec.target.table().to_string());
+                self.legacy_table(source, agent, found, &table, &spec, &mut out)
                     .await;
             }
             report.tables.push(out);
@@ -196,10 +200,16 @@ impl Run<'_> {
         agent: &AgentId,
         found: &Found,
         table: &TableInfo,
-        target: Target,
+        spec: &TableSpec,
         out: &mut TableReport,
     ) {
         let started = Instant::now();
+        let target = spec.target;
+        let origin = RowOrigin {
+            agent,
+            source: &self.options.source,
+            source_db: &found.source_db,
+        };
         if self.finished_earlier(&found.source_db, &table.name).await {
             out.done_earlier = true;
             return;
@@ -221,7 +231,7 @@ impl Run<'_> {
             };
             let mut rows = Vec::with_capacity(batch.len());
             for row in &batch {
-                match convert_row(agent, &found.source_db, table, target, row, migrated_at) {
+                match convert_row(&origin, table, spec, row, migrated_at) {
                     Ok(mut converted) => {
                         out.unreadable_times += u64::from(converted.time_problem.is_some());
                         count_future(&converted, converted.record.created_at(), out);

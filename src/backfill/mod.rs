@@ -52,6 +52,9 @@ pub struct BackfillOptions {
     /// `embedding` column, instead of leaving it null for the fill pass. The column stays
     /// in `content` either way.
     pub legacy_embeddings: bool,
+    /// The name of the agents tree being read (`--source`), recorded as
+    /// `metadata.source` and part of every row's id; empty for the unnamed source.
+    pub source: String,
 }
 
 impl BackfillOptions {
@@ -66,6 +69,7 @@ impl BackfillOptions {
             },
             timeout: Duration::from_secs(300),
             legacy_embeddings: false,
+            source: String::new(),
         }
     }
 }

@@ -13,7 +13,7 @@ use super::BackfillOptions;
 use crate::backend::agent_rows::agent_row_id;
 use crate::backend::{PostgresBackend, PostgresOptions, Replica};
 use crate::error::{Chain, Result};
-use crate::legacy::{ContractRecord, Probe, Source, TableKind, convert_row, discover};
+use crate::legacy::{ContractRecord, Probe, RowOrigin, Source, TableKind, convert_row, discover};
 
 /// One table compared.
 #[derive(Debug, Clone, Serialize)]
@@ -169,10 +169,16 @@ async fn compare(
             }
         };
         for table in tables {
-            let (TableKind::Data { .. }, Some(target)) =
-                (&table.kind, options.map.target(&table.name))
+            let (TableKind::Data { .. }, Some(spec)) =
+                (&table.kind, options.map.spec(&found.source_db, &table.name))
             else {
                 continue;
+            };
+            let target = spec.target;
+            let origin = RowOrigin {
+                agent: &agent,
+                source: &options.source,
+                source_db: &found.source_db,
             };
             let mut legacy = Sum::default();
             let mut legacy_rows = 0;
@@ -183,14 +189,7 @@ async fn compare(
                 match batches.next_batch().await {
                     Ok(Some(batch)) => {
                         for row in &batch {
-                            match convert_row(
-                                &agent,
-                                &found.source_db,
-                                &table,
-                                target,
-                                row,
-                                migrated_at,
-                            ) {
+                            match convert_row(&origin, &table, &spec, row, migrated_at) {
                                 Ok(converted) => {
                                     // A tool whose name PostgreSQL deleted at or after
                                     // this version was kept out by the backfill.

@@ -7,7 +7,7 @@ use chrono::Utc;
 use super::discover::{Probe, discover};
 use super::open::{ReadOptions, Source};
 use super::read::TableKind;
-use super::row::convert_row;
+use super::row::{RowOrigin, convert_row};
 use super::{TableMap, Target};
 use crate::backend::codec::time_text;
 use crate::error::{Chain, Result};
@@ -123,8 +123,10 @@ async fn inventory_file(
                 TableOutcome::Skipped("the library's own bookkeeping, not agent data".into())
             }),
             (_, false) => map
-                .target(&table.name)
-                .map_or(TableOutcome::Unmapped, TableOutcome::Target),
+                .spec(&file.source_db, &table.name)
+                .map_or(TableOutcome::Unmapped, |spec| {
+                    TableOutcome::Target(spec.target)
+                }),
         };
         let mut entry = TableInventory {
             name: table.name.clone(),
@@ -145,8 +147,12 @@ async fn inventory_file(
                     while let Some(batch) = batches.next_batch().await? {
                         for row in &batch {
                             entry.rows += 1;
-                            let converted =
-                                convert_row(agent, &file.source_db, &table, target, row, at)?;
+                            let origin = RowOrigin {
+                                agent,
+                                source: "",
+                                source_db: &file.source_db,
+                            };
+                            let converted = convert_row(&origin, &table, &target.into(), row, at)?;
                             let place = || {
                                 converted
                                     .source

@@ -54,7 +54,9 @@ pub use own::read_own_records;
 #[doc(hidden)]
 pub use read::{RowBatches, SourceRow, TableInfo};
 #[doc(hidden)]
-pub use row::{ContractRecord, ContractRow, LEGACY_ROW_NAMESPACE, RowSource, convert_row, row_id};
+pub use row::{
+    ContractRecord, ContractRow, LEGACY_ROW_NAMESPACE, RowOrigin, RowSource, convert_row, row_id,
+};
 #[doc(hidden)]
 pub use value::SqlValue;
 
@@ -104,6 +106,19 @@ impl fmt::Display for Target {
     }
 }
 
+/// How the rows of one legacy table move: the contract table they go to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSpec {
+    /// The contract table.
+    pub target: Target,
+}
+
+impl From<Target> for TableSpec {
+    fn from(target: Target) -> Self {
+        TableSpec { target }
+    }
+}
+
 /// Which legacy tables go where: the contract's names, plus extra ones a caller maps
 /// (`--map long_term_memories=agent_memories`).
 #[derive(Debug, Clone, Default)]
@@ -121,6 +136,13 @@ impl TableMap {
     pub fn with(mut self, table: impl Into<String>, target: Target) -> Self {
         self.extra.insert(table.into(), target);
         self
+    }
+
+    /// How table `table` of file `source_db` (relative to the agents path) moves, or
+    /// `None` when it is not mapped.
+    pub fn spec(&self, source_db: &str, table: &str) -> Option<TableSpec> {
+        let _ = source_db;
+        self.target(table).map(TableSpec::from)
     }
 
     /// The target of a legacy table: an extra mapping (exact name) first, then the

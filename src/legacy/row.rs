@@ -4,10 +4,10 @@ use chrono::{DateTime, Utc};
 use serde_json::{Number, Value};
 use uuid::Uuid;
 
-use super::Target;
 use super::read::{SourceRow, TableInfo, TableKind};
 use super::time::{TIME_COLUMNS, parse_time_value};
 use super::value::{SqlValue, ordered_object, without_nul};
+use super::{TableSpec, Target};
 use crate::backend::codec::time_text;
 use crate::error::{Error, Result};
 use crate::json::Json;
@@ -21,7 +21,10 @@ pub const LEGACY_ROW_NAMESPACE: Uuid = Uuid::from_u128(0xa581f4c7_e8fc_5bbf_9361
 /// The id of a legacy row: UUID v5 (SHA-1) under [`LEGACY_ROW_NAMESPACE`] of the UTF-8
 /// bytes of the compact JSON array `[agent, source_db, source_table, key]`, where `key`
 /// is the rowid as a JSON number, or, in a `WITHOUT ROWID` table, the primary key as a
-/// JSON object of column name to contract value form, in key order.
+/// JSON object of column name to contract value form, in key order. When the operator
+/// names the source (`--source NAME`, never empty then), the array is
+/// `[agent, source, source_db, source_table, key]`: the same paths of two named sources
+/// give different ids, and an unnamed source keeps the ids it always had.
 ///
 /// The JSON is serde_json's compact form: no spaces, strings escaped only where JSON
 /// requires it (`"`, `\`, control characters, as `\n`, `\t`, ... or `\u00XX` in lower
@@ -29,11 +32,27 @@ pub const LEGACY_ROW_NAMESPACE: Uuid = Uuid::from_u128(0xa581f4c7_e8fc_5bbf_9361
 /// `json.dumps(x, ensure_ascii=False, separators=(",", ":"))` writes. For example, row
 /// 7 of table `memory` in `crawler/memory.db` of agent `crawler` has the id
 /// `uuid5(LEGACY_ROW_NAMESPACE, '["crawler","crawler/memory.db","memory",7]')`.
-pub fn row_id(agent: &AgentId, source_db: &str, source_table: &str, key: &Json) -> Uuid {
-    let name = (agent.as_str(), source_db, source_table, key);
+pub fn row_id(origin: &RowOrigin<'_>, source_table: &str, key: &Json) -> Uuid {
+    let agent = origin.agent.as_str();
     // Strings and JSON text always serialize.
-    let name = Json::new(&name).map(Json::into_string).unwrap_or_default();
+    let name = match origin.source {
+        "" => Json::new(&(agent, origin.source_db, source_table, key)),
+        source => Json::new(&(agent, source, origin.source_db, source_table, key)),
+    };
+    let name = name.map(Json::into_string).unwrap_or_default();
     Uuid::new_v5(&LEGACY_ROW_NAMESPACE, name.as_bytes())
+}
+
+/// Where the rows being converted come from: the agent, the source the operator named
+/// (empty when none was), and the file relative to the agents path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowOrigin<'a> {
+    /// The agent the file belongs to.
+    pub agent: &'a AgentId,
+    /// The source's name (`metadata.source`), or empty.
+    pub source: &'a str,
+    /// The file, relative to the agents path, `/`-separated (`metadata.source_db`).
+    pub source_db: &'a str,
 }
 
 /// A contract record of one of the four targets.
@@ -180,13 +199,16 @@ impl ContractRow {
 /// [`Error::InvalidInput`] when `table` is a skipped table or `row` does not have its
 /// columns.
 pub fn convert_row(
-    agent: &AgentId,
-    source_db: &str,
+    origin: &RowOrigin<'_>,
     table: &TableInfo,
-    target: Target,
+    spec: &TableSpec,
     row: &SourceRow,
     migrated_at: DateTime<Utc>,
 ) -> Result<ContractRow> {
+    let RowOrigin {
+        agent, source_db, ..
+    } = *origin;
+    let target = spec.target;
     let TableKind::Data {
         columns,
         without_rowid,
@@ -225,6 +247,9 @@ pub fn convert_row(
     let mut metadata = Metadata::new();
     metadata.insert("source_table".into(), table.name.clone().into());
     metadata.insert("source_db".into(), source_db.into());
+    if !origin.source.is_empty() {
+        metadata.insert("source".into(), origin.source.into());
+    }
     let (key, fallback_name) = match (without_rowid, row.rowid) {
         (false, Some(rowid)) => {
             metadata.insert("source_rowid".into(), Value::Number(Number::from(rowid)));
@@ -284,7 +309,7 @@ pub fn convert_row(
         }
     }
 
-    let id = row_id(agent, source_db, &table.name, &key);
+    let id = row_id(origin, &table.name, &key);
     let content = ordered_object(&content);
     let name = name.unwrap_or_else(|| {
         let fallback = without_nul_text(fallback_name);

@@ -7,7 +7,9 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use memshift::AgentId;
-use memshift::legacy::{ContractRecord, ContractRow, ReadOptions, Source, Target, convert_row};
+use memshift::legacy::{
+    ContractRecord, ContractRow, ReadOptions, RowOrigin, Source, Target, convert_row,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -87,6 +89,12 @@ pub(super) async fn write_copy_file(
     };
     let mut text = Vec::new();
     let mut batches = source.rows(&table);
+    let origin = RowOrigin {
+        agent: &agent,
+        source: "",
+        source_db: &source_db,
+    };
+    let spec = Target::Memories.into();
     loop {
         let started = Instant::now();
         let Some(batch) = batches.next_batch().await? else {
@@ -97,16 +105,7 @@ pub(super) async fn write_copy_file(
         let started = Instant::now();
         let rows = batch
             .iter()
-            .map(|row| {
-                convert_row(
-                    &agent,
-                    &source_db,
-                    &table,
-                    Target::Memories,
-                    row,
-                    migrated_at,
-                )
-            })
+            .map(|row| convert_row(&origin, &table, &spec, row, migrated_at))
             .collect::<memshift::Result<Vec<_>>>()?;
         stages.convert_seconds += started.elapsed().as_secs_f64();
         if let Some(problem) = rows.iter().find_map(|r| r.time_problem.as_ref()) {
