@@ -7,12 +7,15 @@ use super::POSTGRES_MIGRATIONS;
 use crate::error::{Error, Result};
 
 /// The library's bookkeeping in PostgreSQL (schema `agent_memory`): applied migrations,
-/// memory and tool tombstones and writes owed to SQLite. Created at connect, never in
+/// memory and tool tombstones, writes owed to SQLite and the backfill's runs and
+/// catch-up state. Created at connect, never in
 /// `public`. Its files run in order; each is idempotent.
 const BOOKKEEPING_SQL: &str = concat!(
     include_str!("../../migrations/postgres/bookkeeping.sql"),
     "\n",
     include_str!("../../migrations/postgres/bookkeeping_0002_tool_tombstones.sql"),
+    "\n",
+    include_str!("../../migrations/postgres/bookkeeping_0003_catch_up.sql"),
 );
 
 /// Serialises concurrent migrators on one PostgreSQL database.
