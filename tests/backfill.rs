@@ -67,7 +67,7 @@ async fn counts(conn: &mut PgConnection) -> Vec<i64> {
         "agent_tools",
         "agent_metrics",
         "agent_executions",
-        "agent_memory.backfill_progress",
+        "agent_memory.backfill_tables",
     ] {
         let sql = format!("select count(*) from {table}");
         out.push(
@@ -234,13 +234,16 @@ async fn every_row_arrives_once_as_the_contract_says() {
         .unwrap();
     assert_eq!(agents, ["alpha", "beta"]);
 
-    // A second run finds every table finished; a run after a cleared record inserts nothing.
+    // A second run finds every row there; so does one that lost the catch-up records and
+    // compares every row in PostgreSQL.
     let again = backfill::run(&db.url, &options, &()).await.unwrap();
     assert_eq!(again.totals.inserted, 0);
-    sqlx::raw_sql("delete from agent_memory.backfill_progress")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    sqlx::raw_sql(
+        "delete from agent_memory.backfill_tables; delete from agent_memory.backfill_chunks",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
     let before = counts(&mut conn).await;
     let reread = backfill::run(&db.url, &options, &()).await.unwrap();
     assert_eq!(
@@ -1234,10 +1237,12 @@ async fn an_agent_the_admin_app_registered_keeps_its_id() {
     let before = counts(&mut conn).await;
     let again = backfill::run(&db.url, &options, &()).await.unwrap();
     assert_eq!(again.totals.inserted, 0);
-    sqlx::raw_sql("delete from agent_memory.backfill_progress")
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    sqlx::raw_sql(
+        "delete from agent_memory.backfill_tables; delete from agent_memory.backfill_chunks",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
     let reread = backfill::run(&db.url, &options, &()).await.unwrap();
     assert_eq!(
         (reread.totals.inserted, reread.totals.already_present),

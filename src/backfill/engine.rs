@@ -7,16 +7,18 @@ use backon::{ExponentialBuilder, RetryableWithContext};
 use chrono::Utc;
 use sqlx::{Connection, PgConnection};
 
-use super::load::{load_batch, prepare};
+use super::catchup::{self, ChunkBuf};
+use super::load::{Batch, ChunkRecord, Synced, TableKey, prepare, sync_batch};
 use super::report::{Failure, FileReport, Report, TableReport, rate};
 use super::{BackfillOptions, Progress};
 use crate::backend::agent_rows::AgentRowError;
 use crate::backend::{MemoryBackend, PgTarget, PostgresBackend, Replica};
 use crate::error::{Chain, Error, Fault, Result};
+use crate::json::Json;
 use crate::legacy::{
     ContractRecord, ContractRow, Found, Probe, RowOrigin, Source, SourceRow, TableInfo, TableKind,
     TableSpec, Target, convert_row, discover, read_own_records, read_own_tombstones,
-    read_own_tool_tombstones,
+    read_own_tool_tombstones, row_id,
 };
 use crate::record::AgentId;
 
@@ -35,7 +37,7 @@ fn retry_schedule() -> ExponentialBuilder {
 fn attempts<'a, 'r: 'a, F, Fut>(attempt: F) -> F
 where
     F: FnMut(&'a mut Run<'r>) -> Fut,
-    Fut: std::future::Future<Output = (&'a mut Run<'r>, std::result::Result<u64, Attempt>)>,
+    Fut: std::future::Future<Output = (&'a mut Run<'r>, std::result::Result<Synced, Attempt>)>,
 {
     attempt
 }
@@ -60,6 +62,59 @@ impl Attempt {
             retry: false,
         }
     }
+}
+
+/// What a table's loads share.
+struct Sync<'a> {
+    target: Target,
+    key: TableKey<'a>,
+    force: bool,
+}
+
+/// Rows, deletes and chunk records waiting to be loaded in one transaction.
+#[derive(Debug, Default)]
+struct Pending {
+    rows: Vec<ContractRow>,
+    deletes: Vec<uuid::Uuid>,
+    chunks: Vec<ChunkRecord>,
+    gone: Vec<i64>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+            && self.deletes.is_empty()
+            && self.chunks.is_empty()
+            && self.gone.is_empty()
+    }
+
+    /// Takes a chunk read whole: nothing to do when it is what was loaded before (and
+    /// `force` is off); else its rows, the rows it no longer has, and its record.
+    fn chunk(
+        &mut self,
+        done: ChunkBuf,
+        recorded: Option<ChunkRecord>,
+        id_of: impl Fn(i64) -> uuid::Uuid,
+        force: bool,
+        out: &mut TableReport,
+    ) {
+        if !force && done.same_as(recorded.as_ref()) {
+            out.already_present += done.count();
+            return;
+        }
+        self.deletes
+            .extend(done.deleted_since(recorded.as_ref(), id_of));
+        if done.complete {
+            self.chunks.push(done.record());
+        }
+        self.rows.extend(done.rows);
+    }
+}
+
+/// What a table's catch-up record holds of its map: the spec, and the options that
+/// change how its rows convert.
+fn spec_record(spec: &TableSpec, legacy_embeddings: bool) -> serde_json::Value {
+    serde_json::json!({ "spec": format!("{spec:?}"), "legacy_embeddings": legacy_embeddings })
 }
 
 /// One worker's run: a backend for the library-layout files and one connection holding
@@ -127,11 +182,13 @@ impl Run<'_> {
                 return report;
             }
         }
+        // Taken before the file is read, so a write during the read changes it.
+        let stamp = catchup::file_stamp(&found.path);
         let outcome = match Source::open(&found.path, &self.options.read).await {
             Ok(mut source) => match found.probe {
                 Probe::Own => self.own_file(&mut source, &agent, found, &mut report).await,
                 _ => {
-                    self.legacy_file(&mut source, &agent, found, &mut report)
+                    self.legacy_file(&mut source, &agent, found, stamp.as_deref(), &mut report)
                         .await
                 }
             },
@@ -142,6 +199,47 @@ impl Run<'_> {
         }
         let _ = self.claim(&found.source_db, false).await;
         report
+    }
+
+    /// Tables an earlier run moved from this file that the file no longer has: their
+    /// rows were deleted with them, so the backfill's copies go too (rows agents wrote
+    /// since through the library stay). Each is reported as a table with its deletes.
+    async fn tables_gone(&mut self, found: &Found, tables: &[TableInfo], report: &mut FileReport) {
+        let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
+        let gone: std::result::Result<Vec<(String, String)>, _> = sqlx::query_as(
+            "select source_table, target from agent_memory.backfill_tables
+             where source = $1 and source_db = $2 and source_table <> all($3)",
+        )
+        .bind(&self.options.source)
+        .bind(&found.source_db)
+        .bind(&names)
+        .fetch_all(&mut self.conn)
+        .await;
+        for (table, target) in gone.unwrap_or_default() {
+            let key = TableKey {
+                source: &self.options.source,
+                source_db: &found.source_db,
+                source_table: &table,
+            };
+            let mut out = TableReport {
+                table: table.clone(),
+                target: Some(target.clone()),
+                skipped: Some("gone from the file since an earlier run".into()),
+                ..TableReport::default()
+            };
+            match catchup::forget(&mut self.conn, key, &target).await {
+                Ok(deleted) => out.deleted = deleted,
+                Err(err) => out.failed.push(Failure {
+                    rowids: None,
+                    rows: 0,
+                    reason: format!(
+                        "deleting the rows of a table gone from the file: {}",
+                        self.scrub(err)
+                    ),
+                }),
+            }
+            report.tables.push(out);
+        }
     }
 
     /// Takes (`true`) or releases (`false`) the claim on one source file.
@@ -163,9 +261,12 @@ impl Run<'_> {
         source: &mut Source,
         agent: &AgentId,
         found: &Found,
+        stamp: Option<&str>,
         report: &mut FileReport,
     ) -> Result<()> {
-        for table in source.tables().await? {
+        let tables = source.tables().await?;
+        self.tables_gone(found, &tables, report).await;
+        for table in tables {
             let mut out = TableReport {
                 table: table.name.clone(),
                 ..TableReport::default()
@@ -186,7 +287,7 @@ impl Run<'_> {
             };
             if let Some(spec) = spec {
                 out.target = Some(spec.target.table().to_string());
-                self.legacy_table(source, agent, found, &table, &spec, &mut out)
+                self.legacy_table(source, agent, found, &table, &spec, stamp, &mut out)
                     .await;
             }
             report.tables.push(out);
@@ -194,6 +295,10 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Brings PostgreSQL's copy of one legacy table to the table's current state (see
+    /// [`super::catchup`]): nothing read when its file and map are as when it was last
+    /// caught up; else every row read, and the chunks that changed loaded again.
+    #[allow(clippy::too_many_arguments)]
     async fn legacy_table(
         &mut self,
         source: &mut Source,
@@ -201,21 +306,84 @@ impl Run<'_> {
         found: &Found,
         table: &TableInfo,
         spec: &TableSpec,
+        stamp: Option<&str>,
         out: &mut TableReport,
     ) {
         let started = Instant::now();
-        let target = spec.target;
-        let origin = RowOrigin {
-            agent,
-            source: &self.options.source,
+        let options = self.options;
+        let key = TableKey {
+            source: &options.source,
             source_db: &found.source_db,
+            source_table: &table.name,
         };
-        if self.finished_earlier(&found.source_db, &table.name).await {
-            out.done_earlier = true;
+        let spec_json = spec_record(spec, options.legacy_embeddings);
+        let target = spec.target;
+        let recorded = match catchup::recorded(&mut self.conn, key).await {
+            Ok(recorded) => recorded,
+            Err(err) => {
+                out.failed.push(Failure {
+                    rowids: None,
+                    rows: 0,
+                    reason: format!("reading the table's catch-up record: {}", self.scrub(err)),
+                });
+                return;
+            }
+        };
+        if let Some(recorded) = &recorded
+            && recorded.spec == spec_json
+            && stamp.is_some()
+            && recorded.file_stamp.as_deref() == stamp
+        {
+            out.unchanged = true;
             return;
         }
+        let force = recorded.as_ref().is_some_and(|r| r.spec != spec_json);
+        if let Some(recorded) = recorded.as_ref().filter(|r| r.target != target.table()) {
+            match catchup::forget(&mut self.conn, key, &recorded.target).await {
+                Ok(_) => out.moved_from = Some(recorded.target.clone()),
+                Err(err) => {
+                    out.failed.push(Failure {
+                        rowids: None,
+                        rows: 0,
+                        reason: format!(
+                            "moving the table's rows out of {}: {}",
+                            recorded.target,
+                            self.scrub(err)
+                        ),
+                    });
+                    return;
+                }
+            }
+        }
+        let mut chunks = match catchup::chunks(&mut self.conn, key).await {
+            Ok(chunks) => chunks,
+            Err(err) => {
+                out.failed.push(Failure {
+                    rowids: None,
+                    rows: 0,
+                    reason: format!("reading the table's chunks: {}", self.scrub(err)),
+                });
+                return;
+            }
+        };
+        let origin = RowOrigin {
+            agent,
+            source: &options.source,
+            source_db: &found.source_db,
+        };
+        let id_of = |rowid: i64| {
+            row_id(
+                &origin,
+                &table.name,
+                &Json::from(serde_json::Value::from(rowid)),
+            )
+        };
         let migrated_at = crate::record::now();
+        let mut pending = Pending::default();
+        let mut current: Option<ChunkBuf> = None;
+        let mut read_all = true;
         let mut batches = source.rows(table);
+        let sync = Sync { target, key, force };
         loop {
             let batch = match batches.next_batch().await {
                 Ok(Some(batch)) => batch,
@@ -226,57 +394,112 @@ impl Run<'_> {
                         rows: 0,
                         reason: format!("reading stopped: {}", Chain(&err)),
                     });
+                    read_all = false;
                     break;
                 }
             };
-            let mut rows = Vec::with_capacity(batch.len());
             for row in &batch {
+                let chunk = catchup::chunk_of(row.rowid);
+                if current.as_ref().is_some_and(|c| c.chunk != chunk)
+                    && let Some(done) = current.take()
+                {
+                    let recorded = chunks.remove(&done.chunk);
+                    pending.chunk(done, recorded, id_of, force, out);
+                }
+                let buf = current.get_or_insert_with(|| ChunkBuf::new(chunk));
                 match convert_row(&origin, table, spec, row, migrated_at) {
                     Ok(mut converted) => {
+                        buf.member(row.rowid, Some(converted.record.id()));
                         out.unreadable_times += u64::from(converted.time_problem.is_some());
                         count_future(&converted, converted.record.created_at(), out);
-                        if self.options.legacy_embeddings {
+                        if options.legacy_embeddings {
                             take_embedding(table, row, &mut converted, out);
                         }
-                        rows.push(converted);
+                        buf.push(converted);
                     }
-                    Err(err) => out.failed.push(Failure {
-                        rowids: row.rowid.map(|r| (r, r)),
-                        rows: 1,
-                        reason: Chain(&err).to_string(),
-                    }),
+                    Err(err) => {
+                        buf.member(row.rowid, None);
+                        buf.complete = false;
+                        out.failed.push(Failure {
+                            rowids: row.rowid.map(|r| (r, r)),
+                            rows: 1,
+                            reason: Chain(&err).to_string(),
+                        });
+                    }
+                }
+                // A WITHOUT ROWID table is one chunk: its rows load as they come.
+                if buf.chunk == catchup::WHOLE_TABLE
+                    && buf.rows.len() >= options.read.batch_size.max(1)
+                {
+                    buf.spilled = true;
+                    pending.rows.append(&mut buf.rows);
+                }
+                if pending.rows.len() >= options.read.batch_size.max(1) {
+                    self.sync(&sync, &mut pending, out).await;
                 }
             }
             out.read += batch.len() as u64;
-            self.load(target, &rows, (&found.source_db, &table.name), out)
-                .await;
             self.progress.rows(batch.len() as u64);
         }
-        if out.failed.is_empty() {
-            self.mark_finished(&found.source_db, &table.name).await;
+        if let Some(done) = current.take() {
+            let recorded = chunks.remove(&done.chunk);
+            pending.chunk(done, recorded, id_of, force, out);
+        }
+        if read_all {
+            // Chunks the source no longer has at all: every row of theirs was deleted.
+            for (chunk, recorded) in std::mem::take(&mut chunks) {
+                pending.deletes.extend(catchup::all_ids(&recorded, id_of));
+                pending.gone.push(chunk);
+            }
+        }
+        self.sync(&sync, &mut pending, out).await;
+        if read_all && out.failed.is_empty() {
+            let recorded = catchup::record_table(
+                &mut self.conn,
+                key,
+                target.table(),
+                &spec_json,
+                stamp,
+                out.read,
+                &self.report.run_id,
+            )
+            .await;
+            if let Err(err) = recorded {
+                tracing::warn!(source_db = key.source_db, table = key.source_table, error = %self.target.url.scrub(err), "could not record the table as caught up; the next run reads it whole");
+            }
         }
         out.seconds = started.elapsed().as_secs_f64();
         out.rows_per_second = rate(out.read, out.seconds);
     }
 
-    /// Loads a batch with retries on transient errors; reports it failed otherwise.
-    async fn load(
-        &mut self,
-        target: Target,
-        rows: &[ContractRow],
-        source: (&str, &str),
-        out: &mut TableReport,
-    ) {
-        if rows.is_empty() {
+    fn scrub(&self, err: sqlx::Error) -> String {
+        self.target.url.scrub(err).to_string()
+    }
+
+    /// Loads what `pending` holds, with retries on transient errors; reports it failed
+    /// otherwise. Empties `pending` either way.
+    async fn sync(&mut self, sync: &Sync<'_>, pending: &mut Pending, out: &mut TableReport) {
+        if pending.is_empty() {
             return;
         }
+        let taken = std::mem::take(pending);
         let run = self.report.run_id.clone();
+        let batch = Batch {
+            target: sync.target,
+            table: sync.key,
+            rows: &taken.rows,
+            deletes: &taken.deletes,
+            chunks: &taken.chunks,
+            gone: &taken.gone,
+            run: &run,
+            force: sync.force,
+        };
         let mut tried = false;
         let attempt = attempts(|this| {
             let retrying = std::mem::replace(&mut tried, true);
-            let run = &run;
+            let batch = &batch;
             async move {
-                let loaded = this.load_once(target, rows, run, source, retrying).await;
+                let loaded = this.sync_once(batch, retrying).await;
                 (this, loaded)
             }
         });
@@ -287,16 +510,19 @@ impl Run<'_> {
             .when(|failed: &Attempt| failed.retry)
             .await;
         match loaded {
-            Ok(inserted) => {
-                out.inserted += inserted;
-                out.already_present += rows.len() as u64 - inserted;
+            Ok(done) => {
+                out.inserted += done.inserted;
+                out.updated += done.updated;
+                out.already_present += done.unchanged;
+                out.outranked += done.outranked;
+                out.deleted += done.deleted;
             }
             Err(failed) => {
-                let first = rows.first().and_then(|r| r.source.rowid);
-                let end = rows.last().and_then(|r| r.source.rowid);
+                let first = taken.rows.first().and_then(|r| r.source.rowid);
+                let end = taken.rows.last().and_then(|r| r.source.rowid);
                 out.failed.push(Failure {
                     rowids: first.zip(end),
-                    rows: rows.len() as u64,
+                    rows: (taken.rows.len() + taken.deletes.len()) as u64,
                     reason: failed.reason,
                 });
             }
@@ -305,28 +531,26 @@ impl Run<'_> {
 
     /// One attempt at a batch; a `retrying` one first checks the connection, and makes
     /// a new one (taking the file's claim again) when the old one is gone.
-    async fn load_once(
+    async fn sync_once(
         &mut self,
-        target: Target,
-        rows: &[ContractRow],
-        run: &str,
-        source: (&str, &str),
+        batch: &Batch<'_>,
         retrying: bool,
-    ) -> std::result::Result<u64, Attempt> {
+    ) -> std::result::Result<Synced, Attempt> {
         if retrying && self.conn.ping().await.is_err() {
             self.conn = Run::connect(self.target)
                 .await
                 .map_err(|err| Attempt::again(Chain(&err).to_string()))?;
             // The claim died with the old session; take it again or stop.
-            if !matches!(self.claim(source.0, true).await, Ok(true)) {
+            if !matches!(self.claim(batch.table.source_db, true).await, Ok(true)) {
                 return Err(Attempt::last(
                     "lost the claim on the file after reconnecting".into(),
                 ));
             }
         }
-        let loading = load_batch(&mut self.conn, target, rows, run, source);
+        let target = batch.target;
+        let loading = sync_batch(&mut self.conn, batch);
         match tokio::time::timeout(self.options.timeout, loading).await {
-            Ok(Ok(inserted)) => Ok(inserted),
+            Ok(Ok(done)) => Ok(done),
             Ok(Err(AgentRowError::Database(err))) => {
                 let transient = is_transient(&err);
                 let hint = permission_hint(&err, target);
@@ -343,33 +567,6 @@ impl Run<'_> {
                 "batch took longer than {:?}",
                 self.options.timeout
             ))),
-        }
-    }
-
-    async fn finished_earlier(&mut self, source_db: &str, table: &str) -> bool {
-        sqlx::query_scalar::<_, bool>(
-            "select exists (select 1 from agent_memory.backfill_progress
-             where source_db = $1 and source_table = $2 and finished_at is not null)",
-        )
-        .bind(source_db)
-        .bind(table)
-        .fetch_one(&mut self.conn)
-        .await
-        .unwrap_or(false)
-    }
-
-    async fn mark_finished(&mut self, source_db: &str, table: &str) {
-        let marked = sqlx::query(
-            "insert into agent_memory.backfill_progress (source_db, source_table, finished_at)
-             values ($1, $2, now())
-             on conflict (source_db, source_table) do update set finished_at = now()",
-        )
-        .bind(source_db)
-        .bind(table)
-        .execute(&mut self.conn)
-        .await;
-        if let Err(err) = marked {
-            tracing::warn!(source_db, table, error = %err, "could not record the table as finished; a re-run reads it again");
         }
     }
 

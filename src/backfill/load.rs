@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use sqlx::{Connection, PgConnection};
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 use crate::backend::agent_rows::{AgentRowError, agent_row_id};
 use crate::legacy::{ContractRecord, ContractRow, Target};
@@ -94,31 +94,33 @@ const MEMORY_DEMOTE_OLDER: &str = concat!(
       and not exists (select 1 from agent_memories x where x.id = s.id)"
 );
 
-/// Step 3: a key still held by another row (a newer legacy row, or one the agents wrote),
-/// or deleted since this row was written, is not taken. Tombstones are the library's
-/// bookkeeping: matched under the agent's row id or its name, whichever the backend
-/// records them by.
+/// Step 3: a key still held by another row (a newer legacy row, or one the agents
+/// wrote) is not taken.
 const MEMORY_KEEP_OUT: &str = "update am_stage s
     set key = null, metadata = s.metadata || jsonb_build_object('key_conflict', s.key)
     where s.key is not null
-      and (exists (select 1 from agent_memories m
-                   where m.agent_id = s.agent_id and m.key = s.key and m.id <> s.id)
-           or exists (select 1 from agent_memory.memory_tombstones t
-                      where t.agent_id in (s.agent_id, s.agent_name) and t.key = s.key
-                        and t.deleted_at >= s.created_at))";
+      and exists (select 1 from agent_memories m
+                  where m.agent_id = s.agent_id and m.key = s.key and m.id <> s.id)";
+
+/// A legacy row whose memory key was deleted through the library never comes back,
+/// with or without its key: the delete outranks every legacy row of the key. Tombstones
+/// are the library's bookkeeping: matched under the agent's row id or its name,
+/// whichever the backend records them by.
+const MEMORY_DELETED: &str = "delete from am_stage s
+    where s.key is not null
+      and exists (select 1 from agent_memory.memory_tombstones t
+                  where t.agent_id in (s.agent_id, s.agent_name) and t.key = s.key)";
 
 const MEMORY_INSERT: &str = "insert into agent_memories
         (id, agent_id, key, content, metadata, embedding, created_at, updated_at)
     select id, agent_id, key, content, metadata, embedding, created_at, updated_at from am_stage
     on conflict (id) do nothing";
 
-/// A tool whose name was deleted at or after this row's version is not registered
-/// again: the delete outranks it, as it does a copy between the dual backend's sides.
-/// Tombstones are matched as in `MEMORY_KEEP_OUT`.
-const TOOL_KEEP_OUT: &str = "delete from am_stage s
+/// A tool whose name was deleted through the library is not registered again by a
+/// legacy row. Tombstones are matched as in `MEMORY_DELETED`.
+const TOOL_DELETED: &str = "delete from am_stage s
     where exists (select 1 from agent_memory.tool_tombstones t
-                  where t.agent_id in (s.agent_id, s.agent_name) and t.name = s.name
-                    and t.deleted_at >= s.updated_at)";
+                  where t.agent_id in (s.agent_id, s.agent_name) and t.name = s.name)";
 
 /// Tool names are unique per agent too: of the rows of a name in a batch, the first by
 /// `conflict_rank!` keeps it, and every other row, and a row whose name a tool already
@@ -162,20 +164,186 @@ const EXECUTION_INSERT: &str = "insert into agent_executions
     select id, agent_id, status, content, metadata, created_at from am_stage
     on conflict (id) do nothing";
 
-const PROGRESS: &str =
-    "insert into agent_memory.backfill_progress (source_db, source_table, rows_done)
-    values ($1, $2, $3)
-    on conflict (source_db, source_table)
-    do update set rows_done = backfill_progress.rows_done + excluded.rows_done";
+/// Staged rows whose row in PostgreSQL an agent has written through the library since
+/// (its metadata no longer carries `migration_run`) are left alone: the library's write
+/// wins. Counts them by whether the data was the same anyway.
+fn library_kept(target: Target) -> String {
+    format!(
+        "with kept as (delete from am_stage s using {} m
+                       where m.id = s.id and not (m.metadata ? 'migration_run')
+                       returning m.content = s.content as same)
+         select count(*) filter (where same), count(*) filter (where not same) from kept",
+        target.table()
+    )
+}
+
+/// Staged rows whose copy in PostgreSQL holds the same data are already present: the
+/// same content and the same typed columns (a key or name given up to a conflict counts
+/// as the one it had). Times are not compared: a row without a time of its own gets the
+/// run's, which is no change of its data.
+fn unchanged(target: Target) -> String {
+    let typed = match target {
+        Target::Memories => {
+            " and coalesce(m.key, m.metadata->>'key_conflict') is not distinct from s.key"
+        }
+        Target::Tools => " and coalesce(m.metadata->>'name_conflict', m.name) = s.name",
+        Target::Metrics => " and m.name = s.name and m.value is not distinct from s.value",
+        Target::Executions => " and m.status is not distinct from s.status",
+    };
+    format!(
+        "delete from am_stage s using {} m where m.id = s.id and m.content = s.content{typed}",
+        target.table()
+    )
+}
+
+/// Memory keys that staged rows are about to give up (their key changed at the source),
+/// so the next legacy row of the key can take it.
+const MEMORY_KEYS_LEFT: &str = "select m.agent_id, m.key from agent_memories m
+    join am_stage s on s.id = m.id
+    where m.key is not null and m.key is distinct from s.key";
+
+/// A row changed at the source replaces the backfill's copy under the same id; its
+/// version moves forward (never back), and stays at or before the run's time.
+const MEMORY_UPDATE: &str = "update agent_memories m
+    set key = s.key, content = s.content, metadata = s.metadata, embedding = s.embedding,
+        created_at = s.created_at,
+        updated_at = greatest(s.updated_at, m.updated_at + interval '1 microsecond')
+    from am_stage s where m.id = s.id";
+
+const TOOL_UPDATE: &str = "update agent_tools m
+    set name = s.name, content = s.content, metadata = s.metadata, created_at = s.created_at,
+        updated_at = greatest(s.updated_at, m.updated_at + interval '1 microsecond')
+    from am_stage s where m.id = s.id";
+
+const METRIC_UPDATE: &str = "update agent_metrics m
+    set name = s.name, value = s.value, content = s.content, metadata = s.metadata,
+        created_at = s.created_at
+    from am_stage s where m.id = s.id";
+
+const EXECUTION_UPDATE: &str = "update agent_executions m
+    set status = s.status, content = s.content, metadata = s.metadata,
+        created_at = s.created_at
+    from am_stage s where m.id = s.id";
+
+/// Rows deleted at the source are deleted where PostgreSQL still holds the backfill's
+/// copy (a row an agent wrote since through the library stays).
+fn deleted(target: Target) -> String {
+    let key = match target {
+        Target::Memories => "key",
+        _ => "null::text",
+    };
+    format!(
+        "delete from {} where id = any($1) and metadata ? 'migration_run'
+         returning agent_id, {key}",
+        target.table()
+    )
+}
+
+/// Keys that rows left (deleted or changed at the source) go to the next legacy row of
+/// the key by `conflict_rank!`, unless a row holds the key or it was deleted through the
+/// library.
+const MEMORY_KEY_TAKEN_OVER: &str = concat!(
+    "update agent_memories m
+    set key = m.metadata->>'key_conflict', metadata = m.metadata - 'key_conflict'
+    from (select distinct on (c.agent_id, c.metadata->>'key_conflict') c.id
+          from agent_memories c
+          join unnest($1::text[], $2::text[]) as f(agent_id, key)
+            on c.agent_id = f.agent_id and c.metadata->>'key_conflict' = f.key
+          where c.metadata ? 'source_table' and c.metadata ? 'source_db'
+          order by c.agent_id, c.metadata->>'key_conflict', ",
+    conflict_rank!(
+        "c.created_at",
+        "c.metadata->>'source_db'",
+        "(c.metadata->>'source_rowid')::bigint",
+        "c.id"
+    ),
+    " desc) w
+    where m.id = w.id
+      and not exists (select 1 from agent_memories x
+                      where x.agent_id = m.agent_id and x.key = m.metadata->>'key_conflict')
+      and not exists (select 1 from agent_memory.memory_tombstones t
+                      join agents a on a.id = m.agent_id
+                      where t.agent_id in (m.agent_id, a.name)
+                        and t.key = m.metadata->>'key_conflict')"
+);
+
+/// Chunks of the source table as now loaded; chunks in `$4` not loaded again are gone.
+const CHUNKS: &str = "with gone as (
+        delete from agent_memory.backfill_chunks
+        where source = $1 and source_db = $2 and source_table = $3
+          and chunk = any($4) and chunk <> all($5)),
+    kept as (
+        insert into agent_memory.backfill_chunks
+            (source, source_db, source_table, chunk, rows, digest, members)
+        select $1, $2, $3, c, r, d, m
+        from unnest($5::int8[], $6::int4[], $7::bytea[], $8::bytea[]) as t(c, r, d, m)
+        on conflict (source, source_db, source_table, chunk) do update
+            set rows = excluded.rows, digest = excluded.digest, members = excluded.members)
+    select 1";
+
+/// The source table a batch belongs to.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TableKey<'a> {
+    pub(crate) source: &'a str,
+    pub(crate) source_db: &'a str,
+    pub(crate) source_table: &'a str,
+}
+
+/// One chunk of a source table as loaded: see `agent_memory.backfill_chunks`.
+#[derive(Debug, Clone)]
+pub(crate) struct ChunkRecord {
+    pub(crate) chunk: i64,
+    pub(crate) rows: i32,
+    pub(crate) digest: [u8; 16],
+    pub(crate) members: Vec<u8>,
+}
+
+/// One transaction's worth of catching up a source table.
+#[derive(Debug)]
+pub(crate) struct Batch<'a> {
+    pub(crate) target: Target,
+    pub(crate) table: TableKey<'a>,
+    /// The source's current rows (of some chunks).
+    pub(crate) rows: &'a [ContractRow],
+    /// Ids of rows the source no longer has.
+    pub(crate) deletes: &'a [uuid::Uuid],
+    /// Chunks now loaded, recorded with the rows.
+    pub(crate) chunks: &'a [ChunkRecord],
+    /// Chunks recorded before that the source no longer has (forgotten unless in
+    /// `chunks`).
+    pub(crate) gone: &'a [i64],
+    pub(crate) run: &'a str,
+    /// Replace every copy, also of rows whose data is the same (the table's map
+    /// changed, so its typed columns or times may have).
+    pub(crate) force: bool,
+}
+
+/// What one batch did to PostgreSQL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Synced {
+    /// Rows that were not there.
+    pub(crate) inserted: u64,
+    /// Rows whose copy held other data, replaced.
+    pub(crate) updated: u64,
+    /// Rows already there with the same data.
+    pub(crate) unchanged: u64,
+    /// Rows PostgreSQL holds a later write or a delete of, made through the library.
+    pub(crate) outranked: u64,
+    /// Rows deleted because the source deleted them.
+    pub(crate) deleted: u64,
+}
 
 /// Prepares `conn` for loading: its staging table.
 pub(crate) async fn prepare(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
     sqlx::raw_sql(STAGE).execute(conn).await.map(drop)
 }
 
-/// Loads `rows` (all of one target, from one source table) in one transaction, recording
-/// `run` on every row it inserts and the batch in the progress table. Returns how many
-/// rows were inserted; the rest were already there.
+/// Brings PostgreSQL's copy of some chunks of one source table to the source's state in
+/// one transaction: inserts rows that are new, replaces rows whose data changed, leaves
+/// rows with the same data, deletes rows the source deleted, and records the chunks.
+/// A row an agent wrote through the library since (or whose memory key or tool name it
+/// deleted) outranks the legacy row. Every row written records `run` in
+/// `metadata.migration_run`.
 ///
 /// Each row's `agent_id` is the id of the `agents` row named as its agent (the admin
 /// application may have registered it under an id of its own); the row is made, with
@@ -183,17 +351,16 @@ pub(crate) async fn prepare(conn: &mut PgConnection) -> Result<(), sqlx::Error> 
 ///
 /// # Errors
 /// [`AgentRowError::IdTaken`] when no row has an agent's name and its id is another
-/// agent's; the database's errors.
-pub(crate) async fn load_batch(
+/// agent's; the database's errors. Nothing of the batch is written then.
+pub(crate) async fn sync_batch(
     conn: &mut PgConnection,
-    target: Target,
-    rows: &[ContractRow],
-    run: &str,
-    source: (&str, &str),
-) -> Result<u64, AgentRowError> {
+    batch: &Batch<'_>,
+) -> Result<Synced, AgentRowError> {
+    let target = batch.target;
+    let mut done = Synced::default();
     let mut tx = conn.begin().await?;
     let mut agent_ids = BTreeMap::new();
-    for row in rows {
+    for row in batch.rows {
         let agent = &row.source.agent;
         if !agent_ids.contains_key(agent.as_str()) {
             let id = agent_row_id(&mut tx, agent, true)
@@ -202,36 +369,103 @@ pub(crate) async fn load_batch(
             agent_ids.insert(agent.as_str().to_string(), id);
         }
     }
-    stage(&mut tx, rows, &agent_ids, run).await?;
-    // Statistics for the staging table, so the conflict statements join it to the
-    // growing contract tables through their indexes instead of scanning them per batch.
-    sqlx::raw_sql("analyze am_stage").execute(&mut *tx).await?;
-    let steps: &[&'static str] = match target {
-        Target::Memories => &[MEMORY_RANK_IN_BATCH, MEMORY_DEMOTE_OLDER, MEMORY_KEEP_OUT],
-        Target::Tools => &[TOOL_KEEP_OUT, TOOL_RENAME],
-        Target::Metrics | Target::Executions => &[],
-    };
-    for step in steps {
-        sqlx::raw_sql(*step).execute(&mut *tx).await?;
+    let mut keys_left: Vec<(String, String)> = Vec::new();
+    if !batch.rows.is_empty() {
+        stage(&mut tx, batch.rows, &agent_ids, batch.run).await?;
+        // Statistics for the staging table, so the statements below join it to the
+        // growing contract tables through their indexes instead of scanning them.
+        sqlx::raw_sql("analyze am_stage").execute(&mut *tx).await?;
+        let deletes = match target {
+            Target::Memories => Some(MEMORY_DELETED),
+            Target::Tools => Some(TOOL_DELETED),
+            Target::Metrics | Target::Executions => None,
+        };
+        if let Some(sql) = deletes {
+            done.outranked += sqlx::raw_sql(sql).execute(&mut *tx).await?.rows_affected();
+        }
+        let (same, other): (i64, i64) = sqlx::query_as(AssertSqlSafe(library_kept(target)))
+            .fetch_one(&mut *tx)
+            .await?;
+        done.unchanged += same.unsigned_abs();
+        done.outranked += other.unsigned_abs();
+        if !batch.force {
+            done.unchanged += sqlx::query(AssertSqlSafe(unchanged(target)))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        let steps: &[&'static str] = match target {
+            Target::Memories => &[MEMORY_RANK_IN_BATCH, MEMORY_DEMOTE_OLDER, MEMORY_KEEP_OUT],
+            Target::Tools => &[TOOL_RENAME],
+            Target::Metrics | Target::Executions => &[],
+        };
+        for step in steps {
+            sqlx::raw_sql(*step).execute(&mut *tx).await?;
+        }
+        if target == Target::Memories {
+            keys_left = sqlx::query_as(MEMORY_KEYS_LEFT).fetch_all(&mut *tx).await?;
+        }
+        let (update, insert) = match target {
+            Target::Memories => (MEMORY_UPDATE, MEMORY_INSERT),
+            Target::Tools => (TOOL_UPDATE, TOOL_INSERT),
+            Target::Metrics => (METRIC_UPDATE, METRIC_INSERT),
+            Target::Executions => (EXECUTION_UPDATE, EXECUTION_INSERT),
+        };
+        done.updated += sqlx::raw_sql(update)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let staged = batch.rows.len() as u64 - done.unchanged - done.outranked;
+        done.inserted += sqlx::raw_sql(insert)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        // What remains was inserted by someone else between the statements above: there.
+        done.unchanged += staged.saturating_sub(done.updated + done.inserted);
     }
-    let insert = match target {
-        Target::Memories => MEMORY_INSERT,
-        Target::Tools => TOOL_INSERT,
-        Target::Metrics => METRIC_INSERT,
-        Target::Executions => EXECUTION_INSERT,
-    };
-    let inserted = sqlx::raw_sql(insert)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-    sqlx::query(PROGRESS)
-        .bind(source.0)
-        .bind(source.1)
-        .bind(i64::try_from(rows.len()).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
+    if !batch.deletes.is_empty() {
+        let gone: Vec<(String, Option<String>)> = sqlx::query_as(AssertSqlSafe(deleted(target)))
+            .bind(batch.deletes)
+            .fetch_all(&mut *tx)
+            .await?;
+        done.deleted += gone.len() as u64;
+        let kept: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
+            "select count(*) from {} where id = any($1)",
+            target.table()
+        )))
+        .bind(batch.deletes)
+        .fetch_one(&mut *tx)
         .await?;
+        done.outranked += kept.unsigned_abs();
+        keys_left.extend(
+            gone.into_iter()
+                .filter_map(|(agent, key)| Some((agent, key?))),
+        );
+    }
+    if !keys_left.is_empty() {
+        let (agents, keys): (Vec<String>, Vec<String>) = keys_left.into_iter().unzip();
+        sqlx::query(MEMORY_KEY_TAKEN_OVER)
+            .bind(agents)
+            .bind(keys)
+            .execute(&mut *tx)
+            .await?;
+    }
+    if !batch.chunks.is_empty() || !batch.gone.is_empty() {
+        let chunks = batch.chunks;
+        sqlx::query(CHUNKS)
+            .bind(batch.table.source)
+            .bind(batch.table.source_db)
+            .bind(batch.table.source_table)
+            .bind(batch.gone)
+            .bind(chunks.iter().map(|c| c.chunk).collect::<Vec<_>>())
+            .bind(chunks.iter().map(|c| c.rows).collect::<Vec<_>>())
+            .bind(chunks.iter().map(|c| c.digest.to_vec()).collect::<Vec<_>>())
+            .bind(chunks.iter().map(|c| c.members.clone()).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await?;
-    Ok(inserted)
+    Ok(done)
 }
 
 /// Puts `rows` into the staging table, with `migration_run` added to each row's metadata

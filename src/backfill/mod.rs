@@ -13,6 +13,7 @@
 //! - [`dry_run`] reads everything and writes nothing to PostgreSQL.
 //! - [`rollback`] deletes exactly one run's rows.
 
+mod catchup;
 mod engine;
 mod load;
 mod report;
@@ -194,13 +195,17 @@ pub struct Rollback {
     pub executions: u64,
 }
 
-/// Deletes, in one transaction, exactly the rows run `run_id` inserted (those whose
-/// `metadata.migration_run` is the run's id). Rows agents wrote, and migrated rows an
-/// agent has since overwritten, do not carry it and stay. The record of finished tables
-/// is cleared, so a later run reads them again (and inserts only what is missing).
+/// Deletes, in one transaction, exactly the rows run `run_id` wrote (those whose
+/// `metadata.migration_run` is the run's id: rows it inserted, and rows changed at the
+/// source that it replaced). Rows agents wrote, and migrated rows an agent has since
+/// overwritten, do not carry it and stay. The catch-up record of every table those rows
+/// came from is cleared, so a later run reads those tables whole again and brings back
+/// what the sources still hold, except memory keys and tool names deleted through the
+/// library since, which never come back.
 ///
 /// # Errors
-/// Connection and database errors; nothing is deleted then.
+/// [`Error::InvalidInput`] when no run has the id; connection and database errors.
+/// Nothing is deleted then.
 pub async fn rollback(url: &str, run_id: &str) -> Result<Rollback> {
     let target = PgTarget::parse(url)?;
     let fail = |e: sqlx::Error| {
@@ -209,6 +214,22 @@ pub async fn rollback(url: &str, run_id: &str) -> Result<Rollback> {
     };
     let pool = crate::backend::postgres::connect_pool(&target, &PostgresOptions::default()).await?;
     let mut tx = pool.begin().await.map_err(fail)?;
+    let known: Option<String> = sqlx::query_scalar(
+        "select status from agent_memory.backfill_runs where id = $1 for update",
+    )
+    .bind(run_id)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(fail)?;
+    if known.is_none() {
+        return Err(Error::invalid(
+            "run id",
+            format!(
+                "no backfill run has the id {run_id:?}; a run's id is in its report \
+                 (run_id) and in agent_memory.backfill_runs"
+            ),
+        ));
+    }
     let mut deleted = [0u64; 4];
     for (i, table) in [
         "agent_memories",
@@ -219,18 +240,29 @@ pub async fn rollback(url: &str, run_id: &str) -> Result<Rollback> {
     .into_iter()
     .enumerate()
     {
-        let sql = format!("delete from {table} where metadata->>'migration_run' = $1");
-        deleted[i] = sqlx::query(sqlx::AssertSqlSafe(sql))
+        // The tables the rows came from lose their catch-up record with them.
+        let sql = format!(
+            "with gone as (delete from {table} where metadata->>'migration_run' = $1
+                           returning coalesce(metadata->>'source', '') as source,
+                                     metadata->>'source_db' as source_db,
+                                     metadata->>'source_table' as source_table),
+                  tables as (select source, source_db, source_table, count(*) as n
+                             from gone group by 1, 2, 3),
+                  chunks as (delete from agent_memory.backfill_chunks c using tables t
+                             where (c.source, c.source_db, c.source_table)
+                                 = (t.source, t.source_db, t.source_table)),
+                  records as (delete from agent_memory.backfill_tables b using tables t
+                              where (b.source, b.source_db, b.source_table)
+                                  = (t.source, t.source_db, t.source_table))
+             select coalesce(sum(n), 0)::int8 from tables"
+        );
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
             .bind(run_id)
-            .execute(&mut *tx)
+            .fetch_one(&mut *tx)
             .await
-            .map_err(fail)?
-            .rows_affected();
+            .map_err(fail)?;
+        deleted[i] = n.unsigned_abs();
     }
-    sqlx::query("delete from agent_memory.backfill_progress")
-        .execute(&mut *tx)
-        .await
-        .map_err(fail)?;
     sqlx::query("update agent_memory.backfill_runs set status = 'rolled back' where id = $1")
         .bind(run_id)
         .execute(&mut *tx)

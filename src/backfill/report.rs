@@ -60,9 +60,18 @@ pub struct TableReport {
     pub read: u64,
     /// Rows inserted by this run.
     pub inserted: u64,
-    /// Rows that were already in PostgreSQL (an earlier run, lazy migration, dual writes),
-    /// or that a newer version or a delete there outranks.
+    /// Rows whose copy in PostgreSQL held other data (changed at the source since an
+    /// earlier run, or a rowid reused for another row), replaced under the same id.
+    pub updated: u64,
+    /// Rows that were already in PostgreSQL with the same data (an earlier run, lazy
+    /// migration, dual writes).
     pub already_present: u64,
+    /// Rows PostgreSQL holds a later write of, made through the library (which wins), or
+    /// whose memory key or tool name was deleted through the library (a deleted key never
+    /// comes back); also rows deleted at the source that an agent has written since.
+    pub outranked: u64,
+    /// Rows deleted from PostgreSQL because the source deleted them since an earlier run.
+    pub deleted: u64,
     /// Rows that could not be migrated, with why and where.
     pub failed: Vec<Failure>,
     /// Rows whose time column could not be read (their `created_at` is the migration's).
@@ -90,8 +99,12 @@ pub struct TableReport {
     pub seconds: f64,
     /// Rows read per second.
     pub rows_per_second: f64,
-    /// True when an earlier run had already finished this table.
-    pub done_earlier: bool,
+    /// True when the table was not read: its file and its map are as they were when an
+    /// earlier run brought PostgreSQL up to date with it.
+    pub unchanged: bool,
+    /// The contract table its rows were in before this run moved them (its map changed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub moved_from: Option<String>,
 }
 
 /// Rows that could not be migrated.
@@ -120,8 +133,16 @@ pub struct Totals {
     pub read: u64,
     /// Rows inserted.
     pub inserted: u64,
+    /// Rows updated.
+    pub updated: u64,
     /// Rows already present.
     pub already_present: u64,
+    /// Rows outranked by a later write or delete through the library.
+    pub outranked: u64,
+    /// Rows deleted because the source deleted them.
+    pub deleted: u64,
+    /// Tables not read because nothing changed since an earlier run.
+    pub unchanged_tables: u64,
     /// Rows failed.
     pub failed: u64,
     /// Rows whose time lies in the future (see [`TableReport::future_times`]).
@@ -143,10 +164,14 @@ impl Report {
         for file in &self.files {
             totals.problem_files += u64::from(file.problem.is_some() && file.tables.is_empty());
             for table in &file.tables {
+                totals.deleted += table.deleted;
                 if table.skipped.is_some() {
                     totals.skipped_tables += 1;
                     continue;
                 }
+                totals.unchanged_tables += u64::from(table.unchanged);
+                totals.updated += table.updated;
+                totals.outranked += table.outranked;
                 totals.tables += 1;
                 totals.read += table.read;
                 totals.inserted += table.inserted;

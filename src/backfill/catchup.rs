@@ -1,0 +1,341 @@
+//! What a later run needs to bring PostgreSQL to a legacy table's current state without
+//! reading or loading what did not change: a stamp of each file, and per table a record
+//! of the map it moved with and of its rows in chunks (`agent_memory.backfill_tables`
+//! and `backfill_chunks`).
+//!
+//! - A table whose file has the stamp it had when the table was last caught up, and
+//!   whose map is the same, is not read at all.
+//! - Otherwise every row is read and converted, and its chunk (1,024 consecutive rowids;
+//!   a `WITHOUT ROWID` table is one chunk) digested. A chunk with the recorded digest and
+//!   row count is already in PostgreSQL as it is; any other chunk is loaded again:
+//!   new rows inserted, changed rows replaced, and rows of its recorded members the
+//!   source no longer has deleted. Chunks the source no longer has are deleted whole.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::load::{ChunkRecord, TableKey};
+use crate::legacy::ContractRow;
+
+/// The chunk of every row of a `WITHOUT ROWID` table.
+pub(crate) const WHOLE_TABLE: i64 = i64::MIN;
+
+/// Rowids per chunk, as a shift.
+const CHUNK_BITS: u32 = 10;
+
+/// A stamp younger than this is not trusted: a write in the same tick of the file's
+/// clock would leave it unchanged.
+const SETTLED: Duration = Duration::from_secs(2);
+
+/// The chunk of a row: its rowid's, or [`WHOLE_TABLE`].
+pub(crate) fn chunk_of(rowid: Option<i64>) -> i64 {
+    rowid.map_or(WHOLE_TABLE, |r| r >> CHUNK_BITS)
+}
+
+/// A file's size, modification time and SQLite change counter, and those of its `-wal`:
+/// what changes whenever anything writes it. `None` when it cannot be read or was
+/// written too recently to tell a later write in the same clock tick apart.
+pub(crate) fn file_stamp(path: &Path) -> Option<String> {
+    let now = SystemTime::now();
+    let part = |path: &Path| -> Option<String> {
+        let meta = match std::fs::metadata(path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some("-".into()),
+            Err(_) => return None,
+        };
+        let modified = meta.modified().ok()?;
+        if now.duration_since(modified).unwrap_or_default() < SETTLED {
+            return None;
+        }
+        let at = modified.duration_since(SystemTime::UNIX_EPOCH).ok()?;
+        Some(format!("{}:{}", meta.len(), at.as_nanos()))
+    };
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let counter = header_counter(path)?;
+    Some(format!(
+        "{}:{counter}/{}",
+        part(path)?,
+        part(Path::new(&wal))?
+    ))
+}
+
+/// Bytes 24..28 of the header: the change counter, bumped by every rollback-journal
+/// commit.
+fn header_counter(path: &Path) -> Option<u32> {
+    use std::io::Read;
+    let mut header = [0u8; 28];
+    std::fs::File::open(path)
+        .ok()?
+        .read_exact(&mut header)
+        .ok()?;
+    Some(u32::from_be_bytes([
+        header[24], header[25], header[26], header[27],
+    ]))
+}
+
+/// What the bookkeeping holds about a table.
+#[derive(Debug)]
+pub(crate) struct Recorded {
+    pub(crate) target: String,
+    pub(crate) spec: serde_json::Value,
+    pub(crate) file_stamp: Option<String>,
+}
+
+/// The record of `table`, if it was caught up before.
+pub(crate) async fn recorded(
+    conn: &mut PgConnection,
+    table: TableKey<'_>,
+) -> Result<Option<Recorded>, sqlx::Error> {
+    let row: Option<(String, serde_json::Value, Option<String>)> = sqlx::query_as(
+        "select target, spec, file_stamp from agent_memory.backfill_tables
+         where source = $1 and source_db = $2 and source_table = $3",
+    )
+    .bind(table.source)
+    .bind(table.source_db)
+    .bind(table.source_table)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|(target, spec, file_stamp)| Recorded {
+        target,
+        spec,
+        file_stamp,
+    }))
+}
+
+/// Records `table` as caught up by `run` with `spec`, under the stamp its file had
+/// before it was read.
+pub(crate) async fn record_table(
+    conn: &mut PgConnection,
+    table: TableKey<'_>,
+    target: &str,
+    spec: &serde_json::Value,
+    stamp: Option<&str>,
+    rows: u64,
+    run: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "insert into agent_memory.backfill_tables
+             (source, source_db, source_table, target, spec, file_stamp, rows, run_id, caught_up_at)
+         values ($1, $2, $3, $4, $5, $6, $7, $8, now())
+         on conflict (source, source_db, source_table) do update
+         set target = excluded.target, spec = excluded.spec, file_stamp = excluded.file_stamp,
+             rows = excluded.rows, run_id = excluded.run_id, caught_up_at = now()",
+    )
+    .bind(table.source)
+    .bind(table.source_db)
+    .bind(table.source_table)
+    .bind(target)
+    .bind(spec)
+    .bind(stamp)
+    .bind(i64::try_from(rows).unwrap_or(i64::MAX))
+    .bind(run)
+    .execute(conn)
+    .await
+    .map(drop)
+}
+
+/// The recorded chunks of `table`, by chunk.
+pub(crate) async fn chunks(
+    conn: &mut PgConnection,
+    table: TableKey<'_>,
+) -> Result<BTreeMap<i64, ChunkRecord>, sqlx::Error> {
+    let rows: Vec<(i64, i32, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+        "select chunk, rows, digest, members from agent_memory.backfill_chunks
+         where source = $1 and source_db = $2 and source_table = $3",
+    )
+    .bind(table.source)
+    .bind(table.source_db)
+    .bind(table.source_table)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(chunk, rows, digest, members)| {
+            let mut d = [0u8; 16];
+            if digest.len() == 16 {
+                d.copy_from_slice(&digest);
+            }
+            let record = ChunkRecord {
+                chunk,
+                rows,
+                digest: d,
+                members,
+            };
+            (chunk, record)
+        })
+        .collect())
+}
+
+/// Forgets every record of `table`, and deletes the backfill's copies of its rows from
+/// `target` (a contract table's name): its map now sends them elsewhere. Rows agents
+/// wrote since through the library stay. Returns the rows deleted.
+pub(crate) async fn forget(
+    conn: &mut PgConnection,
+    table: TableKey<'_>,
+    target: &str,
+) -> Result<u64, sqlx::Error> {
+    use sqlx::Connection;
+    let mut tx = conn.begin().await?;
+    // `target` comes from the bookkeeping; only the four contract tables are accepted.
+    let deleted = match crate::legacy::Target::parse(target) {
+        Some(target) => sqlx::query(sqlx::AssertSqlSafe(format!(
+            "delete from {} where metadata ? 'migration_run'
+               and metadata->>'source_db' = $2 and metadata->>'source_table' = $3
+               and coalesce(metadata->>'source', '') = $1",
+            target.table()
+        )))
+        .bind(table.source)
+        .bind(table.source_db)
+        .bind(table.source_table)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected(),
+        None => 0,
+    };
+    for sql in [
+        "delete from agent_memory.backfill_chunks
+         where source = $1 and source_db = $2 and source_table = $3",
+        "delete from agent_memory.backfill_tables
+         where source = $1 and source_db = $2 and source_table = $3",
+    ] {
+        sqlx::query(sql)
+            .bind(table.source)
+            .bind(table.source_db)
+            .bind(table.source_table)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(deleted)
+}
+
+/// One chunk of rows as read now.
+#[derive(Debug)]
+pub(crate) struct ChunkBuf {
+    pub(crate) chunk: i64,
+    /// Rows converted and not yet loaded.
+    pub(crate) rows: Vec<ContractRow>,
+    /// Every row read: rowids (8 bytes each), or ids of a `WITHOUT ROWID` table's rows
+    /// (16 bytes each).
+    members: Vec<u8>,
+    count: u32,
+    digest: u128,
+    /// Some rows were loaded before the chunk ended (a `WITHOUT ROWID` table's).
+    pub(crate) spilled: bool,
+    /// Every row read converted; only then is the chunk recorded.
+    pub(crate) complete: bool,
+}
+
+impl ChunkBuf {
+    pub(crate) fn new(chunk: i64) -> Self {
+        ChunkBuf {
+            chunk,
+            rows: Vec::new(),
+            members: Vec::new(),
+            count: 0,
+            digest: 0,
+            spilled: false,
+            complete: true,
+        }
+    }
+
+    /// Notes a row read: its rowid, or its id in a `WITHOUT ROWID` table.
+    pub(crate) fn member(&mut self, rowid: Option<i64>, id: Option<Uuid>) {
+        match (rowid, id) {
+            (Some(rowid), _) => self.members.extend_from_slice(&rowid.to_le_bytes()),
+            (None, Some(id)) => self.members.extend_from_slice(id.as_bytes()),
+            (None, None) => self.complete = false,
+        }
+    }
+
+    /// Adds a converted row (after [`member`](Self::member)).
+    pub(crate) fn push(&mut self, row: ContractRow) {
+        let digest = Sha256::new()
+            .chain_update(row.record.id().as_bytes())
+            .chain_update(row.record.content().as_str().as_bytes())
+            .finalize();
+        let mut first = [0u8; 16];
+        first.copy_from_slice(&digest[..16]);
+        self.digest = self.digest.wrapping_add(u128::from_le_bytes(first));
+        self.count += 1;
+        self.rows.push(row);
+    }
+
+    /// True when the chunk holds exactly what `recorded` says was loaded.
+    pub(crate) fn same_as(&self, recorded: Option<&ChunkRecord>) -> bool {
+        recorded.is_some_and(|r| {
+            self.complete
+                && !self.spilled
+                && i64::from(r.rows) == i64::from(self.count)
+                && r.digest == self.digest.to_le_bytes()
+                && r.members == self.members
+        })
+    }
+
+    /// Ids of the rows `recorded` had that the chunk no longer has.
+    pub(crate) fn deleted_since(
+        &self,
+        recorded: Option<&ChunkRecord>,
+        id_of: impl Fn(i64) -> Uuid,
+    ) -> Vec<Uuid> {
+        let Some(recorded) = recorded else {
+            return Vec::new();
+        };
+        let now: BTreeSet<Member> = members(recorded.chunk, &self.members).collect();
+        members(recorded.chunk, &recorded.members)
+            .filter(|m| !now.contains(m))
+            .map(|m| m.id(&id_of))
+            .collect()
+    }
+
+    /// The record of the chunk as it is now loaded.
+    pub(crate) fn record(&self) -> ChunkRecord {
+        ChunkRecord {
+            chunk: self.chunk,
+            rows: i32::try_from(self.count).unwrap_or(i32::MAX),
+            digest: self.digest.to_le_bytes(),
+            members: self.members.clone(),
+        }
+    }
+
+    /// Rows read (converted or not).
+    pub(crate) fn count(&self) -> u64 {
+        u64::from(self.count)
+    }
+}
+
+/// Every member of a recorded chunk, as ids (`id_of` makes a rowid's).
+pub(crate) fn all_ids(recorded: &ChunkRecord, id_of: impl Fn(i64) -> Uuid) -> Vec<Uuid> {
+    members(recorded.chunk, &recorded.members)
+        .map(|m| m.id(&id_of))
+        .collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Member {
+    Rowid(i64),
+    Id(Uuid),
+}
+
+impl Member {
+    fn id(self, id_of: impl Fn(i64) -> Uuid) -> Uuid {
+        match self {
+            Member::Rowid(rowid) => id_of(rowid),
+            Member::Id(id) => id,
+        }
+    }
+}
+
+fn members(chunk: i64, bytes: &[u8]) -> impl Iterator<Item = Member> + '_ {
+    let width = if chunk == WHOLE_TABLE { 16 } else { 8 };
+    bytes.chunks_exact(width).map(move |m| match width {
+        8 => Member::Rowid(i64::from_le_bytes(m.try_into().unwrap_or([0; 8]))),
+        _ => Member::Id(Uuid::from_slice(m).unwrap_or_default()),
+    })
+}
