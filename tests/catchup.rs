@@ -1,0 +1,403 @@
+//! Later backfill runs over legacy files that kept changing: PostgreSQL is brought to the
+//! files' current state (rows added, changed, deleted, rowids reused), writes and deletes
+//! made through the library since always win, and a run over unchanged files reads
+//! nothing. Against a real PostgreSQL.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use memshift::backfill::{self, BackfillOptions, Report};
+use memshift::legacy::{self, ReadOptions, RowOrigin, Source, TableKind, TableMap, Target};
+use memshift::testing::postgres::TestDatabase;
+use memshift::{AgentId, Memory, MemoryBackend, PostgresBackend};
+use serde_json::json;
+use sqlx::{Connection, PgConnection};
+
+mod common;
+use common::legacy_file;
+
+/// Runs `sql` on a legacy file that exists, as an agent still writing it would.
+async fn agent_writes(path: &Path, sql: &str) {
+    let options = sqlx::sqlite::SqliteConnectOptions::new().filename(path);
+    let mut conn = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+}
+
+/// Sets the modification time of every file under `root` an hour back, so a run trusts
+/// their stamps (a stamp younger than two seconds is not trusted).
+fn settle(root: &Path) {
+    let past = SystemTime::now() - Duration::from_secs(3600);
+    for entry in walk(root) {
+        std::fs::File::options()
+            .write(true)
+            .open(&entry)
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+    }
+}
+
+fn walk(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(root).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// What PostgreSQL must hold of the legacy tables under `root`: every row as the
+/// contract converts it, by id (content only).
+async fn sources(root: &Path, map: &TableMap) -> BTreeMap<uuid::Uuid, (Target, String)> {
+    let mut rows = BTreeMap::new();
+    for found in legacy::discover(root, &ReadOptions::default()).await {
+        if found.probe != legacy::Probe::Legacy {
+            continue;
+        }
+        let agent = found.agent.clone().unwrap();
+        let mut source = Source::open(&found.path, &ReadOptions::default())
+            .await
+            .unwrap();
+        for table in source.tables().await.unwrap() {
+            let (TableKind::Data { .. }, Some(spec)) =
+                (&table.kind, map.spec(&found.source_db, &table.name))
+            else {
+                continue;
+            };
+            let origin = RowOrigin {
+                agent: &agent,
+                source: "",
+                source_db: &found.source_db,
+            };
+            let mut batches = source.rows(&table);
+            while let Some(batch) = batches.next_batch().await.unwrap() {
+                for row in batch {
+                    let converted =
+                        legacy::convert_row(&origin, &table, &spec, &row, chrono::Utc::now())
+                            .unwrap();
+                    rows.insert(
+                        converted.record.id(),
+                        (spec.target, converted.record.content().to_string()),
+                    );
+                }
+            }
+        }
+    }
+    rows
+}
+
+/// Every row PostgreSQL holds that came from a legacy table, by id.
+async fn migrated(conn: &mut PgConnection) -> BTreeMap<uuid::Uuid, (Target, String)> {
+    let mut rows = BTreeMap::new();
+    for target in [
+        Target::Memories,
+        Target::Tools,
+        Target::Metrics,
+        Target::Executions,
+    ] {
+        let sql = format!(
+            "select id, content from {} where metadata ? 'source_table'",
+            target.table()
+        );
+        let found: Vec<(uuid::Uuid, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .fetch_all(&mut *conn)
+            .await
+            .unwrap();
+        rows.extend(found.into_iter().map(|(id, c)| (id, (target, c))));
+    }
+    rows
+}
+
+/// PostgreSQL holds exactly the sources' rows, each exact, apart from `outranked` ids
+/// (rows the library wrote or deleted since).
+async fn assert_mirrors(conn: &mut PgConnection, root: &Path, outranked: &[uuid::Uuid]) {
+    let mut want = sources(root, &TableMap::new()).await;
+    let mut have = migrated(conn).await;
+    for id in outranked {
+        want.remove(id);
+        have.remove(id);
+    }
+    let missing: Vec<_> = want.keys().filter(|id| !have.contains_key(id)).collect();
+    let extra: Vec<_> = have.keys().filter(|id| !want.contains_key(id)).collect();
+    assert!(
+        missing.is_empty() && extra.is_empty(),
+        "source rows missing in PostgreSQL: {missing:?}; rows not in any source: {extra:?}"
+    );
+    for (id, row) in &want {
+        assert_eq!(&have[id], row, "row {id} is not the source's");
+    }
+}
+
+fn id_of(agent: &str, source_db: &str, table: &str, rowid: i64) -> uuid::Uuid {
+    let agent = AgentId::new(agent).unwrap();
+    let origin = RowOrigin {
+        agent: &agent,
+        source: "",
+        source_db,
+    };
+    legacy::row_id(&origin, table, &json!(rowid).into())
+}
+
+async fn run(db: &TestDatabase, root: &Path) -> Report {
+    let report = backfill::run(&db.url, &BackfillOptions::new(root), &())
+        .await
+        .unwrap();
+    assert!(report.succeeded(), "{report:#?}");
+    report
+}
+
+#[tokio::test]
+async fn a_later_run_brings_postgres_to_the_files_current_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("alpha/main.db");
+    legacy_file(
+        &main,
+        "create table memory (key text, content text);
+         insert into memory values ('pricing', 'v1'), ('greeting', 'hello'), ('plan', 'draft'),
+                                   ('gone', 'to delete'), (null, 'last row');
+         create table tools (name text, spec text);
+         insert into tools values ('search', '{}'), ('fetch', '{}');",
+    )
+    .await;
+    let db = TestDatabase::migrated().await;
+    let first = run(&db, dir.path()).await;
+    assert_eq!(first.totals.inserted, 7);
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    assert_mirrors(&mut conn, dir.path(), &[]).await;
+
+    // The agent keeps writing its legacy file: a new row, an update in place, a delete,
+    // and the last rowid deleted and reused for another row. Meanwhile an agent already
+    // moved writes one migrated key through the library and deletes another.
+    agent_writes(
+        &main,
+        "insert into memory values ('new', 'added later');
+         update memory set content = 'v2' where key = 'pricing';
+         delete from memory where key = 'gone';
+         delete from memory where rowid = 5;
+         insert into memory (rowid, key, content) values (5, 'reused', 'another row');
+         delete from tools where name = 'fetch';",
+    )
+    .await;
+    let backend = PostgresBackend::connect(&db.url).await.unwrap();
+    let alpha = AgentId::new("alpha").unwrap();
+    backend
+        .put_memory(&alpha, &Memory::new("greeting", json!("the agent's own")))
+        .await
+        .unwrap();
+    assert!(backend.delete_memory(&alpha, "plan").await.unwrap());
+
+    let later = run(&db, dir.path()).await;
+    let t = &later.totals;
+    assert_eq!(
+        (t.inserted, t.updated, t.deleted, t.outranked),
+        (1, 2, 2, 2),
+        "one new row; 'pricing' and rowid 5 replaced; 'gone' and tool 'fetch' deleted; \
+         the library's write and delete outrank their legacy rows: {t:#?}"
+    );
+    let greeting = id_of("alpha", "alpha/main.db", "memory", 2);
+    let plan = id_of("alpha", "alpha/main.db", "memory", 3);
+    assert_mirrors(&mut conn, dir.path(), &[greeting, plan]).await;
+    let value = backend
+        .get_memory(&alpha, "greeting")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        value.content.as_str(),
+        "\"the agent's own\"",
+        "a library write survives the catch-up"
+    );
+    assert!(
+        backend.get_memory(&alpha, "plan").await.unwrap().is_none(),
+        "a key deleted through the library stays deleted"
+    );
+    let plan_rows: i64 = sqlx::query_scalar("select count(*) from agent_memories where id = $1")
+        .bind(plan)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(plan_rows, 0, "not even without its key");
+    let pricing = backend
+        .get_memory(&alpha, "pricing")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(pricing.content.as_str().contains("v2"), "{pricing:?}");
+    backend.close().await;
+}
+
+#[tokio::test]
+async fn a_run_over_unchanged_files_reads_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("alpha/main.db");
+    legacy_file(
+        &main,
+        "create table memory (key text, content text);
+         insert into memory values ('a', '1'), ('b', '2');
+         create table metrics (name text, value real);
+         insert into metrics values ('latency', 1.5);",
+    )
+    .await;
+    settle(dir.path());
+    let db = TestDatabase::migrated().await;
+    run(&db, dir.path()).await;
+    let again = run(&db, dir.path()).await;
+    assert_eq!(
+        (again.totals.read, again.totals.unchanged_tables),
+        (0, 2),
+        "{again:#?}"
+    );
+
+    // One write to the file: its tables are read again, and only the change moves.
+    agent_writes(&main, "insert into memory values ('c', '3');").await;
+    settle(dir.path());
+    let changed = run(&db, dir.path()).await;
+    assert_eq!(changed.totals.read, 4, "{changed:#?}");
+    assert_eq!(
+        (changed.totals.inserted, changed.totals.already_present),
+        (1, 3)
+    );
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    assert_mirrors(&mut conn, dir.path(), &[]).await;
+}
+
+#[tokio::test]
+async fn a_table_whose_map_changed_moves_to_its_new_target() {
+    let dir = tempfile::tempdir().unwrap();
+    legacy_file(
+        &dir.path().join("alpha/main.db"),
+        "create table notes (name text, body text);
+         insert into notes values ('one', 'first'), ('two', 'second');",
+    )
+    .await;
+    let db = TestDatabase::migrated().await;
+    let mut options = BackfillOptions::new(dir.path());
+    options.map = TableMap::new().with("notes", Target::Memories);
+    backfill::run(&db.url, &options, &()).await.unwrap();
+    options.map = TableMap::new().with("notes", Target::Tools);
+    let moved = backfill::run(&db.url, &options, &()).await.unwrap();
+    let notes = &moved.files[0].tables[0];
+    assert_eq!(notes.moved_from.as_deref(), Some("agent_memories"));
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    let (memories, tools): (i64, i64) = sqlx::query_as(
+        "select (select count(*) from agent_memories), (select count(*) from agent_tools)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        (memories, tools),
+        (0, 2),
+        "the rows are in the new target only"
+    );
+}
+
+#[tokio::test]
+async fn rows_of_a_table_dropped_from_its_file_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("alpha/main.db");
+    legacy_file(
+        &main,
+        "create table memory (key text, content text); insert into memory values ('a', '1');
+         create table tools (name text); insert into tools values ('search');",
+    )
+    .await;
+    let db = TestDatabase::migrated().await;
+    run(&db, dir.path()).await;
+    agent_writes(&main, "drop table tools;").await;
+    let later = run(&db, dir.path()).await;
+    assert_eq!(later.totals.deleted, 1, "{later:#?}");
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    assert_mirrors(&mut conn, dir.path(), &[]).await;
+}
+
+#[tokio::test]
+async fn a_key_goes_to_the_next_row_when_its_holder_is_deleted_at_the_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("alpha/main.db");
+    legacy_file(
+        &main,
+        "create table memory (key text, content text, created_at text);
+         insert into memory values ('pricing', 'older', '2024-01-01'),
+                                   ('pricing', 'newer', '2025-01-01');",
+    )
+    .await;
+    let db = TestDatabase::migrated().await;
+    run(&db, dir.path()).await;
+    let backend = PostgresBackend::connect(&db.url).await.unwrap();
+    let alpha = AgentId::new("alpha").unwrap();
+    let holder = backend
+        .get_memory(&alpha, "pricing")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(holder.content.as_str().contains("newer"));
+    agent_writes(&main, "delete from memory where content = 'newer';").await;
+    run(&db, dir.path()).await;
+    let holder = backend
+        .get_memory(&alpha, "pricing")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        holder.content.as_str().contains("older"),
+        "the remaining legacy row of the key holds it now: {holder:?}"
+    );
+    backend.close().await;
+}
+
+#[tokio::test]
+async fn a_rollback_never_brings_back_a_key_deleted_since_and_refuses_unknown_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    legacy_file(
+        &dir.path().join("alpha/main.db"),
+        "create table memory (key text, content text);
+         insert into memory values ('keep', 'kept'), ('forget', 'secret');",
+    )
+    .await;
+    let db = TestDatabase::migrated().await;
+    let first = run(&db, dir.path()).await;
+    let backend = PostgresBackend::connect(&db.url).await.unwrap();
+    let alpha = AgentId::new("alpha").unwrap();
+    assert!(backend.delete_memory(&alpha, "forget").await.unwrap());
+
+    let unknown = backfill::rollback(&db.url, "no-such-run").await;
+    let message = memshift::Chain(&unknown.unwrap_err()).to_string();
+    assert!(message.contains("no-such-run"), "{message}");
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    let rows: i64 = sqlx::query_scalar("select count(*) from agent_memories")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1, "an unknown run id deletes nothing");
+
+    let rolled = backfill::rollback(&db.url, &first.run_id).await.unwrap();
+    assert_eq!(rolled.memories, 1);
+    let again = run(&db, dir.path()).await;
+    assert_eq!(
+        (again.totals.inserted, again.totals.outranked),
+        (1, 1),
+        "{again:#?}"
+    );
+    let secret: i64 =
+        sqlx::query_scalar("select count(*) from agent_memories where content like '%secret%'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(
+        secret, 0,
+        "the deleted memory did not come back, with or without its key"
+    );
+    backend.close().await;
+}
