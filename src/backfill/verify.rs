@@ -31,9 +31,10 @@ pub struct TableCheck {
     /// Rows in PostgreSQL that came from it (for the library's own files: rows found
     /// there as themselves).
     pub postgres_rows: u64,
-    /// Rows that PostgreSQL holds a later write of, or a later delete (rows of the
-    /// library's own files; tools of other files whose name was deleted): the newer
-    /// version wins, so they count as verified.
+    /// Rows that PostgreSQL holds a later write or delete of, made through the library
+    /// (legacy rows an agent overwrote, or whose memory key or tool name it deleted; rows
+    /// of the library's own files with a later version): the newer version wins, so they
+    /// count as verified.
     pub newer_in_postgres: u64,
     /// True when every row is in PostgreSQL as itself (or, in the library's own files,
     /// outranked there by a later write).
@@ -116,6 +117,54 @@ pub async fn verify(url: &str, options: &BackfillOptions) -> Result<Verification
     verification
 }
 
+/// Of `rows` (legacy rows of one target), those PostgreSQL holds a later write or delete
+/// of, made through the library: their id is there without the backfill's mark
+/// (`migration_run`), or it is not there and their memory key or tool name was deleted.
+async fn outranked_in(
+    conn: &mut PgConnection,
+    backend: &PostgresBackend,
+    agent: &crate::record::AgentId,
+    target: crate::legacy::Target,
+    rows: &[crate::legacy::ContractRow],
+) -> Result<std::collections::BTreeSet<uuid::Uuid>> {
+    let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.record.id()).collect();
+    let sql = format!(
+        "select id, metadata ? 'migration_run' from {} where id = any($1)",
+        target.table()
+    );
+    let present: std::collections::BTreeMap<uuid::Uuid, bool> =
+        sqlx::query_as::<_, (uuid::Uuid, bool)>(sqlx::AssertSqlSafe(sql))
+            .bind(&ids)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| crate::Error::Database {
+                backend: "postgres",
+                operation: format!("look up rows of {}", target.table()),
+                source: Box::new(e),
+            })?
+            .into_iter()
+            .collect();
+    let mut out = std::collections::BTreeSet::new();
+    for row in rows {
+        let id = row.record.id();
+        let newer = match (present.get(&id), &row.record) {
+            (Some(copy), _) => !copy,
+            (None, ContractRecord::Memory(m)) => match &m.key {
+                Some(key) => backend.memory_tombstone(agent, key).await?.is_some(),
+                None => false,
+            },
+            (None, ContractRecord::Tool(t)) => {
+                backend.tool_tombstone(agent, &t.name).await?.is_some()
+            }
+            (None, _) => false,
+        };
+        if newer {
+            out.insert(id);
+        }
+    }
+    Ok(out)
+}
+
 async fn compare(
     conn: &mut PgConnection,
     backend: &PostgresBackend,
@@ -188,28 +237,21 @@ async fn compare(
             loop {
                 match batches.next_batch().await {
                     Ok(Some(batch)) => {
+                        let mut converted = Vec::with_capacity(batch.len());
                         for row in &batch {
                             match convert_row(&origin, &table, &spec, row, migrated_at) {
-                                Ok(converted) => {
-                                    // A tool whose name PostgreSQL deleted at or after
-                                    // this version was kept out by the backfill.
-                                    if let ContractRecord::Tool(tool) = &converted.record
-                                        && backend
-                                            .tool_tombstone(&agent, &tool.name)
-                                            .await?
-                                            .is_some_and(|at| at >= tool.updated_at)
-                                    {
-                                        outranked += 1;
-                                        continue;
-                                    }
-                                    legacy_rows += 1;
-                                    legacy.add(
-                                        &converted.record.id(),
-                                        &converted.record.content().to_string(),
-                                    );
-                                }
+                                Ok(row) => converted.push(row),
                                 Err(err) => problem = Some(Chain(&err).to_string()),
                             }
+                        }
+                        let newer = outranked_in(conn, backend, &agent, target, &converted).await?;
+                        for row in &converted {
+                            if newer.contains(&row.record.id()) {
+                                outranked += 1;
+                                continue;
+                            }
+                            legacy_rows += 1;
+                            legacy.add(&row.record.id(), &row.record.content().to_string());
                         }
                     }
                     Ok(None) => break,
