@@ -401,3 +401,37 @@ async fn a_rollback_never_brings_back_a_key_deleted_since_and_refuses_unknown_ru
     );
     backend.close().await;
 }
+
+#[tokio::test]
+async fn a_library_file_is_read_again_only_when_it_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = AgentId::new("own").unwrap();
+    let sqlite = memshift::SqliteBackend::new(dir.path());
+    sqlite
+        .put_memory(&agent, &Memory::new("a", json!(1)))
+        .await
+        .unwrap();
+    sqlite.close().await;
+    settle(dir.path());
+    let db = TestDatabase::migrated().await;
+    let first = run(&db, dir.path()).await;
+    assert_eq!(first.totals.inserted, 1);
+    let again = run(&db, dir.path()).await;
+    assert_eq!(
+        (again.totals.read, again.totals.unchanged_tables),
+        (0, 1),
+        "{again:#?}"
+    );
+
+    let sqlite = memshift::SqliteBackend::new(dir.path());
+    sqlite
+        .put_memory(&agent, &Memory::new("b", json!(2)))
+        .await
+        .unwrap();
+    sqlite.close().await;
+    let changed = run(&db, dir.path()).await;
+    assert_eq!(changed.totals.inserted, 1, "{changed:#?}");
+    let backend = PostgresBackend::connect(&db.url).await.unwrap();
+    assert!(backend.get_memory(&agent, "b").await.unwrap().is_some());
+    backend.close().await;
+}

@@ -64,6 +64,9 @@ impl Attempt {
     }
 }
 
+/// The catch-up record of a file of the library's own layout, which moves whole.
+const OWN_FILE: &str = "(library records)";
+
 /// What a table's loads share.
 struct Sync<'a> {
     target: Target,
@@ -186,7 +189,16 @@ impl Run<'_> {
         let stamp = catchup::file_stamp(&found.path);
         let outcome = match Source::open(&found.path, &self.options.read).await {
             Ok(mut source) => match found.probe {
-                Probe::Own => self.own_file(&mut source, &agent, found, &mut report).await,
+                Probe::Own => {
+                    self.own_file_if_changed(
+                        &mut source,
+                        &agent,
+                        found,
+                        stamp.as_deref(),
+                        &mut report,
+                    )
+                    .await
+                }
                 _ => {
                     self.legacy_file(&mut source, &agent, found, stamp.as_deref(), &mut report)
                         .await
@@ -572,6 +584,53 @@ impl Run<'_> {
 
     /// A file of the library's own layout: its records move as themselves, over older
     /// versions only, and its deletes move as tombstones.
+    /// A file of the library's own layout, unless its stamp is the one recorded when an
+    /// earlier run moved it whole (then nothing in it changed, and it is not read).
+    async fn own_file_if_changed(
+        &mut self,
+        source: &mut Source,
+        agent: &AgentId,
+        found: &Found,
+        stamp: Option<&str>,
+        report: &mut FileReport,
+    ) -> Result<()> {
+        let key = TableKey {
+            source: &self.options.source,
+            source_db: &found.source_db,
+            source_table: OWN_FILE,
+        };
+        let spec = serde_json::json!({ "layout": "library" });
+        if let Ok(Some(recorded)) = catchup::recorded(&mut self.conn, key).await
+            && stamp.is_some()
+            && recorded.file_stamp.as_deref() == stamp
+        {
+            report.tables.push(TableReport {
+                table: OWN_FILE.into(),
+                unchanged: true,
+                ..TableReport::default()
+            });
+            return Ok(());
+        }
+        self.own_file(source, agent, found, report).await?;
+        let read: u64 = report.tables.iter().map(|t| t.read).sum();
+        if report.tables.iter().all(|t| t.failed.is_empty()) {
+            let recorded = catchup::record_table(
+                &mut self.conn,
+                key,
+                "library",
+                &spec,
+                stamp,
+                read,
+                &self.report.run_id,
+            )
+            .await;
+            if let Err(err) = recorded {
+                tracing::warn!(source_db = key.source_db, error = %self.target.url.scrub(err), "could not record the file as moved; the next run reads it whole");
+            }
+        }
+        Ok(())
+    }
+
     async fn own_file(
         &mut self,
         source: &mut Source,
