@@ -208,14 +208,18 @@ fn options(cli: &Cli) -> Result<BackfillOptions, Error> {
 fn summary(report: &Report) {
     let t = &report.totals;
     eprintln!(
-        "backfill: {} files ({} unusable), {} tables ({} not migrated), {} rows read, {} inserted, {} already present, {} failed, {:.1} s ({:.0} rows/s)",
+        "backfill: {} files ({} unusable), {} tables ({} not migrated, {} unchanged since the last run), {} rows read, {} inserted, {} updated, {} deleted, {} already present, {} outranked by the library, {} failed, {:.1} s ({:.0} rows/s)",
         t.files,
         t.problem_files,
         t.tables,
         t.skipped_tables,
+        t.unchanged_tables,
         t.read,
         t.inserted,
+        t.updated,
+        t.deleted,
         t.already_present,
+        t.outranked,
         t.failed,
         t.seconds,
         t.rows_per_second

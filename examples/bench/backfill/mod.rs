@@ -16,7 +16,9 @@
 //!    - `pgloader sqlite:///FILE postgresql://...` into an empty database;
 //!    - `psql -c "\copy agent_memories (...) from 'FILE'"` into a migrated database
 //!      (indexed as the migration makes it) whose `agents` row is already there.
-//! 4. Checks every load (exit status, row count, the backfill's report, and that the
+//! 4. Times catch-up runs (the backfill run again over the same file, unchanged and
+//!    with 1% of its rows changed in place) against a first run into the same database.
+//! 5. Checks every load (exit status, row count, the backfill's report, and that the
 //!    `\copy`'d rows equal the backfill's: a checksum of every column, less the run's id
 //!    and time in `metadata`), and prints rows/s, the ratios and their targets.
 //!
@@ -29,6 +31,7 @@
 //! floor of its own size (about 10 MB for python3). The readings over time go to the
 //! JSON file, so a flat run shows its peak reached early and kept.
 
+mod catchup;
 mod client;
 mod database;
 mod legacy;
@@ -179,7 +182,10 @@ pub async fn run(env: &Env, args: &Args) -> Result<Value> {
         };
         tries.push(time_backfill(env, &run).await?);
     }
-    Ok(report(
+    // Last: it changes the legacy file the loads above read.
+    let (catch_up, catch_up_ratios) =
+        catchup::time_catch_ups(env, &backfill_bin, &full, args.batch_size).await?;
+    let mut results = report(
         args,
         &full,
         &stages,
@@ -189,5 +195,10 @@ pub async fn run(env: &Env, args: &Args) -> Result<Value> {
         &pgloader,
         &copy,
         &tries,
-    ))
+    );
+    results["catch_up"] = catch_up;
+    if let Some(ratios) = results["ratios"].as_array_mut() {
+        ratios.extend(catch_up_ratios.iter().map(|r| serde_json::json!(r)));
+    }
+    Ok(results)
 }
