@@ -7,8 +7,7 @@ use std::time::SystemTime;
 use chrono::{DateTime, Utc};
 use memshift::legacy::{
     ContractRecord, ContractRow, OpenStrategy, Probe, ReadOptions, RowOrigin, Source, SourceRow,
-    TableInfo, TableKind, TableMap, TableOutcome, Target, convert_row, discover, inventory,
-    read_own_records, row_id,
+    TableInfo, TableKind, TableMap, Target, convert_row, discover, read_own_records, row_id,
 };
 use memshift::{
     AgentId, Execution, Json, Listing, Memory, MemoryBackend, Metric, SqliteBackend, Tool,
@@ -824,7 +823,7 @@ async fn discovery_reports_bad_files_and_keeps_going() {
 }
 
 #[tokio::test]
-async fn inventory_lists_every_table_with_its_fate() {
+async fn a_dry_run_lists_every_table_with_its_fate() {
     let dir = tempfile::tempdir().unwrap();
     generated(
         dir.path(),
@@ -836,47 +835,46 @@ async fn inventory_lists_every_table_with_its_fate() {
          create table seq (id integer primary key autoincrement); insert into seq default values;",
     )
     .await;
-    let map = TableMap::new().with("long_term_memories", Target::Memories);
-    let inv = inventory(dir.path(), &map, &ReadOptions::default()).await;
-    assert_eq!(inv.files.len(), 1);
-    let tables: Vec<(String, TableOutcome, u64, u64)> = inv.files[0]
+    let mut options = memshift::backfill::BackfillOptions::new(dir.path());
+    options.map = TableMap::new().with("long_term_memories", Target::Memories);
+    let report = memshift::backfill::dry_run(&options).await;
+    assert_eq!(report.files.len(), 1);
+    let tables: Vec<(&str, Option<&str>, u64, u64)> = report.files[0]
         .tables
         .iter()
         .map(|t| {
             (
-                t.name.clone(),
-                t.outcome.clone(),
-                t.rows,
+                t.table.as_str(),
+                t.target.as_deref(),
+                t.read,
                 t.unreadable_times,
             )
         })
         .collect();
-    let skipped = |t: &(String, TableOutcome, u64, u64)| matches!(t.1, TableOutcome::Skipped(_));
-    assert_eq!(
-        tables[0],
-        (
-            "memory".into(),
-            TableOutcome::Target(Target::Memories),
-            2,
-            1
-        )
-    );
+    let skipped = |i: usize| report.files[0].tables[i].skipped.is_some();
+    assert_eq!(tables[0], ("memory", Some("agent_memories"), 2, 1));
     assert_eq!(
         tables[1],
-        (
-            "long_term_memories".into(),
-            TableOutcome::Target(Target::Memories),
-            1,
-            0
-        )
+        ("long_term_memories", Some("agent_memories"), 1, 0)
     );
-    assert_eq!(tables[2], ("other".into(), TableOutcome::Unmapped, 2, 0));
-    assert!(skipped(&tables[3]) && tables[3].0 == "v");
-    assert_eq!(tables[4], ("seq".into(), TableOutcome::Unmapped, 1, 0));
-    assert!(skipped(&tables[5]) && tables[5].0 == "sqlite_sequence");
     assert_eq!(
-        inv.files[0].tables[0].time_examples,
-        ["rowid 1: column ts: \"soon\" is not a time this migration can read"]
+        tables[2],
+        ("other", None, 2, 0),
+        "unmapped, with its rows counted"
+    );
+    assert!(
+        report.files[0].tables[2]
+            .skipped
+            .as_deref()
+            .unwrap()
+            .starts_with("unmapped")
+    );
+    assert!(skipped(3) && tables[3].0 == "v");
+    assert_eq!(tables[4], ("seq", None, 1, 0));
+    assert!(skipped(5) && tables[5].0 == "sqlite_sequence");
+    assert_eq!(
+        report.files[0].tables[0].unreadable_example.as_deref(),
+        Some("rowid 1: column ts: \"soon\" is not a time this migration can read")
     );
 }
 
@@ -1174,12 +1172,19 @@ async fn a_time_in_the_future_stays_created_at_but_never_the_version() {
     );
     assert!(tools[0].future_time);
 
-    // The dry run's inventory counts them, with an example.
-    let inv = inventory(dir.path(), &TableMap::new(), &ReadOptions::default()).await;
-    let counted: Vec<(&str, u64, Option<&str>)> = inv.files[0]
+    // The dry run counts them, with an example.
+    let report =
+        memshift::backfill::dry_run(&memshift::backfill::BackfillOptions::new(dir.path())).await;
+    let counted: Vec<(&str, u64, Option<&str>)> = report.files[0]
         .tables
         .iter()
-        .map(|t| (t.name.as_str(), t.future_times, t.future_example.as_deref()))
+        .map(|t| {
+            (
+                t.table.as_str(),
+                t.future_times,
+                t.future_example.as_deref(),
+            )
+        })
         .collect();
     assert_eq!(
         counted,

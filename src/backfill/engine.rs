@@ -120,15 +120,21 @@ fn spec_record(spec: &TableSpec, legacy_embeddings: bool) -> serde_json::Value {
     serde_json::json!({ "spec": format!("{spec:?}"), "legacy_embeddings": legacy_embeddings })
 }
 
-/// One worker's run: a backend for the library-layout files and one connection holding
-/// the claims and the staging table.
+/// One worker's run: what it reads and reports, and the database it loads into (none
+/// in a dry run, which reads and converts every row the same way and writes nothing).
 pub(crate) struct Run<'a> {
-    pub(crate) target: &'a PgTarget,
     pub(crate) options: &'a BackfillOptions,
-    pub(crate) backend: &'a PostgresBackend,
-    pub(crate) conn: PgConnection,
+    pub(crate) db: Option<Db<'a>>,
     pub(crate) report: Report,
     pub(crate) progress: &'a dyn Progress,
+}
+
+/// Where a run loads: a backend for the library-layout files and one connection holding
+/// the claims and the staging table.
+pub(crate) struct Db<'a> {
+    pub(crate) target: &'a PgTarget,
+    pub(crate) backend: &'a PostgresBackend,
+    pub(crate) conn: PgConnection,
 }
 
 impl Run<'_> {
@@ -137,7 +143,7 @@ impl Run<'_> {
         let mut conn = connect_to(target).await?;
         prepare(&mut conn)
             .await
-            .map_err(|e| db(target, "prepare the staging table", e))?;
+            .map_err(|e| db_error(target, "prepare the staging table", e))?;
         Ok(conn)
     }
 
@@ -217,6 +223,9 @@ impl Run<'_> {
     /// rows were deleted with them, so the backfill's copies go too (rows agents wrote
     /// since through the library stay). Each is reported as a table with its deletes.
     async fn tables_gone(&mut self, found: &Found, tables: &[TableInfo], report: &mut FileReport) {
+        let Some(db) = self.db.as_mut() else {
+            return;
+        };
         let names: Vec<&str> = tables.iter().map(|t| t.name.as_str()).collect();
         let gone: std::result::Result<Vec<(String, String)>, _> = sqlx::query_as(
             "select source_table, target from agent_memory.backfill_tables
@@ -225,7 +234,7 @@ impl Run<'_> {
         .bind(&self.options.source)
         .bind(&found.source_db)
         .bind(&names)
-        .fetch_all(&mut self.conn)
+        .fetch_all(&mut db.conn)
         .await;
         for (table, target) in gone.unwrap_or_default() {
             let key = TableKey {
@@ -239,14 +248,14 @@ impl Run<'_> {
                 skipped: Some("gone from the file since an earlier run".into()),
                 ..TableReport::default()
             };
-            match catchup::forget(&mut self.conn, key, &target).await {
+            match catchup::forget(&mut db.conn, key, &target).await {
                 Ok(deleted) => out.deleted = deleted,
                 Err(err) => out.failed.push(Failure {
                     rowids: None,
                     rows: 0,
                     reason: format!(
                         "deleting the rows of a table gone from the file: {}",
-                        self.scrub(err)
+                        db.target.url.scrub(err)
                     ),
                 }),
             }
@@ -261,11 +270,14 @@ impl Run<'_> {
         } else {
             "select pg_advisory_unlock(hashtextextended('agent_memory.backfill:' || $1, 0))"
         };
+        let Some(db) = self.db.as_mut() else {
+            return Ok(true);
+        };
         sqlx::query_scalar(sql)
             .bind(source_db)
-            .fetch_one(&mut self.conn)
+            .fetch_one(&mut db.conn)
             .await
-            .map_err(|e| db(self.target, "claim a source file", e))
+            .map_err(|e| db_error(db.target, "claim a source file", e))
     }
 
     async fn legacy_file(
@@ -293,6 +305,15 @@ impl Run<'_> {
                 }
                 (_, None) => {
                     out.skipped = Some(super::UNMAPPED.into());
+                    // Counted, so the operator sees what leaving it out leaves behind.
+                    match source.count(&table.name).await {
+                        Ok(rows) => out.read = rows,
+                        Err(err) => out.failed.push(Failure {
+                            rowids: None,
+                            rows: 0,
+                            reason: format!("counting its rows: {}", Chain(&err)),
+                        }),
+                    }
                     None
                 }
                 (_, Some(spec)) => Some(spec),
@@ -330,7 +351,7 @@ impl Run<'_> {
         };
         let spec_json = spec_record(spec, options.legacy_embeddings);
         let target = spec.target;
-        let recorded = match catchup::recorded(&mut self.conn, key).await {
+        let recorded = match self.with_db(|conn| catchup::recorded(conn, key)).await {
             Ok(recorded) => recorded,
             Err(err) => {
                 out.failed.push(Failure {
@@ -351,7 +372,10 @@ impl Run<'_> {
         }
         let force = recorded.as_ref().is_some_and(|r| r.spec != spec_json);
         if let Some(recorded) = recorded.as_ref().filter(|r| r.target != target.table()) {
-            match catchup::forget(&mut self.conn, key, &recorded.target).await {
+            match self
+                .with_db(|conn| catchup::forget(conn, key, &recorded.target))
+                .await
+            {
                 Ok(_) => out.moved_from = Some(recorded.target.clone()),
                 Err(err) => {
                     out.failed.push(Failure {
@@ -367,7 +391,7 @@ impl Run<'_> {
                 }
             }
         }
-        let mut chunks = match catchup::chunks(&mut self.conn, key).await {
+        let mut chunks = match self.with_db(|conn| catchup::chunks(conn, key)).await {
             Ok(chunks) => chunks,
             Err(err) => {
                 out.failed.push(Failure {
@@ -422,7 +446,13 @@ impl Run<'_> {
                 match convert_row(&origin, table, spec, row, migrated_at) {
                     Ok(mut converted) => {
                         buf.member(row.rowid, Some(converted.record.id()));
-                        out.unreadable_times += u64::from(converted.time_problem.is_some());
+                        if let Some(problem) = &converted.time_problem {
+                            out.unreadable_times += 1;
+                            if out.unreadable_example.is_none() {
+                                out.unreadable_example =
+                                    Some(format!("{}: {problem}", place(row.rowid)));
+                            }
+                        }
                         count_future(&converted, converted.record.created_at(), out);
                         if options.legacy_embeddings {
                             take_embedding(table, row, &mut converted, out);
@@ -466,18 +496,15 @@ impl Run<'_> {
         }
         self.sync(&sync, &mut pending, out).await;
         if read_all && out.failed.is_empty() {
-            let recorded = catchup::record_table(
-                &mut self.conn,
-                key,
-                target.table(),
-                &spec_json,
-                stamp,
-                out.read,
-                &self.report.run_id,
-            )
-            .await;
+            let run = self.report.run_id.clone();
+            let (spec_json, rows) = (&spec_json, out.read);
+            let recorded = self
+                .with_db(|conn| {
+                    catchup::record_table(conn, key, target.table(), spec_json, stamp, rows, &run)
+                })
+                .await;
             if let Err(err) = recorded {
-                tracing::warn!(source_db = key.source_db, table = key.source_table, error = %self.target.url.scrub(err), "could not record the table as caught up; the next run reads it whole");
+                tracing::warn!(source_db = key.source_db, table = key.source_table, error = %self.scrub(err), "could not record the table as caught up; the next run reads it whole");
             }
         }
         out.seconds = started.elapsed().as_secs_f64();
@@ -485,16 +512,35 @@ impl Run<'_> {
     }
 
     fn scrub(&self, err: sqlx::Error) -> String {
-        self.target.url.scrub(err).to_string()
+        match &self.db {
+            Some(db) => db.target.url.scrub(err).to_string(),
+            None => err.to_string(),
+        }
+    }
+
+    /// Runs `work` on the run's connection; in a dry run, which has none, gives the
+    /// default (nothing recorded, nothing done).
+    async fn with_db<'c, T: Default, F, Fut>(
+        &'c mut self,
+        work: F,
+    ) -> std::result::Result<T, sqlx::Error>
+    where
+        F: FnOnce(&'c mut PgConnection) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, sqlx::Error>>,
+    {
+        match self.db.as_mut() {
+            Some(db) => work(&mut db.conn).await,
+            None => Ok(T::default()),
+        }
     }
 
     /// Loads what `pending` holds, with retries on transient errors; reports it failed
     /// otherwise. Empties `pending` either way.
     async fn sync(&mut self, sync: &Sync<'_>, pending: &mut Pending, out: &mut TableReport) {
-        if pending.is_empty() {
+        let taken = std::mem::take(pending);
+        if taken.is_empty() || self.db.is_none() {
             return;
         }
-        let taken = std::mem::take(pending);
         let run = self.report.run_id.clone();
         let batch = Batch {
             target: sync.target,
@@ -548,8 +594,11 @@ impl Run<'_> {
         batch: &Batch<'_>,
         retrying: bool,
     ) -> std::result::Result<Synced, Attempt> {
-        if retrying && self.conn.ping().await.is_err() {
-            self.conn = Run::connect(self.target)
+        let Some(db) = self.db.as_mut() else {
+            return Ok(Synced::default());
+        };
+        if retrying && db.conn.ping().await.is_err() {
+            db.conn = Run::connect(db.target)
                 .await
                 .map_err(|err| Attempt::again(Chain(&err).to_string()))?;
             // The claim died with the old session; take it again or stop.
@@ -559,14 +608,17 @@ impl Run<'_> {
                 ));
             }
         }
+        let Some(db) = self.db.as_mut() else {
+            return Ok(Synced::default());
+        };
         let target = batch.target;
-        let loading = sync_batch(&mut self.conn, batch);
+        let loading = sync_batch(&mut db.conn, batch);
         match tokio::time::timeout(self.options.timeout, loading).await {
             Ok(Ok(done)) => Ok(done),
             Ok(Err(AgentRowError::Database(err))) => {
                 let transient = is_transient(&err);
                 let hint = permission_hint(&err, target);
-                let reason = format!("{}{hint}", self.target.url.scrub(err));
+                let reason = format!("{}{hint}", db.target.url.scrub(err));
                 Err(Attempt {
                     reason,
                     retry: transient,
@@ -600,7 +652,7 @@ impl Run<'_> {
             source_table: OWN_FILE,
         };
         let spec = serde_json::json!({ "layout": "library" });
-        if let Ok(Some(recorded)) = catchup::recorded(&mut self.conn, key).await
+        if let Ok(Some(recorded)) = self.with_db(|conn| catchup::recorded(conn, key)).await
             && stamp.is_some()
             && recorded.file_stamp.as_deref() == stamp
         {
@@ -614,18 +666,15 @@ impl Run<'_> {
         self.own_file(source, agent, found, report).await?;
         let read: u64 = report.tables.iter().map(|t| t.read).sum();
         if report.tables.iter().all(|t| t.failed.is_empty()) {
-            let recorded = catchup::record_table(
-                &mut self.conn,
-                key,
-                "library",
-                &spec,
-                stamp,
-                read,
-                &self.report.run_id,
-            )
-            .await;
+            let run = self.report.run_id.clone();
+            let spec = &spec;
+            let recorded = self
+                .with_db(|conn| {
+                    catchup::record_table(conn, key, "library", spec, stamp, read, &run)
+                })
+                .await;
             if let Err(err) = recorded {
-                tracing::warn!(source_db = key.source_db, error = %self.target.url.scrub(err), "could not record the file as moved; the next run reads it whole");
+                tracing::warn!(source_db = key.source_db, error = %self.scrub(err), "could not record the file as moved; the next run reads it whole");
             }
         }
         Ok(())
@@ -638,6 +687,7 @@ impl Run<'_> {
         found: &Found,
         report: &mut FileReport,
     ) -> Result<()> {
+        let backend = self.db.as_ref().map(|db| db.backend);
         for target in [
             Target::Memories,
             Target::Tools,
@@ -669,20 +719,23 @@ impl Run<'_> {
                     count_future(row, own_time, &mut out);
                 }
                 for row in &rows {
+                    // A dry run reads and counts.
+                    let Some(backend) = backend else {
+                        out.read += 1;
+                        continue;
+                    };
                     let applied = match &row.record {
-                        ContractRecord::Memory(m) => self
-                            .backend
-                            .apply_memory(agent, m)
-                            .await
-                            .map(|s| s.is_some()),
+                        ContractRecord::Memory(m) => {
+                            backend.apply_memory(agent, m).await.map(|s| s.is_some())
+                        }
                         ContractRecord::Tool(t) => {
-                            self.backend.apply_tool(agent, t).await.map(|s| s.is_some())
+                            backend.apply_tool(agent, t).await.map(|s| s.is_some())
                         }
                         ContractRecord::Metric(m) => {
-                            self.backend.record_metric(agent, m).await.map(|()| true)
+                            backend.record_metric(agent, m).await.map(|()| true)
                         }
                         ContractRecord::Execution(e) => {
-                            self.backend.log_execution(agent, e).await.map(|()| true)
+                            backend.log_execution(agent, e).await.map(|()| true)
                         }
                     };
                     out.read += 1;
@@ -720,9 +773,12 @@ impl Run<'_> {
             };
             for (name, at) in deletes {
                 out.read += 1;
+                let Some(backend) = backend else {
+                    continue;
+                };
                 let applied = match tools {
-                    false => self.backend.apply_memory_delete(agent, &name, at).await,
-                    true => self.backend.apply_tool_delete(agent, &name, at).await,
+                    false => backend.apply_memory_delete(agent, &name, at).await,
+                    true => backend.apply_tool_delete(agent, &name, at).await,
                 };
                 match applied {
                     Ok(_) => out.inserted += 1,
@@ -774,7 +830,7 @@ fn permission_hint(err: &sqlx::Error, target: Target) -> String {
     }
 }
 
-fn db(target: &PgTarget, operation: &str, e: sqlx::Error) -> Error {
+fn db_error(target: &PgTarget, operation: &str, e: sqlx::Error) -> Error {
     Error::database("postgres", operation, e, Some(&target.url))
 }
 
@@ -798,6 +854,11 @@ pub(crate) fn empty_report(
     }
 }
 
+/// A row as a report names it: `rowid N`, or `row` in a `WITHOUT ROWID` table.
+fn place(rowid: Option<i64>) -> String {
+    rowid.map_or_else(|| "row".to_string(), |r| format!("rowid {r}"))
+}
+
 /// Counts a row whose time (`time`, its latest own time) lies after its migration,
 /// keeping the first as an example.
 fn count_future(row: &ContractRow, time: chrono::DateTime<Utc>, out: &mut TableReport) {
@@ -806,10 +867,7 @@ fn count_future(row: &ContractRow, time: chrono::DateTime<Utc>, out: &mut TableR
     }
     out.future_times += 1;
     if out.future_example.is_none() {
-        let at = row
-            .source
-            .rowid
-            .map_or_else(|| "row".to_string(), |r| format!("rowid {r}"));
+        let at = place(row.source.rowid);
         out.future_example = Some(format!("{at}: {}", crate::backend::codec::time_text(&time)));
     }
 }

@@ -32,7 +32,7 @@ pub use crate::progress::Progress;
 
 use crate::backend::{PgTarget, PostgresBackend, PostgresOptions};
 use crate::error::{Error, Result};
-use crate::legacy::{Probe, ReadOptions, TableMap, TableOutcome, inventory};
+use crate::legacy::{ReadOptions, TableMap};
 
 /// Why a table of another name is not migrated, and what to do about it.
 pub(crate) const UNMAPPED: &str = "unmapped: not a contract table (map it with --map TABLE=TARGET)";
@@ -76,45 +76,20 @@ impl BackfillOptions {
 }
 
 /// Reads every legacy file and reports what a run would migrate (agents, files, tables,
-/// row counts, unmapped tables, rows whose time cannot be read). Touches no database.
+/// row counts, unmapped tables, rows whose time cannot be read or lies in the future):
+/// the same pipeline as [`run`], reading and converting every row the same way, with a
+/// loader that writes nothing. Touches no database.
 pub async fn dry_run(options: &BackfillOptions) -> Report {
-    let found = inventory(&options.agents_path, &options.map, &options.read).await;
-    let mut report = engine::empty_report(options, "dry-run".into(), None, true);
-    for file in found.files {
-        let kind = file.probe.kind();
-        // A file that could not be probed states why, as a run's report does.
-        let problem = match file.probe {
-            Probe::Problem(why) => Some(why),
-            _ => file.problem,
-        };
-        report.files.push(FileReport {
-            source_db: file.source_db,
-            agent: file.agent,
-            kind,
-            problem,
-            tables: file
-                .tables
-                .into_iter()
-                .map(|t| {
-                    let (target, skipped) = match t.outcome {
-                        TableOutcome::Target(target) => (Some(target.table().to_string()), None),
-                        TableOutcome::Unmapped => (None, Some(UNMAPPED.to_string())),
-                        TableOutcome::Skipped(reason) => (None, Some(reason)),
-                    };
-                    TableReport {
-                        table: t.name,
-                        target,
-                        skipped,
-                        read: t.rows,
-                        unreadable_times: t.unreadable_times,
-                        future_times: t.future_times,
-                        future_example: t.future_example,
-                        ..TableReport::default()
-                    }
-                })
-                .collect(),
-        });
-    }
+    let report = engine::empty_report(options, "dry-run".into(), None, true);
+    let mut worker = engine::Run {
+        options,
+        db: None,
+        report,
+        progress: &(),
+    };
+    // Without a database nothing in a run can fail as a whole.
+    let _ = worker.all().await;
+    let mut report = worker.report;
     report.finish();
     report
 }
@@ -153,10 +128,12 @@ pub async fn run(url: &str, options: &BackfillOptions, progress: &dyn Progress) 
     let shown = Some(target.url.shown().to_string());
     let report = engine::empty_report(options, run_id.clone(), shown, false);
     let mut worker = engine::Run {
-        target: &target,
         options,
-        backend: &backend,
-        conn: engine::Run::connect(&target).await?,
+        db: Some(engine::Db {
+            target: &target,
+            backend: &backend,
+            conn: engine::Run::connect(&target).await?,
+        }),
         report,
         progress,
     };

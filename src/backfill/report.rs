@@ -76,6 +76,9 @@ pub struct TableReport {
     pub failed: Vec<Failure>,
     /// Rows whose time column could not be read (their `created_at` is the migration's).
     pub unreadable_times: u64,
+    /// The first of them: `rowid N: column C: why`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unreadable_example: Option<String>,
     /// Rows whose own time lies after their migration (`metadata.migrated_at`; in a dry
     /// run, after the moment it read them): a clock that was ahead, or a number in a unit
     /// the contract does not expect. They arrive all the same, with `created_at` = that

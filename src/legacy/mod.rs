@@ -21,14 +21,12 @@
 //!   unchanged.
 //! - An embedding a legacy row kept is decoded when the backfill is asked to
 //!   ([`BackfillOptions::legacy_embeddings`](crate::backfill::BackfillOptions::legacy_embeddings)).
-//! - [`inventory`] counts everything for a dry run.
 
 mod discover;
 // Embeddings and tombstones of legacy files matter only to the backfill, which needs both
 // backends.
 #[cfg(feature = "postgres")]
 mod embedding;
-mod inventory;
 mod open;
 mod own;
 mod read;
@@ -39,7 +37,6 @@ mod value;
 pub use discover::{Found, Probe, discover};
 #[cfg(feature = "postgres")]
 pub(crate) use embedding::embedding_of;
-pub use inventory::{FileInventory, Inventory, TableInventory, TableOutcome, inventory};
 pub use open::{OpenStrategy, ReadOptions};
 #[cfg(feature = "postgres")]
 pub(crate) use own::{read_own_tombstones, read_own_tool_tombstones};

@@ -75,8 +75,15 @@ pub(super) async fn time_catch_ups(
     let db = env.fresh_database("catch_up", true).await?;
     settle(&legacy.file)?;
     let (first, _) = one_run(env, binary, &db.url, legacy, batch_size, "catch_up_first").await?;
-    let (unchanged, totals) =
-        one_run(env, binary, &db.url, legacy, batch_size, "catch_up_unchanged").await?;
+    let (unchanged, totals) = one_run(
+        env,
+        binary,
+        &db.url,
+        legacy,
+        batch_size,
+        "catch_up_unchanged",
+    )
+    .await?;
     if totals["read"].as_u64() != Some(0) {
         return Err(format!("the unchanged catch-up read rows: {totals}").into());
     }
@@ -106,7 +113,12 @@ pub(super) async fn time_catch_ups(
         table(
             &["run", "seconds", "rows/s read", "vs first run"],
             &[
-                vec!["first run".into(), format!("{first:.1}"), rate(first), "1.00".into()],
+                vec![
+                    "first run".into(),
+                    format!("{first:.1}"),
+                    rate(first),
+                    "1.00".into()
+                ],
                 vec![
                     "catch-up, file unchanged".into(),
                     format!("{unchanged:.2}"),
@@ -133,7 +145,11 @@ pub(super) async fn time_catch_ups(
         "  {:<58} {:>6.3}  target <= {UNCHANGED_LIMIT:.1}  {}",
         ratio.formula,
         unchanged / first,
-        if ratio.pass == Some(true) { "PASS" } else { "MISS" }
+        if ratio.pass == Some(true) {
+            "PASS"
+        } else {
+            "MISS"
+        }
     );
     Ok((
         json!({
