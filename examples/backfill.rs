@@ -123,9 +123,9 @@ enum ShowProgress {
 impl ShowProgress {
     async fn new(options: &BackfillOptions) -> Self {
         if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            // The bar's length comes from a dry run's count: a terminal user waits for it;
-            // logs and benchmarks are spared the extra read.
-            let total = backfill::dry_run(options).await.totals.read;
+            // The bar's length comes from counting the rows (SQLite's count(*), no row
+            // read); logs and benchmarks are spared even that.
+            let total = backfill::count_rows(options).await;
             return Self::bar(total, "rows");
         }
         Self::lines()

@@ -85,6 +85,8 @@ pub(crate) struct Recorded {
     pub(crate) target: String,
     pub(crate) spec: serde_json::Value,
     pub(crate) file_stamp: Option<String>,
+    /// Rows it had when it was last caught up.
+    pub(crate) rows: u64,
 }
 
 /// The record of `table`, if it was caught up before.
@@ -92,8 +94,8 @@ pub(crate) async fn recorded(
     conn: &mut PgConnection,
     table: TableKey<'_>,
 ) -> Result<Option<Recorded>, sqlx::Error> {
-    let row: Option<(String, serde_json::Value, Option<String>)> = sqlx::query_as(
-        "select target, spec, file_stamp from agent_memory.backfill_tables
+    let row: Option<(String, serde_json::Value, Option<String>, i64)> = sqlx::query_as(
+        "select target, spec, file_stamp, rows from agent_memory.backfill_tables
          where source = $1 and source_db = $2 and source_table = $3",
     )
     .bind(table.source)
@@ -101,10 +103,11 @@ pub(crate) async fn recorded(
     .bind(table.source_table)
     .fetch_optional(conn)
     .await?;
-    Ok(row.map(|(target, spec, file_stamp)| Recorded {
+    Ok(row.map(|(target, spec, file_stamp, rows)| Recorded {
         target,
         spec,
         file_stamp,
+        rows: rows.unsigned_abs(),
     }))
 }
 

@@ -368,6 +368,8 @@ impl Run<'_> {
             && recorded.file_stamp.as_deref() == stamp
         {
             out.unchanged = true;
+            // Its rows count as done for a progress bar sized by counting them.
+            self.progress.rows(recorded.rows);
             return;
         }
         let force = recorded.as_ref().is_some_and(|r| r.spec != spec_json);
@@ -656,6 +658,7 @@ impl Run<'_> {
             && stamp.is_some()
             && recorded.file_stamp.as_deref() == stamp
         {
+            self.progress.rows(recorded.rows);
             report.tables.push(TableReport {
                 table: OWN_FILE.into(),
                 unchanged: true,

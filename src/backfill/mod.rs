@@ -94,6 +94,38 @@ pub async fn dry_run(options: &BackfillOptions) -> Report {
     report
 }
 
+/// The rows a run would read: every row of every mapped table and of every file of the
+/// library's own layout, counted (SQLite's `count(*)`, no row read). What a progress bar
+/// is sized by; files that cannot be read count as nothing.
+pub async fn count_rows(options: &BackfillOptions) -> u64 {
+    let mut total = 0;
+    for found in crate::legacy::discover(&options.agents_path, &options.read).await {
+        let Ok(mut source) = crate::legacy::Source::open(&found.path, &options.read).await else {
+            continue;
+        };
+        let tables: Vec<String> = match found.probe {
+            crate::legacy::Probe::Problem(_) => continue,
+            crate::legacy::Probe::Own => crate::legacy::Target::ALL
+                .iter()
+                .map(|t| t.table().to_string())
+                .collect(),
+            crate::legacy::Probe::Legacy => match source.tables().await {
+                Ok(tables) => tables
+                    .into_iter()
+                    .filter(|t| t.skip_reason().is_none())
+                    .filter(|t| options.map.spec(&found.source_db, &t.name).is_some())
+                    .map(|t| t.name)
+                    .collect(),
+                Err(_) => continue,
+            },
+        };
+        for table in tables {
+            total += source.count(&table).await.unwrap_or(0);
+        }
+    }
+    total
+}
+
 /// Migrates every legacy file under the agents path into the database at `url`.
 ///
 /// The contract tables must exist (see [`crate::migrate_url`]); the library's bookkeeping

@@ -74,6 +74,14 @@ pub enum Target {
 }
 
 impl Target {
+    /// The four targets, in the contract's order.
+    pub const ALL: [Target; 4] = [
+        Target::Memories,
+        Target::Tools,
+        Target::Metrics,
+        Target::Executions,
+    ];
+
     /// The PostgreSQL table's name.
     pub fn table(self) -> &'static str {
         match self {
