@@ -440,7 +440,9 @@ async fn a_catch_up_run_follows_the_frameworks_and_keeps_library_writes() {
     // session), and the planner, already moved, writes two notes through the library:
     // one whose row the file updates in place (a TTL refresh), one whose row the file
     // replaces under a new rowid (INSERT OR REPLACE).
+    let was = expected(&agents).await;
     lay("after", &agents);
+    let now = expected(&agents).await;
     let sources = contents(&agents);
     let planner = AgentId::new("planner").unwrap();
     let postgres = db.backend().await;
@@ -461,15 +463,52 @@ async fn a_catch_up_run_follows_the_frameworks_and_keeps_library_writes() {
             .unwrap();
         library.insert(stored.id);
     }
-    let mut conn = PgConnection::connect(&db.url).await.unwrap();
-    let changed = differences(&mut conn, &agents, &library).await;
-    assert!(
-        changed.len() > 40,
-        "the files changed since the first run: {changed:#?}"
-    );
 
     let (code, said) = backfill(&db, &agents, dir.path(), &[]);
     assert_eq!(code, 0, "the catch-up run succeeds: {said}");
+    // It says what it did: each change at the source once, less the two rows the
+    // library's writes outrank.
+    let added = now.keys().filter(|id| !was.contains_key(id)).count();
+    let changed: BTreeSet<_> = now
+        .iter()
+        .filter(|(id, want)| was.get(id).is_some_and(|w| w.content != want.content))
+        .map(|(id, _)| *id)
+        .collect();
+    let deleted: BTreeSet<_> = was
+        .keys()
+        .filter(|id| !now.contains_key(id))
+        .copied()
+        .collect();
+    assert_eq!(
+        (added, changed.len(), deleted.len()),
+        (30, 5, 19),
+        "the fixtures' changes, as make.py printed them (README.md)"
+    );
+    let on_changed = library.intersection(&changed).count();
+    let on_deleted = library.intersection(&deleted).count();
+    assert_eq!(
+        (on_changed, on_deleted),
+        (1, 1),
+        "one library write on a row the files changed, one on a row they deleted"
+    );
+    let totals = &report(&said)["totals"];
+    assert_eq!(
+        [
+            &totals["inserted"],
+            &totals["updated"],
+            &totals["deleted"],
+            &totals["outranked"],
+            &totals["failed"]
+        ],
+        [
+            &json!(added),
+            &json!(changed.len() - on_changed),
+            &json!(deleted.len() - on_deleted),
+            &json!(on_changed + on_deleted),
+            &json!(0)
+        ],
+        "inserted, updated, deleted, outranked, failed: {totals:#}"
+    );
     assert!(
         contents(&agents) == sources,
         "the catch-up left the framework files as they were"
@@ -499,6 +538,7 @@ async fn a_catch_up_run_follows_the_frameworks_and_keeps_library_writes() {
 
     // Everything else is what the files hold now: new rows in, changed rows changed,
     // reused rowids holding their new rows, deleted rows gone.
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
     let differ = differences(&mut conn, &agents, &library).await;
     assert!(
         differ.is_empty(),
