@@ -435,3 +435,37 @@ async fn a_library_file_is_read_again_only_when_it_changed() {
     assert!(backend.get_memory(&agent, "b").await.unwrap().is_some());
     backend.close().await;
 }
+
+#[tokio::test]
+async fn a_file_gone_from_the_tree_keeps_its_rows_and_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    legacy_file(
+        &dir.path().join("alpha/main.db"),
+        "create table memory (key text, content text); insert into memory values ('a', '1');",
+    )
+    .await;
+    legacy_file(
+        &dir.path().join("beta/main.db"),
+        "create table memory (key text, content text); insert into memory values ('b', '2');",
+    )
+    .await;
+    let db = TestDatabase::migrated().await;
+    run(&db, dir.path()).await;
+    // The agent moved, and its legacy folder was removed.
+    std::fs::remove_dir_all(dir.path().join("beta")).unwrap();
+    let later = run(&db, dir.path()).await;
+    assert!(
+        later
+            .warnings
+            .iter()
+            .any(|w| w.contains("beta/main.db") && w.contains("stay in PostgreSQL")),
+        "{:?}",
+        later.warnings
+    );
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    let rows: i64 = sqlx::query_scalar("select count(*) from agent_memories")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(rows, 2, "the moved agent's rows stay");
+}

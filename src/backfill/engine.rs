@@ -149,11 +149,39 @@ impl Run<'_> {
 
     pub(crate) async fn all(&mut self) -> Result<()> {
         let found = discover(&self.options.agents_path, &self.options.read).await;
-        for file in found {
-            let report = self.file(&file).await;
+        for file in &found {
+            let report = self.file(file).await;
             self.report.files.push(report);
         }
+        self.files_gone(&found).await;
         Ok(())
+    }
+
+    /// Files an earlier run moved tables from that are no longer under the agents path.
+    /// Their rows stay in PostgreSQL (an agent's legacy folder is often removed once the
+    /// agent has moved); a warning names them.
+    async fn files_gone(&mut self, found: &[Found]) {
+        let present: Vec<&str> = found.iter().map(|f| f.source_db.as_str()).collect();
+        let source = self.options.source.clone();
+        let gone: Vec<(String, i64)> = self
+            .with_db(|conn| {
+                sqlx::query_as(
+                    "select source_db, sum(rows)::int8 from agent_memory.backfill_tables
+                     where source = $1 and source_db <> all($2)
+                     group by source_db order by source_db",
+                )
+                .bind(source)
+                .bind(present)
+                .fetch_all(conn)
+            })
+            .await
+            .unwrap_or_default();
+        for (source_db, rows) in gone {
+            self.report.warnings.push(format!(
+                "{source_db} is no longer under the agents path; the {rows} rows earlier runs \
+                 moved from it stay in PostgreSQL (roll back those runs to remove them)"
+            ));
+        }
     }
 
     async fn file(&mut self, found: &Found) -> FileReport {

@@ -183,7 +183,7 @@ impl Report {
                 totals.future_times += table.future_times;
             }
         }
-        self.warnings = self
+        let future: Vec<String> = self
             .files
             .iter()
             .flat_map(|f| f.tables.iter().map(move |t| (f, t)))
@@ -200,6 +200,8 @@ impl Report {
                 )
             })
             .collect();
+        // Warnings the run added itself (files gone since an earlier run, say) stay.
+        self.warnings.extend(future);
         totals.seconds = (finished - self.started_at).num_milliseconds() as f64 / 1000.0;
         totals.rows_per_second = rate(totals.read, totals.seconds);
         self.totals = totals;
