@@ -150,6 +150,10 @@ impl Run<'_> {
     pub(crate) async fn all(&mut self) -> Result<()> {
         let found = discover(&self.options.agents_path, &self.options.read).await;
         for file in found {
+            // A stop requested ends the run between files; the files left are not listed.
+            if self.options.stop.is_requested() {
+                break;
+            }
             let report = self.file(&file).await;
             self.report.files.push(report);
         }
