@@ -218,7 +218,7 @@ impl Record {
         .await
         .inspect_err(|err| tracing::warn!(error = %crate::Chain(err), "cannot record the follow"))
         .ok()?;
-        let tree = Tree::of(options);
+        let tree = Tree::of(options).ok()?;
         let started = sqlx::query(
             "insert into agent_memory.backfill_runs
                (id, started_at, status, source, host, agents_path, report)

@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use follow::{Following, Round, follow};
+pub use sources::check_source;
 pub use report::{Failure, FileReport, Report, TableReport, Totals};
 pub use verify::{TableCheck, Verification, verify};
 
@@ -201,7 +202,7 @@ pub async fn run(url: &str, options: &BackfillOptions, progress: &dyn Progress) 
     .await?;
     let run_id = new_run_id("");
     let record = |e: sqlx::Error| backend.error("record the backfill run", e);
-    let tree = sources::Tree::of(options);
+    let tree = sources::Tree::of(options)?;
     sqlx::query(
         "insert into agent_memory.backfill_runs (id, status, source, host, agents_path)
          values ($1, 'running', $2, $3, $4)",

@@ -10,6 +10,7 @@ use sqlx::PgPool;
 
 use super::BackfillOptions;
 use super::report::Report;
+use crate::error::{Error, Result};
 
 /// Files named in one warning; the rest are counted.
 const SHOWN: usize = 5;
@@ -38,13 +39,41 @@ pub(crate) struct Earlier {
     files: BTreeMap<String, From>,
 }
 
+/// Longest source name.
+const NAME_MAX: usize = 64;
+
+/// Checks a source's name (`--source`): 1 to 64 ASCII letters, digits, `.`, `_` and
+/// `-`, starting with a letter or digit, so it reads the same in ids, `metadata.source`,
+/// reports and shell commands. The empty name is the unnamed source, always valid.
+///
+/// # Errors
+/// [`Error::InvalidInput`] naming what is wrong with it.
+pub fn check_source(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        return Ok(());
+    } else if name.len() > NAME_MAX {
+        format!("{name:?} is longer than {NAME_MAX} characters")
+    } else if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        format!("{name:?} holds {c:?}: use letters, digits, '.', '_' and '-' (e.g. host-a)")
+    } else if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        format!("{name:?} must start with a letter or a digit")
+    } else {
+        return Ok(());
+    };
+    Err(Error::invalid("--source", reason))
+}
+
 impl Tree {
-    pub(crate) fn of(options: &BackfillOptions) -> Self {
-        Tree {
+    pub(crate) fn of(options: &BackfillOptions) -> Result<Self> {
+        check_source(&options.source)?;
+        Ok(Tree {
             source: options.source.clone(),
             host: host(),
             agents_path: absolute(&options.agents_path),
-        }
+        })
     }
 
     /// The files of this source that a run from another host or agents path moved last
@@ -241,6 +270,24 @@ mod tests {
         assert!(warnings[0].contains("8 files of source \"east\""));
         assert!(warnings[0].contains("and 3 more"), "{}", warnings[0]);
         assert!(warnings[0].contains("other than \"east\""));
+    }
+
+    #[test]
+    fn source_names_are_letters_digits_dots_dashes_and_underscores() {
+        for good in ["", "host-a", "east.1", "A_b-9", &"x".repeat(64)] {
+            assert!(check_source(good).is_ok(), "{good:?}");
+        }
+        for (bad, why) in [
+            ("host a", "' '"),
+            ("a/b", "'/'"),
+            ("-a", "start with a letter"),
+            (".", "start with a letter"),
+            ("é", "'é'"),
+            (&"x".repeat(65), "longer than 64"),
+        ] {
+            let err = check_source(bad).unwrap_err().to_string();
+            assert!(err.contains("--source") && err.contains(why), "{bad:?}: {err}");
+        }
     }
 
     #[test]
