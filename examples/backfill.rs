@@ -113,7 +113,12 @@ struct Cli {
     #[arg(long, conflicts_with_all = ["dry_run", "backup", "verify", "rollback", "fill_embeddings"])]
     follow: bool,
     /// With --follow: seconds between rounds.
-    #[arg(long, value_name = "SECONDS", default_value_t = 2.0, requires = "follow")]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 2.0,
+        requires = "follow"
+    )]
     interval: f64,
 }
 
@@ -412,7 +417,10 @@ fn stop_on_signals(stop: &Stop) {
         #[cfg(unix)]
         let (mut interrupt, mut terminate) = {
             use tokio::signal::unix::{SignalKind, signal};
-            match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+            match (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) {
                 (Ok(interrupt), Ok(terminate)) => (interrupt, terminate),
                 _ => return,
             }
@@ -463,7 +471,11 @@ async fn follow(url: &str, cli: &Cli, options: &BackfillOptions) -> Result<ExitC
         let report = match &round.outcome {
             Ok(report) => report,
             Err(err) => {
-                eprintln!("backfill: round {} did not run: {}", round.number, Chain(err));
+                eprintln!(
+                    "backfill: round {} did not run: {}",
+                    round.number,
+                    Chain(err)
+                );
                 return Ok(());
             }
         };
@@ -528,7 +540,10 @@ impl Idle {
 
     fn tick(&mut self, report: &Report) {
         self.rounds += 1;
-        if self.shown.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
+        if self
+            .shown
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(60))
+        {
             return;
         }
         self.shown = Some(Instant::now());

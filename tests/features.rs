@@ -105,7 +105,12 @@ fn the_defaults_hold_both_backends_and_not_the_programs_crates() {
     assert_tree(
         &[],
         &["sqlx-sqlite", "libsqlite3-sys", "sqlx-postgres", "pgvector"],
-        &["clap", "indicatif", "tracing-subscriber", "signal-hook-registry"],
+        &[
+            "clap",
+            "indicatif",
+            "tracing-subscriber",
+            "signal-hook-registry",
+        ],
     );
 }
 
@@ -113,7 +118,11 @@ fn the_defaults_hold_both_backends_and_not_the_programs_crates() {
 /// (above) leaves signal handling to its users.
 #[test]
 fn cli_brings_signal_handling() {
-    assert_tree(&["--features", "cli"], &["clap", "signal-hook-registry"], &[]);
+    assert_tree(
+        &["--features", "cli"],
+        &["clap", "signal-hook-registry"],
+        &[],
+    );
 }
 
 /// Warnings in the one-backend builds are code the other backend alone uses, left

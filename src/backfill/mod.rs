@@ -15,8 +15,8 @@
 
 mod catchup;
 mod engine;
-mod load;
 mod follow;
+mod load;
 mod report;
 mod sources;
 mod verify;
@@ -30,8 +30,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use follow::{Following, Round, follow};
-pub use sources::check_source;
 pub use report::{Failure, FileReport, Report, TableReport, Totals};
+pub use sources::check_source;
 pub use verify::{TableCheck, Verification, verify};
 
 pub use crate::progress::Progress;

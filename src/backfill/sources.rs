@@ -286,7 +286,10 @@ mod tests {
             (&"x".repeat(65), "longer than 64"),
         ] {
             let err = check_source(bad).unwrap_err().to_string();
-            assert!(err.contains("--source") && err.contains(why), "{bad:?}: {err}");
+            assert!(
+                err.contains("--source") && err.contains(why),
+                "{bad:?}: {err}"
+            );
         }
     }
 
