@@ -513,8 +513,8 @@ async fn follow(url: &str, cli: &Cli, options: &BackfillOptions) -> Result<ExitC
 fn round_summary(number: u64, report: &Report) {
     let t = &report.totals;
     eprintln!(
-        "backfill: round {number} ({}): {} files, {} rows read, {} inserted, {} already present, {} failed, {:.2} s",
-        report.run_id, t.files, t.read, t.inserted, t.already_present, t.failed, t.seconds
+        "backfill: round {number} ({}): {} files, {} rows read, {} inserted, {} updated, {} deleted, {} failed, {:.2} s",
+        report.run_id, t.files, t.read, t.inserted, t.updated, t.deleted, t.failed, t.seconds
     );
     for file in &report.files {
         if let Some(problem) = &file.problem {

@@ -10,7 +10,8 @@
 //!   the last one and the last one recorded;
 //! - a round that moved nothing and failed the way the round before it did is *idle*:
 //!   its run row is kept only until the next round ends (so the latest round is always
-//!   there), then deleted; no rows carry its id;
+//!   there), then deleted; no rows carry its id, and tables it read again name the
+//!   follow's row as the run that caught them up;
 //! - every other round keeps its run row, and is the one worth a report file.
 
 use std::time::Duration;
@@ -174,9 +175,10 @@ async fn finish(
     ended.map(|()| following)
 }
 
-/// Rows a round moved into PostgreSQL.
+/// Rows a round changed in PostgreSQL: inserted, updated or deleted.
 fn moved(report: &Report) -> u64 {
-    report.totals.inserted
+    let t = &report.totals;
+    t.inserted + t.updated + t.deleted
 }
 
 /// What a round failed at: files it could not use and tables with failed rows, so a
@@ -265,14 +267,18 @@ impl Record {
         }
     }
 
-    /// Deletes an idle round's run row, unless bookkeeping names it (a table it caught
-    /// up), which makes it worth keeping after all.
+    /// Deletes an idle round's run row. Tables it read again (a file written too
+    /// recently to trust its stamp) without finding anything to move name the follow
+    /// as the run that caught them up instead, so where they were moved from stays
+    /// known (same host, path and source).
     async fn forget(&self, run_id: &str) {
         let forgotten = sqlx::query(
-            "delete from agent_memory.backfill_runs r where r.id = $1
-             and not exists (select 1 from agent_memory.backfill_tables t where t.run_id = r.id)",
+            "with handed as (update agent_memory.backfill_tables set run_id = $2
+                             where run_id = $1)
+             delete from agent_memory.backfill_runs where id = $1",
         )
         .bind(run_id)
+        .bind(&self.id)
         .execute(&self.pool)
         .await;
         if let Err(err) = forgotten {
