@@ -12,6 +12,7 @@
 //! - Files of the library's own layout move as themselves, over older versions only.
 //! - [`dry_run`] reads everything and writes nothing to PostgreSQL.
 //! - [`rollback`] deletes exactly one run's rows.
+//! - [`follow`] runs catch-up runs one after another until its [`Stop`] is requested.
 
 mod catchup;
 mod engine;
