@@ -7,7 +7,18 @@
 //! cargo run --release --example backfill -- --postgres-url "$DATABASE_URL" --agents-path ./agents --verify
 //! cargo run --release --example backfill -- --postgres-url "$DATABASE_URL" --rollback RUN_ID
 //! cargo run --release --example backfill -- --postgres-url "$DATABASE_URL" --fill-embeddings hash:384
+//! cargo run --release --example backfill -- --postgres-url "$DATABASE_URL" --agents-path ./agents --follow
 //! ```
+//!
+//! `--follow` keeps catching up, a round every `--interval` seconds (default 2), until
+//! SIGINT or SIGTERM: the round in progress stops after its current file, is recorded as
+//! `stopped`, the last round's report is written, and the program exits 0 (1 when that
+//! round failed rows or files); a second signal exits at once with 130, rolling back
+//! the batch in flight. A report file is written for each round that moved something or
+//! failed differently from the round before. A run without `--follow` stops the same
+//! way on a signal, and then exits 1 (not every file was read). `--source NAME` names
+//! the agents tree, kept apart from other trees with the same relative paths (ids and
+//! `metadata.source`); `--verify` with it compares that tree's rows only.
 //!
 //! `--legacy-embeddings` decodes embeddings found in legacy memory tables (float32 BLOBs
 //! or JSON arrays in a column `embedding`, `vector` or `embeddings`) instead of leaving
@@ -21,7 +32,7 @@
 //! transaction, default 1000), `MIGRATION_TIMEOUT` (seconds per batch, default 300) and
 //! `MIGRATION_BACKUP_PATH` (for `--backup`, default `./backups`);
 //! `RUST_LOG` sets the log level (default `info,sqlx=warn`). Writes
-//! `migration_report_<UTC timestamp>.json` in `--report-dir` (default `.`). Exits 0 when
+//! `migration_report_<run id>.json` in `--report-dir` (default `.`). Exits 0 when
 //! every readable row is in PostgreSQL, 1 when some rows or files failed (the report
 //! says which), 2 on an error that stopped the run.
 
@@ -31,7 +42,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use memshift::backfill::{self, BackfillOptions, Progress, Report, backup};
+use memshift::backfill::{self, BackfillOptions, Progress, Report, Round, Stop, backup};
 use memshift::legacy::Target;
 use memshift::{Chain, Error};
 
@@ -93,6 +104,22 @@ struct Cli {
     /// With --fill-embeddings: memories per embedder call.
     #[arg(long, default_value_t = 256)]
     fill_batch_size: usize,
+    /// The name of this agents tree (letters, digits, '.', '_', '-'): kept apart from
+    /// other trees with the same relative paths (two hosts, say), in ids and
+    /// metadata.source.
+    #[arg(long, value_name = "NAME", default_value = "")]
+    source: String,
+    /// Keep catching up, a round every --interval seconds, until SIGINT or SIGTERM.
+    #[arg(long, conflicts_with_all = ["dry_run", "backup", "verify", "rollback", "fill_embeddings"])]
+    follow: bool,
+    /// With --follow: seconds between rounds.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 2.0,
+        requires = "follow"
+    )]
+    interval: f64,
 }
 
 /// The embedder named on the command line.
@@ -189,6 +216,8 @@ fn options(cli: &Cli) -> Result<BackfillOptions, Error> {
     options.read.batch_size = cli.batch_size.max(1);
     options.timeout = Duration::from_secs(cli.timeout.max(1));
     options.legacy_embeddings = cli.legacy_embeddings;
+    backfill::check_source(&cli.source)?;
+    options.source = cli.source.clone();
     for map in &cli.maps {
         let (table, target) = map.split_once('=').ok_or_else(|| Error::InvalidInput {
             what: "--map",
@@ -364,17 +393,165 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    stop_on_signals(&options.stop);
+    if cli.follow {
+        return follow(url, &cli, &options).await;
+    }
     let progress = ShowProgress::new(&options).await;
     let report = backfill::run(url, &options, &progress).await;
     progress.finish();
     let report = report?;
     summary(&report);
     println!("{}", report.write(&cli.report_dir)?.display());
-    Ok(if report.succeeded() {
+    Ok(if report.succeeded() && !options.stop.is_requested() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// On SIGINT or SIGTERM, requests `stop`; on a second one, exits at once with 130.
+fn stop_on_signals(stop: &Stop) {
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        let (mut interrupt, mut terminate) = {
+            use tokio::signal::unix::{SignalKind, signal};
+            match (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) {
+                (Ok(interrupt), Ok(terminate)) => (interrupt, terminate),
+                _ => return,
+            }
+        };
+        #[cfg(unix)]
+        let mut signalled = async || {
+            tokio::select! {
+                _ = interrupt.recv() => "SIGINT",
+                _ = terminate.recv() => "SIGTERM",
+            }
+        };
+        #[cfg(not(unix))]
+        let signalled = async || {
+            let _ = tokio::signal::ctrl_c().await;
+            "Ctrl-C"
+        };
+        let first = signalled().await;
+        eprintln!(
+            "backfill: {first}: stopping after the current file (a second signal stops at once)"
+        );
+        stop.request();
+        let second = signalled().await;
+        eprintln!("backfill: {second}: stopping at once; the batch in flight rolls back");
+        std::process::exit(130);
+    });
+}
+
+/// `--follow`: rounds until a signal, a line per round that moved something (idle rounds
+/// a line a minute), a report file per recorded round and for the last one.
+async fn follow(url: &str, cli: &Cli, options: &BackfillOptions) -> Result<ExitCode, Error> {
+    let interval = Duration::try_from_secs_f64(cli.interval)
+        .ok()
+        .filter(|i| !i.is_zero())
+        .ok_or_else(|| Error::InvalidInput {
+            what: "--interval",
+            reason: format!("{} is not a number of seconds above 0", cli.interval),
+        })?;
+    eprintln!(
+        "backfill: following {} every {:.1} s until SIGINT or SIGTERM",
+        options.agents_path.display(),
+        interval.as_secs_f64()
+    );
+    let progress = ShowProgress::lines();
+    // The last round's report, and whether its file was written.
+    let mut last: Option<(Report, bool)> = None;
+    let mut idle = Idle::default();
+    let following = backfill::follow(url, options, interval, &progress, |round: &Round| {
+        let report = match &round.outcome {
+            Ok(report) => report,
+            Err(err) => {
+                eprintln!(
+                    "backfill: round {} did not run: {}",
+                    round.number,
+                    Chain(err)
+                );
+                return Ok(());
+            }
+        };
+        let written = if round.recorded {
+            idle.reset();
+            round_summary(round.number, report);
+            let path = report.write(&cli.report_dir)?;
+            println!("{}", path.display());
+            true
+        } else {
+            idle.tick(report);
+            false
+        };
+        last = Some((report.clone(), written));
+        Ok(())
+    })
+    .await?;
+    let mut code = ExitCode::SUCCESS;
+    if let Some((report, written)) = last {
+        if !written {
+            println!("{}", report.write(&cli.report_dir)?.display());
+        }
+        if !report.succeeded() {
+            code = ExitCode::from(1);
+        }
+    }
+    eprintln!(
+        "backfill: follow {} stopped after {} rounds ({} recorded, {} could not run)",
+        following.id, following.rounds, following.recorded_rounds, following.failed_rounds
+    );
+    Ok(code)
+}
+
+/// One line for a round that moved something, then its problems and warnings.
+fn round_summary(number: u64, report: &Report) {
+    let t = &report.totals;
+    eprintln!(
+        "backfill: round {number} ({}): {} files, {} rows read, {} inserted, {} updated, {} deleted, {} failed, {:.2} s",
+        report.run_id, t.files, t.read, t.inserted, t.updated, t.deleted, t.failed, t.seconds
+    );
+    for file in &report.files {
+        if let Some(problem) = &file.problem {
+            eprintln!("backfill: unusable: {} {problem}", file.source_db);
+        }
+    }
+    for warning in &report.warnings {
+        eprintln!("backfill: warning: {warning}");
+    }
+}
+
+/// Idle rounds in a row: shown once when they start, then once a minute.
+#[derive(Default)]
+struct Idle {
+    rounds: u64,
+    shown: Option<Instant>,
+}
+
+impl Idle {
+    fn reset(&mut self) {
+        *self = Idle::default();
+    }
+
+    fn tick(&mut self, report: &Report) {
+        self.rounds += 1;
+        if self
+            .shown
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(60))
+        {
+            return;
+        }
+        self.shown = Some(Instant::now());
+        eprintln!(
+            "backfill: {} idle rounds: nothing new in {} files (last round {:.2} s)",
+            self.rounds, report.totals.files, report.totals.seconds
+        );
+    }
 }
 
 // `pub(crate)`: src/bin/backfill.rs runs it as the installed program.

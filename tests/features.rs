@@ -105,7 +105,23 @@ fn the_defaults_hold_both_backends_and_not_the_programs_crates() {
     assert_tree(
         &[],
         &["sqlx-sqlite", "libsqlite3-sys", "sqlx-postgres", "pgvector"],
-        &["clap", "indicatif", "tracing-subscriber"],
+        &[
+            "clap",
+            "indicatif",
+            "tracing-subscriber",
+            "signal-hook-registry",
+        ],
+    );
+}
+
+/// The programs stop cleanly on SIGINT and SIGTERM, with tokio's `signal`; the library
+/// (above) leaves signal handling to its users.
+#[test]
+fn cli_brings_signal_handling() {
+    assert_tree(
+        &["--features", "cli"],
+        &["clap", "signal-hook-registry"],
+        &[],
     );
 }
 

@@ -150,6 +150,10 @@ impl Run<'_> {
     pub(crate) async fn all(&mut self) -> Result<()> {
         let found = discover(&self.options.agents_path, &self.options.read).await;
         for file in &found {
+            // A stop requested ends the run between files; the files left are not listed.
+            if self.options.stop.is_requested() {
+                break;
+            }
             let report = self.file(file).await;
             self.report.files.push(report);
         }
@@ -451,6 +455,12 @@ impl Run<'_> {
         let mut batches = source.rows(table);
         let sync = Sync { target, key, force };
         loop {
+            // A stop requested ends the table between batches: what was read is loaded,
+            // and the table is read whole again next time.
+            if options.stop.is_requested() {
+                read_all = false;
+                break;
+            }
             let batch = match batches.next_batch().await {
                 Ok(Some(batch)) => batch,
                 Ok(None) => break,

@@ -12,20 +12,27 @@
 //! - Files of the library's own layout move as themselves, over older versions only.
 //! - [`dry_run`] reads everything and writes nothing to PostgreSQL.
 //! - [`rollback`] deletes exactly one run's rows.
+//! - [`follow`] runs catch-up runs one after another until its [`Stop`] is requested.
 
 mod catchup;
 mod engine;
+mod follow;
 mod load;
 mod report;
+mod sources;
 mod verify;
 
 /// The backup that `--backup` makes before a run, at its former place.
 pub use crate::backup;
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+pub use follow::{Following, Round, follow};
 pub use report::{Failure, FileReport, Report, TableReport, Totals};
+pub use sources::check_source;
 pub use verify::{TableCheck, Verification, verify};
 
 pub use crate::progress::Progress;
@@ -36,6 +43,10 @@ use crate::legacy::{ReadOptions, TableMap};
 
 /// Why a table of another name is not migrated, and what to do about it.
 pub(crate) const UNMAPPED: &str = "unmapped: not a contract table (map it with --map TABLE=TARGET)";
+
+/// The warning of a run stopped on request.
+pub(crate) const STOPPED: &str = "stopped on request: files after the last one listed were \
+     not read; a later run (or --follow) moves them";
 
 /// What a backfill reads and how it loads.
 #[derive(Debug, Clone)]
@@ -56,6 +67,49 @@ pub struct BackfillOptions {
     /// The name of the agents tree being read (`--source`), recorded as
     /// `metadata.source` and part of every row's id; empty for the unnamed source.
     pub source: String,
+    /// Set to end the run early: it stops between files (the file being read finishes,
+    /// each batch commits or rolls back whole) and is recorded as `stopped`.
+    pub stop: Stop,
+}
+
+/// A request to stop a backfill early, shared by its clones: a signal handler requests
+/// it, the run checks it between files, and [`follow`] waits on it between rounds.
+#[derive(Debug, Clone, Default)]
+pub struct Stop(Arc<StopState>);
+
+#[derive(Debug, Default)]
+struct StopState {
+    requested: AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl Stop {
+    /// A stop not requested yet.
+    pub fn new() -> Self {
+        Stop::default()
+    }
+
+    /// Requests the stop, for every clone.
+    pub fn request(&self) {
+        self.0.requested.store(true, Ordering::SeqCst);
+        self.0.wake.notify_waiters();
+    }
+
+    /// True once the stop was requested.
+    pub fn is_requested(&self) -> bool {
+        self.0.requested.load(Ordering::SeqCst)
+    }
+
+    /// Returns when the stop is requested (at once if it already was).
+    pub async fn requested(&self) {
+        let wake = self.0.wake.notified();
+        let mut wake = std::pin::pin!(wake);
+        // Registered before the check, so a request between the two is not missed.
+        wake.as_mut().enable();
+        if !self.is_requested() {
+            wake.await;
+        }
+    }
 }
 
 impl BackfillOptions {
@@ -71,6 +125,7 @@ impl BackfillOptions {
             timeout: Duration::from_secs(300),
             legacy_embeddings: false,
             source: String::new(),
+            stop: Stop::new(),
         }
     }
 }
@@ -146,17 +201,22 @@ pub async fn run(url: &str, options: &BackfillOptions, progress: &dyn Progress) 
         },
     )
     .await?;
-    let run_id = format!(
-        "{}-{}",
-        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    );
+    let run_id = new_run_id("");
     let record = |e: sqlx::Error| backend.error("record the backfill run", e);
-    sqlx::query("insert into agent_memory.backfill_runs (id, status) values ($1, 'running')")
-        .bind(&run_id)
-        .execute(backend.pool())
-        .await
-        .map_err(record)?;
+    let tree = sources::Tree::of(options)?;
+    sqlx::query(
+        "insert into agent_memory.backfill_runs (id, status, source, host, agents_path)
+         values ($1, 'running', $2, $3, $4)",
+    )
+    .bind(&run_id)
+    .bind(&options.source)
+    .bind(&tree.host)
+    .bind(&tree.agents_path)
+    .execute(backend.pool())
+    .await
+    .map_err(record)?;
+    // Which files other trees moved last, read before this run moves them itself.
+    let earlier = tree.earlier(backend.pool()).await;
     let shown = Some(target.url.shown().to_string());
     let report = engine::empty_report(options, run_id.clone(), shown, false);
     let mut worker = engine::Run {
@@ -172,8 +232,14 @@ pub async fn run(url: &str, options: &BackfillOptions, progress: &dyn Progress) 
     let outcome = worker.all().await;
     let mut report = worker.report;
     report.finish();
+    report.warnings.extend(earlier.warnings(&report));
+    let stopped = options.stop.is_requested();
+    if stopped {
+        report.warnings.push(STOPPED.into());
+    }
     let status = match (&outcome, report.succeeded()) {
         (Err(_), _) => "failed",
+        (Ok(()), _) if stopped => "stopped",
         (Ok(()), true) => "succeeded",
         (Ok(()), false) => "incomplete",
     };
@@ -189,6 +255,15 @@ pub async fn run(url: &str, options: &BackfillOptions, progress: &dyn Progress) 
     .map_err(record)?;
     backend.close().await;
     outcome.map(|()| report)
+}
+
+/// A new run id: `prefix`, the UTC time to the second, and 8 random hex digits.
+pub(crate) fn new_run_id(prefix: &str) -> String {
+    format!(
+        "{prefix}{}-{}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
 }
 
 /// Rows one rollback deleted, per contract table.

@@ -1,5 +1,5 @@
 //! The backfill's report: what was read, inserted, already there, failed or left aside,
-//! per agent, file and table; written as `migration_report_<UTC timestamp>.json`.
+//! per agent, file and table; written as `migration_report_<run id>.json`.
 
 use std::path::{Path, PathBuf};
 
@@ -217,15 +217,20 @@ impl Report {
                 .all(|f| f.problem.is_none() || f.kind == "problem")
     }
 
-    /// Writes the report as `migration_report_<UTC timestamp>.json` in `dir`.
+    /// Writes the report as `migration_report_<run id>.json` in `dir` (a dry run's as
+    /// `migration_report_dry-run_<UTC timestamp>.json`), so runs in the same second, as
+    /// the rounds of a follow can be, each keep their own.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] when the file cannot be written.
     pub fn write(&self, dir: &Path) -> Result<PathBuf> {
-        let name = format!(
-            "migration_report_{}.json",
-            self.started_at.format("%Y%m%dT%H%M%SZ")
-        );
+        let name = match self.dry_run {
+            true => format!(
+                "migration_report_dry-run_{}.json",
+                self.started_at.format("%Y%m%dT%H%M%SZ")
+            ),
+            false => format!("migration_report_{}.json", self.run_id),
+        };
         let path = dir.join(name);
         let text = serde_json::to_string_pretty(self).map_err(|source| Error::Json {
             context: "the migration report".into(),

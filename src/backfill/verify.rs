@@ -89,7 +89,8 @@ impl Sum {
 }
 
 /// Compares every mapped legacy table under the agents path with the rows PostgreSQL
-/// holds from it (`metadata.source_db` and `source_table`), and checks that those rows
+/// holds from it (`metadata.source_db` and `source_table`, of the options' source:
+/// `metadata.source`, absent for the unnamed one), and checks that those rows
 /// hang on the agent's `agents` row (found by name, whatever its id).
 ///
 /// Files of the library's own layout are checked record by record: each memory (by
@@ -261,8 +262,10 @@ async fn compare(
                     }
                 }
             }
+            // Rows of this source only: the unnamed source's rows have no `source` key.
             let sql = format!(
-                "select id, content, agent_id from {} where metadata->>'source_db' = $1 and metadata->>'source_table' = $2",
+                "select id, content, agent_id from {} where metadata->>'source_db' = $1 and metadata->>'source_table' = $2
+                 and coalesce(metadata->>'source', '') = $3",
                 target.table()
             );
             let mut postgres = Sum::default();
@@ -273,6 +276,7 @@ async fn compare(
                     sqlx::query_as::<_, (uuid::Uuid, String, String)>(sqlx::AssertSqlSafe(sql))
                         .bind(&found.source_db)
                         .bind(&table.name)
+                        .bind(&options.source)
                         .fetch(&mut *conn);
                 while let Some(row) = rows.next().await {
                     let (id, content, agent_id) = row.map_err(|e| crate::Error::Database {
