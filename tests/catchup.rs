@@ -469,3 +469,47 @@ async fn a_file_gone_from_the_tree_keeps_its_rows_and_is_named() {
         .unwrap();
     assert_eq!(rows, 2, "the moved agent's rows stay");
 }
+
+/// Requests a stop once the first batch was read.
+struct StopAfterFirstBatch(memshift::backfill::Stop);
+
+impl memshift::backfill::Progress for StopAfterFirstBatch {
+    fn rows(&self, _: u64) {
+        self.0.request();
+    }
+}
+
+#[tokio::test]
+async fn a_run_stopped_inside_a_table_deletes_nothing_it_did_not_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("alpha/main.db");
+    legacy_file(&main, &common::memory_table(1500)).await;
+    let db = TestDatabase::migrated().await;
+    run(&db, dir.path()).await;
+    // A change in the first chunk, so the stopped run reads the table again.
+    agent_writes(
+        &main,
+        "update memory set content = 'changed' where rowid = 1;",
+    )
+    .await;
+    let stop = memshift::backfill::Stop::new();
+    let mut options = BackfillOptions::new(dir.path());
+    options.stop = stop.clone();
+    let stopped = backfill::run(&db.url, &options, &StopAfterFirstBatch(stop))
+        .await
+        .unwrap();
+    assert_eq!(stopped.totals.read, 1000, "{stopped:#?}");
+    assert_eq!(
+        stopped.totals.deleted, 0,
+        "rows after the stop are unknown, not deleted"
+    );
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    let rows: i64 = sqlx::query_scalar("select count(*) from agent_memories")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1500);
+    // The next run finishes the table.
+    run(&db, dir.path()).await;
+    assert_mirrors(&mut conn, dir.path(), &[]).await;
+}

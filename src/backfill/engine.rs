@@ -523,9 +523,16 @@ impl Run<'_> {
             out.read += batch.len() as u64;
             self.progress.rows(batch.len() as u64);
         }
-        if let Some(done) = current.take() {
-            let recorded = chunks.remove(&done.chunk);
-            pending.chunk(done, recorded, id_of, force, out);
+        if let Some(mut done) = current.take() {
+            if read_all {
+                let recorded = chunks.remove(&done.chunk);
+                pending.chunk(done, recorded, id_of, force, out);
+            } else {
+                // Reading stopped inside this chunk: what was read loads, but the rows
+                // after it are unknown, so nothing is deleted and the chunk's record
+                // stays as it was (the next run loads the chunk again).
+                pending.rows.append(&mut done.rows);
+            }
         }
         if read_all {
             // Chunks the source no longer has at all: every row of theirs was deleted.
