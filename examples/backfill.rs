@@ -237,7 +237,7 @@ fn options(cli: &Cli) -> Result<BackfillOptions, Error> {
 fn summary(report: &Report) {
     let t = &report.totals;
     eprintln!(
-        "backfill: {} files ({} unusable), {} tables ({} not migrated, {} unchanged since the last run), {} rows read, {} inserted, {} updated, {} deleted, {} already present, {} outranked by the library, {} failed, {:.1} s ({:.0} rows/s)",
+        "backfill: {} files ({} unusable), {} tables ({} not migrated, {} unchanged since the last run), {} rows read, {} inserted, {} updated, {} deleted, {} already present, {} unchanged since the last run, {} outranked by the library, {} failed, {:.1} s ({:.0} rows/s)",
         t.files,
         t.problem_files,
         t.tables,
@@ -248,6 +248,7 @@ fn summary(report: &Report) {
         t.updated,
         t.deleted,
         t.already_present,
+        t.unchanged_rows,
         t.outranked,
         t.failed,
         t.seconds,

@@ -176,13 +176,16 @@ async fn a_later_run_brings_postgres_to_the_files_current_state() {
     let mut conn = PgConnection::connect(&db.url).await.unwrap();
     assert_mirrors(&mut conn, dir.path(), &[]).await;
 
-    // The agent keeps writing its legacy file: a new row, an update in place, a delete,
+    // The agent keeps writing its legacy file: a new row, updates in place, a delete,
     // and the last rowid deleted and reused for another row. Meanwhile an agent already
-    // moved writes one migrated key through the library and deletes another.
+    // moved writes one migrated key through the library and deletes another, both of
+    // which the legacy file changes too.
     agent_writes(
         &main,
         "insert into memory values ('new', 'added later');
          update memory set content = 'v2' where key = 'pricing';
+         update memory set content = 'legacy hello' where key = 'greeting';
+         update memory set content = 'final' where key = 'plan';
          delete from memory where key = 'gone';
          delete from memory where rowid = 5;
          insert into memory (rowid, key, content) values (5, 'reused', 'another row');
@@ -200,10 +203,17 @@ async fn a_later_run_brings_postgres_to_the_files_current_state() {
     let later = run(&db, dir.path()).await;
     let t = &later.totals;
     assert_eq!(
-        (t.inserted, t.updated, t.deleted, t.outranked),
-        (1, 2, 2, 2),
+        (
+            t.inserted,
+            t.updated,
+            t.deleted,
+            t.outranked,
+            t.unchanged_rows
+        ),
+        (1, 2, 2, 2, 1),
         "one new row; 'pricing' and rowid 5 replaced; 'gone' and tool 'fetch' deleted; \
-         the library's write and delete outrank their legacy rows: {t:#?}"
+         the library's write and delete outrank the legacy rows' changes; tool 'search' \
+         unchanged: {t:#?}"
     );
     let greeting = id_of("alpha", "alpha/main.db", "memory", 2);
     let plan = id_of("alpha", "alpha/main.db", "memory", 3);
@@ -265,8 +275,9 @@ async fn a_run_over_unchanged_files_reads_nothing() {
     let changed = run(&db, dir.path()).await;
     assert_eq!(changed.totals.read, 4, "{changed:#?}");
     assert_eq!(
-        (changed.totals.inserted, changed.totals.already_present),
-        (1, 3)
+        (changed.totals.inserted, changed.totals.unchanged_rows),
+        (1, 3),
+        "the unchanged rows are not sent again"
     );
     let mut conn = PgConnection::connect(&db.url).await.unwrap();
     assert_mirrors(&mut conn, dir.path(), &[]).await;

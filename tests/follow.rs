@@ -302,7 +302,7 @@ async fn follow_moves_a_new_file_within_seconds_keeps_idle_rounds_out_and_stops_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigint_stops_a_round_between_files_with_every_batch_whole() {
+async fn sigint_stops_a_round_between_batches_with_every_batch_whole() {
     const FILES: usize = 80;
     const ROWS: usize = 1000;
     let dir = tempfile::tempdir().unwrap();
@@ -343,7 +343,8 @@ async fn sigint_stops_a_round_between_files_with_every_batch_whole() {
     let said = follower.said();
     assert!(said.contains("SIGINT"), "{said}");
 
-    // The round says it stopped, lists the files it read, and each of them is whole.
+    // The round says it stopped, lists the files it read, and every batch it read is
+    // whole (a stop ends a table between batches of 100 rows).
     let files = report["files"].as_array().unwrap();
     eprintln!("stopped after {} of {FILES} files", files.len());
     assert!(
@@ -373,7 +374,10 @@ async fn sigint_stops_a_round_between_files_with_every_batch_whole() {
     .unwrap();
     assert_eq!(per_file.len(), files.len(), "{per_file:?}");
     for (file, rows) in &per_file {
-        assert_eq!(*rows, ROWS as i64, "{file}: a file read is moved whole");
+        assert!(
+            *rows > 0 && *rows % 100 == 0 && *rows <= ROWS as i64,
+            "{file}: {rows} rows, not whole batches"
+        );
     }
 }
 

@@ -24,9 +24,10 @@ create table if not exists agent_memory.backfill_tables (
 );
 
 -- Rows of a legacy table in chunks (rowids chunk * 1024 .. chunk * 1024 + 1023; a
--- WITHOUT ROWID table is one chunk, -1): how many, an order-independent digest of their
--- ids and contents, and their rowids (little-endian int8s; ids of a WITHOUT ROWID
--- table's rows as 16-byte uuids), so a later run finds what changed and what was deleted.
+-- WITHOUT ROWID table is one chunk, -2^63): how many, an order-independent digest of
+-- their ids and contents, and each row's rowid (a little-endian int8; in a WITHOUT ROWID
+-- table its 16-byte id) followed by its own 8-byte digest, so a later run finds which
+-- rows changed and which were deleted.
 create table if not exists agent_memory.backfill_chunks (
     source       text not null default '',
     source_db    text not null,

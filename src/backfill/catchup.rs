@@ -222,17 +222,17 @@ pub(crate) async fn forget(
 #[derive(Debug)]
 pub(crate) struct ChunkBuf {
     pub(crate) chunk: i64,
-    /// Rows converted and not yet loaded.
-    pub(crate) rows: Vec<ContractRow>,
-    /// Every row read: rowids (8 bytes each), or ids of a `WITHOUT ROWID` table's rows
-    /// (16 bytes each).
+    /// Rows converted and not yet loaded, each with its member and row digest.
+    rows: Vec<(ContractRow, Member, u64)>,
+    /// Every row read, as recorded: its rowid (or, in a `WITHOUT ROWID` table, its id)
+    /// and its row digest (0 for a row that did not convert).
     members: Vec<u8>,
     count: u32,
     digest: u128,
     /// Some rows were loaded before the chunk ended (a `WITHOUT ROWID` table's).
-    pub(crate) spilled: bool,
+    spilled: bool,
     /// Every row read converted; only then is the chunk recorded.
-    pub(crate) complete: bool,
+    complete: bool,
 }
 
 impl ChunkBuf {
@@ -248,30 +248,62 @@ impl ChunkBuf {
         }
     }
 
-    /// Notes a row read: its rowid, or its id in a `WITHOUT ROWID` table.
-    pub(crate) fn member(&mut self, rowid: Option<i64>, id: Option<Uuid>) {
-        match (rowid, id) {
-            (Some(rowid), _) => self.members.extend_from_slice(&rowid.to_le_bytes()),
-            (None, Some(id)) => self.members.extend_from_slice(id.as_bytes()),
-            (None, None) => self.complete = false,
+    fn member_of(&self, rowid: Option<i64>, id: Uuid) -> Member {
+        match (self.chunk, rowid) {
+            (WHOLE_TABLE, _) | (_, None) => Member::Id(id),
+            (_, Some(rowid)) => Member::Rowid(rowid),
         }
     }
 
-    /// Adds a converted row (after [`member`](Self::member)).
-    pub(crate) fn push(&mut self, row: ContractRow) {
-        let digest = Sha256::new()
+    fn note(&mut self, member: Member, digest: u64) {
+        match member {
+            Member::Rowid(rowid) => self.members.extend_from_slice(&rowid.to_le_bytes()),
+            Member::Id(id) => self.members.extend_from_slice(id.as_bytes()),
+        }
+        self.members.extend_from_slice(&digest.to_le_bytes());
+    }
+
+    /// Adds a converted row (its rowid as read).
+    pub(crate) fn push(&mut self, rowid: Option<i64>, row: ContractRow) {
+        let sha = Sha256::new()
             .chain_update(row.record.id().as_bytes())
             .chain_update(row.record.content().as_str().as_bytes())
             .finalize();
         let mut first = [0u8; 16];
-        first.copy_from_slice(&digest[..16]);
-        self.digest = self.digest.wrapping_add(u128::from_le_bytes(first));
+        first.copy_from_slice(&sha[..16]);
+        let digest = u128::from_le_bytes(first);
+        self.digest = self.digest.wrapping_add(digest);
         self.count += 1;
-        self.rows.push(row);
+        // The low half is the row's own digest: enough to tell a changed row.
+        let own = digest as u64;
+        let member = self.member_of(rowid, row.record.id());
+        self.note(member, own);
+        self.rows.push((row, member, own));
+    }
+
+    /// Notes a row that did not convert: it is there (never deleted for it), but the
+    /// chunk is not recorded, so the next run reads it again.
+    pub(crate) fn push_failed(&mut self, rowid: Option<i64>) {
+        self.complete = false;
+        if let Some(rowid) = rowid.filter(|_| self.chunk != WHOLE_TABLE) {
+            self.note(Member::Rowid(rowid), 0);
+        }
+    }
+
+    /// Rows converted and not yet loaded.
+    pub(crate) fn pending_rows(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Hands over the rows converted so far (a `WITHOUT ROWID` table's, loaded as they
+    /// come): the chunk is then loaded whole, never skipped.
+    pub(crate) fn spill(&mut self) -> Vec<ContractRow> {
+        self.spilled = true;
+        self.rows.drain(..).map(|(row, _, _)| row).collect()
     }
 
     /// True when the chunk holds exactly what `recorded` says was loaded.
-    pub(crate) fn same_as(&self, recorded: Option<&ChunkRecord>) -> bool {
+    fn same_as(&self, recorded: Option<&ChunkRecord>) -> bool {
         recorded.is_some_and(|r| {
             self.complete
                 && !self.spilled
@@ -281,45 +313,74 @@ impl ChunkBuf {
         })
     }
 
-    /// Ids of the rows `recorded` had that the chunk no longer has.
-    pub(crate) fn deleted_since(
-        &self,
+    /// Settles the chunk against what was loaded before (`recorded`, unless `force`):
+    /// rows whose own digest is the recorded one did not change at the source and are
+    /// not sent again; the others are to load; the rows `recorded` had that the chunk no longer has are to delete (their
+    /// ids from `id_of`).
+    pub(crate) fn settle(
+        self,
         recorded: Option<&ChunkRecord>,
+        force: bool,
         id_of: impl Fn(i64) -> Uuid,
-    ) -> Vec<Uuid> {
-        let Some(recorded) = recorded else {
-            return Vec::new();
-        };
-        let now: BTreeSet<Member> = members(recorded.chunk, &self.members).collect();
-        members(recorded.chunk, &recorded.members)
+    ) -> Settled {
+        if !force && self.same_as(recorded) {
+            return Settled {
+                rows: Vec::new(),
+                deletes: Vec::new(),
+                unchanged: u64::from(self.count),
+                record: None,
+            };
+        }
+        let old: BTreeMap<Member, u64> = recorded
+            .map(|r| members(r.chunk, &r.members).collect())
+            .unwrap_or_default();
+        let now: BTreeSet<Member> = members(self.chunk, &self.members).map(|(m, _)| m).collect();
+        let deletes = old
+            .keys()
             .filter(|m| !now.contains(m))
             .map(|m| m.id(&id_of))
-            .collect()
-    }
-
-    /// The record of the chunk as it is now loaded.
-    pub(crate) fn record(&self) -> ChunkRecord {
-        ChunkRecord {
+            .collect();
+        let record = self.complete.then(|| ChunkRecord {
             chunk: self.chunk,
             rows: i32::try_from(self.count).unwrap_or(i32::MAX),
             digest: self.digest.to_le_bytes(),
             members: self.members.clone(),
+        });
+        let mut unchanged = 0;
+        let mut rows = Vec::with_capacity(self.rows.len());
+        for (row, member, own) in self.rows {
+            if !force && old.get(&member) == Some(&own) {
+                unchanged += 1;
+            } else {
+                rows.push(row);
+            }
+        }
+        Settled {
+            rows,
+            deletes,
+            unchanged,
+            record,
         }
     }
+}
 
-    /// Rows read (converted or not).
-    pub(crate) fn count(&self) -> u64 {
-        u64::from(self.count)
-    }
+/// What a chunk read now needs loaded; see [`ChunkBuf::settle`].
+#[derive(Debug)]
+pub(crate) struct Settled {
+    pub(crate) rows: Vec<ContractRow>,
+    pub(crate) deletes: Vec<Uuid>,
+    pub(crate) unchanged: u64,
+    pub(crate) record: Option<ChunkRecord>,
 }
 
 /// Every member of a recorded chunk, as ids (`id_of` makes a rowid's).
 pub(crate) fn all_ids(recorded: &ChunkRecord, id_of: impl Fn(i64) -> Uuid) -> Vec<Uuid> {
     members(recorded.chunk, &recorded.members)
-        .map(|m| m.id(&id_of))
+        .map(|(m, _)| m.id(&id_of))
         .collect()
 }
 
+/// A row of a chunk: its rowid, or in a `WITHOUT ROWID` table its id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Member {
     Rowid(i64),
@@ -335,10 +396,19 @@ impl Member {
     }
 }
 
-fn members(chunk: i64, bytes: &[u8]) -> impl Iterator<Item = Member> + '_ {
-    let width = if chunk == WHOLE_TABLE { 16 } else { 8 };
-    bytes.chunks_exact(width).map(move |m| match width {
-        8 => Member::Rowid(i64::from_le_bytes(m.try_into().unwrap_or([0; 8]))),
-        _ => Member::Id(Uuid::from_slice(m).unwrap_or_default()),
+/// The members of a recorded chunk with their row digests: 8-byte rowids (16-byte ids
+/// in a `WITHOUT ROWID` table), each followed by an 8-byte digest, little-endian.
+fn members(chunk: i64, bytes: &[u8]) -> impl Iterator<Item = (Member, u64)> + '_ {
+    let key = if chunk == WHOLE_TABLE { 16 } else { 8 };
+    bytes.chunks_exact(key + 8).map(move |entry| {
+        let (head, digest) = entry.split_at(key);
+        let member = match key {
+            8 => Member::Rowid(i64::from_le_bytes(head.try_into().unwrap_or([0; 8]))),
+            _ => Member::Id(Uuid::from_slice(head).unwrap_or_default()),
+        };
+        (
+            member,
+            u64::from_le_bytes(digest.try_into().unwrap_or([0; 8])),
+        )
     })
 }

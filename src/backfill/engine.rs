@@ -91,8 +91,8 @@ impl Pending {
             && self.gone.is_empty()
     }
 
-    /// Takes a chunk read whole: nothing to do when it is what was loaded before (and
-    /// `force` is off); else its rows, the rows it no longer has, and its record.
+    /// Takes a chunk read whole: its rows that changed since it was last loaded (all
+    /// with `force`), the rows it no longer has, and its record.
     fn chunk(
         &mut self,
         done: ChunkBuf,
@@ -101,16 +101,11 @@ impl Pending {
         force: bool,
         out: &mut TableReport,
     ) {
-        if !force && done.same_as(recorded.as_ref()) {
-            out.already_present += done.count();
-            return;
-        }
-        self.deletes
-            .extend(done.deleted_since(recorded.as_ref(), id_of));
-        if done.complete {
-            self.chunks.push(done.record());
-        }
-        self.rows.extend(done.rows);
+        let settled = done.settle(recorded.as_ref(), force, id_of);
+        out.unchanged_rows += settled.unchanged;
+        self.deletes.extend(settled.deletes);
+        self.chunks.extend(settled.record);
+        self.rows.extend(settled.rows);
     }
 }
 
@@ -485,7 +480,6 @@ impl Run<'_> {
                 let buf = current.get_or_insert_with(|| ChunkBuf::new(chunk));
                 match convert_row(&origin, table, spec, row, migrated_at) {
                     Ok(mut converted) => {
-                        buf.member(row.rowid, Some(converted.record.id()));
                         if let Some(problem) = &converted.time_problem {
                             out.unreadable_times += 1;
                             if out.unreadable_example.is_none() {
@@ -497,11 +491,10 @@ impl Run<'_> {
                         if options.legacy_embeddings {
                             take_embedding(table, row, &mut converted, out);
                         }
-                        buf.push(converted);
+                        buf.push(row.rowid, converted);
                     }
                     Err(err) => {
-                        buf.member(row.rowid, None);
-                        buf.complete = false;
+                        buf.push_failed(row.rowid);
                         out.failed.push(Failure {
                             rowids: row.rowid.map(|r| (r, r)),
                             rows: 1,
@@ -511,10 +504,9 @@ impl Run<'_> {
                 }
                 // A WITHOUT ROWID table is one chunk: its rows load as they come.
                 if buf.chunk == catchup::WHOLE_TABLE
-                    && buf.rows.len() >= options.read.batch_size.max(1)
+                    && buf.pending_rows() >= options.read.batch_size.max(1)
                 {
-                    buf.spilled = true;
-                    pending.rows.append(&mut buf.rows);
+                    pending.rows.extend(buf.spill());
                 }
                 if pending.rows.len() >= options.read.batch_size.max(1) {
                     self.sync(&sync, &mut pending, out).await;
@@ -531,7 +523,7 @@ impl Run<'_> {
                 // Reading stopped inside this chunk: what was read loads, but the rows
                 // after it are unknown, so nothing is deleted and the chunk's record
                 // stays as it was (the next run loads the chunk again).
-                pending.rows.append(&mut done.rows);
+                pending.rows.extend(done.spill());
             }
         }
         if read_all {

@@ -64,8 +64,12 @@ pub struct TableReport {
     /// earlier run, or a rowid reused for another row), replaced under the same id.
     pub updated: u64,
     /// Rows that were already in PostgreSQL with the same data (an earlier run, lazy
-    /// migration, dual writes).
+    /// migration, dual writes), compared there.
     pub already_present: u64,
+    /// Rows the source holds as it did when an earlier run loaded them (their digests
+    /// match the catch-up record): not sent again. What PostgreSQL holds of them is that
+    /// load, or what an agent wrote or deleted through the library since.
+    pub unchanged_rows: u64,
     /// Rows PostgreSQL holds a later write of, made through the library (which wins), or
     /// whose memory key or tool name was deleted through the library (a deleted key never
     /// comes back); also rows deleted at the source that an agent has written since.
@@ -140,6 +144,8 @@ pub struct Totals {
     pub updated: u64,
     /// Rows already present.
     pub already_present: u64,
+    /// Rows unchanged at the source since an earlier run loaded them.
+    pub unchanged_rows: u64,
     /// Rows outranked by a later write or delete through the library.
     pub outranked: u64,
     /// Rows deleted because the source deleted them.
@@ -179,6 +185,7 @@ impl Report {
                 totals.read += table.read;
                 totals.inserted += table.inserted;
                 totals.already_present += table.already_present;
+                totals.unchanged_rows += table.unchanged_rows;
                 totals.failed += table.failed.iter().map(|f| f.rows).sum::<u64>();
                 totals.future_times += table.future_times;
             }
