@@ -21,12 +21,16 @@
 //!   unchanged.
 //! - An embedding a legacy row kept is decoded when the backfill is asked to
 //!   ([`BackfillOptions::legacy_embeddings`](crate::backfill::BackfillOptions::legacy_embeddings)).
+//! - [`TableMap`] says which tables go where and how ([`TableSpec`]: key, time, JSON
+//!   BLOBs), from the operator's `--map` and `--exclude` (syntax in its module, `map.rs`);
+//!   [`suggest`] proposes a map for a table nothing maps.
 
 mod discover;
 // Embeddings and tombstones of legacy files matter only to the backfill, which needs both
 // backends.
 #[cfg(feature = "postgres")]
 mod embedding;
+mod map;
 mod open;
 mod own;
 mod read;
@@ -37,6 +41,10 @@ mod value;
 pub use discover::{Found, Probe, discover};
 #[cfg(feature = "postgres")]
 pub(crate) use embedding::embedding_of;
+pub use map::{
+    DEFAULT_SEPARATOR, Decision, KeyRule, MapCheck, Observed, Suggestion, SurveyFile, TableMap,
+    TableSpec, TimeRule, file_matches, suggest, survey,
+};
 pub use open::{OpenStrategy, ReadOptions};
 #[cfg(feature = "postgres")]
 pub(crate) use own::{read_own_tombstones, read_own_tool_tombstones};
@@ -57,8 +65,9 @@ pub use row::{
 #[doc(hidden)]
 pub use value::SqlValue;
 
-use std::collections::BTreeMap;
 use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// A contract table that legacy rows go to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -105,65 +114,36 @@ impl Target {
     }
 }
 
+// As the PostgreSQL table's name, the form the backfill's bookkeeping keeps.
+impl Serialize for Target {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.table())
+    }
+}
+
+impl<'de> Deserialize<'de> for Target {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        Target::parse(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("{name:?} is not a contract table")))
+    }
+}
+
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.table())
     }
 }
 
-/// How the rows of one legacy table move: the contract table they go to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableSpec {
-    /// The contract table.
-    pub target: Target,
-}
-
-impl From<Target> for TableSpec {
-    fn from(target: Target) -> Self {
-        TableSpec { target }
-    }
-}
-
-/// Which legacy tables go where: the contract's names, plus extra ones a caller maps
-/// (`--map long_term_memories=agent_memories`).
-#[derive(Debug, Clone, Default)]
-pub struct TableMap {
-    extra: BTreeMap<String, Target>,
-}
-
-impl TableMap {
-    /// The contract's mapping only.
-    pub fn new() -> Self {
-        TableMap::default()
-    }
-
-    /// Adds `table` -> `target`; an extra mapping overrides a built-in one.
-    pub fn with(mut self, table: impl Into<String>, target: Target) -> Self {
-        self.extra.insert(table.into(), target);
-        self
-    }
-
-    /// How table `table` of file `source_db` (relative to the agents path) moves, or
-    /// `None` when it is not mapped.
-    pub fn spec(&self, source_db: &str, table: &str) -> Option<TableSpec> {
-        let _ = source_db;
-        self.target(table).map(TableSpec::from)
-    }
-
-    /// The target of a legacy table: an extra mapping (exact name) first, then the
-    /// contract's table (`memory`, `agent_memory`, `tools`, `agent_tools`, `metrics`,
-    /// `performance`, `execution_log`; matched without regard to ASCII case, as SQLite
-    /// itself matches table names).
-    pub fn target(&self, table: &str) -> Option<Target> {
-        if let Some(target) = self.extra.get(table) {
-            return Some(*target);
-        }
-        match table.to_ascii_lowercase().as_str() {
-            "memory" | "agent_memory" => Some(Target::Memories),
-            "tools" | "agent_tools" => Some(Target::Tools),
-            "metrics" | "performance" => Some(Target::Metrics),
-            "execution_log" => Some(Target::Executions),
-            _ => None,
-        }
+/// The contract's target of a legacy table name (`memory`, `agent_memory`, `tools`,
+/// `agent_tools`, `metrics`, `performance`, `execution_log`; matched without regard to
+/// ASCII case, as SQLite itself matches table names).
+pub(crate) fn contract_target(table: &str) -> Option<Target> {
+    match table.to_ascii_lowercase().as_str() {
+        "memory" | "agent_memory" => Some(Target::Memories),
+        "tools" | "agent_tools" => Some(Target::Tools),
+        "metrics" | "performance" => Some(Target::Metrics),
+        "execution_log" => Some(Target::Executions),
+        _ => None,
     }
 }

@@ -1,9 +1,10 @@
 //! The contract conversion: one legacy row -> one contract row, with its deterministic id.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use serde_json::{Number, Value};
 use uuid::Uuid;
 
+use super::map::{KeyRule, TimeRule, blob_json, time_of};
 use super::read::{SourceRow, TableInfo, TableKind};
 use super::time::{TIME_COLUMNS, parse_time_value};
 use super::value::{SqlValue, ordered_object, without_nul};
@@ -238,11 +239,26 @@ pub fn convert_row(
             .or_else(|| columns.iter().position(|c| c.eq_ignore_ascii_case(name)))?;
         row.values.get(at)
     };
-    let content: Vec<(&str, Value)> = columns
-        .iter()
-        .zip(&row.values)
-        .map(|(c, v)| (c.as_str(), v.to_json()))
-        .collect();
+    // Every column the spec names must be there, or no row of the table converts.
+    let spec_columns = match (&spec.key, &spec.time) {
+        (KeyRule::Columns { columns, .. }, TimeRule::Column(time)) => {
+            columns.iter().chain(std::iter::once(time)).collect()
+        }
+        (KeyRule::Columns { columns, .. }, _) => columns.iter().collect(),
+        (_, TimeRule::Column(time)) => vec![time],
+        _ => Vec::new(),
+    };
+    if let Some(missing) = spec_columns.into_iter().find(|c| column(c).is_none()) {
+        return Err(Error::invalid(
+            "legacy table map",
+            format!(
+                "table {:?} of {source_db:?} has no column {missing:?} (its columns: {})",
+                table.name,
+                columns.join(", ")
+            ),
+        ));
+    }
+    let content = row_content(columns, &row.values, spec.json_blobs);
 
     let mut metadata = Metadata::new();
     metadata.insert("source_table".into(), table.name.clone().into());
@@ -281,15 +297,39 @@ pub fn convert_row(
     };
     metadata.insert("migrated_at".into(), time_text(&migrated_at).into());
     let text = |name: &str| column(name).and_then(SqlValue::typed_text);
+    // The typed column of the target (a memory's key, a tool's or metric's name, an
+    // execution's status): the contract's column, or what the map names.
+    let (label, label_value) = match &spec.key {
+        KeyRule::Default => {
+            let name = match target {
+                Target::Memories => "key",
+                Target::Tools | Target::Metrics => "name",
+                Target::Executions => "status",
+            };
+            (text(name), column(name))
+        }
+        KeyRule::None => (None, None),
+        KeyRule::Columns { columns, separator } => {
+            let parts: Option<Vec<String>> = columns.iter().map(|c| text(c)).collect();
+            let single = match columns.as_slice() {
+                [only] => column(only),
+                _ => None,
+            };
+            (parts.map(|p| p.join(separator)), single)
+        }
+    };
     // Keys and names PostgreSQL's unique index cannot hold are left out of the typed
     // column (and counted in bytes of the value as stored there); content keeps them.
-    let mut key_text = text("key");
+    let (mut key_text, mut name, status) = match target {
+        Target::Memories => (label, None, None),
+        Target::Tools | Target::Metrics => (None, label, None),
+        Target::Executions => (None, None, label),
+    };
     if let Some(long) = key_text.take_if(|k| k.len() > MAX_KEY_BYTES) {
-        metadata.insert("key_too_long".into(), long_length(column("key"), &long));
+        metadata.insert("key_too_long".into(), long_length(label_value, &long));
     }
-    let mut name = text("name");
     if let Some(long) = name.take_if(|n| n.len() > MAX_KEY_BYTES) {
-        metadata.insert("name_too_long".into(), long_length(column("name"), &long));
+        metadata.insert("name_too_long".into(), long_length(label_value, &long));
     }
     let metadata: Metadata = metadata
         .into_iter()
@@ -298,19 +338,30 @@ pub fn convert_row(
 
     let mut time_problem = None;
     let mut created_at = migrated_at;
-    if let Some((name, value)) = TIME_COLUMNS
-        .iter()
-        .filter_map(|name| column(name).map(|v| (*name, v)))
-        .find(|(_, v)| **v != SqlValue::Null)
-    {
-        match parse_time_value(value) {
-            Ok(at) => created_at = at,
-            Err(reason) => time_problem = Some(format!("column {name}: {reason}")),
+    match &spec.time {
+        TimeRule::Default => {
+            if let Some((name, value)) = TIME_COLUMNS
+                .iter()
+                .filter_map(|name| column(name).map(|v| (*name, v)))
+                .find(|(_, v)| **v != SqlValue::Null)
+            {
+                match parse_time_value(value) {
+                    Ok(at) => created_at = at,
+                    Err(reason) => time_problem = Some(format!("column {name}: {reason}")),
+                }
+            }
         }
+        TimeRule::None => {}
+        TimeRule::Column(name) => match column(name) {
+            None | Some(SqlValue::Null) => {}
+            Some(value) => match time_of(value) {
+                Ok(at) => created_at = at.trunc_subsecs(6),
+                Err(reason) => time_problem = Some(format!("column {name}: {reason}")),
+            },
+        },
     }
 
     let id = row_id(origin, &table.name, &key);
-    let content = ordered_object(&content);
     let name = name.unwrap_or_else(|| {
         let fallback = without_nul_text(fallback_name);
         // A WITHOUT ROWID table's fallback holds its primary key, which may be long too.
@@ -348,7 +399,7 @@ pub fn convert_row(
         }),
         Target::Executions => ContractRecord::Execution(Execution {
             id,
-            status: text("status"),
+            status,
             content,
             metadata,
             created_at,
@@ -367,6 +418,64 @@ pub fn convert_row(
     };
     row.cap_version(migrated_at);
     Ok(row)
+}
+
+/// A row's `content`: column name to contract value, in column order; with `json_blobs`,
+/// a BLOB holding exactly one JSON document (see [`blob_json`]) as that JSON's own text.
+fn row_content(columns: &[String], values: &[SqlValue], json_blobs: bool) -> Json {
+    let raw: Vec<Option<Box<serde_json::value::RawValue>>> = values
+        .iter()
+        .map(|v| match v {
+            SqlValue::Blob(bytes) if json_blobs => blob_json(bytes),
+            _ => None,
+        })
+        .collect();
+    if raw.iter().all(Option::is_none) {
+        let content: Vec<(&str, Value)> = columns
+            .iter()
+            .zip(values)
+            .map(|(c, v)| (c.as_str(), v.to_json()))
+            .collect();
+        return ordered_object(&content);
+    }
+    struct Cells<'a>(Vec<(&'a str, Cell)>);
+    enum Cell {
+        Value(Value),
+        Raw(Box<serde_json::value::RawValue>),
+    }
+    impl serde::Serialize for Cell {
+        fn serialize<S: serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> std::result::Result<S::Ok, S::Error> {
+            match self {
+                Cell::Value(v) => v.serialize(serializer),
+                Cell::Raw(r) => r.serialize(serializer),
+            }
+        }
+    }
+    impl serde::Serialize for Cells<'_> {
+        fn serialize<S: serde::Serializer>(
+            &self,
+            serializer: S,
+        ) -> std::result::Result<S::Ok, S::Error> {
+            serializer.collect_map(self.0.iter().map(|(name, cell)| (name, cell)))
+        }
+    }
+    let cells = columns
+        .iter()
+        .zip(values)
+        .zip(raw)
+        .map(|((c, v), raw)| {
+            let cell = match raw {
+                Some(raw) => Cell::Raw(raw),
+                None => Cell::Value(v.to_json()),
+            };
+            (c.as_str(), cell)
+        })
+        .collect();
+    // String keys, JSON values and checked JSON text always serialize.
+    Json::new(&Cells(cells)).unwrap_or_else(|_| Json::from(Value::Null))
 }
 
 /// The length in bytes of a key or name too long for its typed column: of the legacy
