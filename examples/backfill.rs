@@ -43,7 +43,6 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use memshift::backfill::{self, BackfillOptions, Progress, Report, Round, Stop, backup};
-use memshift::legacy::Target;
 use memshift::{Chain, Error};
 
 #[derive(Debug, Parser)]
@@ -77,10 +76,26 @@ struct Cli {
     /// Seconds one batch may take.
     #[arg(long, env = "MIGRATION_TIMEOUT", default_value_t = 300)]
     timeout: u64,
-    /// Migrate a legacy table of another name: TABLE=TARGET (agent_memories, agent_tools,
-    /// agent_metrics, agent_executions). Repeatable.
-    #[arg(long = "map", value_name = "TABLE=TARGET")]
+    /// Migrate a legacy table, and say how: TABLE=TARGET (memories, tools, metrics,
+    /// executions), then options after `;`: key=COLUMN[+COLUMN...]|none (the memory key,
+    /// tool or metric name, execution status; several joined with sep=TEXT, default /),
+    /// time=COLUMN|none (the row's time; a UUID v1/v6/v7 holds one), json (BLOBs holding
+    /// UTF-8 JSON move as JSON), files=GLOB (only files whose path, or name for a glob
+    /// without /, matches; * within a folder, ** across). Table names match without regard
+    /// to case; quote a name holding = ; + in "..." ("" for a quote). Example:
+    /// --map 'store=memories;key=prefix+key;time=updated_at;json;files=graph.db'.
+    /// Repeatable; the first that matches a table wins. Without --map or --exclude, a run
+    /// or --verify reuses the maps of the latest run recorded for the same agents path.
+    #[arg(long = "map", value_name = "TABLE=TARGET[;OPTION...]")]
     maps: Vec<String>,
+    /// Leave out on purpose: TABLE, TABLE;files=GLOB, or files=GLOB (every table of those
+    /// files). Wins over --map. Repeatable.
+    #[arg(long = "exclude", value_name = "TABLE|files=GLOB")]
+    excludes: Vec<String>,
+    /// Fail, naming them, when any legacy table is neither mapped nor excluded (a dry run
+    /// still reports, then exits 1; a run stops before loading anything).
+    #[arg(long)]
+    strict: bool,
     /// Where to write the JSON report.
     #[arg(long, default_value = ".")]
     report_dir: PathBuf,
@@ -219,19 +234,75 @@ fn options(cli: &Cli) -> Result<BackfillOptions, Error> {
     backfill::check_source(&cli.source)?;
     options.source = cli.source.clone();
     for map in &cli.maps {
-        let (table, target) = map.split_once('=').ok_or_else(|| Error::InvalidInput {
-            what: "--map",
-            reason: format!("{map:?} is not TABLE=TARGET"),
-        })?;
-        let target = Target::parse(target).ok_or_else(|| Error::InvalidInput {
-            what: "--map",
-            reason: format!(
-                "{target:?} is not a contract table: use agent_memories, agent_tools, agent_metrics or agent_executions"
-            ),
-        })?;
-        options.map = options.map.with(table, target);
+        options.map = options.map.clone().with_map(map)?;
+    }
+    for exclude in &cli.excludes {
+        options.map = options.map.clone().with_exclude(exclude)?;
     }
     Ok(options)
+}
+
+/// Checks the maps against the tables found, before anything is loaded: a map or
+/// exclude that meets nothing stops the run; with --strict, so does a table neither
+/// mapped nor excluded (in a dry run, the returned list is reported at its end).
+async fn check_maps(cli: &Cli, options: &BackfillOptions) -> Result<Vec<String>, Error> {
+    let files = memshift::legacy::survey(&options.agents_path, &options.read).await;
+    let check = options.map.check(&files);
+    if !check.problems.is_empty() {
+        return Err(Error::InvalidInput {
+            what: "--map",
+            reason: check.problems.join("; "),
+        });
+    }
+    let unmapped: Vec<String> = check
+        .unmapped
+        .iter()
+        .map(|(file, table)| {
+            let info = files
+                .iter()
+                .find(|f| &f.source_db == file)
+                .and_then(|f| f.tables.iter().find(|t| &t.name == table));
+            let hint = info
+                .and_then(|t| memshift::legacy::suggest(file, t, None))
+                .map(|s| format!(" (e.g. {})", s.argument()))
+                .unwrap_or_default();
+            format!("{file} table {table:?}{hint}")
+        })
+        .collect();
+    if cli.strict && !unmapped.is_empty() && !cli.dry_run {
+        return Err(Error::InvalidInput {
+            what: "--strict",
+            reason: format!(
+                "{} tables are neither mapped nor excluded: {}",
+                unmapped.len(),
+                unmapped.join("; ")
+            ),
+        });
+    }
+    Ok(unmapped)
+}
+
+/// Without --map or --exclude, the maps of the latest run recorded for this agents path.
+async fn reuse_maps(cli: &Cli, url: &str, options: &mut BackfillOptions) -> Result<(), Error> {
+    if !cli.maps.is_empty() || !cli.excludes.is_empty() {
+        return Ok(());
+    }
+    if let Some((run, map)) = backfill::recorded_map(url, options).await?
+        && !map.is_empty()
+    {
+        let lines: Vec<String> = map
+            .maps()
+            .iter()
+            .map(|m| format!("--map '{m}'"))
+            .chain(map.excludes().iter().map(|e| format!("--exclude '{e}'")))
+            .collect();
+        eprintln!(
+            "backfill: no --map or --exclude given: using those of run {run}: {}",
+            lines.join(" ")
+        );
+        options.map = map;
+    }
+    Ok(())
 }
 
 fn summary(report: &Report) {
@@ -262,10 +333,24 @@ fn summary(report: &Report) {
     for warning in &report.warnings {
         eprintln!("backfill: warning: {warning}");
     }
+    for file in &report.files {
+        for table in &file.tables {
+            if let Some(map) = &table.suggested_map {
+                let rows = match report.dry_run {
+                    true => format!(" ({} rows)", table.read),
+                    false => String::new(),
+                };
+                eprintln!(
+                    "backfill: unmapped: {} table {:?}{rows}: {map}",
+                    file.source_db, table.table
+                );
+            }
+        }
+    }
 }
 
 async fn run(cli: Cli) -> Result<ExitCode, Error> {
-    let options = options(&cli)?;
+    let mut options = options(&cli)?;
     if cli.backup {
         let found = memshift::legacy::discover(&options.agents_path, &options.read).await;
         let sources: Vec<PathBuf> = found
@@ -303,9 +388,17 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         });
     }
     if cli.dry_run {
+        let unmapped = check_maps(&cli, &options).await?;
         let report = backfill::dry_run(&options).await;
         summary(&report);
         println!("{}", report.write(&cli.report_dir)?.display());
+        if cli.strict && !unmapped.is_empty() {
+            eprintln!(
+                "backfill: --strict: {} tables are neither mapped nor excluded",
+                unmapped.len()
+            );
+            return Ok(ExitCode::from(1));
+        }
         return Ok(ExitCode::SUCCESS);
     }
     let url = cli.postgres_url.as_deref().ok_or_else(|| Error::Config {
@@ -319,7 +412,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    if cli.fill_embeddings.is_none() {
+        reuse_maps(&cli, url, &mut options).await?;
+    }
     if cli.verify {
+        check_maps(&cli, &options).await?;
         let verification = backfill::verify(url, &options).await?;
         for check in verification.tables.iter().filter(|c| !c.same) {
             eprintln!(
@@ -394,6 +491,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         );
         return Ok(ExitCode::SUCCESS);
     }
+    check_maps(&cli, &options).await?;
     stop_on_signals(&options.stop);
     if cli.follow {
         return follow(url, &cli, &options).await;

@@ -16,9 +16,9 @@ use crate::backend::{MemoryBackend, PgTarget, PostgresBackend, Replica};
 use crate::error::{Chain, Error, Fault, Result};
 use crate::json::Json;
 use crate::legacy::{
-    ContractRecord, ContractRow, Found, Probe, RowOrigin, Source, SourceRow, TableInfo, TableKind,
-    TableSpec, Target, convert_row, discover, read_own_records, read_own_tombstones,
-    read_own_tool_tombstones, row_id,
+    ContractRecord, ContractRow, Decision, Found, Observed, Probe, RowOrigin, Source, SourceRow,
+    TableInfo, TableKind, TableSpec, Target, convert_row, discover, read_own_records,
+    read_own_tombstones, read_own_tool_tombstones, row_id, suggest,
 };
 use crate::record::AgentId;
 
@@ -324,26 +324,25 @@ impl Run<'_> {
             };
             let spec = match (
                 &table.kind,
-                self.options.map.spec(&found.source_db, &table.name),
+                self.options.map.decide(&found.source_db, &table.name),
             ) {
                 (TableKind::Skipped { reason }, _) => {
                     out.skipped = Some(reason.clone());
                     None
                 }
-                (_, None) => {
-                    out.skipped = Some(super::UNMAPPED.into());
-                    // Counted, so the operator sees what leaving it out leaves behind.
-                    match source.count(&table.name).await {
-                        Ok(rows) => out.read = rows,
-                        Err(err) => out.failed.push(Failure {
-                            rowids: None,
-                            rows: 0,
-                            reason: format!("counting its rows: {}", Chain(&err)),
-                        }),
-                    }
+                (_, Decision::Excluded(rule)) => {
+                    out.skipped = Some(format!("excluded (--exclude {rule:?})"));
                     None
                 }
-                (_, Some(spec)) => Some(spec),
+                (_, Decision::Unmapped) => {
+                    out.skipped = Some(super::UNMAPPED.into());
+                    // Counted, so the operator sees what leaving it out leaves behind,
+                    // with the map that would move it (a dry run reads its rows for it).
+                    let read = self.db.is_none();
+                    unmapped_table(source, &found.source_db, &table, read, &mut out).await;
+                    None
+                }
+                (_, Decision::Mapped(spec)) => Some(spec),
             };
             if let Some(spec) = spec {
                 out.target = Some(spec.target.table().to_string());
@@ -897,6 +896,48 @@ pub(crate) fn empty_report(
 /// A row as a report names it: `rowid N`, or `row` in a `WITHOUT ROWID` table.
 fn place(rowid: Option<i64>) -> String {
     rowid.map_or_else(|| "row".to_string(), |r| format!("rowid {r}"))
+}
+
+/// An unmapped table's rows, counted (or, with `read`, read, for a suggestion that
+/// looks at its values), and the map suggested for it.
+async fn unmapped_table(
+    source: &mut Source,
+    source_db: &str,
+    table: &TableInfo,
+    read: bool,
+    out: &mut TableReport,
+) {
+    let counted = match read {
+        true => {
+            let mut seen = Observed::new(table);
+            let mut batches = source.rows(table);
+            let mut outcome = Ok(());
+            loop {
+                match batches.next_batch().await {
+                    Ok(Some(batch)) => batch.iter().for_each(|row| seen.see(row)),
+                    Ok(None) => break,
+                    Err(err) => {
+                        outcome = Err(err);
+                        break;
+                    }
+                }
+            }
+            out.suggested_map = suggest(source_db, table, Some(&seen)).map(|s| s.argument());
+            outcome.map(|()| seen.rows())
+        }
+        false => {
+            out.suggested_map = suggest(source_db, table, None).map(|s| s.argument());
+            source.count(&table.name).await
+        }
+    };
+    match counted {
+        Ok(rows) => out.read = rows,
+        Err(err) => out.failed.push(Failure {
+            rowids: None,
+            rows: 0,
+            reason: format!("counting its rows: {}", Chain(&err)),
+        }),
+    }
 }
 
 /// Counts a row whose time (`time`, its latest own time) lies after its migration,

@@ -217,6 +217,13 @@ pub async fn run(url: &str, options: &BackfillOptions, progress: &dyn Progress) 
     .map_err(record)?;
     // Which files other trees moved last, read before this run moves them itself.
     let earlier = tree.earlier(backend.pool()).await;
+    // What the run was asked, so --verify and later runs can reuse its maps.
+    sqlx::query("update agent_memory.backfill_runs set options = $2 where id = $1")
+        .bind(&run_id)
+        .bind(sqlx::types::Json(recorded_options(options)))
+        .execute(backend.pool())
+        .await
+        .map_err(record)?;
     let shown = Some(target.url.shown().to_string());
     let report = engine::empty_report(options, run_id.clone(), shown, false);
     let mut worker = engine::Run {
@@ -264,6 +271,65 @@ pub(crate) fn new_run_id(prefix: &str) -> String {
         chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     )
+}
+
+/// What a run records of its options (`agent_memory.backfill_runs.options`): its maps
+/// and excludes as text, and the options that change what rows become.
+fn recorded_options(options: &BackfillOptions) -> serde_json::Value {
+    serde_json::json!({
+        "map": options.map,
+        "legacy_embeddings": options.legacy_embeddings,
+        "source": options.source,
+        "batch_size": options.read.batch_size,
+    })
+}
+
+/// The maps of the latest run recorded for this agents path, host and source (`--verify` and
+/// a later run given no `--map` or `--exclude` reuse them): that run's id and its map,
+/// or `None` when no run recorded one.
+///
+/// # Errors
+/// When the database cannot be read, or the recorded map no longer parses.
+pub async fn recorded_map(
+    url: &str,
+    options: &BackfillOptions,
+) -> Result<Option<(String, TableMap)>> {
+    let tree = sources::Tree::of(options)?;
+    let mut conn = engine::connect(url).await?;
+    let target = PgTarget::parse(url)?;
+    let row = sqlx::query_as::<_, (String, sqlx::types::Json<serde_json::Value>)>(
+        "select id, options from agent_memory.backfill_runs
+         where options->'map' is not null and agents_path = $1 and source = $2
+           and host is not distinct from $3
+         order by started_at desc, id desc limit 1",
+    )
+    .bind(&tree.agents_path)
+    .bind(&tree.source)
+    .bind(&tree.host)
+    .fetch_optional(&mut conn)
+    .await;
+    let row = match row {
+        // No bookkeeping yet: no run recorded anything.
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P01") => None,
+        row => row.map_err(|e| {
+            Error::database(
+                "postgres",
+                "read the maps of earlier runs",
+                e,
+                Some(&target.url),
+            )
+        })?,
+    };
+    let Some((run, sqlx::types::Json(recorded))) = row else {
+        return Ok(None);
+    };
+    let map = serde_json::from_value(recorded["map"].clone()).map_err(|e| {
+        Error::invalid(
+            "recorded map",
+            format!("run {run}'s maps no longer read: {e}"),
+        )
+    })?;
+    Ok(Some((run, map)))
 }
 
 /// Rows one rollback deleted, per contract table.

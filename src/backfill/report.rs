@@ -56,6 +56,10 @@ pub struct TableReport {
     pub target: Option<String>,
     /// Why it is not migrated (unmapped, a view, a virtual table, ...).
     pub skipped: Option<String>,
+    /// For a table nothing maps: the `--map` argument that would move it, suggested from
+    /// its columns (and, in a dry run, from its rows).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suggested_map: Option<String>,
     /// Rows read.
     pub read: u64,
     /// Rows inserted by this run.
