@@ -130,8 +130,8 @@ pub enum TimeRule {
     Default,
     /// None: the migration time.
     None,
-    /// This column (also a UUID v1, v6 or v7 there).
-    Column(String),
+    /// The first of these columns that is not NULL (also a UUID v1, v6 or v7 there).
+    Columns(Vec<String>),
 }
 
 impl TimeRule {
@@ -439,8 +439,8 @@ impl MapRule {
         if let KeyRule::Columns { columns: key, .. } = &self.key {
             columns.extend(key.iter().map(String::as_str));
         }
-        if let TimeRule::Column(time) = &self.time {
-            columns.push(time);
+        if let TimeRule::Columns(time) = &self.time {
+            columns.extend(time.iter().map(String::as_str));
         }
         columns
     }
@@ -626,6 +626,33 @@ fn single<'a>(
     }
 }
 
+/// `COLUMN[+COLUMN...]`: each name, and whether it was quoted.
+fn column_list(value: &[Token], name: &str, text: &str) -> Result<Vec<(String, bool)>> {
+    let wrong = || {
+        invalid(
+            "--map",
+            text,
+            format!("{name}= is COLUMN[+COLUMN...] or none"),
+        )
+    };
+    let mut names = Vec::new();
+    let mut expect_word = true;
+    for token in value {
+        match (token, expect_word) {
+            (Token::Word { text, quoted }, true) => {
+                names.push((text.clone(), *quoted));
+                expect_word = false;
+            }
+            (Token::Plus, false) => expect_word = true,
+            _ => return Err(wrong()),
+        }
+    }
+    if names.is_empty() || expect_word {
+        return Err(wrong());
+    }
+    Ok(names)
+}
+
 fn parse_map(text: &str) -> Result<MapRule> {
     const WHAT: &str = "--map";
     let parts = parts(text, WHAT)?;
@@ -686,47 +713,17 @@ fn parse_map(text: &str) -> Result<MapRule> {
             return Err(invalid(WHAT, text, format!("{name}= is given twice")));
         }
         match name {
-            "key" | "name" | "status" => {
-                let mut names = Vec::new();
-                let mut expect_word = true;
-                for token in value {
-                    match (token, expect_word) {
-                        (Token::Word { text, quoted }, true) => {
-                            names.push((text.clone(), *quoted));
-                            expect_word = false;
-                        }
-                        (Token::Plus, false) => expect_word = true,
-                        _ => {
-                            return Err(invalid(
-                                WHAT,
-                                text,
-                                format!("{name}= is COLUMN[+COLUMN...] or none"),
-                            ));
-                        }
-                    }
-                }
-                if names.is_empty() || expect_word {
-                    return Err(invalid(
-                        WHAT,
-                        text,
-                        format!("{name}= is COLUMN[+COLUMN...] or none"),
-                    ));
-                }
-                if let [(none, false)] = names.as_slice()
-                    && none == "none"
-                {
-                    rule.key = KeyRule::None;
-                } else {
-                    columns = Some(names.into_iter().map(|(n, _)| n).collect());
-                }
-            }
+            "key" | "name" | "status" => match column_list(value, name, text)?.as_slice() {
+                [(none, false)] if none == "none" => rule.key = KeyRule::None,
+                names => columns = Some(names.iter().map(|(n, _)| n.clone()).collect()),
+            },
             "sep" => separator = Some(single(value, name, WHAT, text)?.0.to_string()),
-            "time" => {
-                rule.time = match single(value, name, WHAT, text)? {
-                    ("none", false) => TimeRule::None,
-                    (column, _) => TimeRule::Column(column.to_string()),
+            "time" => match column_list(value, name, text)?.as_slice() {
+                [(none, false)] if none == "none" => rule.time = TimeRule::None,
+                names => {
+                    rule.time = TimeRule::Columns(names.iter().map(|(n, _)| n.clone()).collect());
                 }
-            }
+            },
             "json" if value.is_empty() => rule.json = true,
             "files" => rule.files = Some(single(value, name, WHAT, text)?.0.to_string()),
             other => {
@@ -815,17 +812,26 @@ fn short_target(target: Target) -> &'static str {
 /// Writes one map's options after its head.
 fn write_options(
     f: &mut fmt::Formatter<'_>,
+    target: Option<Target>,
     key: &KeyRule,
     time: &TimeRule,
     json: bool,
     files: Option<&str>,
 ) -> fmt::Result {
+    let option = match target {
+        Some(Target::Tools | Target::Metrics) => "name",
+        Some(Target::Executions) => "status",
+        Some(Target::Memories) | None => "key",
+    };
+    let list = |columns: &[String]| {
+        let columns: Vec<String> = columns.iter().map(|c| quote_word(c)).collect();
+        columns.join("+")
+    };
     match key {
         KeyRule::Default => {}
-        KeyRule::None => f.write_str(";key=none")?,
+        KeyRule::None => write!(f, ";{option}=none")?,
         KeyRule::Columns { columns, separator } => {
-            let columns: Vec<String> = columns.iter().map(|c| quote_word(c)).collect();
-            write!(f, ";key={}", columns.join("+"))?;
+            write!(f, ";{option}={}", list(columns))?;
             if separator != DEFAULT_SEPARATOR {
                 write!(f, ";sep={}", quote_word(separator))?;
             }
@@ -834,7 +840,7 @@ fn write_options(
     match time {
         TimeRule::Default => {}
         TimeRule::None => f.write_str(";time=none")?,
-        TimeRule::Column(c) => write!(f, ";time={}", quote_word(c))?,
+        TimeRule::Columns(c) => write!(f, ";time={}", list(c))?,
     }
     if json {
         f.write_str(";json")?;
@@ -851,7 +857,15 @@ impl fmt::Display for MapRule {
         if let Some(target) = self.target {
             write!(f, "={}", short_target(target))?;
         }
-        write_options(f, &self.key, &self.time, self.json, self.files.as_deref())
+        let target = self.target.or_else(|| contract_target(&self.table));
+        write_options(
+            f,
+            target,
+            &self.key,
+            &self.time,
+            self.json,
+            self.files.as_deref(),
+        )
     }
 }
 
@@ -1013,14 +1027,10 @@ impl Observed {
                 }
                 _ => {}
             }
-            if !matches!(value, SqlValue::Blob(_)) {
-                if uuid_time(value).is_some() {
-                    seen.uuid_times += 1;
-                } else if parse_time_value(value).is_ok()
-                    && !matches!(value, SqlValue::Integer(_) | SqlValue::Real(_))
-                {
-                    seen.times += 1;
-                }
+            if uuid_time(value).is_some() {
+                seen.uuid_times += 1;
+            } else if parse_time_value(value).is_ok() {
+                seen.times += 1;
             }
             if let Some(distinct) = &mut seen.distinct
                 && !distinct.insert(value.typed_text().unwrap_or_default())
@@ -1095,84 +1105,89 @@ pub fn suggest(source_db: &str, table: &TableInfo, seen: Option<&Observed>) -> O
         primary_key.len() == 1
             && stat(c).map_or(c.eq_ignore_ascii_case("id"), |s| s.integers == s.values)
     };
-    let text_key: Vec<&String> = primary_key.iter().filter(|c| !rowid_alias(c)).collect();
+    let text_key: Vec<String> = primary_key
+        .iter()
+        .filter(|c| !rowid_alias(c))
+        .cloned()
+        .collect();
     let numeric_value = stat("value").is_some_and(|s| s.values > 0 && s.numbers == s.values);
-    let target = if has("key").is_some() && value_like {
+    let unique = |c: &str| stat(c).is_some_and(|s| s.distinct.is_some());
+    // A `name` that repeats or is missing names a speaker or a label, not a tool.
+    let names_things = has("name").is_some_and(|n| seen.is_none() || unique(n));
+    let chat = has("role").is_some() && has("content").is_some();
+    let target = if (has("key").is_some() && value_like) || chat {
         Target::Memories
     } else if numeric_value && has("name").is_some() {
         Target::Metrics
-    } else if has("name").is_some() {
+    } else if names_things {
         Target::Tools
     } else if has("status").is_some() || has("event").is_some() {
         Target::Executions
     } else {
         Target::Memories
     };
-    let unique = |c: &str| stat(c).is_some_and(|s| s.distinct.is_some());
+    let columns_of = |columns: Vec<String>| KeyRule::Columns {
+        columns,
+        separator: DEFAULT_SEPARATOR.into(),
+    };
     let key = match target {
         Target::Memories => match has("key") {
-            Some(k) if unique(k) || seen.is_none() => KeyRule::Columns {
-                columns: vec![k.clone()],
-                separator: DEFAULT_SEPARATOR.into(),
-            },
+            // LangGraph's store: a key unique per namespace.
+            Some(k) if primary_key.len() > 1 && primary_key.contains(k) => {
+                columns_of(primary_key.clone())
+            }
+            Some(k) if unique(k) || seen.is_none() => columns_of(vec![k.clone()]),
             // A key shared by many rows (a conversation's messages): with the row's own.
-            Some(k) => match primary_key.first() {
-                Some(pk) if !primary_key.iter().any(|c| c == k) => KeyRule::Columns {
-                    columns: vec![k.clone(), pk.clone()],
-                    separator: DEFAULT_SEPARATOR.into(),
-                },
-                _ if !primary_key.is_empty() => KeyRule::Columns {
-                    columns: primary_key.clone(),
-                    separator: DEFAULT_SEPARATOR.into(),
-                },
-                _ => KeyRule::None,
+            Some(k) => match primary_key.as_slice() {
+                [] => KeyRule::None,
+                pk => columns_of(
+                    std::iter::once(k.clone())
+                        .chain(pk.iter().cloned())
+                        .collect(),
+                ),
             },
-            None if !text_key.is_empty() => KeyRule::Columns {
-                columns: text_key.into_iter().cloned().collect(),
-                separator: DEFAULT_SEPARATOR.into(),
-            },
+            None if !text_key.is_empty() => columns_of(text_key.clone()),
             None => KeyRule::None,
         },
-        Target::Tools | Target::Metrics => match has("name") {
-            Some(n) if unique(n) || seen.is_none() || target == Target::Metrics => KeyRule::Default,
-            _ if !text_key.is_empty() => KeyRule::Columns {
-                columns: text_key.into_iter().cloned().collect(),
-                separator: DEFAULT_SEPARATOR.into(),
-            },
-            _ => KeyRule::Default,
+        Target::Tools => match has("name") {
+            Some(_) => KeyRule::Default,
+            None if !text_key.is_empty() => columns_of(text_key.clone()),
+            None => KeyRule::Default,
         },
+        Target::Metrics => KeyRule::Default,
         Target::Executions => match (has("status"), has("event")) {
-            (Some(_), _) => KeyRule::Default,
-            (None, Some(e)) => KeyRule::Columns {
-                columns: vec![e.clone()],
-                separator: DEFAULT_SEPARATOR.into(),
-            },
-            (None, None) => KeyRule::Default,
+            (None, Some(e)) => columns_of(vec![e.clone()]),
+            _ => KeyRule::Default,
         },
     };
     let holds_times =
-        |c: &str| stat(c).is_none_or(|s| s.values == 0 || s.times + s.uuid_times == s.values);
+        |c: &str| stat(c).is_none_or(|s| s.values > 0 && s.times + s.uuid_times == s.values);
     let default_time = TIME_COLUMNS.iter().find_map(|t| has(t));
     let versioned = matches!(target, Target::Memories | Target::Tools);
     let time = if let Some(updated) = has("updated_at").filter(|c| versioned && holds_times(c)) {
-        TimeRule::Column(updated.clone())
+        // Where it can be NULL, the creation time stands in.
+        match (
+            has("created_at"),
+            stat(updated).is_some_and(|s| s.nulls > 0),
+        ) {
+            (Some(created), true) => TimeRule::Columns(vec![updated.clone(), created.clone()]),
+            _ => TimeRule::Columns(vec![updated.clone()]),
+        }
     } else if default_time.is_some() {
         TimeRule::Default
     } else if let Some(c) = columns.iter().find(|c| {
         let lower = c.to_ascii_lowercase();
-        let named = lower.ends_with("_ts")
-            || lower.ends_with("_at")
-            || lower.ends_with("time")
-            || lower.ends_with("date")
-            || lower.ends_with("timestamp");
-        named && holds_times(c) && stat(c).is_none_or(|s| s.values > 0)
+        let named = ["_ts", "_at", "time", "date", "timestamp"]
+            .iter()
+            .any(|end| lower.ends_with(end));
+        named && holds_times(c)
     }) {
-        TimeRule::Column(c.clone())
+        TimeRule::Columns(vec![c.clone()])
     } else if let Some(c) = columns
         .iter()
         .find(|c| stat(c).is_some_and(|s| s.values > 0 && s.uuid_times == s.values))
     {
-        TimeRule::Column(c.clone())
+        TimeRule::Columns(vec![c.clone()])
     } else {
         TimeRule::Default
     };
@@ -1300,7 +1315,7 @@ mod tests {
                 columns: vec!["a".into(), "b".into()],
                 separator: ":".into(),
             },
-            time: TimeRule::Column("ts".into()),
+            time: TimeRule::Columns(vec!["ts".into(), "created".into()]),
             json_blobs: true,
         };
         let text = serde_json::to_string(&spec).unwrap();

@@ -241,11 +241,11 @@ pub fn convert_row(
     };
     // Every column the spec names must be there, or no row of the table converts.
     let spec_columns = match (&spec.key, &spec.time) {
-        (KeyRule::Columns { columns, .. }, TimeRule::Column(time)) => {
-            columns.iter().chain(std::iter::once(time)).collect()
+        (KeyRule::Columns { columns, .. }, TimeRule::Columns(time)) => {
+            columns.iter().chain(time).collect()
         }
         (KeyRule::Columns { columns, .. }, _) => columns.iter().collect(),
-        (_, TimeRule::Column(time)) => vec![time],
+        (_, TimeRule::Columns(time)) => time.iter().collect(),
         _ => Vec::new(),
     };
     if let Some(missing) = spec_columns.into_iter().find(|c| column(c).is_none()) {
@@ -352,13 +352,18 @@ pub fn convert_row(
             }
         }
         TimeRule::None => {}
-        TimeRule::Column(name) => match column(name) {
-            None | Some(SqlValue::Null) => {}
-            Some(value) => match time_of(value) {
-                Ok(at) => created_at = at.trunc_subsecs(6),
-                Err(reason) => time_problem = Some(format!("column {name}: {reason}")),
-            },
-        },
+        TimeRule::Columns(names) => {
+            if let Some((name, value)) = names
+                .iter()
+                .filter_map(|name| column(name).map(|v| (name, v)))
+                .find(|(_, v)| **v != SqlValue::Null)
+            {
+                match time_of(value) {
+                    Ok(at) => created_at = at.trunc_subsecs(6),
+                    Err(reason) => time_problem = Some(format!("column {name}: {reason}")),
+                }
+            }
+        }
     }
 
     let id = row_id(origin, &table.name, &key);
