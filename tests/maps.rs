@@ -501,7 +501,9 @@ async fn a_map_that_meets_nothing_names_the_tables_that_exist() {
 #[tokio::test]
 async fn suggestions_fit_each_framework() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: &[(&str, &str, &[(&str, &str)])] = &[
+    // (file, schema, [(table, suggested map)])
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+    let cases: &[Case<'_>] = &[
         (
             "graph.db",
             LANGGRAPH_STORE,
@@ -1072,4 +1074,48 @@ async fn corpus_checkpoints_move_through_the_command_with_their_time() {
     );
     let out = backfill(&["--verify"], &agents, Some(&db.url), &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[tokio::test]
+async fn the_documented_framework_maps_parse_and_fit_the_framework_schemas() {
+    let doc =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/backfill.md"))
+            .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (name, sql) in [
+        ("checkpoints.sqlite", LANGGRAPH_CHECKPOINTS),
+        ("store.db", LANGGRAPH_STORE),
+        ("history.db", MEM0_HISTORY),
+        ("long_term_memory_storage.db", CREWAI),
+        ("latest_kickoff_task_outputs.db", CREWAI),
+        ("flow_states.db", CREWAI),
+        ("chat.db", LLAMA_CHAT_STORE),
+        ("agno.db", AGNO),
+    ] {
+        legacy_file(&dir.path().join("agent").join(name), sql).await;
+    }
+    let files = survey(dir.path(), &ReadOptions::default()).await;
+    let mut lines = 0;
+    for line in doc.lines() {
+        let (option, rest) = match line.split_once(" '") {
+            Some((option @ ("--map" | "--exclude"), rest)) => (option, rest),
+            _ => continue,
+        };
+        let text = rest.trim_end_matches('\'');
+        if text.contains("TABLE") || text.contains("chroma") {
+            continue;
+        }
+        lines += 1;
+        let map = match option {
+            "--map" => TableMap::new().with_map(text),
+            _ => TableMap::new().with_exclude(text),
+        }
+        .unwrap_or_else(|e| panic!("{line}: {e}"));
+        // The pre-0.2 LangGraph line is for the older schema (see the corpus test).
+        if !text.contains("thread_ts") {
+            let check = map.check(&files);
+            assert!(check.problems.is_empty(), "{line}: {check:?}");
+        }
+    }
+    assert!(lines >= 12, "{lines} documented maps");
 }
