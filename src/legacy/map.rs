@@ -1234,6 +1234,7 @@ mod tests {
             "store=memories;key=prefix+key;time=updated_at;json;files=*/graph.db",
             "\"a=b\"=tools;key=\"x;y\"+\"p+q\";sep=\"::\"",
             "memory;time=none",
+            "agno_memories=memories;key=memory_id;time=updated_at+created_at",
             "history=executions;key=event;files=history.db",
             "chat=memories;key=none",
             "t=memories;key=\"none\"",
@@ -1264,7 +1265,7 @@ mod tests {
             "t=memories;key=",
             "t=memories;key=a+",
             "t=memories;sep=:",
-            "t=memories;time=a+b",
+            "t=memories;time=a+",
             "\"t=memories",
             "t=memories;key=a;name=b",
         ] {
