@@ -282,8 +282,10 @@ async fn follow_moves_a_new_file_within_seconds_keeps_idle_rounds_out_and_stops_
     );
     assert_eq!(recorded, 2, "{following}");
     assert!(rounds >= recorded + 2, "idle rounds ran: {following}");
+    // The latest idle round keeps its row until the next round ends, and that next round
+    // may be in progress (its row written when it started) as the rows are counted.
     assert!(
-        round_rows <= recorded + 1,
+        round_rows <= recorded + 2,
         "idle rounds keep at most their latest row: {runs_now:#?}"
     );
     assert_eq!(follower.reports().len(), 2, "no report file per idle round");

@@ -112,7 +112,7 @@ impl Pending {
 /// What a table's catch-up record holds of its map: the spec, and the options that
 /// change how its rows convert.
 fn spec_record(spec: &TableSpec, legacy_embeddings: bool) -> serde_json::Value {
-    serde_json::json!({ "spec": format!("{spec:?}"), "legacy_embeddings": legacy_embeddings })
+    serde_json::json!({ "spec": spec, "legacy_embeddings": legacy_embeddings })
 }
 
 /// One worker's run: what it reads and reports, and the database it loads into (none
