@@ -538,7 +538,7 @@ fn stop_on_signals(stop: &Stop) {
         };
         let first = signalled().await;
         eprintln!(
-            "backfill: {first}: stopping after the current file (a second signal stops at once)"
+            "backfill: {first}: stopping after the current batch (a second signal stops at once)"
         );
         stop.request();
         let second = signalled().await;
