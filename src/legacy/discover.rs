@@ -53,54 +53,124 @@ impl Probe {
 ///
 /// A file that cannot be read, is empty, truncated, corrupt or not SQLite gets a
 /// [`Probe::Problem`]; a folder that cannot be listed is reported as a [`Found`] with a
-/// problem too. Neither stops the rest. Symbolic links are not followed into folders,
-/// and `-wal`, `-shm` and `-journal` companions are never listed (their names do not end
-/// in a database extension).
+/// problem too. Neither stops the rest. `-wal`, `-shm` and `-journal` companions are
+/// never listed (their names do not end in a database extension).
+///
+/// Only regular files are opened: a FIFO, socket or device with a database's name is a
+/// problem, found without opening it (opening a FIFO would wait for a writer forever).
+///
+/// Symbolic links are judged by where they lead, so that whoever can write into an agent
+/// folder cannot make the backfill read, under that agent's name, a file it was never
+/// meant to see:
+///
+/// - a link (to a file or a folder) whose target lies outside the agents path, or that
+///   leads nowhere, is refused: reported as a problem naming it, never opened;
+/// - a link to a file inside the agents path is followed: the file is read as the
+///   link's own (`source_db` and agent from the link's path), from the target's real
+///   path, resolved once here, so a link changed later cannot redirect the read;
+/// - a link to a folder inside the agents path is not followed: its files are read at
+///   their own place, and a link loop cannot trap the walk.
 pub async fn discover(agents_path: &Path, options: &ReadOptions) -> Vec<Found> {
-    let mut files = Vec::new();
-    let mut problems = Vec::new();
-    walk(agents_path, &mut files, &mut problems);
-    files.sort();
-    let mut found = problems;
-    for path in files {
+    let mut walk = Walk {
+        // Links are judged against the real agents path (it may itself be a link).
+        root: std::fs::canonicalize(agents_path).unwrap_or_else(|_| agents_path.to_path_buf()),
+        files: Vec::new(),
+        problems: Vec::new(),
+    };
+    walk.folder(agents_path);
+    walk.files.sort();
+    let mut found = Vec::new();
+    for (path, read) in walk.files {
         let (source_db, agent) = place(agents_path, &path);
-        let probe = probe(&path, options).await;
+        let probe = probe(&read, options).await;
         found.push(Found {
-            path,
+            path: read,
             source_db,
             agent,
             probe,
         });
     }
+    for (path, problem) in walk.problems {
+        let (source_db, agent) = place(agents_path, &path);
+        found.push(Found {
+            path,
+            source_db,
+            agent,
+            probe: Probe::Problem(problem),
+        });
+    }
+    found.sort_by(|a, b| a.source_db.cmp(&b.source_db));
     found
 }
 
-fn walk(folder: &Path, files: &mut Vec<PathBuf>, problems: &mut Vec<Found>) {
-    let entries = match std::fs::read_dir(folder) {
-        Ok(entries) => entries,
-        Err(e) => {
-            problems.push(Found {
-                path: folder.to_path_buf(),
-                source_db: String::new(),
-                agent: Err("a folder, not an agent".into()),
-                probe: Probe::Problem(format!(
-                    "folder {} cannot be listed: {e}; check its permissions",
-                    folder.display()
-                )),
-            });
+/// What a walk of the agents path found: files to read (where found, and the path to
+/// read them from) and paths refused with the reason.
+struct Walk {
+    root: PathBuf,
+    files: Vec<(PathBuf, PathBuf)>,
+    problems: Vec<(PathBuf, String)>,
+}
+
+impl Walk {
+    fn folder(&mut self, folder: &Path) {
+        let entries = match std::fs::read_dir(folder) {
+            Ok(entries) => entries,
+            Err(e) => {
+                self.problems.push((
+                    folder.to_path_buf(),
+                    format!(
+                        "folder {} cannot be listed: {e}; check its permissions",
+                        folder.display()
+                    ),
+                ));
+                return;
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            // file_type does not follow symbolic links: a link is judged by `link`.
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                self.folder(&path);
+            } else if kind.is_symlink() {
+                self.link(path);
+            } else if is_database_name(&path) {
+                // Any other kind (a FIFO too) is listed: the probe says what it is.
+                self.files.push((path.clone(), path));
+            }
+        }
+    }
+
+    /// A symbolic link: see [`discover`] for which are followed.
+    fn link(&mut self, path: PathBuf) {
+        let target = std::fs::canonicalize(&path);
+        let is_folder = target.as_ref().is_ok_and(|t| t.is_dir());
+        if !is_folder && !is_database_name(&path) {
             return;
         }
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        // file_type does not follow symbolic links, so a link loop cannot trap the walk.
-        let Ok(kind) = entry.file_type() else {
-            continue;
-        };
-        if kind.is_dir() {
-            walk(&path, files, problems);
-        } else if is_database_name(&path) {
-            files.push(path);
+        let what = if is_folder { "folder" } else { "file" };
+        match target {
+            Err(e) => self.problems.push((
+                path.clone(),
+                format!(
+                    "{} is a symbolic link that leads nowhere ({e}); refused, not read",
+                    path.display()
+                ),
+            )),
+            Ok(target) if !target.starts_with(&self.root) => self.problems.push((
+                path.clone(),
+                format!(
+                    "{} is a symbolic link to a {what} outside the agents path ({}); \
+                     refused, not read: move the {what} into the agents path to migrate it",
+                    path.display(),
+                    target.display()
+                ),
+            )),
+            // Inside: a folder's files are read at their own place.
+            Ok(_) if is_folder => {}
+            Ok(target) => self.files.push((path, target)),
         }
     }
 }

@@ -131,12 +131,13 @@ impl Source {
     }
 }
 
-/// The 100-byte header, checked for SQLite's magic string.
+/// The 100-byte header, checked for SQLite's magic string. Only a regular file is
+/// opened, and without blocking: a FIFO with a database's name is refused, never waited
+/// on (see [`regular_file`]).
 fn read_header(path: &Path) -> Result<[u8; 100]> {
     use std::io::Read;
     let mut header = [0u8; 100];
-    let mut file = std::fs::File::open(path)
-        .map_err(|e| file_error(path, "cannot be read; check its permissions", Box::new(e)))?;
+    let mut file = regular_file(path)?;
     let mut filled = 0;
     while filled < header.len() {
         match file.read(&mut header[filled..]) {
@@ -161,6 +162,65 @@ fn read_header(path: &Path) -> Result<[u8; 100]> {
             Box::new(std::io::Error::from(std::io::ErrorKind::InvalidData)),
         )),
         None => Ok(header),
+    }
+}
+
+/// `path` opened for reading, when it is a regular file (after symbolic links).
+///
+/// Its type is checked before the open, which a FIFO, socket or device fails; the open
+/// itself does not block (`O_NONBLOCK`), and the opened file's type is checked again,
+/// so a file swapped for a FIFO in between is refused too rather than waited on. SQLite
+/// opens the path once more after this check: a FIFO put in its place in that instant
+/// is the one case left.
+fn regular_file(path: &Path) -> Result<std::fs::File> {
+    let unreadable =
+        |e: std::io::Error| file_error(path, "cannot be read; check its permissions", Box::new(e));
+    let refuse = |kind: std::fs::FileType| {
+        let what = file_kind(kind);
+        Err(file_error(
+            path,
+            &format!("is not a regular file but {what}; only regular files are read"),
+            Box::new(std::io::Error::from(std::io::ErrorKind::InvalidInput)),
+        ))
+    };
+    let kind = std::fs::metadata(path).map_err(unreadable)?.file_type();
+    if !kind.is_file() {
+        return refuse(kind);
+    }
+    let mut open = std::fs::OpenOptions::new();
+    open.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        open.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = open.open(path).map_err(unreadable)?;
+    let kind = file.metadata().map_err(unreadable)?.file_type();
+    if !kind.is_file() {
+        return refuse(kind);
+    }
+    Ok(file)
+}
+
+/// What a file that is not a regular file is, for a report.
+fn file_kind(kind: std::fs::FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if kind.is_fifo() {
+            return "a FIFO (named pipe)";
+        }
+        if kind.is_socket() {
+            return "a socket";
+        }
+        if kind.is_block_device() || kind.is_char_device() {
+            return "a device";
+        }
+    }
+    if kind.is_dir() {
+        "a folder"
+    } else {
+        "neither a file nor a folder"
     }
 }
 
