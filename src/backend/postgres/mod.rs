@@ -38,6 +38,7 @@ mod sql;
 
 pub(crate) use self::connect::{PgTarget, connect_pool};
 pub use self::recycle::CHECK_IDLE_AFTER;
+pub use self::replica::{COPIED_ROW_NAMESPACE, copied_row_id};
 // For `testing::statements`.
 #[cfg(all(feature = "testing", feature = "sqlite"))]
 pub(crate) use self::sql::{GET_MEMORY, PUT_MEMORY};

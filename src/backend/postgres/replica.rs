@@ -11,19 +11,48 @@ use sqlx::{Postgres, Row};
 
 use super::PostgresBackend;
 use super::deletes::{MEMORIES, Named, TOOLS};
-use super::sql::{LOG_EXECUTION, PUT_MEMORY, PUT_MEMORY_PLAIN, PUT_TOOL, RECORD_METRIC};
+use super::sql::{LOG_EXECUTION, PUT_MEMORY, PUT_MEMORY_PLAIN, PUT_TOOL, RECORD_METRIC, own_id};
 use crate::backend::codec::json_text;
 use crate::backend::replica::{Change, Committed, Outcome, OwedCount, OwedRecord, Replica};
 use crate::error::{Error, Result};
 use crate::record::{AgentId, Memory, Tool};
 
+/// The namespace of [`copied_row_id`]: UUID v5 of the name
+/// `urn:agent-memory:copied-row:v1` under the standard URL namespace. Fixed forever:
+/// changing it would give copied rows second copies.
+pub const COPIED_ROW_NAMESPACE: uuid::Uuid =
+    uuid::Uuid::from_u128(0x8c453a9c_c281_514d_8ffe_f486691a08c4);
+
+/// The id a row of `agent` that arrives under the id `id` is stored under in
+/// PostgreSQL when another agent's row already has `id` there: an agent folder copied
+/// from another (`cp -r agents/a agents/b`) holds the same ids as the original, and each
+/// agent's rows must stay its own. UUID v5 (SHA-1) under [`COPIED_ROW_NAMESPACE`] of the
+/// UTF-8 bytes of the compact JSON array `[agent, id]`, the id in its hyphenated lower
+/// case form: for agent `b` and id `67e55044-10b1-426f-9247-bb680e5fe0c8`,
+/// `uuid5(COPIED_ROW_NAMESPACE, '["b","67e55044-10b1-426f-9247-bb680e5fe0c8"]')`.
+///
+/// A row keeps its own id wherever it is free or already its agent's; only a row whose
+/// id another agent holds gets this one, and gets the same one on every later copy, so
+/// re-runs and repeated lazy copies stay idempotent. The rule applies wherever
+/// PostgreSQL stores a row under an id it did not make: a backfill of the library's own
+/// files, the dual backend's copies (its lazy copies too), metrics and executions
+/// recorded by id.
+pub fn copied_row_id(agent: &AgentId, id: uuid::Uuid) -> uuid::Uuid {
+    let name = serde_json::json!([agent.as_str(), id.to_string()]).to_string();
+    uuid::Uuid::new_v5(&COPIED_ROW_NAMESPACE, name.as_bytes())
+}
+
 /// Stores a memory over older versions only ($1-$8 as in [`PUT_MEMORY`], $9 the agent's
-/// name): the select's WHERE skips keys deleted at or after this version, the upsert's
-/// WHERE skips newer values; of two values with the same version, the one whose content
-/// sorts later by bytes wins, as in SQLite.
-const APPLY_MEMORY: &str = r#"insert into agent_memories
+/// name, $10 its [`copied_row_id`], the id when another agent holds `$1`): the select's
+/// WHERE skips keys deleted at or after this version, the upsert's WHERE skips newer
+/// values; of two values with the same version, the one whose content sorts later by
+/// bytes wins, as in SQLite.
+const APPLY_MEMORY: &str = concat!(
+    r#"insert into agent_memories
         (id, agent_id, key, content, metadata, embedding, created_at, updated_at)
-    select $1, $2, $3, $4, $5, $6, $7, $8
+    select "#,
+    own_id!("agent_memories", "$10"),
+    r#", $2, $3, $4, $5, $6, $7, $8
     where not exists (select 1 from agent_memory.memory_tombstones
                       where agent_id = $9 and key = $3 and deleted_at >= $8)
     on conflict (agent_id, key) do update set
@@ -32,13 +61,17 @@ const APPLY_MEMORY: &str = r#"insert into agent_memories
     where agent_memories.updated_at < excluded.updated_at
        or (agent_memories.updated_at = excluded.updated_at
            and agent_memories.content < excluded.content collate "C")
-    returning id, created_at"#;
+    returning id, created_at"#
+);
 
 /// Registers a tool over older versions only (ties as for memories), and not over a
-/// delete at or after it ($8 the agent's name).
-const APPLY_TOOL: &str = r#"insert into agent_tools
+/// delete at or after it ($8 the agent's name, $9 its [`copied_row_id`]).
+const APPLY_TOOL: &str = concat!(
+    r#"insert into agent_tools
         (id, agent_id, name, content, metadata, created_at, updated_at)
-    select $1, $2, $3, $4, $5, $6, $7
+    select "#,
+    own_id!("agent_tools", "$9"),
+    r#", $2, $3, $4, $5, $6, $7
     where not exists (select 1 from agent_memory.tool_tombstones
                       where agent_id = $8 and name = $3 and deleted_at >= $7)
     on conflict (agent_id, name) do update set
@@ -47,7 +80,8 @@ const APPLY_TOOL: &str = r#"insert into agent_tools
     where agent_tools.updated_at < excluded.updated_at
        or (agent_tools.updated_at = excluded.updated_at
            and agent_tools.content < excluded.content collate "C")
-    returning id, created_at"#;
+    returning id, created_at"#
+);
 
 impl PostgresBackend {
     /// [`Replica::commit`], with the journal record already encoded (`None`: none).
@@ -115,7 +149,7 @@ impl PostgresBackend {
                         .bind(json_text(&metric.content))
                         .bind(Json(&metric.metadata))
                         .bind(metric.created_at)
-                        .bind(None::<String>),
+                        .bind(copied_row_id(agent, metric.id)),
                     Change::Execution(execution) => sqlx::query(LOG_EXECUTION)
                         .bind(execution.id)
                         .bind(&row_id)
@@ -124,7 +158,7 @@ impl PostgresBackend {
                         .bind(Json(&execution.metadata))
                         .bind(execution.created_at)
                         .bind(None::<String>)
-                        .bind(None::<String>),
+                        .bind(copied_row_id(agent, execution.id)),
                 };
                 let row = query
                     .bind(name)
@@ -200,7 +234,8 @@ impl PostgresBackend {
             .bind(memory.embedding.clone().map(Vector::from))
             .bind(memory.created_at)
             .bind(memory.updated_at)
-            .bind(agent.as_str());
+            .bind(agent.as_str())
+            .bind(copied_row_id(agent, memory.id));
         let stored = self.apply_checked(agent, MEMORIES, key, &row_id, apply);
         Ok(stored.await?.map(|(id, created_at)| Memory {
             id,
@@ -322,7 +357,8 @@ impl Replica for PostgresBackend {
             .bind(Json(&tool.metadata))
             .bind(tool.created_at)
             .bind(tool.updated_at)
-            .bind(agent.as_str());
+            .bind(agent.as_str())
+            .bind(copied_row_id(agent, tool.id));
         let stored = self.apply_checked(agent, TOOLS, &tool.name, &row_id, apply);
         Ok(stored.await?.map(|(id, created_at)| Tool {
             id,
@@ -448,5 +484,30 @@ impl Replica for PostgresBackend {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copied_row_ids_are_the_documented_uuid5() {
+        let named = uuid::Uuid::new_v5(
+            &uuid::Uuid::NAMESPACE_URL,
+            b"urn:agent-memory:copied-row:v1",
+        );
+        assert_eq!(COPIED_ROW_NAMESPACE, named);
+        let id = uuid::Uuid::parse_str("67e55044-10b1-426f-9247-bb680e5fe0c8").unwrap();
+        let b = AgentId::new("b").unwrap();
+        let name = br#"["b","67e55044-10b1-426f-9247-bb680e5fe0c8"]"#;
+        assert_eq!(
+            copied_row_id(&b, id),
+            uuid::Uuid::new_v5(&COPIED_ROW_NAMESPACE, name)
+        );
+        assert_ne!(
+            copied_row_id(&b, id),
+            copied_row_id(&AgentId::new("c").unwrap(), id)
+        );
     }
 }

@@ -63,20 +63,48 @@ pub(super) const PUT_TOOL: &str = "with stored as (
     cleared as (delete from agent_memory.owed_writes where agent_id = $9 and seq = any($11))
     select id, created_at, updated_at, (select seq from owed) as seq from stored";
 
-/// Records a metric; its id makes a second record of it a no-op.
-pub(super) const RECORD_METRIC: &str = "with recorded as (
-        insert into agent_metrics (id, agent_id, name, value, content, metadata, created_at)
-        values ($1, $2, $3, $4, $5, $6, $7) on conflict (id) do nothing),
-    owed as (insert into agent_memory.owed_writes (agent_id, op)
-             select $9, $10 where $10::text is not null returning seq),
-    cleared as (delete from agent_memory.owed_writes where agent_id = $9 and seq = any($11))
-    select (select seq from owed) as seq";
+/// The id a row of agent `$2` (its row id) is stored under in `table`: its own, `$1`,
+/// unless another agent's row has it (an agent folder copied from another's), then
+/// `copied`, the id [`copied_row_id`](super::copied_row_id) gives it. The one rule of
+/// every statement that stores a row under an id it did not make itself: a copy between
+/// the dual backend's sides (lazy copies included), a backfill of the library's files.
+macro_rules! own_id {
+    ($table:literal, $copied:literal) => {
+        concat!(
+            "case when exists (select 1 from ",
+            $table,
+            " o where o.id = $1 and o.agent_id <> $2) then ",
+            $copied,
+            " else $1 end"
+        )
+    };
+}
+pub(super) use own_id;
 
-/// Logs an execution; its id makes a second log of it a no-op.
-pub(super) const LOG_EXECUTION: &str = "with logged as (
-        insert into agent_executions (id, agent_id, status, content, metadata, created_at)
-        values ($1, $2, $3, $4, $5, $6) on conflict (id) do nothing),
+/// Records a metric ($8: its [`own_id!`] when another agent holds `$1`); its id makes a
+/// second record of it a no-op.
+pub(super) const RECORD_METRIC: &str = concat!(
+    "with recorded as (
+        insert into agent_metrics (id, agent_id, name, value, content, metadata, created_at)
+        values (",
+    own_id!("agent_metrics", "$8::uuid"),
+    ", $2, $3, $4, $5, $6, $7) on conflict (id) do nothing),
     owed as (insert into agent_memory.owed_writes (agent_id, op)
              select $9, $10 where $10::text is not null returning seq),
     cleared as (delete from agent_memory.owed_writes where agent_id = $9 and seq = any($11))
-    select (select seq from owed) as seq";
+    select (select seq from owed) as seq"
+);
+
+/// Logs an execution ($8 as in [`RECORD_METRIC`]); its id makes a second log of it a
+/// no-op.
+pub(super) const LOG_EXECUTION: &str = concat!(
+    "with logged as (
+        insert into agent_executions (id, agent_id, status, content, metadata, created_at)
+        values (",
+    own_id!("agent_executions", "$8::uuid"),
+    ", $2, $3, $4, $5, $6) on conflict (id) do nothing),
+    owed as (insert into agent_memory.owed_writes (agent_id, op)
+             select $9, $10 where $10::text is not null returning seq),
+    cleared as (delete from agent_memory.owed_writes where agent_id = $9 and seq = any($11))
+    select (select seq from owed) as seq"
+);

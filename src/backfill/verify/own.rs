@@ -1,11 +1,14 @@
 //! `--verify` for files of the library's own layout: each record must be in PostgreSQL
 //! as itself (same id, key or name, value, metadata, embedding and times), unless a
-//! later write there outranks it, as the contract lets the newer version win.
+//! later write there outranks it, as the contract lets the newer version win. A record
+//! whose id another agent holds (a copied agent folder) is there under its
+//! [`copied_row_id`].
 
 use std::collections::HashMap;
 
 use super::TableCheck;
 use crate::backend::dual::same_metadata;
+use crate::backend::postgres::copied_row_id;
 use crate::backend::{MemoryBackend, PostgresBackend, Replica};
 use crate::error::{Chain, Result};
 use crate::legacy::{
@@ -172,12 +175,12 @@ impl OwnFile<'_> {
                         .get_tool(self.agent, &t.name)
                         .await?
                         .map(ContractRecord::Tool),
-                    ContractRecord::Metric(_) | ContractRecord::Execution(_) => {
-                        listed.remove(&own.id())
-                    }
+                    ContractRecord::Metric(_) | ContractRecord::Execution(_) => listed
+                        .remove(&own.id())
+                        .or_else(|| listed.remove(&copied_row_id(self.agent, own.id()))),
                 };
                 let verdict = match held {
-                    Some(held) => judge(own, &held),
+                    Some(held) => judge(own, &held, copied_row_id(self.agent, own.id())),
                     None => self.missing(own).await?,
                 };
                 tally.add(verdict);
@@ -278,13 +281,14 @@ fn name(record: &ContractRecord) -> String {
 /// same key, name or id. A later version in PostgreSQL outranks it. An earlier version
 /// holding the same data is the file's record with its version capped at the migration
 /// time (a clock that was ahead); one holding other data is an older version the file's
-/// record never replaced.
-fn judge(own: &ContractRecord, held: &ContractRecord) -> Verdict {
+/// record never replaced. `copied` is the id the record has when another agent holds
+/// its own.
+fn judge(own: &ContractRecord, held: &ContractRecord, copied: uuid::Uuid) -> Verdict {
     let versions = own.updated_at().zip(held.updated_at());
     if versions.is_some_and(|(own, held)| held > own) {
         return Verdict::Outranked;
     }
-    let differ = differing(own, held);
+    let differ = differing(own, held, copied);
     if differ.is_empty() {
         return Verdict::Same;
     }
@@ -300,9 +304,9 @@ fn judge(own: &ContractRecord, held: &ContractRecord) -> Verdict {
 /// The fields, other than the version, that differ between two records of one table.
 /// Content is compared exactly, as both sides store its text; metadata by value, as
 /// PostgreSQL's `jsonb` may rewrite a number's written form.
-fn differing(own: &ContractRecord, held: &ContractRecord) -> Vec<&'static str> {
+fn differing(own: &ContractRecord, held: &ContractRecord, copied: uuid::Uuid) -> Vec<&'static str> {
     let mut differ = Vec::new();
-    if own.id() != held.id() {
+    if own.id() != held.id() && held.id() != copied {
         differ.push("id");
     }
     if own.created_at() != held.created_at() {
