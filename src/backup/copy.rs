@@ -95,45 +95,51 @@ pub(super) async fn copy_one(source: &Path, relative: &Path, copy: &Path) -> Res
                 Box::new(e),
             )
         })?;
-    {
-        let mut src_handle = tx
-            .lock_handle()
+    // The copy, the source's bytes and the copy's check; whatever comes of them, the
+    // staging connection is closed before this returns, so a failed copy leaves no
+    // connection that could still write its -journal after the caller removed it.
+    let copied = async {
+        {
+            let mut src_handle = tx
+                .lock_handle()
+                .await
+                .map_err(sql_error("cannot be read"))?;
+            let mut dest_handle = dest
+                .lock_handle()
+                .await
+                .map_err(sql_error("cannot be backed up"))?;
+            let src_db = src_handle.as_raw_handle().as_ptr();
+            let dest_db = dest_handle.as_raw_handle().as_ptr();
+            // SAFETY: both handles are open connections, locked for our exclusive use by
+            // the guards alive in this block; the backup object is finished before it ends.
+            let step = || unsafe { run_backup_api(src_db, dest_db) };
+            let result = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+                Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(step),
+                _ => step(),
+            };
+            result.map_err(|message| {
+                file_error(
+                    source,
+                    "cannot be backed up: SQLite's backup API failed",
+                    message.into(),
+                )
+            })?;
+        }
+        // Still inside the read transaction: in rollback-journal mode no writer can change
+        // the file now; in WAL mode a change shows up as a difference from the backup.
+        let source_bytes = std::fs::read(source).map_err(io("cannot be read"))?;
+        tx.rollback().await.map_err(sql_error("cannot be read"))?;
+        let check: Vec<String> = sqlx::query_scalar("pragma quick_check")
+            .fetch_all(&mut dest)
             .await
-            .map_err(sql_error("cannot be read"))?;
-        let mut dest_handle = dest
-            .lock_handle()
-            .await
-            .map_err(sql_error("cannot be backed up"))?;
-        let src_db = src_handle.as_raw_handle().as_ptr();
-        let dest_db = dest_handle.as_raw_handle().as_ptr();
-        // SAFETY: both handles are open connections, locked for our exclusive use by
-        // the guards alive in this block; the backup object is finished before it ends.
-        let step = || unsafe { run_backup_api(src_db, dest_db) };
-        let result = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(step),
-            _ => step(),
-        };
-        result.map_err(|message| {
-            file_error(
-                source,
-                "cannot be backed up: SQLite's backup API failed",
-                message.into(),
-            )
-        })?;
+            .map_err(sql_error("cannot be checked after copying"))?;
+        Ok::<_, Error>((source_bytes, check))
     }
-    // Still inside the read transaction: in rollback-journal mode no writer can change
-    // the file now; in WAL mode a change shows up as a difference from the backup.
-    let source_bytes = std::fs::read(source).map_err(io("cannot be read"))?;
-    tx.rollback().await.map_err(sql_error("cannot be read"))?;
+    .await;
+    let closed = dest.close().await;
     drop(src);
-
-    let check: Vec<String> = sqlx::query_scalar("pragma quick_check")
-        .fetch_all(&mut dest)
-        .await
-        .map_err(sql_error("cannot be checked after copying"))?;
-    dest.close()
-        .await
-        .map_err(sql_error("cannot be backed up"))?;
+    let (source_bytes, check) = copied?;
+    closed.map_err(sql_error("cannot be backed up"))?;
     if check != ["ok"] {
         return Err(file_error(
             source,

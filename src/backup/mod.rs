@@ -61,12 +61,15 @@
 //!
 //! # Errors per file
 //!
-//! A file that cannot be backed up (unreadable, not SQLite, corrupt, a path outside the
-//! agents path) does not stop the others: [`backup`] returns it as a
+//! A file that cannot be backed up (unreadable, not SQLite, corrupt, not a regular file,
+//! a path or a symbolic link leading outside the agents path, no space left for its
+//! copy) does not stop the others: [`backup`] returns it as a
 //! [`FileOutcome::Failed`] naming the file, it is listed so in the manifest, and the
 //! scripts leave it out (the backfill never writes to legacy files, so a file that could
-//! not be copied is still where it was). Only a backup folder that cannot be made or
-//! written fails the whole call.
+//! not be copied is still where it was). Its half-made copy and the staging file's
+//! SQLite companions (`*.partial`, `*.partial-journal`) are removed. Only a backup
+//! folder that cannot be made or written fails the whole call, and then the backup
+//! folder is removed, as a backup without its manifest and scripts cannot be used.
 
 mod copy;
 mod script;
@@ -77,7 +80,7 @@ use std::path::{Path, PathBuf};
 use chrono::{DateTime, Utc};
 use serde::{Serialize, Serializer};
 
-use self::copy::{copy_one, partial};
+use self::copy::{companion, copy_one, partial};
 use self::script::{backup_script, restore_script};
 use crate::error::{Chain, Error, Result};
 
@@ -269,14 +272,50 @@ pub async fn backup(
         context: format!("backup manifest {}", backup.manifest().display()),
         source: e,
     })?;
-    write_file(&backup.manifest(), &json, false)?;
-    write_file(
-        &backup.backup_script,
-        &backup_script(&manifest, &backup_root),
-        true,
-    )?;
-    write_file(&backup.restore_script, &restore_script(&manifest), true)?;
+    let written = write_file(&backup.manifest(), &json, false)
+        .and_then(|()| {
+            let script = backup_script(&manifest, &backup_root);
+            write_file(&backup.backup_script, &script, true)
+        })
+        .and_then(|()| write_file(&backup.restore_script, &restore_script(&manifest), true));
+    if let Err(mut err) = written {
+        // A backup without its manifest or scripts cannot be checked or restored: none
+        // is left behind, rather than half of one (a full disk is the usual cause).
+        let _ = std::fs::remove_dir_all(&backup.dir);
+        if let Error::SqliteFile { problem, .. } = &mut err {
+            problem.push_str(&format!(
+                "; the incomplete backup folder {} was removed: free space and back up again",
+                backup.dir.display()
+            ));
+        }
+        return Err(err);
+    }
     Ok(backup)
+}
+
+/// Checks that `source` (after symbolic links) lies inside `agents_path`: a link out of
+/// it is refused, so the backup copies nothing the agents path does not hold (as the
+/// backfill refuses to read it; see [`crate::legacy::discover`]).
+fn inside(agents_path: &Path, source: &Path) -> Result<()> {
+    let real = |path: &Path| {
+        std::fs::canonicalize(path).map_err(|e| Error::SqliteFile {
+            path: source.to_path_buf(),
+            problem: "cannot be backed up: its real path cannot be found".into(),
+            source: Box::new(e),
+        })
+    };
+    let (root, target) = (real(agents_path)?, real(source)?);
+    if target.starts_with(&root) {
+        return Ok(());
+    }
+    Err(Error::SqliteFile {
+        path: source.to_path_buf(),
+        problem: format!(
+            "is a symbolic link out of the agents path (to {}); it is not backed up",
+            target.display()
+        ),
+        source: Box::new(std::io::Error::from(std::io::ErrorKind::InvalidInput)),
+    })
 }
 
 fn absolute(path: &Path, what: &'static str) -> Result<PathBuf> {
@@ -311,13 +350,22 @@ async fn backup_file(agents_path: &Path, relative: &Path, dir: &Path) -> BackedU
         .map(|c| c.as_os_str().to_string_lossy())
         .collect::<Vec<_>>()
         .join("/");
-    let outcome = match copy_one(&source, relative, &copy).await {
+    let copied = match inside(agents_path, &source) {
+        Ok(()) => copy_one(&source, relative, &copy).await,
+        Err(e) => Err(e),
+    };
+    let outcome = match copied {
         Ok(details) => FileOutcome::Copied(details),
         Err(e) => {
             tracing::warn!(file = %source.display(), error = %Chain(&e), "backup failed");
-            // Leave no half-made copy for a restore to find.
+            // Leave no half-made copy for a restore to find, nor SQLite's companions of
+            // the staging file (a full disk leaves its -journal behind).
             let _ = std::fs::remove_file(&copy);
-            let _ = std::fs::remove_file(partial(&copy));
+            let staging = partial(&copy);
+            for suffix in ["-journal", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(companion(&staging, suffix));
+            }
+            let _ = std::fs::remove_file(staging);
             FileOutcome::Failed {
                 error: Chain(&e).to_string(),
             }
