@@ -30,6 +30,10 @@ pub struct Report {
     /// Things an operator should look at although nothing failed, one line each: tables
     /// with rows whose time lies in the future ([`TableReport::future_times`]).
     pub warnings: Vec<String>,
+    /// Earlier runs this run found still `running` in `agent_memory.backfill_runs` with
+    /// no live worker (killed, or their connection lost for good), and marked
+    /// `abandoned`.
+    pub abandoned: Vec<String>,
 }
 
 /// One file.
@@ -41,8 +45,11 @@ pub struct FileReport {
     pub agent: std::result::Result<String, String>,
     /// `legacy`, `library` (the library's own layout) or `problem`.
     pub kind: &'static str,
-    /// Why the file could not be used, or was left to another worker.
+    /// Why the file could not be used.
     pub problem: Option<String>,
+    /// True when a concurrent backfill worker held the file, so this run left it to
+    /// that worker: not a problem, and no reason for the run to be incomplete.
+    pub claimed_elsewhere: bool,
     /// Its tables.
     pub tables: Vec<TableReport>,
 }
@@ -134,8 +141,11 @@ pub struct Failure {
 pub struct Totals {
     /// Files found.
     pub files: u64,
-    /// Files that could not be used.
+    /// Files that could not be used (unreadable, corrupt, not SQLite, not a regular
+    /// file, a refused link, no agent): each has its reason in [`FileReport::problem`].
     pub problem_files: u64,
+    /// Files left to a concurrent worker ([`FileReport::claimed_elsewhere`]).
+    pub claimed_elsewhere: u64,
     /// Tables migrated.
     pub tables: u64,
     /// Tables found but not migrated (unmapped or not data).
@@ -176,6 +186,7 @@ impl Report {
         };
         for file in &self.files {
             totals.problem_files += u64::from(file.problem.is_some() && file.tables.is_empty());
+            totals.claimed_elsewhere += u64::from(file.claimed_elsewhere);
             for table in &file.tables {
                 totals.deleted += table.deleted;
                 if table.skipped.is_some() {
@@ -219,41 +230,92 @@ impl Report {
         self.finished_at = Some(finished);
     }
 
-    /// True when every readable row of every mapped table is in PostgreSQL.
+    /// True when every readable row of every mapped table is in PostgreSQL: no row
+    /// failed, and no file's reading stopped part way. Files that could not be used at
+    /// all ([`Totals::problem_files`]) do not count against it; an operator tells them
+    /// apart by [`Report::unusable_files`] (the backfill program's exit status 3).
     pub fn succeeded(&self) -> bool {
         self.totals.failed == 0
             && self
                 .files
                 .iter()
-                .all(|f| f.problem.is_none() || f.kind == "problem")
+                .all(|f| f.problem.is_none() || f.tables.is_empty())
     }
 
-    /// Writes the report as `migration_report_<run id>.json` in `dir` (a dry run's as
-    /// `migration_report_dry-run_<UTC timestamp>.json`), so runs in the same second, as
-    /// the rounds of a follow can be, each keep their own.
+    /// True when some files could not be used at all (see [`Totals::problem_files`]).
+    pub fn unusable_files(&self) -> bool {
+        self.totals.problem_files > 0
+    }
+
+    /// Writes the report as `migration_report_<run id>.json` in `dir`. Run ids are
+    /// unique (dry runs have their own), so no run's report replaces another's; a file
+    /// of that name already there is an error, never overwritten.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] when the file cannot be written.
     pub fn write(&self, dir: &Path) -> Result<PathBuf> {
-        let name = match self.dry_run {
-            true => format!(
-                "migration_report_dry-run_{}.json",
-                self.started_at.format("%Y%m%dT%H%M%SZ")
-            ),
-            false => format!("migration_report_{}.json", self.run_id),
-        };
-        let path = dir.join(name);
+        let path = dir.join(format!("migration_report_{}.json", self.run_id));
         let text = serde_json::to_string_pretty(self).map_err(|source| Error::Json {
             context: "the migration report".into(),
             source,
         })?;
-        std::fs::write(&path, text).map_err(|e| {
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::File::create_new(&path)?;
+            std::io::Write::write_all(&mut file, text.as_bytes())?;
+            file.sync_all()
+        };
+        write().map_err(|e| {
             Error::invalid(
                 "report path",
                 format!("cannot write {}: {e}", path.display()),
             )
         })?;
         Ok(path)
+    }
+}
+
+/// A new run's id: its UTC start to the second and 8 random hex digits, e.g.
+/// `20250301T120000Z-1a2b3c4d`; a dry run's starts with `dry-run-`.
+pub(crate) fn new_run_id(dry_run: bool) -> String {
+    format!(
+        "{}{}-{}",
+        if dry_run { "dry-run-" } else { "" },
+        Utc::now().format("%Y%m%dT%H%M%SZ"),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    )
+}
+
+/// Checks that `dir` can take a report: it exists, is a folder, and a file can be made
+/// in it (made and removed again). A run checks this before it reads or writes
+/// anything, so its report cannot be lost after its rows were committed.
+///
+/// # Errors
+/// [`Error::InvalidInput`] (`--report-dir`) saying what is wrong.
+pub fn check_report_dir(dir: &Path) -> Result<()> {
+    let refuse = |why: String| Err(Error::invalid("--report-dir", why));
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return refuse(format!("{} does not exist; create it first", dir.display()));
+        }
+        Err(e) => return refuse(format!("{} cannot be read: {e}", dir.display())),
+        Ok(meta) if !meta.is_dir() => {
+            return refuse(format!("{} is not a folder", dir.display()));
+        }
+        Ok(_) => {}
+    }
+    let probe = dir.join(format!(
+        ".migration_report_check_{}",
+        uuid::Uuid::new_v4().simple()
+    ));
+    match std::fs::File::create_new(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => refuse(format!(
+            "{} is not writable: {e}; check its permissions",
+            dir.display()
+        )),
     }
 }
 
