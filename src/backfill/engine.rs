@@ -193,6 +193,7 @@ impl Run<'_> {
                 .map_err(Clone::clone),
             kind: found.probe.kind(),
             problem: None,
+            claimed_elsewhere: false,
             tables: Vec::new(),
         };
         let agent = match (&found.agent, &found.probe) {
@@ -209,8 +210,9 @@ impl Run<'_> {
         // One worker per file: the claim is a session lock, released if the worker dies.
         match self.claim(&found.source_db, true).await {
             Ok(true) => {}
+            // Another worker is moving it: its run reports it.
             Ok(false) => {
-                report.problem = Some("claimed by another backfill worker".into());
+                report.claimed_elsewhere = true;
                 return report;
             }
             Err(err) => {
@@ -890,6 +892,7 @@ pub(crate) fn empty_report(
         files: Vec::new(),
         totals: Default::default(),
         warnings: Vec::new(),
+        abandoned: Vec::new(),
     }
 }
 

@@ -9,7 +9,13 @@
 //!   deterministic, so a re-run, a concurrent run or lazy migration never makes a second
 //!   copy; each inserted row records the run in `metadata.migration_run`. Tables a run
 //!   finished are recorded in `agent_memory.backfill_progress` and skipped next time.
-//! - Files of the library's own layout move as themselves, over older versions only.
+//!   A file another worker holds is left to it ([`FileReport::claimed_elsewhere`]). Each
+//!   run is a row of `agent_memory.backfill_runs` and holds a session lock of its own
+//!   while it lives: a run left `running` whose lock no one holds (its worker was
+//!   killed) is marked `abandoned` by the next run ([`Report::abandoned`]).
+//! - Files of the library's own layout move as themselves, over older versions only;
+//!   a row whose id another agent holds (a copied agent folder) gets an id of its
+//!   agent's own ([`copied_row_id`](crate::backend::postgres::copied_row_id)).
 //! - [`dry_run`] reads everything and writes nothing to PostgreSQL.
 //! - [`rollback`] deletes exactly one run's rows.
 //! - [`follow`] runs catch-up runs one after another until its [`Stop`] is requested.
@@ -31,7 +37,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use follow::{Following, Round, follow};
-pub use report::{Failure, FileReport, Report, TableReport, Totals};
+pub use report::{Failure, FileReport, Report, TableReport, Totals, check_report_dir};
 pub use sources::check_source;
 pub use verify::{TableCheck, Verification, verify};
 
@@ -135,7 +141,7 @@ impl BackfillOptions {
 /// the same pipeline as [`run`], reading and converting every row the same way, with a
 /// loader that writes nothing. Touches no database.
 pub async fn dry_run(options: &BackfillOptions) -> Report {
-    let report = engine::empty_report(options, "dry-run".into(), None, true);
+    let report = engine::empty_report(options, new_run_id("dry-run-"), None, true);
     let mut worker = engine::Run {
         options,
         db: None,
@@ -202,7 +208,19 @@ pub async fn run(url: &str, options: &BackfillOptions, progress: &dyn Progress) 
     )
     .await?;
     let run_id = new_run_id("");
+    // The run's own session lock, held on a connection of its own for the run's life:
+    // taken before the run is recorded as `running`, so a later run that can take it
+    // knows this one's worker is gone.
+    let mut alive = engine::connect(url).await?;
+    let mut abandoned = Vec::new();
     let record = |e: sqlx::Error| backend.error("record the backfill run", e);
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "select pg_advisory_lock({RUN_KEY})"
+    )))
+    .bind(&run_id)
+    .execute(&mut alive)
+    .await
+    .map_err(record)?;
     let tree = sources::Tree::of(options)?;
     sqlx::query(
         "insert into agent_memory.backfill_runs (id, status, source, host, agents_path)
@@ -224,8 +242,23 @@ pub async fn run(url: &str, options: &BackfillOptions, progress: &dyn Progress) 
         .execute(backend.pool())
         .await
         .map_err(record)?;
+    let running: Vec<String> = sqlx::query_scalar(
+        "select id from agent_memory.backfill_runs where status = 'running' and id <> $1
+         order by started_at",
+    )
+    .bind(&run_id)
+    .fetch_all(&mut alive)
+    .await
+    .map_err(record)?;
+    for other in running {
+        if mark_abandoned(&mut alive, &other).await.map_err(record)? {
+            tracing::warn!(run = %other, "an earlier backfill run was left running by a worker that is gone; marked abandoned");
+            abandoned.push(other);
+        }
+    }
     let shown = Some(target.url.shown().to_string());
-    let report = engine::empty_report(options, run_id.clone(), shown, false);
+    let mut report = engine::empty_report(options, run_id.clone(), shown, false);
+    report.abandoned = abandoned;
     let mut worker = engine::Run {
         options,
         db: Some(engine::Db {
@@ -260,6 +293,7 @@ pub async fn run(url: &str, options: &BackfillOptions, progress: &dyn Progress) 
     .execute(backend.pool())
     .await
     .map_err(record)?;
+    let _ = sqlx::Connection::close(alive).await;
     backend.close().await;
     outcome.map(|()| report)
 }
@@ -330,6 +364,39 @@ pub async fn recorded_map(
         )
     })?;
     Ok(Some((run, map)))
+}
+
+/// The key of run `$1`'s session lock, held while its worker lives.
+const RUN_KEY: &str = "hashtextextended('agent_memory.backfill-run:' || $1, 0)";
+
+/// Marks run `run`, recorded as `running`, `abandoned` when no session holds its lock
+/// (its worker was killed, or lost its connection for good); returns whether it did.
+/// A run whose lock is held is alive, however long it takes.
+async fn mark_abandoned(conn: &mut sqlx::PgConnection, run: &str) -> sqlx::Result<bool> {
+    let free: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "select pg_try_advisory_lock({RUN_KEY})"
+    )))
+    .bind(run)
+    .fetch_one(&mut *conn)
+    .await?;
+    if !free {
+        return Ok(false);
+    }
+    let marked = sqlx::query(
+        "update agent_memory.backfill_runs set status = 'abandoned',
+         finished_at = coalesce(finished_at, now())
+         where id = $1 and status = 'running'",
+    )
+    .bind(run)
+    .execute(&mut *conn)
+    .await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "select pg_advisory_unlock({RUN_KEY})"
+    )))
+    .bind(run)
+    .execute(&mut *conn)
+    .await?;
+    Ok(marked?.rows_affected() > 0)
 }
 
 /// Rows one rollback deleted, per contract table.

@@ -274,17 +274,6 @@ impl Report {
     }
 }
 
-/// A new run's id: its UTC start to the second and 8 random hex digits, e.g.
-/// `20250301T120000Z-1a2b3c4d`; a dry run's starts with `dry-run-`.
-pub(crate) fn new_run_id(dry_run: bool) -> String {
-    format!(
-        "{}{}-{}",
-        if dry_run { "dry-run-" } else { "" },
-        Utc::now().format("%Y%m%dT%H%M%SZ"),
-        &uuid::Uuid::new_v4().simple().to_string()[..8]
-    )
-}
-
 /// Checks that `dir` can take a report: it exists, is a folder, and a file can be made
 /// in it (made and removed again). A run checks this before it reads or writes
 /// anything, so its report cannot be lost after its rows were committed.
