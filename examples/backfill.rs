@@ -13,7 +13,7 @@
 //! `--follow` keeps catching up, a round every `--interval` seconds (default 2), until
 //! SIGINT or SIGTERM: the round in progress stops after its current file, is recorded as
 //! `stopped`, the last round's report is written, and the program exits 0 (1 when that
-//! round failed rows or files); a second signal exits at once with 130, rolling back
+//! round failed rows, 3 when it could not use some files); a second signal exits at once with 130, rolling back
 //! the batch in flight. A report file is written for each round that moved something or
 //! failed differently from the round before. A run without `--follow` stops the same
 //! way on a signal, and then exits 1 (not every file was read). `--source NAME` names
@@ -32,9 +32,22 @@
 //! transaction, default 1000), `MIGRATION_TIMEOUT` (seconds per batch, default 300) and
 //! `MIGRATION_BACKUP_PATH` (for `--backup`, default `./backups`);
 //! `RUST_LOG` sets the log level (default `info,sqlx=warn`). Writes
-//! `migration_report_<run id>.json` in `--report-dir` (default `.`). Exits 0 when
-//! every readable row is in PostgreSQL, 1 when some rows or files failed (the report
-//! says which), 2 on an error that stopped the run.
+//! `migration_report_<run id>.json` in `--report-dir` (default `.`), which is checked
+//! (a writable folder) before anything is read or written.
+//!
+//! Exit status (also in `--help`):
+//!
+//! - 0: every readable row is in PostgreSQL and every file was read (a dry run: its
+//!   report was written; it lists problem files, with the reason for each);
+//! - 1: rows failed, a file's reading stopped part way (a signal too), `--verify` found
+//!   differences, or `--backup` could not copy a file (the report or the output says
+//!   which);
+//! - 2: an error stopped the run (arguments, the database, the report folder);
+//! - 3: every readable row is in PostgreSQL, but some files could not be used at all
+//!   (unreadable, corrupt, not SQLite, not a regular file, a symbolic link out of the
+//!   agents path, no agent name): the report gives each one's reason. With `--backup`,
+//!   such files were not backed up; with `--follow`, the last round had such files;
+//! - 130: a second SIGINT or SIGTERM.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -48,7 +61,8 @@ use memshift::{Chain, Error};
 #[derive(Debug, Parser)]
 #[command(
     name = "backfill",
-    about = "Move legacy agent SQLite databases into PostgreSQL"
+    about = "Move legacy agent SQLite databases into PostgreSQL",
+    after_help = EXIT_STATUS
 )]
 struct Cli {
     /// PostgreSQL URL.
@@ -136,6 +150,20 @@ struct Cli {
     )]
     interval: f64,
 }
+
+/// The exit statuses, as `--help` shows them.
+const EXIT_STATUS: &str = "Exit status:
+  0  every readable row is in PostgreSQL, every file was read (a dry run: report written)
+  1  rows failed, a file's reading stopped part way (a signal too), --verify found
+     differences, or --backup could not copy a file
+  2  an error stopped the run (arguments, the database, the report folder)
+  3  every readable row is in, but some files could not be used at all (unreadable,
+     corrupt, not SQLite, not a regular file, a link out of the agents path, no agent);
+     the report gives each reason (with --backup: those files were not backed up)
+  130  a second SIGINT or SIGTERM";
+
+/// Exit status 3: files that could not be used at all.
+const UNUSABLE_FILES: u8 = 3;
 
 /// The embedder named on the command line.
 fn embedder(spec: &str) -> Result<memshift::vector::HashEmbedder, Error> {
@@ -327,8 +355,19 @@ fn summary(report: &Report) {
     );
     for file in &report.files {
         if let Some(problem) = &file.problem {
-            eprintln!("backfill: unusable: {problem}");
+            eprintln!("backfill: unusable: {}: {problem}", file.source_db);
         }
+    }
+    if t.claimed_elsewhere > 0 {
+        eprintln!(
+            "backfill: {} files left to a concurrent backfill worker that holds them",
+            t.claimed_elsewhere
+        );
+    }
+    for run in &report.abandoned {
+        eprintln!(
+            "backfill: earlier run {run} was left running by a worker that is gone: marked abandoned"
+        );
     }
     for warning in &report.warnings {
         eprintln!("backfill: warning: {warning}");
@@ -351,8 +390,22 @@ fn summary(report: &Report) {
 
 async fn run(cli: Cli) -> Result<ExitCode, Error> {
     let mut options = options(&cli)?;
+    let writes_report =
+        !cli.backup && cli.rollback.is_none() && !cli.verify && cli.fill_embeddings.is_none();
+    if writes_report {
+        // Before anything is read or written: a report that cannot be written would be
+        // found only after every row was committed.
+        backfill::check_report_dir(&cli.report_dir)?;
+    }
     if cli.backup {
         let found = memshift::legacy::discover(&options.agents_path, &options.read).await;
+        let mut unusable = 0;
+        for file in &found {
+            if let memshift::legacy::Probe::Problem(why) = &file.probe {
+                eprintln!("backfill: not backed up: {}: {why}", file.source_db);
+                unusable += 1;
+            }
+        }
         let sources: Vec<PathBuf> = found
             .iter()
             .filter(|f| !matches!(f.probe, memshift::legacy::Probe::Problem(_)))
@@ -381,10 +434,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             eprintln!("backfill: not backed up: {}", file.source_db);
         }
         println!("{}", backup.dir.display());
-        return Ok(if failed.is_empty() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
+        return Ok(match (failed.is_empty(), unusable) {
+            (false, _) => ExitCode::from(1),
+            (true, 0) => ExitCode::SUCCESS,
+            (true, _) => ExitCode::from(UNUSABLE_FILES),
         });
     }
     if cli.dry_run {
@@ -502,10 +555,12 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
     let report = report?;
     summary(&report);
     println!("{}", report.write(&cli.report_dir)?.display());
-    Ok(if report.succeeded() && !options.stop.is_requested() {
-        ExitCode::SUCCESS
-    } else {
+    Ok(if !report.succeeded() || options.stop.is_requested() {
         ExitCode::from(1)
+    } else if report.unusable_files() {
+        ExitCode::from(UNUSABLE_FILES)
+    } else {
+        ExitCode::SUCCESS
     })
 }
 
@@ -599,6 +654,8 @@ async fn follow(url: &str, cli: &Cli, options: &BackfillOptions) -> Result<ExitC
         }
         if !report.succeeded() {
             code = ExitCode::from(1);
+        } else if report.unusable_files() {
+            code = ExitCode::from(UNUSABLE_FILES);
         }
     }
     eprintln!(
