@@ -397,7 +397,7 @@ async fn concurrent_and_interrupted_runs_end_with_every_row_once() {
         .files
         .iter()
         .chain(&b.files)
-        .filter(|f| f.problem.as_deref() == Some("claimed by another backfill worker"))
+        .filter(|f| f.claimed_elsewhere)
         .count();
     assert!(a.totals.inserted + b.totals.inserted <= 18_000);
     eprintln!(
