@@ -72,6 +72,32 @@ fn finish(mut command: Command, what: &str) -> Output {
     }
 }
 
+/// `backfill --agents-path AGENTS ARGS...`, with the database when given, run to its end.
+fn program(db: Option<&TestDatabase>, agents: &Path, args: &[&str]) -> Output {
+    let mut command = backfill(db);
+    command.arg("--agents-path").arg(agents).args(args);
+    finish(command, &format!("backfill {}", args.join(" ")))
+}
+
+/// A dry run that writes its report into `reports`.
+fn dry_run(agents: &Path, reports: &Path) -> Output {
+    program(None, agents, &["--dry-run", "--report-dir", text(reports)])
+}
+
+/// A run into `db` that writes its report into `reports`.
+fn migrate(db: &TestDatabase, agents: &Path, reports: &Path) -> Output {
+    program(Some(db), agents, &["--report-dir", text(reports)])
+}
+
+/// A backup into `to`.
+fn back_up(agents: &Path, to: &Path) -> Output {
+    program(None, agents, &["--backup", "--backup-path", text(to)])
+}
+
+fn text(path: &Path) -> &str {
+    path.to_str().expect("temporary paths are UTF-8")
+}
+
 fn said(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -138,13 +164,7 @@ async fn a_fifo_named_like_a_database_is_reported_not_waited_on() {
     mkfifo(&agents.join("beta.sqlite"));
     let db = TestDatabase::migrated().await;
 
-    let mut dry = backfill(None);
-    dry.arg("--dry-run")
-        .arg("--agents-path")
-        .arg(&agents)
-        .arg("--report-dir")
-        .arg(dir.path());
-    let out = finish(dry, "the dry run");
+    let out = dry_run(&agents, dir.path());
     assert_eq!(out.status.code(), Some(0), "{}", said(&out));
     let (_, report) = printed_report(&out);
     for fifo in ["alpha/pipe.db", "beta.sqlite"] {
@@ -155,12 +175,7 @@ async fn a_fifo_named_like_a_database_is_reported_not_waited_on() {
     }
     assert_eq!(report["totals"]["read"], json!(3));
 
-    let mut run = backfill(Some(&db));
-    run.arg("--agents-path")
-        .arg(&agents)
-        .arg("--report-dir")
-        .arg(dir.path());
-    let out = finish(run, "the run");
+    let out = migrate(&db, &agents, dir.path());
     let text = said(&out);
     assert_eq!(out.status.code(), Some(3), "unreadable files: {text}");
     assert!(
@@ -174,14 +189,7 @@ async fn a_fifo_named_like_a_database_is_reported_not_waited_on() {
     );
 
     let backups = dir.path().join("backups");
-    let mut backup = backfill(None);
-    backup
-        .arg("--backup")
-        .arg("--agents-path")
-        .arg(&agents)
-        .arg("--backup-path")
-        .arg(&backups);
-    let out = finish(backup, "the backup");
+    let out = back_up(&agents, &backups);
     let text = said(&out);
     assert_eq!(out.status.code(), Some(3), "{text}");
     assert!(
@@ -216,13 +224,7 @@ async fn symbolic_links_that_leave_the_agents_path_are_refused() {
     std::os::unix::fs::symlink("../beta/data.db", agents.join("alpha/shared.db")).unwrap();
     let db = TestDatabase::migrated().await;
 
-    let mut dry = backfill(None);
-    dry.arg("--dry-run")
-        .arg("--agents-path")
-        .arg(&agents)
-        .arg("--report-dir")
-        .arg(dir.path());
-    let out = finish(dry, "the dry run");
+    let out = dry_run(&agents, dir.path());
     let (_, report) = printed_report(&out);
     for link in ["alpha/stolen.db", "mallory"] {
         let problem = file_in(&report, link)["problem"]
@@ -234,12 +236,7 @@ async fn symbolic_links_that_leave_the_agents_path_are_refused() {
         );
     }
 
-    let mut run = backfill(Some(&db));
-    run.arg("--agents-path")
-        .arg(&agents)
-        .arg("--report-dir")
-        .arg(dir.path());
-    let out = finish(run, "the run");
+    let out = migrate(&db, &agents, dir.path());
     let text = said(&out);
     assert_eq!(out.status.code(), Some(3), "{text}");
     assert!(
@@ -265,14 +262,7 @@ async fn symbolic_links_that_leave_the_agents_path_are_refused() {
     assert!(file_in(&report, "alpha/shared.db")["problem"].is_null());
 
     let backups = dir.path().join("backups");
-    let mut backup = backfill(None);
-    backup
-        .arg("--backup")
-        .arg("--agents-path")
-        .arg(&agents)
-        .arg("--backup-path")
-        .arg(&backups);
-    let out = finish(backup, "the backup");
+    let out = back_up(&agents, &backups);
     let text = said(&out);
     assert_eq!(out.status.code(), Some(3), "{text}");
     assert!(text.contains("not backed up: alpha/stolen.db"), "{text}");
@@ -327,16 +317,8 @@ async fn a_copied_agent_folder_moves_under_ids_of_its_own() {
     library_agent(&agents, &a).await;
     copy_folder(&agents.join("a"), &agents.join("b"));
     let db = TestDatabase::migrated().await;
-    let run = || {
-        let mut run = backfill(Some(&db));
-        run.arg("--agents-path")
-            .arg(&agents)
-            .arg("--report-dir")
-            .arg(dir.path());
-        finish(run, "the run")
-    };
     for attempt in ["first", "second"] {
-        let out = run();
+        let out = migrate(&db, &agents, dir.path());
         assert_eq!(out.status.code(), Some(0), "{attempt} run: {}", said(&out));
     }
     let pg = db.backend().await;
@@ -357,9 +339,7 @@ async fn a_copied_agent_folder_moves_under_ids_of_its_own() {
         assert_eq!(pg.list_metrics(agent, &listing).await.unwrap().len(), 1);
         assert_eq!(pg.list_executions(agent, &listing).await.unwrap().len(), 1);
     }
-    let mut verify = backfill(Some(&db));
-    verify.arg("--verify").arg("--agents-path").arg(&agents);
-    let out = finish(verify, "--verify");
+    let out = program(Some(&db), &agents, &["--verify"]);
     assert_eq!(out.status.code(), Some(0), "{}", said(&out));
 }
 
@@ -409,15 +389,11 @@ async fn a_missing_report_folder_stops_the_run_before_it_writes() {
         (a_file, "not a folder"),
     ] {
         for dry_run in [false, true] {
-            let mut run = backfill(Some(&db));
-            run.arg("--agents-path")
-                .arg(&agents)
-                .arg("--report-dir")
-                .arg(&report_dir);
+            let mut args = vec!["--report-dir", text(&report_dir)];
             if dry_run {
-                run.arg("--dry-run");
+                args.push("--dry-run");
             }
-            let out = finish(run, "the run");
+            let out = program(Some(&db), &agents, &args);
             let text = said(&out);
             assert_eq!(out.status.code(), Some(2), "{text}");
             assert!(
@@ -501,13 +477,7 @@ async fn unreadable_files_have_an_exit_status_and_a_reason_of_their_own() {
     legacy_file(&agents.join("bad\u{7}name/data.db"), &memory_table(2)).await;
     let db = TestDatabase::migrated().await;
 
-    let mut dry = backfill(None);
-    dry.arg("--dry-run")
-        .arg("--agents-path")
-        .arg(&agents)
-        .arg("--report-dir")
-        .arg(dir.path());
-    let out = finish(dry, "the dry run");
+    let out = dry_run(&agents, dir.path());
     let (_, report) = printed_report(&out);
     for file in ["alpha/notes.db", "bad\u{7}name/data.db"] {
         assert!(
@@ -516,12 +486,7 @@ async fn unreadable_files_have_an_exit_status_and_a_reason_of_their_own() {
         );
     }
 
-    let mut run = backfill(Some(&db));
-    run.arg("--agents-path")
-        .arg(&agents)
-        .arg("--report-dir")
-        .arg(dir.path());
-    let out = finish(run, "the run");
+    let out = migrate(&db, &agents, dir.path());
     assert_eq!(out.status.code(), Some(3), "{}", said(&out));
     let mut conn = connect(&db).await;
     assert_eq!(
@@ -530,32 +495,22 @@ async fn unreadable_files_have_an_exit_status_and_a_reason_of_their_own() {
     );
 
     // Failed rows keep their own status, 1, also with unreadable files beside them: a
-    // role that may read the contract tables but not insert into them.
-    let role = format!("limited_{}", uuid::Uuid::new_v4().simple());
-    let sql = format!(
-        "create role {role} login password 'limited-pw';
-         grant usage on schema agent_memory to {role};
-         grant select, insert, update, delete on all tables in schema agent_memory to {role};
-         grant usage on all sequences in schema agent_memory to {role};
-         grant select on all tables in schema public to {role};
-         grant insert, update on agents to {role};"
-    );
-    sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    legacy_file(&agents.join("gamma/m.db"), &memory_table(2)).await;
-    let mut url = url::Url::parse(&db.url).unwrap();
-    url.set_username(&role).unwrap();
-    url.set_password(Some("limited-pw")).unwrap();
-    let mut limited = backfill(None);
-    limited
-        .env("DATABASE_URL", url.as_str())
-        .arg("--agents-path")
-        .arg(&agents)
-        .arg("--report-dir")
-        .arg(dir.path());
-    let out = finish(limited, "the run that may not insert");
+    // new file whose metrics PostgreSQL refuses.
+    sqlx::raw_sql(
+        "create function refuse_metrics() returns trigger language plpgsql
+           as $$ begin raise exception 'metrics refused here'; end $$;
+         create trigger refuse_metrics before insert on agent_metrics
+           for each row execute function refuse_metrics();",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    legacy_file(
+        &agents.join("gamma/m.db"),
+        "create table metrics (name text, value real); insert into metrics values ('m', 1);",
+    )
+    .await;
+    let out = migrate(&db, &agents, dir.path());
     assert_eq!(out.status.code(), Some(1), "{}", said(&out));
 
     let help = finish(
@@ -763,17 +718,7 @@ async fn a_backup_that_runs_out_of_space_leaves_no_partial_files() {
     let Some(disk) = SmallDisk::mount("256k") else {
         return;
     };
-    let backup = |to: &Path| {
-        let mut backup = backfill(None);
-        backup
-            .arg("--backup")
-            .arg("--agents-path")
-            .arg(&agents)
-            .arg("--backup-path")
-            .arg(to);
-        finish(backup, "the backup")
-    };
-    let out = backup(disk.0.path());
+    let out = back_up(&agents, disk.0.path());
     let text = said(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("not backed up: beta/big.db"), "{text}");
@@ -790,7 +735,7 @@ async fn a_backup_that_runs_out_of_space_leaves_no_partial_files() {
     let Some(tiny) = SmallDisk::mount("8k") else {
         return;
     };
-    let out = backup(tiny.0.path());
+    let out = back_up(&agents, tiny.0.path());
     let text = said(&out);
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("was removed"), "{text}");
