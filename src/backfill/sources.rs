@@ -209,6 +209,7 @@ mod tests {
                 agent: Ok("a".into()),
                 kind: "legacy",
                 problem: None,
+                claimed_elsewhere: false,
                 tables: Vec::new(),
             })
             .collect();
