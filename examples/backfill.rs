@@ -40,8 +40,8 @@
 //! - 0: every readable row is in PostgreSQL and every file was read (a dry run: its
 //!   report was written; it lists problem files, with the reason for each);
 //! - 1: rows failed, a file's reading stopped part way (a signal too), `--verify` found
-//!   differences, or `--backup` could not copy a file (the report or the output says
-//!   which);
+//!   differences, `--backup` could not copy a file, or `--strict` found tables neither
+//!   mapped nor excluded (the report or the output says which);
 //! - 2: an error stopped the run (arguments, the database, the report folder);
 //! - 3: every readable row is in PostgreSQL, but some files could not be used at all
 //!   (unreadable, corrupt, not SQLite, not a regular file, a symbolic link out of the
@@ -155,7 +155,7 @@ struct Cli {
 const EXIT_STATUS: &str = "Exit status:
   0  every readable row is in PostgreSQL, every file was read (a dry run: report written)
   1  rows failed, a file's reading stopped part way (a signal too), --verify found
-     differences, or --backup could not copy a file
+     differences, --backup could not copy a file, or --strict found unmapped tables
   2  an error stopped the run (arguments, the database, the report folder)
   3  every readable row is in, but some files could not be used at all (unreadable,
      corrupt, not SQLite, not a regular file, a link out of the agents path, no agent);
