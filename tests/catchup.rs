@@ -524,3 +524,34 @@ async fn a_run_stopped_inside_a_table_deletes_nothing_it_did_not_read() {
     run(&db, dir.path()).await;
     assert_mirrors(&mut conn, dir.path(), &[]).await;
 }
+
+#[tokio::test]
+async fn a_database_from_an_older_version_gets_the_catch_up_bookkeeping() {
+    let dir = tempfile::tempdir().unwrap();
+    legacy_file(
+        &dir.path().join("alpha/main.db"),
+        "create table memory (key text, content text); insert into memory values ('a', '1');",
+    )
+    .await;
+    let db = TestDatabase::migrated().await;
+    // The bookkeeping as the version before catch-up runs made it.
+    PostgresBackend::connect(&db.url).await.unwrap().close().await;
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    sqlx::raw_sql(
+        "drop table agent_memory.backfill_tables, agent_memory.backfill_chunks;
+         alter table agent_memory.backfill_runs drop column source, drop column host,
+             drop column agents_path, drop column options;",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    run(&db, dir.path()).await;
+    let again = run(&db, dir.path()).await;
+    assert_eq!(again.totals.inserted, 0, "{again:#?}");
+    let tables: i64 =
+        sqlx::query_scalar("select count(*) from agent_memory.backfill_tables")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    assert_eq!(tables, 1);
+}

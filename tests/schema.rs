@@ -203,8 +203,10 @@ async fn migrations_create_exactly_the_contract_tables() {
     assert_eq!(
         bookkeeping.keys().collect::<Vec<_>>(),
         [
+            "backfill_chunks",
             "backfill_progress",
             "backfill_runs",
+            "backfill_tables",
             "memory_tombstones",
             "owed_writes",
             "schema_migrations",

@@ -93,14 +93,21 @@ pub(crate) async fn ensure_bookkeeping(pool: &PgPool) -> Result<()> {
             .into(),
         source: Box::new(e),
     };
+    // Every table and the last column each bookkeeping file adds: a database made by an
+    // older version gets what it lacks.
     let present: bool = sqlx::query_scalar(
-        "select count(*) = 6 and exists (
-                select 1 from information_schema.columns where table_schema = 'agent_memory'
-                and table_name = 'owed_writes' and column_name = 'parked_at')
+        "select count(*) = 8
+            and exists (select 1 from information_schema.columns
+                        where table_schema = 'agent_memory' and table_name = 'owed_writes'
+                          and column_name = 'parked_at')
+            and exists (select 1 from information_schema.columns
+                        where table_schema = 'agent_memory' and table_name = 'backfill_runs'
+                          and column_name = 'options')
          from information_schema.tables
          where table_schema = 'agent_memory'
            and table_name in ('schema_migrations', 'memory_tombstones', 'owed_writes',
-                              'backfill_runs', 'backfill_progress', 'tool_tombstones')",
+                              'backfill_runs', 'backfill_progress', 'tool_tombstones',
+                              'backfill_tables', 'backfill_chunks')",
     )
     .fetch_one(pool)
     .await
