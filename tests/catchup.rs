@@ -535,7 +535,11 @@ async fn a_database_from_an_older_version_gets_the_catch_up_bookkeeping() {
     .await;
     let db = TestDatabase::migrated().await;
     // The bookkeeping as the version before catch-up runs made it.
-    PostgresBackend::connect(&db.url).await.unwrap().close().await;
+    PostgresBackend::connect(&db.url)
+        .await
+        .unwrap()
+        .close()
+        .await;
     let mut conn = PgConnection::connect(&db.url).await.unwrap();
     sqlx::raw_sql(
         "drop table agent_memory.backfill_tables, agent_memory.backfill_chunks;
@@ -548,10 +552,9 @@ async fn a_database_from_an_older_version_gets_the_catch_up_bookkeeping() {
     run(&db, dir.path()).await;
     let again = run(&db, dir.path()).await;
     assert_eq!(again.totals.inserted, 0, "{again:#?}");
-    let tables: i64 =
-        sqlx::query_scalar("select count(*) from agent_memory.backfill_tables")
-            .fetch_one(&mut conn)
-            .await
-            .unwrap();
+    let tables: i64 = sqlx::query_scalar("select count(*) from agent_memory.backfill_tables")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
     assert_eq!(tables, 1);
 }

@@ -66,11 +66,11 @@ pub(crate) fn file_stamp(path: &Path) -> Option<String> {
 }
 
 /// Bytes 24..28 of the header: the change counter, bumped by every rollback-journal
-/// commit.
+/// commit. Only a regular file is opened, never waiting (a FIFO gives no stamp).
 fn header_counter(path: &Path) -> Option<u32> {
     use std::io::Read;
     let mut header = [0u8; 28];
-    std::fs::File::open(path)
+    crate::legacy::regular_file(path)
         .ok()?
         .read_exact(&mut header)
         .ok()?;

@@ -17,7 +17,7 @@ use crate::error::{Chain, Error, Fault, Result};
 use crate::json::Json;
 use crate::legacy::{
     ContractRecord, ContractRow, Decision, Found, Observed, Probe, RowOrigin, Source, SourceRow,
-    TableInfo, TableKind, TableSpec, Target, convert_row, discover, read_own_records,
+    TableInfo, TableKind, TableSpec, Target, convert_row, find, read_own_records,
     read_own_tombstones, read_own_tool_tombstones, row_id, suggest,
 };
 use crate::record::AgentId;
@@ -143,7 +143,7 @@ impl Run<'_> {
     }
 
     pub(crate) async fn all(&mut self) -> Result<()> {
-        let found = discover(&self.options.agents_path, &self.options.read).await;
+        let found = find(&self.options.agents_path);
         for file in &found {
             // A stop requested ends the run between files; the files left are not listed.
             if self.options.stop.is_requested() {
@@ -222,8 +222,23 @@ impl Run<'_> {
         }
         // Taken before the file is read, so a write during the read changes it.
         let stamp = catchup::file_stamp(&found.path);
-        let outcome = match Source::open(&found.path, &self.options.read).await {
-            Ok(mut source) => match found.probe {
+        // Each file is opened once, and probed then.
+        let opened = match Source::open(&found.path, &self.options.read).await {
+            Ok(mut source) => source.probe().await.map(|probe| (source, probe)),
+            Err(err) => Err(err),
+        };
+        let (mut source, probe) = match opened {
+            Ok(opened) => opened,
+            Err(err) => {
+                report.kind = Probe::Problem(String::new()).kind();
+                report.problem = Some(Chain(&err).to_string());
+                let _ = self.claim(&found.source_db, false).await;
+                return report;
+            }
+        };
+        report.kind = probe.kind();
+        let outcome = {
+            match probe {
                 Probe::Own => {
                     self.own_file_if_changed(
                         &mut source,
@@ -238,8 +253,7 @@ impl Run<'_> {
                     self.legacy_file(&mut source, &agent, found, stamp.as_deref(), &mut report)
                         .await
                 }
-            },
-            Err(err) => Err(err),
+            }
         };
         if let Err(err) = outcome {
             report.problem = Some(Chain(&err).to_string());

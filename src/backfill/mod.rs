@@ -160,25 +160,30 @@ pub async fn dry_run(options: &BackfillOptions) -> Report {
 /// is sized by; files that cannot be read count as nothing.
 pub async fn count_rows(options: &BackfillOptions) -> u64 {
     let mut total = 0;
-    for found in crate::legacy::discover(&options.agents_path, &options.read).await {
+    for found in crate::legacy::find(&options.agents_path) {
+        if matches!(found.probe, crate::legacy::Probe::Problem(_)) {
+            continue;
+        }
         let Ok(mut source) = crate::legacy::Source::open(&found.path, &options.read).await else {
             continue;
         };
-        let tables: Vec<String> = match found.probe {
-            crate::legacy::Probe::Problem(_) => continue,
-            crate::legacy::Probe::Own => crate::legacy::Target::ALL
+        let tables: Vec<String> = match source.probe().await {
+            Err(_) | Ok(crate::legacy::Probe::Problem(_)) => continue,
+            Ok(crate::legacy::Probe::Own) => crate::legacy::Target::ALL
                 .iter()
                 .map(|t| t.table().to_string())
                 .collect(),
-            crate::legacy::Probe::Legacy => match source.tables().await {
-                Ok(tables) => tables
-                    .into_iter()
-                    .filter(|t| t.skip_reason().is_none())
-                    .filter(|t| options.map.spec(&found.source_db, &t.name).is_some())
-                    .map(|t| t.name)
-                    .collect(),
-                Err(_) => continue,
-            },
+            Ok(crate::legacy::Probe::Legacy | crate::legacy::Probe::Unopened) => {
+                match source.tables().await {
+                    Ok(tables) => tables
+                        .into_iter()
+                        .filter(|t| t.skip_reason().is_none())
+                        .filter(|t| options.map.spec(&found.source_db, &t.name).is_some())
+                        .map(|t| t.name)
+                        .collect(),
+                    Err(_) => continue,
+                }
+            }
         };
         for table in tables {
             total += source.count(&table).await.unwrap_or(0);

@@ -33,6 +33,9 @@ pub enum Probe {
     /// A SQLite database of the library's own layout (it has `agent_memory_schema`):
     /// its rows move as themselves.
     Own,
+    /// Found by [`find`] and not opened yet: what it is shows when it is opened
+    /// ([`Source::probe`]).
+    Unopened,
     /// Not usable; the message names the file and says what is wrong.
     Problem(String),
 }
@@ -41,7 +44,7 @@ impl Probe {
     /// A one-word name for reports: `legacy`, `library` or `problem`.
     pub fn kind(&self) -> &'static str {
         match self {
-            Probe::Legacy => "legacy",
+            Probe::Legacy | Probe::Unopened => "legacy",
             Probe::Own => "library",
             Probe::Problem(_) => "problem",
         }
@@ -71,6 +74,19 @@ impl Probe {
 /// - a link to a folder inside the agents path is not followed: its files are read at
 ///   their own place, and a link loop cannot trap the walk.
 pub async fn discover(agents_path: &Path, options: &ReadOptions) -> Vec<Found> {
+    let mut found = find(agents_path);
+    for file in &mut found {
+        if file.probe == Probe::Unopened {
+            file.probe = probe(&file.path, options).await;
+        }
+    }
+    found
+}
+
+/// What [`discover`] finds, without opening any file: every database file as
+/// [`Probe::Unopened`] (or a problem found on the way), for a caller that opens each
+/// file once and probes it then ([`Source::probe`]).
+pub fn find(agents_path: &Path) -> Vec<Found> {
     let mut walk = Walk {
         // Links are judged against the real agents path (it may itself be a link).
         root: std::fs::canonicalize(agents_path).unwrap_or_else(|_| agents_path.to_path_buf()),
@@ -82,12 +98,11 @@ pub async fn discover(agents_path: &Path, options: &ReadOptions) -> Vec<Found> {
     let mut found = Vec::new();
     for (path, read) in walk.files {
         let (source_db, agent) = place(agents_path, &path);
-        let probe = probe(&read, options).await;
         found.push(Found {
             path: read,
             source_db,
             agent,
-            probe,
+            probe: Probe::Unopened,
         });
     }
     for (path, problem) in walk.problems {
@@ -210,10 +225,20 @@ async fn probe(path: &Path, options: &ReadOptions) -> Probe {
         Ok(source) => source,
         Err(e) => return described(e),
     };
-    match source.has_table(OWN_SCHEMA_TABLE).await {
-        Ok(true) => Probe::Own,
-        Ok(false) => Probe::Legacy,
-        Err(e) => described(e),
+    source.probe().await.unwrap_or_else(described)
+}
+
+impl Source {
+    /// What the open file is: of the library's own layout (it has `agent_memory_schema`)
+    /// or a legacy database.
+    ///
+    /// # Errors
+    /// [`Error::SqliteFile`] when its schema cannot be read.
+    pub async fn probe(&mut self) -> crate::error::Result<Probe> {
+        Ok(match self.has_table(OWN_SCHEMA_TABLE).await? {
+            true => Probe::Own,
+            false => Probe::Legacy,
+        })
     }
 }
 

@@ -56,7 +56,7 @@ use std::path::Path;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::discover::{Probe, discover};
+use super::discover::{Probe, find};
 use super::open::{ReadOptions, Source};
 use super::read::{SourceRow, TableInfo, TableKind};
 use super::time::{TIME_COLUMNS, parse_time_value};
@@ -407,13 +407,16 @@ pub struct SurveyFile {
 /// only their schemas.
 pub async fn survey(agents_path: &Path, options: &ReadOptions) -> Vec<SurveyFile> {
     let mut files = Vec::new();
-    for found in discover(agents_path, options).await {
-        if found.probe != Probe::Legacy {
+    for found in find(agents_path) {
+        if found.probe != Probe::Unopened {
             continue;
         }
         let Ok(mut source) = Source::open(&found.path, options).await else {
             continue;
         };
+        if !matches!(source.probe().await, Ok(Probe::Legacy)) {
+            continue;
+        }
         if let Ok(tables) = source.tables().await {
             files.push(SurveyFile {
                 source_db: found.source_db.clone(),

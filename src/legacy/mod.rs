@@ -8,7 +8,8 @@
 //! a legacy file; the backfill moves files of the library's own layout the same way
 //! ([`read_own_records`]).
 //!
-//! - [`discover`] walks the agents path and probes every `*.db`, `*.sqlite`, `*.sqlite3`
+//! - [`find`] walks the agents path without opening anything; [`discover`] also probes
+//!   every `*.db`, `*.sqlite`, `*.sqlite3`
 //!   file ([`Found`]): a legacy database, a file of the library's own layout, or a
 //!   problem stated per file.
 //! - [`Source`] opens one file without disturbing it (see its docs for the read-only and
@@ -38,13 +39,15 @@ mod row;
 mod time;
 mod value;
 
-pub use discover::{Found, Probe, discover};
+pub use discover::{Found, Probe, discover, find};
 #[cfg(feature = "postgres")]
 pub(crate) use embedding::embedding_of;
 pub use map::{
     DEFAULT_SEPARATOR, Decision, KeyRule, MapCheck, Observed, Suggestion, SurveyFile, TableMap,
     TableSpec, TimeRule, file_matches, suggest, survey,
 };
+#[cfg(feature = "postgres")]
+pub(crate) use open::regular_file;
 pub use open::{OpenStrategy, ReadOptions};
 #[cfg(feature = "postgres")]
 pub(crate) use own::{read_own_tombstones, read_own_tool_tombstones};

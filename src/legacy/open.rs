@@ -172,7 +172,7 @@ fn read_header(path: &Path) -> Result<[u8; 100]> {
 /// so a file swapped for a FIFO in between is refused too rather than waited on. SQLite
 /// opens the path once more after this check: a FIFO put in its place in that instant
 /// is the one case left.
-fn regular_file(path: &Path) -> Result<std::fs::File> {
+pub(crate) fn regular_file(path: &Path) -> Result<std::fs::File> {
     let unreadable =
         |e: std::io::Error| file_error(path, "cannot be read; check its permissions", Box::new(e));
     let refuse = |kind: std::fs::FileType| {
