@@ -383,16 +383,26 @@ pub(crate) async fn sync_batch(
         if let Some(sql) = deletes {
             done.outranked += sqlx::raw_sql(sql).execute(&mut *tx).await?.rows_affected();
         }
-        let (same, other): (i64, i64) = sqlx::query_as(AssertSqlSafe(library_kept(target)))
-            .fetch_one(&mut *tx)
-            .await?;
-        done.unchanged += same.unsigned_abs();
-        done.outranked += other.unsigned_abs();
-        if !batch.force {
-            done.unchanged += sqlx::query(AssertSqlSafe(unchanged(target)))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
+        // On a first load none of the ids is there yet: one probe of the id index spares
+        // the statements that compare with rows already there.
+        let present: bool = sqlx::query_scalar(AssertSqlSafe(format!(
+            "select exists (select 1 from am_stage s join {} m on m.id = s.id)",
+            target.table()
+        )))
+        .fetch_one(&mut *tx)
+        .await?;
+        if present {
+            let (same, other): (i64, i64) = sqlx::query_as(AssertSqlSafe(library_kept(target)))
+                .fetch_one(&mut *tx)
+                .await?;
+            done.unchanged += same.unsigned_abs();
+            done.outranked += other.unsigned_abs();
+            if !batch.force {
+                done.unchanged += sqlx::query(AssertSqlSafe(unchanged(target)))
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+            }
         }
         let steps: &[&'static str] = match target {
             Target::Memories => &[MEMORY_RANK_IN_BATCH, MEMORY_DEMOTE_OLDER, MEMORY_KEEP_OUT],
@@ -402,7 +412,7 @@ pub(crate) async fn sync_batch(
         for step in steps {
             sqlx::raw_sql(*step).execute(&mut *tx).await?;
         }
-        if target == Target::Memories {
+        if present && target == Target::Memories {
             keys_left = sqlx::query_as(MEMORY_KEYS_LEFT).fetch_all(&mut *tx).await?;
         }
         let (update, insert) = match target {
@@ -411,10 +421,12 @@ pub(crate) async fn sync_batch(
             Target::Metrics => (METRIC_UPDATE, METRIC_INSERT),
             Target::Executions => (EXECUTION_UPDATE, EXECUTION_INSERT),
         };
-        done.updated += sqlx::raw_sql(update)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        if present {
+            done.updated += sqlx::raw_sql(update)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
         let staged = batch.rows.len() as u64 - done.unchanged - done.outranked;
         done.inserted += sqlx::raw_sql(insert)
             .execute(&mut *tx)
