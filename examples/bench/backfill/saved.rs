@@ -19,6 +19,18 @@ struct Saved {
     client_side: ClientSide,
     loads: Loads,
     ratios: Vec<Ratio>,
+    /// Absent from results saved before catch-up runs were timed.
+    #[serde(default)]
+    catch_up: Option<CatchUp>,
+}
+
+/// The catch-up runs, as `catchup::time_catch_ups` saves them.
+#[derive(Debug, Deserialize)]
+struct CatchUp {
+    first_seconds: f64,
+    unchanged_seconds: f64,
+    one_percent_changed_seconds: f64,
+    changed_rows: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,6 +187,36 @@ fn markdown(saved: &Saved, pgloader: &std::result::Result<Load, String>) -> Stri
          converting and encoding the rows as COPY text, without a database.\n\n",
     );
     out.push_str(&saved.client_side.stages.table().markdown());
+
+    if let Some(c) = &saved.catch_up {
+        out.push_str(&format!(
+            "\nCatch-up runs: the backfill run again over the same file into the database of a \
+             first run, once unchanged (nothing is read) and once after {} rows (1%) changed \
+             in place (every row read and digested, the changed ones sent):\n\n",
+            thousands(c.changed_rows as f64, 0)
+        ));
+        let ratio = |s: f64| format!("{:.3}", s / c.first_seconds);
+        out.push_str(&markdown_table(
+            &["run", "seconds", "of the first run"],
+            &[
+                vec![
+                    "first run".into(),
+                    format!("{:.1}", c.first_seconds),
+                    "1.000".into(),
+                ],
+                vec![
+                    "catch-up, file unchanged".into(),
+                    format!("{:.2}", c.unchanged_seconds),
+                    ratio(c.unchanged_seconds),
+                ],
+                vec![
+                    "catch-up, 1% of rows changed".into(),
+                    format!("{:.1}", c.one_percent_changed_seconds),
+                    ratio(c.one_percent_changed_seconds),
+                ],
+            ],
+        ));
+    }
 
     let quarter = &loads.backfill_quarter;
     if let Some(statements) = quarter.statements.as_deref().filter(|s| !s.is_empty()) {
