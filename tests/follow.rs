@@ -575,3 +575,49 @@ async fn moving_two_unnamed_trees_with_the_same_paths_in_turn_warns() {
     }
     assert!(said.contains(warning), "the warning is printed too: {said}");
 }
+
+/// A follow killed with -9 cannot record that it stopped: the next run marks it
+/// abandoned, as it does a run left `running`; a live follow is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follow_killed_with_sigkill_is_marked_abandoned_by_the_next_run() {
+    let Started {
+        dir,
+        agents,
+        mut conn,
+        mut follower,
+        _db: db,
+    } = start_following("1").await;
+    let follow_status = |runs: Vec<(String, String, Option<Value>)>| {
+        runs.into_iter()
+            .find(|(id, _, _)| id.starts_with("follow-"))
+            .map(|(_, status, _)| status)
+    };
+    // While it lives, another run does not touch its record.
+    let other = backfill(&db, &agents)
+        .arg("--report-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(other.status.success(), "{other:?}");
+    assert_eq!(
+        follow_status(runs(&mut conn).await).as_deref(),
+        Some("following")
+    );
+    follower.signal("KILL");
+    follower.exit().await;
+    assert_eq!(
+        follow_status(runs(&mut conn).await).as_deref(),
+        Some("following"),
+        "a killed follow records nothing"
+    );
+    let next = backfill(&db, &agents)
+        .arg("--report-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(next.status.success(), "{next:?}");
+    assert_eq!(
+        follow_status(runs(&mut conn).await).as_deref(),
+        Some("abandoned")
+    );
+}

@@ -856,7 +856,7 @@ pub(crate) async fn connect(url: &str) -> Result<PgConnection> {
 }
 
 /// One connection to `target`, with errors that never show its password.
-async fn connect_to(target: &PgTarget) -> Result<PgConnection> {
+pub(crate) async fn connect_to(target: &PgTarget) -> Result<PgConnection> {
     PgConnection::connect_with(&target.options)
         .await
         .map_err(|e| Error::connect(&target.url, e))

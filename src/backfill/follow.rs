@@ -202,6 +202,9 @@ fn failures(report: &Report) -> Vec<String> {
 struct Record {
     pool: PgPool,
     id: String,
+    /// Holds the follow's session lock for its life, as a run holds its own: a later run
+    /// that can take it knows the follow's process is gone and marks it abandoned.
+    _alive: sqlx::PgConnection,
 }
 
 impl Record {
@@ -221,6 +224,21 @@ impl Record {
         .inspect_err(|err| tracing::warn!(error = %crate::Chain(err), "cannot record the follow"))
         .ok()?;
         let tree = Tree::of(options).ok()?;
+        let mut alive = super::engine::connect_to(target)
+            .await
+            .inspect_err(
+                |err| tracing::warn!(error = %crate::Chain(err), "cannot record the follow"),
+            )
+            .ok()?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "select pg_advisory_lock({})",
+            super::RUN_KEY
+        )))
+        .bind(&following.id)
+        .execute(&mut alive)
+        .await
+        .inspect_err(|err| tracing::warn!(error = %err, "cannot record the follow"))
+        .ok()?;
         let started = sqlx::query(
             "insert into agent_memory.backfill_runs
                (id, started_at, status, source, host, agents_path, report)
@@ -243,6 +261,7 @@ impl Record {
         Some(Record {
             pool,
             id: following.id.clone(),
+            _alive: alive,
         })
     }
 

@@ -248,8 +248,8 @@ pub async fn run(url: &str, options: &BackfillOptions, progress: &dyn Progress) 
         .await
         .map_err(record)?;
     let running: Vec<String> = sqlx::query_scalar(
-        "select id from agent_memory.backfill_runs where status = 'running' and id <> $1
-         order by started_at",
+        "select id from agent_memory.backfill_runs
+         where status in ('running', 'following') and id <> $1 order by started_at",
     )
     .bind(&run_id)
     .fetch_all(&mut alive)
@@ -372,10 +372,11 @@ pub async fn recorded_map(
 }
 
 /// The key of run `$1`'s session lock, held while its worker lives.
-const RUN_KEY: &str = "hashtextextended('agent_memory.backfill-run:' || $1, 0)";
+pub(crate) const RUN_KEY: &str = "hashtextextended('agent_memory.backfill-run:' || $1, 0)";
 
-/// Marks run `run`, recorded as `running`, `abandoned` when no session holds its lock
-/// (its worker was killed, or lost its connection for good); returns whether it did.
+/// Marks run `run`, recorded as `running` (or a follow, `following`), `abandoned` when no
+/// session holds its lock (its worker was killed, or lost its connection for good);
+/// returns whether it did.
 /// A run whose lock is held is alive, however long it takes.
 async fn mark_abandoned(conn: &mut sqlx::PgConnection, run: &str) -> sqlx::Result<bool> {
     let free: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
@@ -390,7 +391,7 @@ async fn mark_abandoned(conn: &mut sqlx::PgConnection, run: &str) -> sqlx::Resul
     let marked = sqlx::query(
         "update agent_memory.backfill_runs set status = 'abandoned',
          finished_at = coalesce(finished_at, now())
-         where id = $1 and status = 'running'",
+         where id = $1 and status in ('running', 'following')",
     )
     .bind(run)
     .execute(&mut *conn)
