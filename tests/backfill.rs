@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use memshift::backend::Replica as _;
 use memshift::backfill::{self, BackfillOptions};
-use memshift::legacy::{self, ContractRecord, ReadOptions, Source, TableKind, TableMap};
+use memshift::legacy::{self, ContractRecord, TableMap};
 use memshift::testing::postgres::TestDatabase;
 use memshift::testing::scenarios::{assert_awkward_values, store_awkward_values};
 use memshift::{AgentId, Listing, Memory, MemoryBackend, SqliteBackend, Tool};
@@ -88,37 +88,11 @@ fn no_time() -> chrono::DateTime<chrono::Utc> {
 
 /// Every row the legacy layer makes of the tree, by id: what PostgreSQL must hold.
 async fn expected(root: &Path) -> Vec<(uuid::Uuid, legacy::ContractRow)> {
-    let map = TableMap::new();
-    let mut rows = Vec::new();
-    for found in legacy::discover(root, &ReadOptions::default()).await {
-        if found.probe != legacy::Probe::Legacy {
-            continue;
-        }
-        let agent = found.agent.clone().unwrap();
-        let mut source = Source::open(&found.path, &ReadOptions::default())
-            .await
-            .unwrap();
-        for table in source.tables().await.unwrap() {
-            let (TableKind::Data { .. }, Some(spec)) =
-                (&table.kind, map.spec(&found.source_db, &table.name))
-            else {
-                continue;
-            };
-            let origin = legacy::RowOrigin {
-                agent: &agent,
-                source: "",
-                source_db: &found.source_db,
-            };
-            let mut batches = source.rows(&table);
-            while let Some(batch) = batches.next_batch().await.unwrap() {
-                for row in batch {
-                    let converted =
-                        legacy::convert_row(&origin, &table, &spec, &row, no_time()).unwrap();
-                    rows.push((converted.record.id(), converted));
-                }
-            }
-        }
-    }
+    let mut rows: Vec<_> = common::legacy_rows(root, &TableMap::new(), no_time())
+        .await
+        .into_iter()
+        .map(|row| (row.record.id(), row))
+        .collect();
     rows.sort_by_key(|(id, _)| *id);
     rows
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use memshift::backfill::{self, BackfillOptions, Report};
-use memshift::legacy::{self, ReadOptions, RowOrigin, Source, TableKind, TableMap, Target};
+use memshift::legacy::{self, RowOrigin, TableMap, Target};
 use memshift::testing::postgres::TestDatabase;
 use memshift::{AgentId, Memory, MemoryBackend, PostgresBackend};
 use serde_json::json;
@@ -60,41 +60,14 @@ fn walk(root: &Path) -> Vec<std::path::PathBuf> {
 /// What PostgreSQL must hold of the legacy tables under `root`: every row as the
 /// contract converts it, by id (content only).
 async fn sources(root: &Path, map: &TableMap) -> BTreeMap<uuid::Uuid, (Target, String)> {
-    let mut rows = BTreeMap::new();
-    for found in legacy::discover(root, &ReadOptions::default()).await {
-        if found.probe != legacy::Probe::Legacy {
-            continue;
-        }
-        let agent = found.agent.clone().unwrap();
-        let mut source = Source::open(&found.path, &ReadOptions::default())
-            .await
-            .unwrap();
-        for table in source.tables().await.unwrap() {
-            let (TableKind::Data { .. }, Some(spec)) =
-                (&table.kind, map.spec(&found.source_db, &table.name))
-            else {
-                continue;
-            };
-            let origin = RowOrigin {
-                agent: &agent,
-                source: "",
-                source_db: &found.source_db,
-            };
-            let mut batches = source.rows(&table);
-            while let Some(batch) = batches.next_batch().await.unwrap() {
-                for row in batch {
-                    let converted =
-                        legacy::convert_row(&origin, &table, &spec, &row, chrono::Utc::now())
-                            .unwrap();
-                    rows.insert(
-                        converted.record.id(),
-                        (spec.target, converted.record.content().to_string()),
-                    );
-                }
-            }
-        }
-    }
-    rows
+    common::legacy_rows(root, map, chrono::Utc::now())
+        .await
+        .into_iter()
+        .map(|row| {
+            let id = row.record.id();
+            (id, (row.record.target(), row.record.content().to_string()))
+        })
+        .collect()
 }
 
 /// Every row PostgreSQL holds that came from a legacy table, by id.

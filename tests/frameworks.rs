@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use memshift::legacy::{self, ReadOptions, Source, TableKind, TableMap, Target};
+use memshift::legacy::{self, ReadOptions, TableMap, Target};
 use memshift::testing::postgres::TestDatabase;
 use memshift::{AgentId, Memory, MemoryBackend};
 use serde_json::{Value, json};
@@ -137,7 +137,6 @@ async fn expected(agents: &Path) -> BTreeMap<uuid::Uuid, Want> {
     let map = MAPS.iter().fold(TableMap::new(), |map, (table, target)| {
         map.with(*table, *target)
     });
-    let mut rows = BTreeMap::new();
     for found in legacy::discover(agents, &ReadOptions::default()).await {
         assert_eq!(
             found.probe,
@@ -145,47 +144,27 @@ async fn expected(agents: &Path) -> BTreeMap<uuid::Uuid, Want> {
             "{} is a legacy file",
             found.source_db
         );
-        let agent = found.agent.clone().unwrap();
-        let mut source = Source::open(&found.path, &ReadOptions::default())
-            .await
-            .unwrap();
-        for table in source.tables().await.unwrap() {
-            let (TableKind::Data { .. }, Some(spec)) =
-                (&table.kind, map.spec(&found.source_db, &table.name))
-            else {
-                continue;
-            };
-            let origin = legacy::RowOrigin {
-                agent: &agent,
-                source: "",
-                source_db: &found.source_db,
-            };
-            let mut batches = source.rows(&table);
-            while let Some(batch) = batches.next_batch().await.unwrap() {
-                for row in batch {
-                    let converted =
-                        legacy::convert_row(&origin, &table, &spec, &row, no_time()).unwrap();
-                    let record = &converted.record;
-                    let mut metadata = Value::Object(record.metadata().clone());
-                    metadata.as_object_mut().unwrap().remove("migrated_at");
-                    let key = match record {
-                        legacy::ContractRecord::Memory(m) => m.key.clone(),
-                        _ => None,
-                    };
-                    let want = Want {
-                        table: record.target().table(),
-                        content: record.content().to_string(),
-                        created_at: Some(record.created_at()).filter(|at| *at != no_time()),
-                        metadata,
-                        key,
-                    };
-                    assert!(
-                        rows.insert(record.id(), want).is_none(),
-                        "two rows with one id"
-                    );
-                }
-            }
-        }
+    }
+    let mut rows = BTreeMap::new();
+    for converted in common::legacy_rows(agents, &map, no_time()).await {
+        let record = &converted.record;
+        let mut metadata = Value::Object(record.metadata().clone());
+        metadata.as_object_mut().unwrap().remove("migrated_at");
+        let key = match record {
+            legacy::ContractRecord::Memory(m) => m.key.clone(),
+            _ => None,
+        };
+        let want = Want {
+            table: record.target().table(),
+            content: record.content().to_string(),
+            created_at: Some(record.created_at()).filter(|at| *at != no_time()),
+            metadata,
+            key,
+        };
+        assert!(
+            rows.insert(record.id(), want).is_none(),
+            "two rows with one id"
+        );
     }
     rows
 }

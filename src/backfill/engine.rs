@@ -293,14 +293,10 @@ impl Run<'_> {
             };
             match catchup::forget(&mut db.conn, key, &target).await {
                 Ok(deleted) => out.deleted = deleted,
-                Err(err) => out.failed.push(Failure {
-                    rowids: None,
-                    rows: 0,
-                    reason: format!(
-                        "deleting the rows of a table gone from the file: {}",
-                        db.target.url.scrub(err)
-                    ),
-                }),
+                Err(err) => out.failed.push(Failure::table(format!(
+                    "deleting the rows of a table gone from the file: {}",
+                    db.target.url.scrub(err)
+                ))),
             }
             report.tables.push(out);
         }
@@ -396,11 +392,10 @@ impl Run<'_> {
         let recorded = match self.with_db(|conn| catchup::recorded(conn, key)).await {
             Ok(recorded) => recorded,
             Err(err) => {
-                out.failed.push(Failure {
-                    rowids: None,
-                    rows: 0,
-                    reason: format!("reading the table's catch-up record: {}", self.scrub(err)),
-                });
+                out.failed.push(Failure::table(format!(
+                    "reading the table's catch-up record: {}",
+                    self.scrub(err)
+                )));
                 return;
             }
         };
@@ -422,15 +417,11 @@ impl Run<'_> {
             {
                 Ok(_) => out.moved_from = Some(recorded.target.clone()),
                 Err(err) => {
-                    out.failed.push(Failure {
-                        rowids: None,
-                        rows: 0,
-                        reason: format!(
-                            "moving the table's rows out of {}: {}",
-                            recorded.target,
-                            self.scrub(err)
-                        ),
-                    });
+                    out.failed.push(Failure::table(format!(
+                        "moving the table's rows out of {}: {}",
+                        recorded.target,
+                        self.scrub(err)
+                    )));
                     return;
                 }
             }
@@ -438,11 +429,10 @@ impl Run<'_> {
         let mut chunks = match self.with_db(|conn| catchup::chunks(conn, key)).await {
             Ok(chunks) => chunks,
             Err(err) => {
-                out.failed.push(Failure {
-                    rowids: None,
-                    rows: 0,
-                    reason: format!("reading the table's chunks: {}", self.scrub(err)),
-                });
+                out.failed.push(Failure::table(format!(
+                    "reading the table's chunks: {}",
+                    self.scrub(err)
+                )));
                 return;
             }
         };
@@ -475,11 +465,8 @@ impl Run<'_> {
                 Ok(Some(batch)) => batch,
                 Ok(None) => break,
                 Err(err) => {
-                    out.failed.push(Failure {
-                        rowids: None,
-                        rows: 0,
-                        reason: format!("reading stopped: {}", Chain(&err)),
-                    });
+                    out.failed
+                        .push(Failure::table(format!("reading stopped: {}", Chain(&err))));
                     read_all = false;
                     break;
                 }
@@ -949,11 +936,10 @@ async fn unmapped_table(
     };
     match counted {
         Ok(rows) => out.read = rows,
-        Err(err) => out.failed.push(Failure {
-            rowids: None,
-            rows: 0,
-            reason: format!("counting its rows: {}", Chain(&err)),
-        }),
+        Err(err) => out.failed.push(Failure::table(format!(
+            "counting its rows: {}",
+            Chain(&err)
+        ))),
     }
 }
 

@@ -136,6 +136,17 @@ pub struct Failure {
     pub reason: String,
 }
 
+impl Failure {
+    /// A failure of the table as a whole (reading it, or its bookkeeping), naming no row.
+    pub(crate) fn table(reason: String) -> Self {
+        Failure {
+            rowids: None,
+            rows: 0,
+            reason,
+        }
+    }
+}
+
 /// Totals of a run.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Totals {

@@ -229,3 +229,45 @@ pub fn corpus(test: &str) -> Option<PathBuf> {
     }
     None
 }
+
+/// Every row of the mapped tables of every legacy file under `root` (files of the
+/// library's own layout left out), as the legacy layer converts it at `migrated_at`:
+/// what PostgreSQL must hold of them.
+pub async fn legacy_rows(
+    root: &Path,
+    map: &memshift::legacy::TableMap,
+    migrated_at: chrono::DateTime<chrono::Utc>,
+) -> Vec<memshift::legacy::ContractRow> {
+    use memshift::legacy::{self, ReadOptions, Source, TableKind};
+    let mut rows = Vec::new();
+    for found in legacy::discover(root, &ReadOptions::default()).await {
+        if found.probe != legacy::Probe::Legacy {
+            continue;
+        }
+        let agent = found.agent.clone().unwrap();
+        let mut source = Source::open(&found.path, &ReadOptions::default())
+            .await
+            .unwrap();
+        for table in source.tables().await.unwrap() {
+            let (TableKind::Data { .. }, Some(spec)) =
+                (&table.kind, map.spec(&found.source_db, &table.name))
+            else {
+                continue;
+            };
+            let origin = legacy::RowOrigin {
+                agent: &agent,
+                source: "",
+                source_db: &found.source_db,
+            };
+            let mut batches = source.rows(&table);
+            while let Some(batch) = batches.next_batch().await.unwrap() {
+                for row in batch {
+                    rows.push(
+                        legacy::convert_row(&origin, &table, &spec, &row, migrated_at).unwrap(),
+                    );
+                }
+            }
+        }
+    }
+    rows
+}
