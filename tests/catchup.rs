@@ -531,3 +531,68 @@ async fn a_database_from_an_older_version_gets_the_catch_up_bookkeeping() {
         .unwrap();
     assert_eq!(tables, 1);
 }
+
+/// A catch-up killed with -9 in the middle (a chunk's rows and its record commit in one
+/// transaction) is finished by the next run: PostgreSQL ends equal to the sources, every
+/// change moved once, no deleted row left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catch_up_killed_with_sigkill_is_finished_by_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<_> = (0..4)
+        .map(|i| dir.path().join(format!("agent{i}/data.db")))
+        .collect();
+    for file in &files {
+        legacy_file(file, &common::memory_table(3000)).await;
+    }
+    let db = TestDatabase::migrated().await;
+    run(&db, dir.path()).await;
+    for file in &files {
+        agent_writes(
+            file,
+            "update memory set content = content || ' (changed)';
+             delete from memory where rowid % 7 = 0;",
+        )
+        .await;
+    }
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    let mut child = std::process::Command::new(common::example_path("backfill"))
+        .arg("--postgres-url")
+        .arg(&db.url)
+        .arg("--agents-path")
+        .arg(dir.path())
+        .args(["--batch-size", "100", "--report-dir"])
+        .arg(dir.path())
+        .env_remove("DATABASE_URL")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let changed: i64 = sqlx::query_scalar(
+            "select count(*) from agent_memories where content like '%(changed)%'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        if changed > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no change moved"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let changed: i64 =
+        sqlx::query_scalar("select count(*) from agent_memories where content like '%(changed)%'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+    eprintln!("killed after {changed} of 10288 changed rows moved");
+    run(&db, dir.path()).await;
+    assert_mirrors(&mut conn, dir.path(), &[]).await;
+}
