@@ -388,7 +388,7 @@ fn summary(report: &Report) {
     }
 }
 
-async fn run(cli: Cli) -> Result<ExitCode, Error> {
+async fn run(cli: Cli) -> Result<u8, Error> {
     let mut options = options(&cli)?;
     let writes_report =
         !cli.backup && cli.rollback.is_none() && !cli.verify && cli.fill_embeddings.is_none();
@@ -435,9 +435,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
         }
         println!("{}", backup.dir.display());
         return Ok(match (failed.is_empty(), unusable) {
-            (false, _) => ExitCode::from(1),
-            (true, 0) => ExitCode::SUCCESS,
-            (true, _) => ExitCode::from(UNUSABLE_FILES),
+            (false, _) => 1,
+            (true, 0) => 0,
+            (true, _) => UNUSABLE_FILES,
         });
     }
     if cli.dry_run {
@@ -450,9 +450,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
                 "backfill: --strict: {} tables are neither mapped nor excluded",
                 unmapped.len()
             );
-            return Ok(ExitCode::from(1));
+            return Ok(1);
         }
-        return Ok(ExitCode::SUCCESS);
+        return Ok(0);
     }
     let url = cli.postgres_url.as_deref().ok_or_else(|| Error::Config {
         message: "no PostgreSQL URL: pass --postgres-url or set DATABASE_URL".into(),
@@ -463,7 +463,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             "{}",
             serde_json::json!({ "rolled_back": run_id, "deleted": deleted })
         );
-        return Ok(ExitCode::SUCCESS);
+        return Ok(0);
     }
     if cli.fill_embeddings.is_none() {
         reuse_maps(&cli, url, &mut options).await?;
@@ -508,11 +508,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             "{}",
             serde_json::to_string_pretty(&verification).unwrap_or_default()
         );
-        return Ok(if verification.passed() {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(1)
-        });
+        return Ok(if verification.passed() { 0 } else { 1 });
     }
     if cli.migrate {
         memshift::migrate_url(url).await?;
@@ -542,7 +538,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
             "{}",
             serde_json::to_string_pretty(&report).unwrap_or_default()
         );
-        return Ok(ExitCode::SUCCESS);
+        return Ok(0);
     }
     check_maps(&cli, &options).await?;
     stop_on_signals(&options.stop);
@@ -556,11 +552,11 @@ async fn run(cli: Cli) -> Result<ExitCode, Error> {
     summary(&report);
     println!("{}", report.write(&cli.report_dir)?.display());
     Ok(if !report.succeeded() || options.stop.is_requested() {
-        ExitCode::from(1)
+        1
     } else if report.unusable_files() {
-        ExitCode::from(UNUSABLE_FILES)
+        UNUSABLE_FILES
     } else {
-        ExitCode::SUCCESS
+        0
     })
 }
 
@@ -604,7 +600,7 @@ fn stop_on_signals(stop: &Stop) {
 
 /// `--follow`: rounds until a signal, a line per round that moved something (idle rounds
 /// a line a minute), a report file per recorded round and for the last one.
-async fn follow(url: &str, cli: &Cli, options: &BackfillOptions) -> Result<ExitCode, Error> {
+async fn follow(url: &str, cli: &Cli, options: &BackfillOptions) -> Result<u8, Error> {
     let interval = Duration::try_from_secs_f64(cli.interval)
         .ok()
         .filter(|i| !i.is_zero())
@@ -647,15 +643,15 @@ async fn follow(url: &str, cli: &Cli, options: &BackfillOptions) -> Result<ExitC
         Ok(())
     })
     .await?;
-    let mut code = ExitCode::SUCCESS;
+    let mut code: u8 = 0;
     if let Some((report, written)) = last {
         if !written {
             println!("{}", report.write(&cli.report_dir)?.display());
         }
         if !report.succeeded() {
-            code = ExitCode::from(1);
+            code = 1;
         } else if report.unusable_files() {
-            code = ExitCode::from(UNUSABLE_FILES);
+            code = UNUSABLE_FILES;
         }
     }
     eprintln!(
@@ -711,20 +707,56 @@ impl Idle {
 }
 
 // `pub(crate)`: src/bin/backfill.rs runs it as the installed program.
-#[tokio::main]
-pub(crate) async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
+pub(crate) fn main() -> ExitCode {
+    ExitCode::from(run_program("backfill", std::env::args_os()))
+}
+
+/// Runs the program as `name` on `args` (the first being the program's own name, as in
+/// `std::env::args_os`) and returns its exit status; the Python package's
+/// `python -m memshift.migrate` runs it this way. Logs go to stderr (`RUST_LOG`), unless
+/// the process already set up its own.
+pub(crate) fn run_program(
+    name: &'static str,
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> u8 {
+    use clap::{CommandFactory, FromArgMatches};
+
+    // A second run in the same process keeps the first run's subscriber.
+    let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn")),
         )
         .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()).await {
+        .try_init();
+    let cli = match Cli::command()
+        .name(name)
+        .bin_name(name)
+        .try_get_matches_from(args)
+        .and_then(|matches| Cli::from_arg_matches(&matches))
+    {
+        Ok(cli) => cli,
+        Err(err) => {
+            // --help and --version print to stdout and succeed; the rest are usage errors.
+            let _ = err.print();
+            return u8::try_from(err.exit_code()).unwrap_or(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("{name}: cannot start the async runtime: {err}");
+            return 2;
+        }
+    };
+    match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("backfill: {}", Chain(&err));
-            ExitCode::from(2)
+            2
         }
     }
 }

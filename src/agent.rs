@@ -94,6 +94,19 @@ impl AgentMemory {
         }
     }
 
+    /// Flushes and closes the backend ([`MemoryBackend::close`]): the clean end of a
+    /// process. Call it last.
+    ///
+    /// # Errors
+    /// When the bookkeeping cannot be written; the connections are closed all the same,
+    /// and nothing stored is lost.
+    pub async fn close(&self) -> Result<()> {
+        match &self.backend {
+            Some(backend) => backend.close().await,
+            None => Ok(()),
+        }
+    }
+
     /// Stores `data` (anything `Serialize`) under `key`, replacing what was there.
     ///
     /// `data` is written straight to JSON text, which is stored as it is: a struct's

@@ -192,6 +192,17 @@ pub trait MemoryBackend: Send + Sync + std::fmt::Debug {
     async fn flush(&self) -> Result<()> {
         Ok(())
     }
+
+    /// Finishes background bookkeeping as [`flush`](Self::flush) does, then closes the
+    /// connections the backend holds once the statements running on them finish: the
+    /// clean end of a process. Call it last: afterwards PostgreSQL calls fail, and SQLite
+    /// calls open their files again.
+    ///
+    /// # Errors
+    /// As [`flush`](Self::flush); the connections are closed all the same.
+    async fn close(&self) -> Result<()> {
+        self.flush().await
+    }
 }
 
 /// Opens the backend `config` selects.

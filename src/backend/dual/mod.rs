@@ -431,6 +431,15 @@ impl MemoryBackend for DualBackend {
         DualBackend::flush(self).await
     }
 
+    /// Flushes, then closes both sides; background repairs still running fail their
+    /// attempt and leave the journal as it was.
+    async fn close(&self) -> Result<()> {
+        let flushed = DualBackend::flush(self).await;
+        let sqlite = self.side(Side::Sqlite).close().await;
+        let postgres = self.side(Side::Postgres).close().await;
+        flushed.and(sqlite).and(postgres)
+    }
+
     async fn ping(&self) -> Result<()> {
         self.side(self.stage().authoritative()).ping().await
     }

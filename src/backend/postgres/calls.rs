@@ -27,6 +27,11 @@ impl MemoryBackend for PostgresBackend {
         Ok(())
     }
 
+    async fn close(&self) -> Result<()> {
+        PostgresBackend::close(self).await;
+        Ok(())
+    }
+
     async fn put_memory(&self, agent: &AgentId, memory: &Memory) -> Result<Memory> {
         match self
             .commit_change(agent, Change::PutMemory(memory), None, &[])

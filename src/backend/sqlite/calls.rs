@@ -24,6 +24,11 @@ impl MemoryBackend for SqliteBackend {
         Ok(())
     }
 
+    async fn close(&self) -> Result<()> {
+        SqliteBackend::close(self).await;
+        Ok(())
+    }
+
     async fn put_memory(&self, agent: &AgentId, memory: &Memory) -> Result<Memory> {
         match self
             .commit(agent, Change::PutMemory(memory), false, &[])
