@@ -33,6 +33,16 @@ from .mixin import MemoryMixin
 
 __version__: str = _native.__version__
 
+
+async def migrate_url(url: str) -> list[int]:
+    """Applies the shipped PostgreSQL migrations (the contract's tables, pgvector) that
+    the database at ``url`` has not had yet, in one transaction, and returns the versions
+    applied. Safe to run concurrently and again; the admin application's own Prisma
+    migrations may run instead."""
+    applied: list[int] = await _native.migrate_url(url)
+    return applied
+
+
 __all__ = [
     "AgentConfig",
     "AgentMemory",
@@ -50,4 +60,5 @@ __all__ = [
     "STAGES",
     "SchemaError",
     "Tool",
+    "migrate_url",
 ]

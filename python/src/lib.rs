@@ -35,6 +35,16 @@ fn to_json_text(value: &Bound<'_, PyAny>) -> PyResult<String> {
     Ok(convert::to_json(value, "value")?.as_str().to_owned())
 }
 
+/// Applies the shipped PostgreSQL migrations `url`'s database has not had yet; the
+/// versions applied.
+#[pyfunction]
+fn migrate_url<'py>(py: Python<'py>, url: String) -> PyResult<Bound<'py, PyAny>> {
+    use errors::IntoPy;
+    pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        memshift::migrate_url(&url).await.py_err()
+    })
+}
+
 /// `url` with its password replaced by `***`, as the library shows URLs.
 #[pyfunction]
 fn redact_url(url: &str) -> String {
@@ -51,5 +61,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(run_backfill, m)?)?;
     m.add_function(wrap_pyfunction!(to_json_text, m)?)?;
     m.add_function(wrap_pyfunction!(redact_url, m)?)?;
+    m.add_function(wrap_pyfunction!(migrate_url, m)?)?;
     Ok(())
 }
