@@ -18,6 +18,7 @@ The storage is the memshift Rust library itself; this package calls it.
 
 from __future__ import annotations
 
+from . import _bridge as _bridge  # noqa: F401  (registers the exit barrier)
 from . import _native
 from .config import BACKENDS, STAGES, AgentConfig
 from .errors import (

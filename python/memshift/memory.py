@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -183,47 +183,47 @@ class AgentMemory:
     def closed(self) -> bool:
         return self._native.closed
 
-    # The calls agents make most return the library's awaitable itself: no extra
-    # coroutine between the agent and the library.
+    # Every call is a coroutine (an `async def`), so asyncio.create_task and
+    # asyncio.wait take it like any other.
 
-    def store_memory(
+    async def store_memory(
         self,
         key: str,
         data: Any,
         *,
         embedding: Sequence[float] | None = None,
         metadata: Mapping[str, Any] | None = None,
-    ) -> Awaitable[None]:
+    ) -> None:
         """Stores ``data`` under ``key``, replacing what was there; with ``embedding``
         (for :meth:`search`) and ``metadata`` (a dict of JSON values) if given."""
         if embedding is None and metadata is None:
-            return self._native.store_memory(key, data)
-        return self._native.store_memory(
+            return await self._native.store_memory(key, data)
+        return await self._native.store_memory(
             key,
             data,
             list(embedding) if embedding is not None else None,
             dict(metadata) if metadata is not None else None,
         )
 
-    def retrieve_memory(self, key: str) -> Awaitable[Any]:
+    async def retrieve_memory(self, key: str) -> Any:
         """The value stored under ``key``, or ``None`` when there is none."""
-        return self._native.retrieve_memory(key)
+        return await self._native.retrieve_memory(key)
 
-    def delete_memory(self, key: str) -> Awaitable[bool]:
+    async def delete_memory(self, key: str) -> bool:
         """Deletes ``key``; ``True`` when it was there."""
-        return self._native.delete_memory(key)
+        return await self._native.delete_memory(key)
 
     async def get_memory(self, key: str) -> MemoryRecord | None:
         """The memory under ``key`` with its metadata, embedding and times."""
         raw = await self._native.get_memory(key)
         return None if raw is None else MemoryRecord._from(raw)
 
-    def memory_keys(
+    async def memory_keys(
         self, *, prefix: str | None = None, limit: int | None = None
-    ) -> Awaitable[list[str]]:
+    ) -> list[str]:
         """The agent's keys in order, those starting with ``prefix`` if given, at most
         ``limit``."""
-        return self._native.memory_keys(prefix, limit)
+        return await self._native.memory_keys(prefix, limit)
 
     async def search(
         self,
@@ -268,21 +268,21 @@ class AgentMemory:
         """The agent's tools by name."""
         return [Tool._from(t) for t in await self._native.list_tools(prefix, limit)]
 
-    def delete_tool(self, name: str) -> Awaitable[bool]:
+    async def delete_tool(self, name: str) -> bool:
         """Deletes the tool ``name``; ``True`` when it was there."""
-        return self._native.delete_tool(name)
+        return await self._native.delete_tool(name)
 
-    def record_metric(self, name: str, value: float, details: Any = None) -> Awaitable[None]:
+    async def record_metric(self, name: str, value: float, details: Any = None) -> None:
         """Records one value of the metric ``name``, with optional ``details``."""
-        return self._native.record_metric(name, float(value), details)
+        return await self._native.record_metric(name, float(value), details)
 
     async def metrics(self, *, limit: int | None = None) -> list[Metric]:
         """The agent's recorded metrics, oldest first."""
         return [Metric._from(m) for m in await self._native.metrics(limit)]
 
-    def log_execution(self, status: str, details: Any = None) -> Awaitable[None]:
+    async def log_execution(self, status: str, details: Any = None) -> None:
         """Logs one execution with its ``status`` and optional ``details``."""
-        return self._native.log_execution(status, details)
+        return await self._native.log_execution(status, details)
 
     async def executions(self, *, limit: int | None = None) -> list[Execution]:
         """The agent's logged executions, oldest first."""
@@ -314,14 +314,14 @@ class AgentMemory:
         result: dict[str, Any] = await self._native.stats()
         return result
 
-    def flush(self) -> Awaitable[None]:
+    async def flush(self) -> None:
         """Finishes background bookkeeping now; nothing stored is lost without it."""
-        return self._native.flush()
+        return await self._native.flush()
 
-    def close(self) -> Awaitable[None]:
+    async def close(self) -> None:
         """Flushes and closes the connections. Later calls raise
         :class:`InvalidInputError`; closing again does nothing."""
-        return self._native.close()
+        return await self._native.close()
 
     async def __aenter__(self) -> AgentMemory:
         return self

@@ -7,6 +7,7 @@
 
 use pyo3::prelude::*;
 
+mod bridge;
 mod convert;
 mod errors;
 mod memory;
@@ -40,9 +41,10 @@ fn to_json_text(value: &Bound<'_, PyAny>) -> PyResult<String> {
 #[pyfunction]
 fn migrate_url<'py>(py: Python<'py>, url: String) -> PyResult<Bound<'py, PyAny>> {
     use errors::IntoPy;
-    pyo3_async_runtimes::tokio::future_into_py(py, async move {
-        memshift::migrate_url(&url).await.py_err()
-    })
+    bridge::call(
+        py,
+        async move { memshift::migrate_url(&url).await.py_err() },
+    )
 }
 
 /// `url` with its password replaced by `***`, as the library shows URLs.
@@ -62,5 +64,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(to_json_text, m)?)?;
     m.add_function(wrap_pyfunction!(redact_url, m)?)?;
     m.add_function(wrap_pyfunction!(migrate_url, m)?)?;
+    m.add_function(wrap_pyfunction!(bridge::quiesce, m)?)?;
     Ok(())
 }

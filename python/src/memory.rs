@@ -5,13 +5,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::bridge::call as future_into_py;
 use memshift::DualBackend;
 use memshift::backend;
 use memshift::vector::{DistanceMetric, VectorQuery};
 use memshift::{AgentConfig, AgentId, AgentMemory, BackendKind, Listing, Memory, Stage};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
-use pyo3_async_runtimes::tokio::future_into_py;
 
 use crate::convert::{JsonText, to_json};
 use crate::errors::{self, IntoPy};
@@ -161,6 +161,22 @@ impl NativeMemory {
                 self.agent, handle.kind
             ))
         })
+    }
+}
+
+/// A memory dropped without `close()` (by the garbage collector, at interpreter exit)
+/// lets its connections go inside the library's runtime, which their pools need.
+impl Drop for NativeMemory {
+    fn drop(&mut self) {
+        let handle = self
+            .handle
+            .get_mut()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if handle.is_some() {
+            let _runtime = pyo3_async_runtimes::tokio::get_runtime().enter();
+            drop(handle);
+        }
     }
 }
 
