@@ -35,10 +35,10 @@ class MemoryMixin:
             return memory
         opened = await AgentMemory.open(self.config)
         # Two tasks may open it at once: the first to finish is kept.
-        memory = self.__dict__.get("_memshift_memory")
-        if memory is not None and not memory.closed:
+        kept: AgentMemory | None = self.__dict__.get("_memshift_memory")
+        if kept is not None and not kept.closed:
             await opened.close()
-            return memory
+            return kept
         self.__dict__["_memshift_memory"] = opened
         return opened
 
