@@ -310,7 +310,8 @@ class AgentMemory:
 
     async def stats(self) -> dict[str, Any]:
         """The dual backend's counters and latency percentiles since it was opened, and
-        the owed writes pending."""
+        the owed writes pending (``owed_pending``; ``None`` while a side is down and its
+        journal cannot be counted)."""
         result: dict[str, Any] = await self._native.stats()
         return result
 
