@@ -402,11 +402,6 @@ def test_an_unreadable_migration_setting_stops_before_anything_runs(
     assert counts(sql)["agent_memories"] == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core: a batch held up past MIGRATION_TIMEOUT is not failed: after the timeout "
-    "the retry waits on the same connection, whose statement is still held up",
-)
 def test_a_batch_held_up_past_migration_timeout_fails(
     database: str, tmp_path: Path
 ) -> None:

@@ -592,6 +592,7 @@ impl Run<'_> {
             gone: &taken.gone,
             run: &run,
             force: sync.force,
+            timeout: self.options.timeout,
         };
         let mut tried = false;
         let attempt = attempts(|this| {
@@ -642,8 +643,18 @@ impl Run<'_> {
             db.conn = Run::connect(db.target)
                 .await
                 .map_err(|err| Attempt::again(Chain(&err).to_string()))?;
-            // The claim died with the old session; take it again or stop.
-            if !matches!(self.claim(batch.table.source_db, true).await, Ok(true)) {
+            // The claim dies with the old session, which the server ends once it sees
+            // the connection gone (at once when idle, or after its statement stops);
+            // take it again, waiting a little for that, or stop.
+            let mut claimed = false;
+            for _ in 0..RECLAIM_TRIES {
+                claimed = matches!(self.claim(batch.table.source_db, true).await, Ok(true));
+                if claimed {
+                    break;
+                }
+                tokio::time::sleep(RECLAIM_WAIT).await;
+            }
+            if !claimed {
                 return Err(Attempt::last(
                     "lost the claim on the file after reconnecting".into(),
                 ));
@@ -654,8 +665,20 @@ impl Run<'_> {
         };
         let target = batch.target;
         let loading = sync_batch(&mut db.conn, batch);
-        match tokio::time::timeout(self.options.timeout, loading).await {
+        // The server stops a statement at the timeout itself (see `Batch::timeout`) and
+        // says so on the connection, which stays usable; the client gives up a moment
+        // later, for a batch whose statements are each quick but together too slow.
+        match tokio::time::timeout(self.options.timeout + CLIENT_GRACE, loading).await {
             Ok(Ok(done)) => Ok(done),
+            // The server stopped a statement at the batch's timeout (a lock held
+            // elsewhere, say): tried again like a batch the client gave up on.
+            Ok(Err(AgentRowError::Database(err))) if is_statement_timeout(&err) => {
+                Err(Attempt::again(format!(
+                    "batch took longer than {:?} (MIGRATION_TIMEOUT): {}",
+                    self.options.timeout,
+                    db.target.url.scrub(err)
+                )))
+            }
             Ok(Err(AgentRowError::Database(err))) => {
                 let transient = is_transient(&err);
                 let hint = permission_hint(&err, target);
@@ -853,6 +876,19 @@ pub(crate) async fn connect_to(target: &PgTarget) -> Result<PgConnection> {
 /// library's one rule, [`Fault::of`]), or a unique key taken by a concurrent run between
 /// the batch's conflict check and its insert (SQLSTATE `23505`, which elsewhere is a
 /// lasting refusal).
+/// How much longer than `MIGRATION_TIMEOUT` the client waits for a batch, so that a
+/// statement the server stops at the timeout is reported by the server.
+const CLIENT_GRACE: Duration = Duration::from_secs(1);
+/// Taking a file's claim again after reconnecting: tries, and the wait between them.
+const RECLAIM_TRIES: u32 = 20;
+const RECLAIM_WAIT: Duration = Duration::from_millis(250);
+
+/// SQLSTATE 57014 from `statement_timeout` (a batch's statements are held to its
+/// timeout by the server too, so a statement waiting on a lock does not outlive it).
+fn is_statement_timeout(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("57014"))
+}
+
 fn is_transient(err: &sqlx::Error) -> bool {
     let taken = matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"));
     taken || matches!(Fault::of(err), Fault::Connection | Fault::Collision)

@@ -322,6 +322,11 @@ pub(crate) struct Batch<'a> {
     /// Replace every copy, also of rows whose data is the same (the table's map
     /// changed, so its typed columns or times may have).
     pub(crate) force: bool,
+    /// How long the batch may take (`MIGRATION_TIMEOUT`): also each statement's
+    /// `statement_timeout`, so that the server stops a statement the client has given
+    /// up on instead of leaving it waiting (on a lock, say) on the connection the next
+    /// attempt uses.
+    pub(crate) timeout: std::time::Duration,
 }
 
 /// What one batch did to PostgreSQL.
@@ -365,6 +370,12 @@ pub(crate) async fn sync_batch(
     let target = batch.target;
     let mut done = Synced::default();
     let mut tx = conn.begin().await?;
+    let timeout_ms = batch.timeout.as_millis().clamp(1, i32::MAX as u128);
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "set local statement_timeout = {timeout_ms}"
+    )))
+    .execute(&mut *tx)
+    .await?;
     let mut agent_ids = BTreeMap::new();
     for row in batch.rows {
         let agent = &row.source.agent;
