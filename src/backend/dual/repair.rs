@@ -271,8 +271,9 @@ impl DualBackend {
                 self.timed(from.other(), true, T::apply_delete(target, agent, name, at))
                     .await?;
                 if value.is_some() {
-                    // A value the delete outranks, left by a write cut short between
-                    // its two statements: the delete holds on this side too.
+                    // A value the delete outranks, left by a delete cut short between
+                    // its two statements, or by one still between them (which answers
+                    // from what its tombstone saw): the delete holds on this side too.
                     self.timed(from, true, T::apply_delete(source, agent, name, at))
                         .await?;
                 }

@@ -16,8 +16,11 @@ pub(super) struct Named {
     pub(super) what: &'static str,
     /// As the authoritative side, with its journal record: $1 the agent's row id, $2 the
     /// name, $3 the writer's clock, $4-$8 unused, $9 the agent's name, $10 the record,
-    /// $11 records to clear; returns `deleted_at` and `seq`. The value goes after the
-    /// tombstone has committed, by `delete_up_to`.
+    /// $11 records to clear; returns `deleted_at`, `seq` and `held`: whether a value was
+    /// there when the tombstone was written (the tombstone outranks it). The value goes
+    /// after the tombstone has committed, by `delete_up_to`; by then a repair or a copy
+    /// may have taken it already, seeing the tombstone, so `held` is what says the
+    /// delete found a value.
     pub(super) commit: &'static str,
     /// Deletes the value unless it is newer than the delete ($1 row id, $2 name, $3 the
     /// delete's version).
@@ -52,7 +55,9 @@ macro_rules! named {
                          select $9, $10 where $10::text is not null returning seq),
                 cleared as (delete from agent_memory.owed_writes
                             where agent_id = $9 and seq = any($11))
-                select (select deleted_at from tomb) as deleted_at, (select seq from owed) as seq"
+                select (select deleted_at from tomb) as deleted_at, (select seq from owed) as seq,
+                    exists (select 1 from ", $table, " where agent_id = $1 and ", $name, " = $2)
+                    as held"
             ),
             delete_up_to: concat!(
                 "delete from ", $table, " where agent_id = $1 and ", $name, " = $2

@@ -194,14 +194,19 @@ impl PostgresBackend {
                         let (deletes, key, _) = change.deletes().expect("a delete");
                         let named = deletes.pick(MEMORIES, TOOLS);
                         let at: DateTime<Utc> = row.try_get("deleted_at")?;
+                        let held: bool = row.try_get("held")?;
                         let done = sqlx::query(named.delete_up_to)
                             .bind(&row_id)
                             .bind(key)
                             .bind(at)
                             .execute(&mut *c)
                             .await?;
+                        // Between the two statements a repair (of any process) that read
+                        // this delete's journal record, or a copy's closing check, may
+                        // have removed the value the tombstone outranks: it existed all
+                        // the same.
                         Outcome::Deleted {
-                            existed: done.rows_affected() > 0,
+                            existed: held || done.rows_affected() > 0,
                             at,
                         }
                     }
