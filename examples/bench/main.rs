@@ -5,6 +5,7 @@
 //! scripts/bench dual [--ops N] [--concurrency C] [--value-bytes B] [--reps R] [--out DIR]
 //! scripts/bench backfill [--rows N] [--batch-size B] [--try-batch-sizes B1,B2] [--out DIR]
 //! scripts/bench vector [--memories N] [--dims D] [--queries Q] [--ef-search E1,E2] [--out DIR]
+//! scripts/bench python [--calls N] [--keys K] [--reps R] [--python PATH] [--out DIR]
 //! scripts/bench all [--out DIR]        # every suite above with its defaults
 //! scripts/bench report [--out DIR]     # RESULTS.md and the charts again, from the JSON
 //! cargo run --release --example bench -- ops ...     # with DATABASE_URL set
@@ -33,6 +34,7 @@ mod chart;
 mod dual;
 mod harness;
 mod ops;
+mod python;
 mod results;
 mod vector;
 
@@ -69,6 +71,11 @@ enum Suite {
     /// against exact search, and queries/s and latency of HNSW, PostgreSQL exact and
     /// SQLite exact, with the index's build time.
     Vector(vector::Args),
+    /// The Python package's store and retrieve against the same calls from Rust and
+    /// against LangGraph's SqliteStore and PostgresStore (async and sync), on SQLite and
+    /// PostgreSQL: latency and the ratios. Needs a Python with the package and LangGraph's
+    /// stores, which scripts/bench installs.
+    Python(python::Args),
     /// Every suite, one after another, each with its defaults and its own database.
     All,
     /// Writes RESULTS.md and each suite's chart again from the `<suite>.json` files in
@@ -78,7 +85,7 @@ enum Suite {
 
 /// The suites `all` runs, in order, as the saved results know them: the order of the
 /// results page too.
-const ALL: [results::Suite; 4] = [
+const ALL: [results::Suite; 5] = [
     results::Suite {
         name: "ops",
         heading: "Everyday calls",
@@ -99,6 +106,11 @@ const ALL: [results::Suite; 4] = [
         heading: "Vector search",
         summary: vector::summary,
     },
+    results::Suite {
+        name: "python",
+        heading: "Python package",
+        summary: python::summary,
+    },
 ];
 
 impl Suite {
@@ -108,6 +120,7 @@ impl Suite {
             Suite::Dual(_) => "dual",
             Suite::Backfill(_) => "backfill",
             Suite::Vector(_) => "vector",
+            Suite::Python(_) => "python",
             Suite::All => "all",
             Suite::Report => "report",
         }
@@ -125,6 +138,7 @@ async fn run_suite(suite: &Suite, out: &Path) -> harness::Result<()> {
         Suite::Dual(args) => dual::run(&env, args).await,
         Suite::Backfill(args) => backfill::run(&env, args).await,
         Suite::Vector(args) => vector::run(&env, args).await,
+        Suite::Python(args) => python::run(&env, args).await,
         Suite::All | Suite::Report => Err(format!("`{name}` is not a single suite").into()),
     };
     let machine = env.machine.clone();
