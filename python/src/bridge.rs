@@ -1,8 +1,13 @@
-//! Each library call as an asyncio future: the call runs on the library's tokio runtime
-//! (pyo3-async-runtimes' runtime), and its result is handed to the event loop that
-//! made the call with `call_soon_threadsafe`.
+//! Each library call as an asyncio future.
 //!
-//! Handing a result over is the only moment a runtime thread touches Python, and it is
+//! On Unix, a loop that can watch a socket drives the call itself (`driven`): the
+//! library's future is polled on the loop's thread and woken through a socket, and no
+//! runtime thread enters Python. Elsewhere (Windows' proactor loop has no
+//! `add_reader`), the call runs on the library's tokio runtime (pyo3-async-runtimes'
+//! runtime), and its result is handed to the event loop that made the call with
+//! `call_soon_threadsafe`.
+//!
+//! Handing a result over that way is the only moment a runtime thread touches Python, and it is
 //! counted: at interpreter exit (`atexit`, before Python starts tearing itself down)
 //! [`quiesce`] closes the door and waits for every hand-over under way. A runtime thread
 //! still inside Python when the interpreter finalizes is stopped by Python mid-call and
@@ -42,6 +47,10 @@ where
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
     let event_loop = running_loop(py)?;
+    #[cfg(unix)]
+    if let Some(driver) = crate::driven::driver(&event_loop)? {
+        return crate::driven::call(&event_loop, driver, call);
+    }
     let future = event_loop.call_method0("create_future")?;
     let (loop_ref, future_ref) = (event_loop.unbind(), future.clone().unbind());
     let task = pyo3_async_runtimes::tokio::get_runtime().spawn(async move {

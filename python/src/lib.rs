@@ -9,6 +9,8 @@ use pyo3::prelude::*;
 
 mod bridge;
 mod convert;
+#[cfg(unix)]
+mod driven;
 mod errors;
 mod memory;
 
