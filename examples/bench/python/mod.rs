@@ -50,7 +50,7 @@ use crate::results::Ratio;
 #[derive(Debug, Clone, clap::Args, Serialize, Deserialize)]
 pub struct Args {
     /// Stores, and as many retrieves, per client, backend, value and repetition.
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 400)]
     pub calls: usize,
     /// Keys each run cycles over.
     #[arg(long, default_value_t = 200)]
@@ -59,7 +59,7 @@ pub struct Args {
     #[arg(long, default_value_t = 4096)]
     pub large_bytes: usize,
     /// Repetitions; medians are reported.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 7)]
     pub reps: usize,
     /// The Python with memshift and LangGraph's stores installed (default: the
     /// virtualenv scripts/bench makes, target/bench-venv).
@@ -449,18 +449,34 @@ pub async fn run(env: &Env, args: &Args) -> Result<Value> {
     let runs = outcome?;
     let settings = driver.ask(&json!({"settings": true})).await?;
     driver.finish().await?;
-    let ratios = ratios(args, &runs);
-    let results = json!({
-        "args": args,
-        "value_bytes": value_bytes,
-        "versions": versions,
-        "langgraph_sqlite_settings": settings["sqlite_settings"],
-        "runs": runs,
-        "ratios": ratios,
-    });
+    let results = results(
+        args,
+        json!(value_bytes),
+        versions,
+        settings["sqlite_settings"].clone(),
+        &runs,
+    );
     // Printed from the results as saved, as the results page shows them.
     saved::print(&results)?;
     Ok(results)
+}
+
+/// The suite's results as the JSON file keeps them.
+fn results(
+    args: &Args,
+    value_bytes: Value,
+    versions: Value,
+    langgraph_sqlite_settings: Value,
+    runs: &[Run],
+) -> Value {
+    json!({
+        "args": args,
+        "value_bytes": value_bytes,
+        "versions": versions,
+        "langgraph_sqlite_settings": langgraph_sqlite_settings,
+        "runs": runs,
+        "ratios": ratios(args, runs),
+    })
 }
 
 /// Every round: round 0 uncounted, then `--reps` repetitions.
@@ -638,4 +654,86 @@ fn ratios(args: &Args, runs: &[Run]) -> Vec<Ratio> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn latency(p50_us: f64) -> Latency {
+        Latency {
+            count: 10,
+            p50_us,
+            p99_us: p50_us * 3.0,
+            mean_us: p50_us * 1.2,
+        }
+    }
+
+    /// Results as `run` makes them, from made-up runs: Python twice Rust's time, LangGraph
+    /// async four times, sync three times, on every backend and value.
+    fn made_up(reps: usize) -> Value {
+        let args = Args {
+            calls: 10,
+            keys: 5,
+            large_bytes: 4096,
+            reps,
+            python: None,
+        };
+        let factor = |client| match client {
+            Client::Rust => 1.0,
+            Client::Python => 2.0,
+            Client::LanggraphAsync => 4.0,
+            Client::LanggraphSync => 3.0,
+        };
+        let mut runs = Vec::new();
+        for rep in 1..=reps {
+            for backend in Backend::ALL {
+                for size in Size::ALL {
+                    for client in Client::ALL {
+                        runs.push(Run {
+                            client,
+                            backend,
+                            size,
+                            rep,
+                            store: latency(500.0 * factor(client)),
+                            retrieve: latency(20.0 * factor(client)),
+                        });
+                    }
+                }
+            }
+        }
+        results(
+            &args,
+            json!({"small": 108, "large": 3986}),
+            json!({"python": "3.11.7", "langgraph-checkpoint-sqlite": "3.1.2"}),
+            json!({"langgraph_async": "journal_mode=wal synchronous=2"}),
+            &runs,
+        )
+    }
+
+    #[test]
+    fn targets_compare_python_with_rust_and_the_faster_langgraph_store() -> Result<()> {
+        let results = made_up(3);
+        let summary = summary(&results)?;
+        assert_eq!(summary.targets.len(), 8);
+        for ratio in &summary.targets {
+            let expected = match ratio.name.starts_with("python_vs_rust_") {
+                true => 2.0,
+                false => 2.0 / 3.0,
+            };
+            let value = ratio.value.ok_or("not measured")?;
+            assert!((value - expected).abs() < 1e-9, "{ratio:?}");
+            assert_eq!(ratio.per_repetition.len(), 3, "{ratio:?}");
+            assert_eq!(ratio.pass, Some(expected <= ratio.target), "{ratio:?}");
+        }
+        assert!(
+            summary
+                .markdown
+                .contains("| postgres | 3,986 B | retrieve | 2.00 | 0.50 | 0.67 | 0.67 |"),
+            "{}",
+            summary.markdown
+        );
+        assert_eq!(summary.chart.panels.len(), 2);
+        saved::print(&results)
+    }
 }
