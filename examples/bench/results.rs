@@ -37,6 +37,22 @@ pub struct Summary {
     pub markdown: String,
 }
 
+/// The summary of a suite whose saved results keep their targets' ratios: `S`, read
+/// from `results`, gives the chart, the ratios and the section of the page.
+pub fn summary_of<S: serde::de::DeserializeOwned>(
+    results: &Value,
+    chart: fn(&S) -> Chart,
+    ratios: fn(&S) -> &[Ratio],
+    markdown: fn(&S) -> String,
+) -> Result<Summary> {
+    let saved = S::deserialize(results)?;
+    Ok(Summary {
+        chart: chart(&saved),
+        targets: ratios(&saved).to_vec(),
+        markdown: markdown(&saved),
+    })
+}
+
 /// A target, its measured value and verdict, as the suites save them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Ratio {

@@ -85,6 +85,15 @@ where
     Ok(future)
 }
 
+/// Drops `value` inside the library's runtime: connections and pools that go with it
+/// hand themselves back through tasks on the runtime, which needs to be there.
+pub(crate) fn drop_in_runtime<T>(value: Option<T>) {
+    if value.is_some() {
+        let _runtime = pyo3_async_runtimes::tokio::get_runtime().enter();
+        drop(value);
+    }
+}
+
 /// Gives `result` to `future` on its loop, unless it was cancelled meanwhile. A loop
 /// already closed (the program went on without awaiting) is left alone.
 fn hand_over<T>(py: Python<'_>, event_loop: &Py<PyAny>, future: &Py<PyAny>, result: PyResult<T>)

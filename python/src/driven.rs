@@ -33,6 +33,8 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use tokio::task::AbortHandle;
 
+use crate::bridge::drop_in_runtime;
+
 /// A call's outcome, turned into Python values on the loop's thread.
 type Outcome = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>;
 
@@ -298,15 +300,12 @@ impl Drop for Task {
     fn drop(&mut self) {
         // A call dropped between its first poll and its first wake (its loop went
         // away) may hand connections back to their pools, which needs the runtime.
-        let future = self
-            .future
-            .get_mut()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if future.is_some() {
-            let _runtime = pyo3_async_runtimes::tokio::get_runtime().enter();
-            drop(future);
-        }
+        drop_in_runtime(
+            self.future
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
     }
 }
 
@@ -371,9 +370,7 @@ impl Canceller {
             .is_truthy()?
         {
             self.task.state.store(ON_RUNTIME, Ordering::Release);
-            let waiting = self.task.slot().take();
-            let _runtime = pyo3_async_runtimes::tokio::get_runtime().enter();
-            drop(waiting);
+            drop_in_runtime(self.task.slot().take());
             if let Some(abort) = self
                 .task
                 .abort

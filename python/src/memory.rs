@@ -168,15 +168,12 @@ impl NativeMemory {
 /// lets its connections go inside the library's runtime, which their pools need.
 impl Drop for NativeMemory {
     fn drop(&mut self) {
-        let handle = self
-            .handle
-            .get_mut()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
-        if handle.is_some() {
-            let _runtime = pyo3_async_runtimes::tokio::get_runtime().enter();
-            drop(handle);
-        }
+        crate::bridge::drop_in_runtime(
+            self.handle
+                .get_mut()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .take(),
+        );
     }
 }
 

@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::{Args, Config, Figures};
 use crate::chart::{Chart, Panel, Series, thousands};
 use crate::harness::{Result, Table, markdown_table, median, ms};
-use crate::results::{Ratio, Summary, ms_text, repetitions};
+use crate::results::{Ratio, Summary, ms_text, repetitions, summary_of};
 
 /// The suite's results as `report` saves them.
 #[derive(Debug, Deserialize)]
@@ -60,12 +60,7 @@ fn in_order(configs: &BTreeMap<String, SavedConfig>) -> Vec<(&'static str, &Save
 
 /// The chart, targets and section of the page of the suite's saved `results`.
 pub fn summary(results: &Value) -> Result<Summary> {
-    let saved = Saved::deserialize(results)?;
-    Ok(Summary {
-        chart: chart(&saved),
-        targets: saved.ratios.clone(),
-        markdown: markdown(&saved),
-    })
+    summary_of(results, chart, |saved: &Saved| &saved.ratios, markdown)
 }
 
 fn chart(saved: &Saved) -> Chart {

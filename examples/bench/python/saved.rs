@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::{Args, Backend, Call, Client, Run, Size, langgraph_best, median_of};
 use crate::chart::{Chart, Panel, Series, thousands};
 use crate::harness::{Result, Table, ms};
-use crate::results::{Ratio, Summary, repetitions};
+use crate::results::{Ratio, Summary, repetitions, summary_of};
 
 /// The suite's results as `run` saves them.
 #[derive(Debug, Deserialize)]
@@ -114,20 +114,20 @@ impl Saved {
     }
 
     fn versions_text(&self) -> String {
-        self.versions
-            .iter()
-            .map(|(name, version)| format!("{name} {version}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        listed(&self.versions, " ", ", ")
     }
 
     fn sqlite_settings_text(&self) -> String {
-        self.langgraph_sqlite_settings
-            .iter()
-            .map(|(store, settings)| format!("{store}: {settings}"))
-            .collect::<Vec<_>>()
-            .join("; ")
+        listed(&self.langgraph_sqlite_settings, ": ", "; ")
     }
+}
+
+/// `map`'s entries as `name<between>value`, joined by `separator`.
+fn listed(map: &BTreeMap<String, String>, between: &str, separator: &str) -> String {
+    map.iter()
+        .map(|(name, value)| format!("{name}{between}{value}"))
+        .collect::<Vec<_>>()
+        .join(separator)
 }
 
 /// A target's line in the printed list: the ratio, the verdict, each repetition's ratio.
@@ -174,12 +174,7 @@ pub(super) fn print(results: &Value) -> Result<()> {
 
 /// The chart, targets and section of the page of the suite's saved `results`.
 pub fn summary(results: &Value) -> Result<Summary> {
-    let saved = Saved::deserialize(results)?;
-    Ok(Summary {
-        chart: chart(&saved),
-        targets: saved.ratios.clone(),
-        markdown: markdown(&saved),
-    })
+    summary_of(results, chart, |saved: &Saved| &saved.ratios, markdown)
 }
 
 fn chart(saved: &Saved) -> Chart {
