@@ -1,19 +1,19 @@
 //! Each library call as an asyncio future.
 //!
-//! On Unix, a loop that can watch a socket drives the call itself (`driven`): the
-//! library's future is polled on the loop's thread and woken through a socket, and no
-//! runtime thread enters Python. Elsewhere (Windows' proactor loop has no
-//! `add_reader`), the call runs on the library's tokio runtime (pyo3-async-runtimes'
-//! runtime), and its result is handed to the event loop that made the call with
-//! `call_soon_threadsafe`.
+//! On Unix, a loop that can watch a socket starts the call itself (`driven`): the
+//! library's future is first polled on the loop's thread, goes on on the runtime's
+//! threads, and its outcome comes back through a socket the loop watches; no runtime
+//! thread enters Python. Otherwise (Windows' proactor loop has no `add_reader`), the
+//! call runs on the library's tokio runtime (pyo3-async-runtimes' runtime), and its
+//! result is handed to the event loop that made the call with `call_soon_threadsafe`.
 //!
-//! Handing a result over that way is the only moment a runtime thread touches Python, and it is
-//! counted: at interpreter exit (`atexit`, before Python starts tearing itself down)
-//! [`quiesce`] closes the door and waits for every hand-over under way. A runtime thread
-//! still inside Python when the interpreter finalizes is stopped by Python mid-call and
-//! crashes the process (an abort or a segfault after the program's last line), which
-//! is what happened without this, about one exit in three, with calls that had already
-//! returned.
+//! Handing a result over that way is the only moment a runtime thread touches Python,
+//! and it is counted: at interpreter exit (`atexit`, before Python starts tearing itself
+//! down) [`quiesce`] closes the door and waits for every hand-over under way. A runtime
+//! thread still inside Python when the interpreter finalizes is stopped by Python
+//! mid-call and crashes the process (an abort or a segfault after the program's last
+//! line), which is what happened without this, about one exit in three, with calls that
+//! had already returned.
 
 use std::future::Future;
 use std::sync::{Condvar, Mutex};

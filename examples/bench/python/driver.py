@@ -55,10 +55,18 @@ def retrieve_key(call: int, keys: int) -> str:
     return key_name((call * 7 + 3) % keys)
 
 
+SYNCHRONOUS = {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+
+
+def settings_text(mode: str, sync: int) -> str:
+    """`PRAGMA journal_mode` and `PRAGMA synchronous` as read back, in words."""
+    return f"journal_mode={mode.upper()} synchronous={SYNCHRONOUS.get(sync, sync)}"
+
+
 def sqlite_settings(conn: Any) -> str:
     mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
     sync = conn.execute("PRAGMA synchronous").fetchone()[0]
-    return f"journal_mode={mode} synchronous={sync}"
+    return settings_text(mode, sync)
 
 
 class Driver:
@@ -105,9 +113,7 @@ class Driver:
                     await store.conn.execute(pragma)
                 mode = await (await store.conn.execute("PRAGMA journal_mode")).fetchone()
                 sync = await (await store.conn.execute("PRAGMA synchronous")).fetchone()
-                self.sqlite_settings["langgraph_async"] = (
-                    f"journal_mode={mode[0]} synchronous={sync[0]}"
-                )
+                self.sqlite_settings["langgraph_async"] = settings_text(mode[0], sync[0])
             else:
                 from langgraph.store.postgres.aio import AsyncPostgresStore
 
