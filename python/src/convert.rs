@@ -28,6 +28,13 @@ pub(crate) fn to_json(value: &Bound<'_, PyAny>, what: &str) -> PyResult<Json> {
         .map_err(|err| errors::invalid_input(format!("{what}: not JSON after writing: {err}")))
 }
 
+/// A dict of JSON values as the library's [`memshift::Metadata`] (a memory's metadata, a
+/// search's metadata filter).
+pub(crate) fn to_metadata(value: &Bound<'_, PyAny>) -> PyResult<memshift::Metadata> {
+    serde_json::from_str(to_json(value, "metadata")?.as_str())
+        .map_err(|err| errors::invalid_input(format!("metadata: {err}")))
+}
+
 fn write_value(
     value: &Bound<'_, PyAny>,
     out: &mut String,

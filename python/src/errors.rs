@@ -33,11 +33,16 @@ pub(crate) fn to_py(err: &Error) -> PyErr {
             _ if err.is_connection() => connection_error(py),
             _ => database_error(py),
         };
-        match kind {
-            Ok(kind) => PyErr::from_type(kind.clone(), message),
-            Err(import) => import,
-        }
+        of_kind(kind, message)
     })
+}
+
+/// An exception of `kind` (or the error of importing it) with `message`.
+fn of_kind(kind: PyResult<&Bound<'_, PyType>>, message: String) -> PyErr {
+    match kind {
+        Ok(kind) => PyErr::from_type(kind.clone(), message),
+        Err(import) => import,
+    }
 }
 
 /// The conversion `?` uses on the library's results.
@@ -53,16 +58,10 @@ impl<T> IntoPy<T> for memshift::Result<T> {
 
 /// An `InvalidInputError` with `message`.
 pub(crate) fn invalid_input(message: String) -> PyErr {
-    Python::attach(|py| match invalid_input_error(py) {
-        Ok(kind) => PyErr::from_type(kind.clone(), message),
-        Err(import) => import,
-    })
+    Python::attach(|py| of_kind(invalid_input_error(py), message))
 }
 
 /// A `ConfigError` with `message`.
 pub(crate) fn config(message: String) -> PyErr {
-    Python::attach(|py| match config_error(py) {
-        Ok(kind) => PyErr::from_type(kind.clone(), message),
-        Err(import) => import,
-    })
+    Python::attach(|py| of_kind(config_error(py), message))
 }

@@ -13,7 +13,7 @@ use memshift::{AgentConfig, AgentId, AgentMemory, BackendKind, Listing, Memory, 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
-use crate::convert::{JsonText, to_json};
+use crate::convert::{JsonText, to_json, to_metadata};
 use crate::errors::{self, IntoPy};
 
 /// The configuration read from any object with the fields of `memshift.AgentConfig`
@@ -216,13 +216,7 @@ impl NativeMemory {
     ) -> PyResult<Bound<'py, PyAny>> {
         let memory = self.memory()?;
         let content = to_json(data, "data")?;
-        let metadata = match metadata {
-            None => None,
-            Some(metadata) => Some(
-                serde_json::from_str::<memshift::Metadata>(to_json(metadata, "metadata")?.as_str())
-                    .map_err(|err| errors::invalid_input(format!("metadata: {err}")))?,
-            ),
-        };
+        let metadata = metadata.map(|m| to_metadata(m)).transpose()?;
         future_into_py(py, async move {
             if embedding.is_none() && metadata.is_none() {
                 return memory.store_memory(&key, &content).await.py_err();
@@ -301,10 +295,7 @@ impl NativeMemory {
         query.key_prefix = key_prefix;
         query.exact = exact;
         if let Some(metadata) = metadata {
-            let fields: serde_json::Map<String, serde_json::Value> =
-                serde_json::from_str(to_json(metadata, "metadata")?.as_str())
-                    .map_err(|err| errors::invalid_input(format!("metadata: {err}")))?;
-            query.metadata = fields.into_iter().collect();
+            query.metadata = to_metadata(metadata)?.into_iter().collect();
         }
         future_into_py(py, async move {
             record_text(&memory.search(&query).await.py_err()?)
