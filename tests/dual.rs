@@ -775,10 +775,32 @@ async fn hold_deletes_after_journaled_writes(fx: &Fixture) -> sqlx::PgConnection
     conn
 }
 
+/// Waits until a session of `conn`'s database waits for the advisory lock `id`
+/// (`who`, for the message after 20 s of none).
+async fn wait_for_a_waiter(conn: &mut sqlx::PgConnection, id: i64, who: &str) {
+    let waiting = "select count(*) from pg_locks where locktype = 'advisory' and objid = $1
+                   and not granted and database = (select oid from pg_database
+                                                   where datname = current_database())";
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let waiters: i64 = sqlx::query_scalar(waiting)
+            .bind(id)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        if waiters >= 1 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{who} never reached its hold");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// Runs `delete` (a dual backend's, in a stage where PostgreSQL leads) held between the
 /// tombstone it commits with its journal record and its removal of the value, repairs
-/// the agent meanwhile, and returns what the delete answered. The repair replays the
-/// delete's record and removes the value itself first.
+/// the agent meanwhile from another process's dual backend (one in this process waits
+/// for the delete instead), and returns what the delete answered. The repair replays
+/// the delete's record and removes the value itself first.
 async fn delete_with_a_repair_between(
     fx: &Fixture,
     hold: &mut sqlx::PgConnection,
@@ -786,9 +808,6 @@ async fn delete_with_a_repair_between(
 ) -> bool {
     let values = "select (select count(*) from agent_memories)
                        + (select count(*) from agent_tools)";
-    let waiting = "select count(*) from pg_locks where locktype = 'advisory' and objid = $1
-                   and not granted and database = (select oid from pg_database
-                                                   where datname = current_database())";
     sqlx::query("select pg_advisory_lock($1)")
         .bind(HOLD)
         .execute(&mut *hold)
@@ -799,23 +818,9 @@ async fn delete_with_a_repair_between(
         .await
         .unwrap();
     let delete = tokio::spawn(delete);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let waiters: i64 = sqlx::query_scalar(waiting)
-            .bind(HOLD)
-            .fetch_one(&mut *hold)
-            .await
-            .unwrap();
-        if waiters == 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the delete never reached its hold"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    fx.dual.repair(&fx.agent).await.expect("repair");
+    wait_for_a_waiter(hold, HOLD, "the delete").await;
+    let other_process = DualBackend::new(fx.sqlite.clone(), fx.postgres.clone(), fx.dual.stage());
+    other_process.repair(&fx.agent).await.expect("repair");
     let after: i64 = sqlx::query_scalar(values)
         .fetch_one(&mut *hold)
         .await
@@ -830,7 +835,7 @@ async fn delete_with_a_repair_between(
 }
 
 /// PostgreSQL commits a delete's tombstone with its journal record, then removes the
-/// value. A repair (of this process or of another) that replays the record in between
+/// value. A repair of another process that replays the record in between
 /// removes the value on both sides itself; the delete still answers that there was one,
 /// for memories and tools, in every stage where PostgreSQL leads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1215,6 +1220,54 @@ async fn a_repair_waits_for_a_copy_under_way_instead_of_replaying_it() {
         .await;
     fx.dual.flush().await.expect("flush");
     assert_eq!(fx.dual.owed_pending().await.unwrap(), 0);
+}
+
+/// A journal record whose copy arrived is not owed, also while another task (a
+/// background flush here; a repair or a write alike) is still deleting it: counting
+/// what is owed waits for that delete instead of counting the record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn owed_counts_wait_for_records_being_cleared() {
+    use sqlx::Connection;
+    const CLEAR: i64 = 7001;
+    let fx = Fixture::new(Stage::Live).await;
+    let mut hold = sqlx::PgConnection::connect(&fx._db.url)
+        .await
+        .expect("connect");
+    let install = format!(
+        "create function test_hold_clear() returns trigger language plpgsql as $$
+         begin
+             perform pg_advisory_xact_lock_shared({CLEAR});
+             return old;
+         end $$;
+         create trigger test_hold_clear before delete on agent_memory.owed_writes
+             for each row execute function test_hold_clear();
+         select pg_advisory_lock({CLEAR});"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(install))
+        .execute(&mut hold)
+        .await
+        .expect("install the hold");
+
+    // PostgreSQL leads: the store's record stays in its journal until a flush deletes
+    // it, about 100 ms later, and that delete waits for the lock.
+    fx.put("k", json!("v")).await;
+    wait_for_a_waiter(&mut hold, CLEAR, "the background flush").await;
+    assert_eq!(fx.journal(Side::Postgres).await.len(), 1);
+
+    let counted = tokio::spawn({
+        let dual = fx.dual.clone();
+        async move { dual.owed_pending().await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sqlx::query("select pg_advisory_unlock($1)")
+        .bind(CLEAR)
+        .execute(&mut hold)
+        .await
+        .unwrap();
+    let owed = counted.await.expect("the count ran").expect("count");
+    assert_eq!(owed, 0, "a delivered write was counted as owed");
+    assert!(fx.journal(Side::Postgres).await.is_empty());
+    assert_eq!(fx.dual.stats().owed_recorded, 0);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ mod listing;
 mod reads;
 mod repair;
 mod stats;
+mod tickets;
 mod writes;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -188,9 +189,8 @@ struct Inner {
     repairing: Mutex<HashSet<AgentId>>,
     /// Agents whose journals were checked at first use in this process.
     checked: Mutex<HashSet<AgentId>>,
-    /// Journal records whose writes are being copied to the other side right now: a
-    /// repair waits for their copy to end instead of replaying them alongside it.
-    in_flight: Mutex<HashSet<(Side, AgentId, i64)>>,
+    /// Writes and journal clears under way, for repairs and flushes to wait on.
+    tickets: tickets::Tickets,
 }
 
 impl std::fmt::Debug for DualBackend {
@@ -234,7 +234,7 @@ impl DualBackend {
                 owing: Mutex::new(HashSet::new()),
                 repairing: Mutex::new(HashSet::new()),
                 checked: Mutex::new(HashSet::new()),
-                in_flight: Mutex::new(HashSet::new()),
+                tickets: tickets::Tickets::default(),
             }),
         }
     }

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use chrono::{DateTime, Utc};
 
 use super::stats::bump;
+use super::tickets::Kind;
 use super::{DualBackend, RepairAll, RepairReport, Side, lock};
 use crate::backend::replica::{OwedWrite, Replica};
 use crate::config::Stage;
@@ -130,16 +131,29 @@ impl DualBackend {
                         ),
                     ));
                 }
+                // Every write whose record this batch holds began before this mark.
+                let mark = self.inner.tickets.mark();
+                let mut waited = false;
                 let mut done = Vec::with_capacity(batch.len());
                 let mut stop = None;
                 // Records whose copies already arrived (cleared lazily) need no replay.
+                let _clearing = self.inner.tickets.open(Kind::Clear, Some(agent));
                 let mut delivered = self.take_done(from, agent);
                 let mut cleared = 0;
                 for record in &batch {
                     last_seq = record.seq;
-                    // A record whose copy is under way: let it end, then it is either
-                    // delivered or owed.
-                    self.wait_in_flight(from, agent, record.seq).await;
+                    if !waited && !delivered.contains(&record.seq) {
+                        // Its copy may still be under way: let the writes that began
+                        // before the batch was read end; each record is then delivered
+                        // or owed.
+                        let give_up =
+                            tokio::time::Instant::now() + self.inner.options.side_timeout * 2;
+                        self.inner
+                            .tickets
+                            .wait_before(mark, Kind::Write, Some(agent), give_up)
+                            .await;
+                        waited = true;
+                    }
                     delivered.extend(self.take_done(from, agent));
                     if delivered.contains(&record.seq) {
                         done.push(record.seq);
@@ -162,12 +176,17 @@ impl DualBackend {
                                 "an owed write is refused for good; parked so it blocks no other \
                                  (memctl stats shows it; memctl repair --retry-parked retries it)"
                             );
-                            self.timed(
-                                from,
-                                true,
-                                self.side(from).park_owed(agent, record.seq, &why),
-                            )
-                            .await?;
+                            let parked = self
+                                .timed(
+                                    from,
+                                    true,
+                                    self.side(from).park_owed(agent, record.seq, &why),
+                                )
+                                .await;
+                            if let Err(err) = parked {
+                                stop = Some(err);
+                                break;
+                            }
                             bump(&self.inner.counters.owed_parked);
                             report.parked += 1;
                         }

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use super::stats::bump;
+use super::tickets::Kind;
 use super::{DualBackend, Plan, Side, lock};
 use crate::backend::replica::{Change, Outcome};
 use crate::config::Stage;
@@ -32,19 +33,26 @@ impl DualBackend {
     ) -> Result<(Outcome, Option<bool>)> {
         self.check_journals(agent, plan.stage);
         let first = plan.first;
+        // Opened before the commit, so a repair that reads its journal record also
+        // finds the write under way, and waits for its copy instead of replaying it.
+        let _writing = self.inner.tickets.open(Kind::Write, Some(agent));
+        let clearing = self.inner.tickets.open(Kind::Clear, Some(agent));
         let clear = self.take_done(first, agent);
-        let committed = match self
+        let committed = self
             .timed(
                 first,
                 true,
                 self.side(first).commit(agent, change, true, &clear),
             )
-            .await
-        {
+            .await;
+        if committed.is_err() {
+            // Whether they went with it or not, clearing them again is harmless.
+            self.give_done(first, agent, clear);
+        }
+        drop(clearing);
+        let committed = match committed {
             Ok(committed) => committed,
             Err(err) => {
-                // Whether they went with it or not, clearing them again is harmless.
-                self.give_done(first, agent, clear);
                 if err.is_connection() {
                     // The outcome is unknown: the change and its record may have
                     // committed. Repair looks when the side answers again.
@@ -58,9 +66,6 @@ impl DualBackend {
             lock(&self.inner.owing).insert(agent.clone());
             return Ok((committed.outcome, None));
         };
-        let in_flight = committed
-            .seq
-            .map(|seq| InFlight::new(self, first, agent, seq));
         let copied = self
             .timed(
                 second,
@@ -69,11 +74,10 @@ impl DualBackend {
             )
             .await;
         if let (Ok(_), Some(seq)) = (&copied, committed.seq) {
-            // Marked arrived before it stops being in flight, so a waiting repair
-            // finds it delivered.
+            // Marked arrived before the write's ticket closes, so a repair waiting on
+            // it finds the record delivered.
             self.give_done(first, agent, vec![seq]);
         }
-        drop(in_flight);
         match copied {
             Ok(changed) => {
                 self.repair_in_background(agent);
@@ -173,6 +177,9 @@ impl DualBackend {
     /// The first journal that could not be cleared (its records stay, and are cleared
     /// by a later write or flush).
     pub async fn flush(&self) -> Result<()> {
+        let tickets = &self.inner.tickets;
+        let clearing = tickets.open(Kind::Clear, None);
+        let mark = tickets.mark();
         let done: Vec<((Side, AgentId), Vec<i64>)> = lock(&self.inner.done).drain().collect();
         let mut first_error = None;
         for ((side, agent), seqs) in done {
@@ -184,6 +191,11 @@ impl DualBackend {
                 first_error.get_or_insert(err);
             }
         }
+        drop(clearing);
+        // Records a write, a repair or another flush took out of the list before this
+        // call are on their way out too: they are gone (or back) when it returns.
+        let give_up = tokio::time::Instant::now() + self.inner.options.side_timeout * 2;
+        tickets.wait_before(mark, Kind::Clear, None, give_up).await;
         first_error.map_or(Ok(()), Err)
     }
 
@@ -193,38 +205,5 @@ impl DualBackend {
             .entry((side, agent.clone()))
             .or_default()
             .extend(seqs);
-    }
-}
-
-/// A journal record whose copy is under way, for as long as this lives (dropped also
-/// when the writing call is cancelled).
-struct InFlight<'a> {
-    dual: &'a DualBackend,
-    key: (Side, AgentId, i64),
-}
-
-impl<'a> InFlight<'a> {
-    fn new(dual: &'a DualBackend, side: Side, agent: &AgentId, seq: i64) -> Self {
-        let key = (side, agent.clone(), seq);
-        lock(&dual.inner.in_flight).insert(key.clone());
-        InFlight { dual, key }
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        lock(&self.dual.inner.in_flight).remove(&self.key);
-    }
-}
-
-impl DualBackend {
-    /// Waits, at most about two side timeouts, until the copy of record `seq` (of
-    /// `side`, for `agent`) is no longer under way.
-    pub(super) async fn wait_in_flight(&self, side: Side, agent: &AgentId, seq: i64) {
-        let key = (side, agent.clone(), seq);
-        let give_up = tokio::time::Instant::now() + self.inner.options.side_timeout * 2;
-        while lock(&self.inner.in_flight).contains(&key) && tokio::time::Instant::now() < give_up {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
     }
 }
