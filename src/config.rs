@@ -221,6 +221,13 @@ pub struct AgentConfig {
     /// How long to wait for a PostgreSQL connection before failing.
     #[serde(with = "secs")]
     pub connect_timeout: Duration,
+    /// The dual backend follows the stages held centrally in PostgreSQL (per agent,
+    /// changed with `memctl stage set`): it listens for changes and reads them again
+    /// this often, as a fallback. Zero turns following off: `memory_stage` then holds
+    /// for the process's life. With following on, `memory_stage` is the stage of agents
+    /// the central table has no row for.
+    #[serde(with = "secs")]
+    pub stage_poll: Duration,
 }
 
 impl Default for AgentConfig {
@@ -234,9 +241,14 @@ impl Default for AgentConfig {
             agents_path: PathBuf::from(DEFAULT_AGENTS_PATH),
             max_connections: 10,
             connect_timeout: Duration::from_secs(10),
+            stage_poll: DEFAULT_STAGE_POLL,
         }
     }
 }
+
+/// How often a dual backend reads the central stages when no change was notified,
+/// unless `MEMORY_STAGE_POLL` says otherwise.
+pub const DEFAULT_STAGE_POLL: Duration = Duration::from_secs(2);
 
 /// Where SQLite agents live unless `AGENTS_PATH` says otherwise.
 pub const DEFAULT_AGENTS_PATH: &str = "./agents";
@@ -259,10 +271,11 @@ impl AgentConfig {
     /// | `DATABASE_URL` | PostgreSQL URL | none |
     /// | `AGENTS_PATH` | folder of agent folders | `./agents` |
     /// | `MEMORY_ENABLED` | `true`/`false` (also `1`/`0`, `yes`/`no`) | `true` |
+    /// | `MEMORY_STAGE_POLL` | seconds between reads of the central stages; `off` or `0` to keep `MEMORY_STAGE` | `2` |
     ///
     /// # Errors
-    /// [`Error::Config`] for an unknown backend or stage name (listing the valid ones)
-    /// or an unreadable `MEMORY_ENABLED`.
+    /// [`Error::Config`] for an unknown backend or stage name (listing the valid ones),
+    /// an unreadable `MEMORY_ENABLED` or `MEMORY_STAGE_POLL`.
     pub fn from_env(name: impl Into<String>) -> Result<Self> {
         Self::from_lookup(name, |var| std::env::var(var).ok())
     }
@@ -316,6 +329,9 @@ impl AgentConfig {
                 }
             };
         }
+        if let Some(poll) = get("MEMORY_STAGE_POLL") {
+            config.stage_poll = parse_poll(&poll)?;
+        }
         Ok(config)
     }
 
@@ -333,6 +349,22 @@ impl AgentConfig {
     }
 }
 
+/// `MEMORY_STAGE_POLL`: seconds (a fraction allowed), or `off`.
+fn parse_poll(text: &str) -> Result<Duration> {
+    let text = text.trim();
+    if ["off", "no", "false"].contains(&text.to_ascii_lowercase().as_str()) {
+        return Ok(Duration::ZERO);
+    }
+    text.parse::<f64>()
+        .ok()
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .ok_or_else(|| {
+            Error::config(format!(
+                "MEMORY_STAGE_POLL: {text:?} is not a number of seconds (or off)"
+            ))
+        })
+}
+
 impl fmt::Debug for AgentConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AgentConfig")
@@ -340,6 +372,7 @@ impl fmt::Debug for AgentConfig {
             .field("memory_enabled", &self.memory_enabled)
             .field("memory_backend", &self.memory_backend)
             .field("memory_stage", &self.memory_stage)
+            .field("stage_poll", &self.stage_poll)
             .field(
                 "database_url",
                 &self.database_url.as_deref().map(redact_url),

@@ -235,6 +235,9 @@ pub async fn open(config: &AgentConfig) -> Result<Arc<dyn MemoryBackend>> {
 /// stage's rules decide: while SQLite is authoritative the agent works and PostgreSQL's
 /// writes are journaled for repair; in `live` reads fall back to SQLite and writes fail.
 ///
+/// Unless [`AgentConfig::stage_poll`] is zero, the backend follows the stages held
+/// centrally in PostgreSQL (see [`DualBackend::follow_central_stages`]).
+///
 /// # Errors
 /// [`Error::Config`](crate::Error::Config) without a URL or with a malformed one; a
 /// refused login; schema errors when PostgreSQL answers.
@@ -243,25 +246,33 @@ pub async fn open(config: &AgentConfig) -> Result<Arc<dyn MemoryBackend>> {
 pub async fn open_dual(config: &AgentConfig) -> Result<DualBackend> {
     let target = PgTarget::parse(config.require_database_url("memory_backend = dual")?)?;
     let sqlite = Arc::new(SqliteBackend::new(&config.agents_path));
-    match PostgresBackend::connect_to(target.clone(), postgres_options(config)).await {
-        Ok(postgres) => Ok(DualBackend::new(
-            sqlite,
-            Arc::new(postgres),
-            config.memory_stage,
-        )),
-        Err(err) if err.is_connection() => {
-            tracing::warn!(
-                error = %crate::Chain(&err),
-                stage = %config.memory_stage,
-                "PostgreSQL unreachable; starting without it until it answers"
-            );
-            let postgres = PostgresBackend::lazy_to(target, postgres_options(config));
-            let dual = DualBackend::new(sqlite, Arc::new(postgres), config.memory_stage);
-            dual.start_without(dual::Side::Postgres);
-            Ok(dual)
-        }
-        Err(err) => Err(err),
+    let (postgres, reachable) =
+        match PostgresBackend::connect_to(target.clone(), postgres_options(config)).await {
+            Ok(postgres) => (postgres, true),
+            Err(err) if err.is_connection() => {
+                tracing::warn!(
+                    error = %crate::Chain(&err),
+                    stage = %config.memory_stage,
+                    "PostgreSQL unreachable; starting without it until it answers"
+                );
+                (
+                    PostgresBackend::lazy_to(target, postgres_options(config)),
+                    false,
+                )
+            }
+            Err(err) => return Err(err),
+        };
+    let pool = postgres.pool().clone();
+    let dual = DualBackend::new(sqlite, Arc::new(postgres), config.memory_stage);
+    if !reachable {
+        dual.start_without(dual::Side::Postgres);
     }
+    if !config.stage_poll.is_zero() {
+        let agents_path = Some(config.agents_path.clone());
+        dual.follow_central_stages(pool, config.stage_poll, agents_path, reachable)
+            .await;
+    }
+    Ok(dual)
 }
 
 #[cfg(feature = "postgres")]

@@ -7,8 +7,8 @@ use super::POSTGRES_MIGRATIONS;
 use crate::error::{Error, Result};
 
 /// The library's bookkeeping in PostgreSQL (schema `agent_memory`): applied migrations,
-/// memory and tool tombstones, writes owed to SQLite and the backfill's runs and
-/// catch-up state. Created at connect, never in
+/// memory and tool tombstones, writes owed to SQLite, the backfill's runs and
+/// catch-up state, and the central migration stages with their history. Created at connect, never in
 /// `public`. Its files run in order; each is idempotent.
 const BOOKKEEPING_SQL: &str = concat!(
     include_str!("../../migrations/postgres/bookkeeping.sql"),
@@ -16,6 +16,8 @@ const BOOKKEEPING_SQL: &str = concat!(
     include_str!("../../migrations/postgres/bookkeeping_0002_tool_tombstones.sql"),
     "\n",
     include_str!("../../migrations/postgres/bookkeeping_0003_catch_up.sql"),
+    "\n",
+    include_str!("../../migrations/postgres/bookkeeping_0004_stages.sql"),
 );
 
 /// Serialises concurrent migrators on one PostgreSQL database.
@@ -96,7 +98,7 @@ pub(crate) async fn ensure_bookkeeping(pool: &PgPool) -> Result<()> {
     // Every table and the last column each bookkeeping file adds: a database made by an
     // older version gets what it lacks.
     let present: bool = sqlx::query_scalar(
-        "select count(*) = 8
+        "select count(*) = 11
             and exists (select 1 from information_schema.columns
                         where table_schema = 'agent_memory' and table_name = 'owed_writes'
                           and column_name = 'parked_at')
@@ -107,7 +109,8 @@ pub(crate) async fn ensure_bookkeeping(pool: &PgPool) -> Result<()> {
          where table_schema = 'agent_memory'
            and table_name in ('schema_migrations', 'memory_tombstones', 'owed_writes',
                               'backfill_runs', 'backfill_progress', 'tool_tombstones',
-                              'backfill_tables', 'backfill_chunks')",
+                              'backfill_tables', 'backfill_chunks', 'stages',
+                              'stage_history', 'stage_counters')",
     )
     .fetch_one(pool)
     .await

@@ -1,6 +1,7 @@
 //! The dual backend: SQLite and PostgreSQL side by side, stepping through the migration
 //! [`Stage`]s with dual writes, read fallback, lazy migration and repair of missed writes.
 
+mod central;
 mod compare;
 mod health;
 mod listing;
@@ -20,9 +21,13 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 pub use crate::backend::replica::OwedWrite;
+pub use central::{
+    AgentStage, CHANNEL, CentralStages, Cohort, StageChange, StageMove, StageRequest, bucket,
+    cache_path, in_percent, matches_pattern, read_stages,
+};
 pub(crate) use compare::{same_memory, same_metadata, same_tool};
 pub use health::DualOptions;
-pub use stats::{DualStats, Latency, SideStats};
+pub use stats::{AgentCounts, DualStats, Latency, SideStats};
 
 use self::health::{Health, unreachable};
 use self::stats::{Counters, bump};
@@ -191,6 +196,17 @@ struct Inner {
     checked: Mutex<HashSet<AgentId>>,
     /// Writes and journal clears under way, for repairs and flushes to wait on.
     tickets: tickets::Tickets,
+    /// Stages of single agents set in code, over `stage`.
+    agent_stages: std::sync::RwLock<HashMap<AgentId, Stage>>,
+    /// The stages read from the central table, when this backend follows it: its rows
+    /// win over the stages set in code (an agent's row over everything, the default row
+    /// over `stage`).
+    central: std::sync::RwLock<Option<CentralStages>>,
+    /// What each agent's reads met at each stage since the counts were last taken (for
+    /// the central stage view).
+    agent_counts: Mutex<HashMap<(AgentId, Stage), AgentCounts>>,
+    /// The task following the central stages, when one does.
+    follower: Mutex<Option<central::Follower>>,
 }
 
 impl std::fmt::Debug for DualBackend {
@@ -201,6 +217,11 @@ impl std::fmt::Debug for DualBackend {
             .field("postgres", &self.inner.sides[1])
             .finish()
     }
+}
+
+fn read<T>(m: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    // Stages are replaced whole; a poisoned lock still holds a whole value.
+    m.read().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -235,21 +256,114 @@ impl DualBackend {
                 repairing: Mutex::new(HashSet::new()),
                 checked: Mutex::new(HashSet::new()),
                 tickets: tickets::Tickets::default(),
+                agent_stages: std::sync::RwLock::new(HashMap::new()),
+                agent_counts: Mutex::new(HashMap::new()),
+                central: std::sync::RwLock::new(None),
+                follower: Mutex::new(None),
             }),
         }
     }
 
-    /// The stage now.
+    /// The default stage now: that of every agent without a stage of its own (the
+    /// central default row when there is one, else the one set in code).
     pub fn stage(&self) -> Stage {
+        let central = read(&self.inner.central);
+        central
+            .as_ref()
+            .and_then(|c| c.default)
+            .unwrap_or_else(|| self.local_stage())
+    }
+
+    /// The default stage set in code (or at construction), whatever the central table
+    /// says.
+    pub(crate) fn local_stage(&self) -> Stage {
         Stage::ALL[usize::from(self.inner.stage.load(Ordering::SeqCst))]
     }
 
-    /// Moves to `stage`, forward or back. Calls already running finish under the stage
-    /// they started in (each call decides its plan once, at its start). Run [`repair_all`](Self::repair_all) before a step that changes
-    /// the authoritative side, so its data is complete.
+    /// The stage `agent` is at now: its central row's, else the one set for it in code,
+    /// else the default.
+    pub fn stage_of(&self, agent: &AgentId) -> Stage {
+        if let Some(stage) = read(&self.inner.central)
+            .as_ref()
+            .and_then(|c| c.agents.get(agent).copied())
+        {
+            return stage;
+        }
+        if let Some(stage) = read(&self.inner.agent_stages).get(agent).copied() {
+            return stage;
+        }
+        self.stage()
+    }
+
+    /// Moves the default stage (that of every agent without one of its own) to `stage`,
+    /// forward or back. Calls already running finish under the stage they started in
+    /// (each call decides its plan once, at its start). Run
+    /// [`repair_all`](Self::repair_all) before a step that changes the authoritative
+    /// side, so its data is complete. While the backend follows central stages, the
+    /// central table's rows win over this.
     pub fn set_stage(&self, stage: Stage) {
-        self.inner.stage.store(stage as u8, Ordering::SeqCst);
-        tracing::info!(%stage, "dual backend stage changed");
+        let before = self.inner.stage.swap(stage as u8, Ordering::SeqCst);
+        if before != stage as u8 {
+            tracing::info!(%stage, "dual backend default stage changed");
+        }
+    }
+
+    /// Puts `agent` at `stage` (or, with `None`, back on the default), like
+    /// [`set_stage`](Self::set_stage) does for every agent.
+    pub fn set_agent_stage(&self, agent: &AgentId, stage: Option<Stage>) {
+        let mut stages = self
+            .inner
+            .agent_stages
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let before = match stage {
+            Some(stage) => stages.insert(agent.clone(), stage),
+            None => stages.remove(agent),
+        };
+        if before != stage {
+            tracing::info!(agent = %agent, stage = ?stage, "dual backend stage of an agent changed");
+        }
+    }
+
+    /// Puts the backend on the central `stages` just read, logging each change.
+    pub(crate) fn set_central(&self, stages: &CentralStages) {
+        let mut central = self
+            .inner
+            .central
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let before = central.replace(stages.clone()).unwrap_or_default();
+        drop(central);
+        if before.default != stages.default {
+            tracing::info!(stage = ?stages.default, "default stage changed centrally");
+        }
+        let agents = before.agents.keys().chain(stages.agents.keys());
+        for agent in agents.collect::<std::collections::BTreeSet<_>>() {
+            if before.agents.get(agent) != stages.agents.get(agent) {
+                tracing::info!(agent = %agent, stage = ?stages.agents.get(agent), "stage of an agent changed centrally");
+            }
+        }
+    }
+
+    /// Takes what each agent's reads met at each stage since the last take (shadow
+    /// mismatches, fallback reads, lazy copies).
+    pub fn take_agent_counts(&self) -> HashMap<(AgentId, Stage), AgentCounts> {
+        std::mem::take(&mut *lock(&self.inner.agent_counts))
+    }
+
+    /// Puts counts taken with [`take_agent_counts`](Self::take_agent_counts) back (they
+    /// could not be saved).
+    pub fn give_back_agent_counts(&self, counts: HashMap<(AgentId, Stage), AgentCounts>) {
+        let mut all = lock(&self.inner.agent_counts);
+        for (key, counts) in counts {
+            all.entry(key).or_default().add(&counts);
+        }
+    }
+
+    /// Counts an event of `agent`'s reads, at its stage now.
+    fn count_for(&self, agent: &AgentId, count: impl FnOnce(&mut AgentCounts)) {
+        let key = (agent.clone(), self.stage_of(agent));
+        count(lock(&self.inner.agent_counts).entry(key).or_default());
     }
 
     fn side(&self, side: Side) -> &dyn Replica {
@@ -434,6 +548,7 @@ impl MemoryBackend for DualBackend {
     /// Flushes, then closes both sides; background repairs still running fail their
     /// attempt and leave the journal as it was.
     async fn close(&self) -> Result<()> {
+        self.stop_following().await;
         let flushed = DualBackend::flush(self).await;
         let sqlite = self.side(Side::Sqlite).close().await;
         let postgres = self.side(Side::Postgres).close().await;
@@ -447,7 +562,11 @@ impl MemoryBackend for DualBackend {
     async fn put_memory(&self, agent: &AgentId, memory: &Memory) -> Result<Memory> {
         memory.validate()?;
         match self
-            .write(agent, Change::PutMemory(memory), Plan::of(self.stage()))
+            .write(
+                agent,
+                Change::PutMemory(memory),
+                Plan::of(self.stage_of(agent)),
+            )
             .await?
             .0
         {
@@ -457,7 +576,8 @@ impl MemoryBackend for DualBackend {
     }
 
     async fn get_memory(&self, agent: &AgentId, key: &str) -> Result<Option<Memory>> {
-        self.get_memory_planned(agent, key, self.stage()).await
+        self.get_memory_planned(agent, key, self.stage_of(agent))
+            .await
     }
 
     async fn delete_memory(&self, agent: &AgentId, key: &str) -> Result<bool> {
@@ -466,18 +586,19 @@ impl MemoryBackend for DualBackend {
     }
 
     async fn memory_keys(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<String>> {
-        self.list_planned::<String>(agent, listing, self.stage())
+        self.list_planned::<String>(agent, listing, self.stage_of(agent))
             .await
     }
 
     async fn search_memories(&self, agent: &AgentId, query: &VectorQuery) -> Result<Vec<Neighbor>> {
-        self.search_planned(agent, query, self.stage()).await
+        self.search_planned(agent, query, self.stage_of(agent))
+            .await
     }
 
     async fn put_tool(&self, agent: &AgentId, tool: &Tool) -> Result<Tool> {
         tool.validate()?;
         match self
-            .write(agent, Change::PutTool(tool), Plan::of(self.stage()))
+            .write(agent, Change::PutTool(tool), Plan::of(self.stage_of(agent)))
             .await?
             .0
         {
@@ -487,7 +608,8 @@ impl MemoryBackend for DualBackend {
     }
 
     async fn get_tool(&self, agent: &AgentId, name: &str) -> Result<Option<Tool>> {
-        self.get_tool_planned(agent, name, self.stage()).await
+        self.get_tool_planned(agent, name, self.stage_of(agent))
+            .await
     }
 
     async fn delete_tool(&self, agent: &AgentId, name: &str) -> Result<bool> {
@@ -496,31 +618,39 @@ impl MemoryBackend for DualBackend {
     }
 
     async fn list_tools(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<Tool>> {
-        self.list_planned::<Tool>(agent, listing, self.stage())
+        self.list_planned::<Tool>(agent, listing, self.stage_of(agent))
             .await
     }
 
     async fn record_metric(&self, agent: &AgentId, metric: &Metric) -> Result<()> {
         metric.validate()?;
-        self.write(agent, Change::Metric(metric), Plan::of(self.stage()))
-            .await
-            .map(drop)
+        self.write(
+            agent,
+            Change::Metric(metric),
+            Plan::of(self.stage_of(agent)),
+        )
+        .await
+        .map(drop)
     }
 
     async fn list_metrics(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<Metric>> {
-        self.list_planned::<Metric>(agent, listing, self.stage())
+        self.list_planned::<Metric>(agent, listing, self.stage_of(agent))
             .await
     }
 
     async fn log_execution(&self, agent: &AgentId, execution: &Execution) -> Result<()> {
         execution.validate()?;
-        self.write(agent, Change::Execution(execution), Plan::of(self.stage()))
-            .await
-            .map(drop)
+        self.write(
+            agent,
+            Change::Execution(execution),
+            Plan::of(self.stage_of(agent)),
+        )
+        .await
+        .map(drop)
     }
 
     async fn list_executions(&self, agent: &AgentId, listing: &Listing) -> Result<Vec<Execution>> {
-        self.list_planned::<Execution>(agent, listing, self.stage())
+        self.list_planned::<Execution>(agent, listing, self.stage_of(agent))
             .await
     }
 }

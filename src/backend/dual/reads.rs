@@ -139,6 +139,7 @@ impl DualBackend {
         bump(&self.inner.counters.shadow_compares);
         if !same {
             bump(&self.inner.counters.shadow_mismatches);
+            self.count_for(agent, |c| c.shadow_mismatches += 1);
             tracing::info!(agent = %agent, what, "shadow read mismatch between SQLite and PostgreSQL");
         }
     }
@@ -157,6 +158,7 @@ impl DualBackend {
             return Ok(None);
         };
         bump(&self.inner.counters.fallback_hits);
+        self.count_for(agent, |c| c.fallback_reads += 1);
         // Insert-only-over-older: a store that raced this copy, or a delete, wins.
         let copied = self
             .timed(
@@ -168,6 +170,7 @@ impl DualBackend {
         match copied {
             Some(stored) => {
                 bump(&self.inner.counters.lazy_copies);
+                self.count_for(agent, |c| c.lazy_copies += 1);
                 Ok(Some(stored))
             }
             None => self.side(Side::Postgres).get_memory(agent, key).await,
@@ -186,6 +189,7 @@ impl DualBackend {
             return Ok(None);
         };
         bump(&self.inner.counters.fallback_hits);
+        self.count_for(agent, |c| c.fallback_reads += 1);
         match self
             .timed(
                 Side::Postgres,
@@ -196,6 +200,7 @@ impl DualBackend {
         {
             Some(copied) => {
                 bump(&self.inner.counters.lazy_copies);
+                self.count_for(agent, |c| c.lazy_copies += 1);
                 Ok(Some(copied))
             }
             // A newer registration is there: it stands.

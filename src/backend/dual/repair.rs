@@ -42,7 +42,7 @@ impl DualBackend {
 
     /// Starts a repair of `agent` if it may owe writes and none is running.
     pub(super) fn repair_in_background(&self, agent: &AgentId) {
-        if !self.stage().writes_both() || !lock(&self.inner.owing).contains(agent) {
+        if !self.stage_of(agent).writes_both() || !lock(&self.inner.owing).contains(agent) {
             return;
         }
         if !lock(&self.inner.repairing).insert(agent.clone()) {

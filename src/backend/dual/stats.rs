@@ -219,3 +219,24 @@ mod tests {
         assert!(ends.summary().p99_us.unwrap() >= LONGEST_US);
     }
 }
+
+/// What one agent's reads met: the figures an operator weighs before moving the agent
+/// to its next stage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct AgentCounts {
+    /// `shadow` and `live` reads whose two sides disagreed.
+    pub shadow_mismatches: u64,
+    /// `live` reads that missed PostgreSQL and found the row in SQLite.
+    pub fallback_reads: u64,
+    /// Rows those reads copied into PostgreSQL.
+    pub lazy_copies: u64,
+}
+
+impl AgentCounts {
+    /// Adds `other` to these counts.
+    pub fn add(&mut self, other: &AgentCounts) {
+        self.shadow_mismatches += other.shadow_mismatches;
+        self.fallback_reads += other.fallback_reads;
+        self.lazy_copies += other.lazy_copies;
+    }
+}

@@ -99,7 +99,7 @@ impl DualBackend {
     /// Deletes a memory or a tool (`change`) by the stage's plan; returns whether the
     /// agent could read it before.
     pub(super) async fn delete(&self, agent: &AgentId, change: Change<'_>) -> Result<bool> {
-        let plan = Plan::of(self.stage());
+        let plan = Plan::of(self.stage_of(agent));
         let (outcome, on_second) = self.write(agent, change, plan).await?;
         let existed = matches!(outcome, Outcome::Deleted { existed: true, .. });
         // In `live` what only SQLite held was readable (through the fallback), so it
