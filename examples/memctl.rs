@@ -13,6 +13,11 @@
 //! cargo run --example memctl -- migrate                   # shipped schema -> DATABASE_URL
 //! cargo run --example memctl -- [--agent NAME] repair     # replay owed dual writes
 //! cargo run --example memctl -- [--agent NAME] stats      # journals, and both sides compared
+//! cargo run --example memctl -- stage [--json]           # every agent's stage, central
+//! cargo run --example memctl -- stage set STAGE [AGENT...] [--pattern GLOB]
+//!                               [--percent N] [--default] [--reason TEXT]
+//!                               [--explained TEXT] [--force] [--by NAME]
+//! cargo run --example memctl -- [--agent NAME] stage history [--limit N] [--json]
 //! ```
 //!
 //! Reads `MEMORY_BACKEND` (`sqlite`, `postgres` or `dual`, default `sqlite`),
@@ -22,13 +27,14 @@
 //! agents path). `RUST_LOG` sets the log level (default `warn`).
 //!
 //! Exit status: 0 on success; 1 when `get` or `delete` finds no such key; 2 on an error,
-//! whose whole chain is printed.
+//! whose whole chain is printed; 3 when `stage set` refused to move an agent (a guard
+//! rail; the reason is printed, the other agents are moved).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use memshift::backend::dual::{DualBackend, Side};
+use memshift::backend::dual::{Cohort, DualBackend, Side, StageRequest};
 use memshift::config::Stage;
 use memshift::{
     AgentConfig, AgentId, AgentMemory, BackendKind, Chain, DistanceMetric, Error, Json, Memory,
@@ -143,12 +149,69 @@ enum Command {
     /// Print the owed-write journals (pending and parked) and, with --agent, how the two
     /// sides compare (JSON).
     Stats,
+    /// Show every agent's migration stage as PostgreSQL holds it centrally (every
+    /// process of an agent follows it within seconds), with what to weigh before its
+    /// next step; `stage set` moves agents, `stage history` shows who moved what.
+    Stage {
+        #[command(subcommand)]
+        action: Option<StageAction>,
+        /// Print JSON instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum StageAction {
+    /// Move agents to STAGE: those named (and --agent), those matching --pattern, a
+    /// --percent of all, or with --default every agent without a stage of its own. One
+    /// stage forward at a time; a step that hands authority to the other side first
+    /// replays the agent's owed writes and refuses while any remain or shadow
+    /// mismatches are unexplained. Stepping back is always allowed.
+    Set {
+        /// sqlite, dualwrite, shadow, live, rampdown or postgres. (Not named `stage`:
+        /// the global `--stage` would take its value.)
+        #[arg(value_name = "STAGE")]
+        to: Stage,
+        /// Agents to move.
+        agents: Vec<String>,
+        /// Agents whose names match (`*` any run of characters, `?` one character).
+        #[arg(long)]
+        pattern: Option<String>,
+        /// This share of the known agents (0 to 100), chosen by a hash of the name: the
+        /// agents inside 10% are inside 25% too.
+        #[arg(long)]
+        percent: Option<f64>,
+        /// Move the default stage (of every agent without one of its own).
+        #[arg(long)]
+        default: bool,
+        /// Why (recorded in the history).
+        #[arg(long, default_value = "")]
+        reason: String,
+        /// Why the shadow mismatches counted at the current stage are acceptable.
+        #[arg(long, value_name = "TEXT")]
+        explained: Option<String>,
+        /// Override the guard rails (recorded in the history).
+        #[arg(long)]
+        force: bool,
+        /// Who makes the change [default: $USER].
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// The recorded changes of stage, newest first (of --agent and the default, when
+    /// given).
+    History {
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
 }
 
 /// What a successful command reports through the exit status.
 enum Outcome {
     Done,
     NotFound,
+    Refused,
 }
 
 async fn run(cli: Cli) -> Result<Outcome, Error> {
@@ -209,6 +272,9 @@ async fn run(cli: Cli) -> Result<Outcome, Error> {
     }
     if let Command::Repair { .. } | Command::Stats = cli.command {
         return both_sides(&cli.command, cli.agent.as_deref(), &config).await;
+    }
+    if let Command::Stage { action, json } = cli.command {
+        return stage(action, json, cli.agent.as_deref(), config).await;
     }
     if cli.agent.is_none() {
         return Err(memshift::Error::InvalidInput {
@@ -305,6 +371,7 @@ async fn run(cli: Cli) -> Result<Outcome, Error> {
         | Command::Repair { .. }
         | Command::Stats
         | Command::Index { .. }
+        | Command::Stage { .. }
         | Command::Compression { .. } => {
             unreachable!("handled above")
         }
@@ -375,8 +442,9 @@ async fn both_sides(
                 Ok(value) => value,
                 Err(err) => serde_json::json!({ "error": Chain(&err).to_string() }),
             };
+            let stage = agent.as_ref().map_or(dual.stage(), |a| dual.stage_of(a));
             let mut out = serde_json::json!({
-                "stage": config.memory_stage,
+                "stage": stage,
                 "owed_to_postgres": report(dual.owed_journaled_on(Side::Sqlite).await.map(Into::into)),
                 "owed_to_sqlite": report(dual.owed_journaled_on(Side::Postgres).await.map(Into::into)),
                 "parked": {
@@ -395,6 +463,163 @@ async fn both_sides(
     Ok(Outcome::Done)
 }
 
+/// `stage`, `stage set` and `stage history`: the stages held centrally.
+async fn stage(
+    action: Option<StageAction>,
+    json: bool,
+    agent: Option<&str>,
+    mut config: AgentConfig,
+) -> Result<Outcome, Error> {
+    if config.stage_poll.is_zero() {
+        // memctl works on the central stages whatever the agents' own setting.
+        config.stage_poll = memshift::config::DEFAULT_STAGE_POLL;
+    }
+    let dual = backend::open_dual(&config).await?;
+    let agent = agent.map(AgentId::new).transpose()?;
+    let outcome = match action {
+        None => {
+            let view = dual.stage_view().await?;
+            match json {
+                true => println!("{}", serde_json::json!(view)),
+                false => print_stage_view(&view),
+            }
+            Outcome::Done
+        }
+        Some(StageAction::History { limit }) => {
+            let history = dual.stage_history(agent.as_ref(), limit).await?;
+            match json {
+                true => println!("{}", serde_json::json!(history)),
+                false => print_history(&history),
+            }
+            Outcome::Done
+        }
+        Some(StageAction::Set {
+            to,
+            agents,
+            pattern,
+            percent,
+            default,
+            reason,
+            explained,
+            force,
+            by,
+        }) => {
+            let mut named: Vec<AgentId> = agents
+                .into_iter()
+                .map(AgentId::new)
+                .collect::<Result<_, _>>()?;
+            named.extend(agent);
+            let cohort = match (named.is_empty(), pattern, percent, default) {
+                (false, None, None, false) => Cohort::Agents(named),
+                (true, Some(pattern), None, false) => Cohort::Pattern(pattern),
+                (true, None, Some(percent), false) if (0.0..=100.0).contains(&percent) => {
+                    Cohort::Percent(percent)
+                }
+                (true, None, None, true) => Cohort::Default,
+                _ => {
+                    return Err(Error::InvalidInput {
+                        what: "stage set",
+                        reason: "name the agents one way: AGENT... (or --agent), --pattern GLOB,                                  --percent N (0 to 100), or --default"
+                            .into(),
+                    });
+                }
+            };
+            let request = StageRequest {
+                reason,
+                by: by
+                    .or_else(|| std::env::var("USER").ok())
+                    .or_else(|| std::env::var("LOGNAME").ok())
+                    .unwrap_or_else(|| "unknown".into()),
+                force,
+                mismatches_explained: explained,
+            };
+            let moves = dual.move_stage(&cohort, to, &request).await?;
+            let refused = moves.iter().any(|m| m.outcome == "refused");
+            for moved in &moves {
+                let name = moved.agent.as_ref().map_or("(default)", AgentId::as_str);
+                match json {
+                    true => println!("{}", serde_json::json!(moved)),
+                    false => {
+                        let why = moved.why.as_deref().map(|w| format!(": {w}"));
+                        println!(
+                            "{name}: {} -> {} {}{}",
+                            moved.from,
+                            moved.to,
+                            moved.outcome,
+                            why.unwrap_or_default()
+                        );
+                    }
+                }
+            }
+            if moves.is_empty() {
+                eprintln!("memctl: no known agent is in that cohort");
+            }
+            if refused {
+                Outcome::Refused
+            } else {
+                Outcome::Done
+            }
+        }
+    };
+    memshift::MemoryBackend::close(&dual).await.ok();
+    Ok(outcome)
+}
+
+fn print_stage_view(view: &[memshift::backend::dual::AgentStage]) {
+    let when = |t: Option<chrono::DateTime<chrono::Utc>>| {
+        t.map_or("-".to_owned(), |t| {
+            t.format("%Y-%m-%d %H:%M:%S").to_string()
+        })
+    };
+    println!(
+        "{:<24} {:<10} {:<8} {:>7} {:>6} {:>10} {:>9} {:>6}  {:<19}  {:<19}",
+        "AGENT",
+        "STAGE",
+        "SET BY",
+        "PENDING",
+        "PARKED",
+        "MISMATCHES",
+        "FALLBACKS",
+        "COPIES",
+        "CHANGED",
+        "LAST CATCH-UP"
+    );
+    for a in view {
+        println!(
+            "{:<24} {:<10} {:<8} {:>7} {:>6} {:>10} {:>9} {:>6}  {:<19}  {:<19}",
+            a.agent,
+            a.stage.as_str(),
+            a.source,
+            a.owed_pending,
+            a.owed_parked,
+            a.counts.shadow_mismatches,
+            a.counts.fallback_reads,
+            a.counts.lazy_copies,
+            when(a.changed_at),
+            when(a.last_catch_up),
+        );
+    }
+}
+
+fn print_history(history: &[memshift::backend::dual::StageChange]) {
+    for change in history {
+        println!(
+            "{}  {:<24} {:>9} -> {:<9} by {}{}{}",
+            change.at.format("%Y-%m-%d %H:%M:%S"),
+            change.agent.as_deref().unwrap_or("(default)"),
+            change.from.as_deref().unwrap_or("(none)"),
+            change.to,
+            change.by,
+            if change.forced { " FORCED" } else { "" },
+            if change.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", change.reason)
+            },
+        );
+    }
+}
+
 // `pub(crate)`: src/bin/memctl.rs runs it as the installed program.
 #[tokio::main]
 pub(crate) async fn main() -> ExitCode {
@@ -408,6 +633,7 @@ pub(crate) async fn main() -> ExitCode {
     match run(Cli::parse()).await {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         Ok(Outcome::NotFound) => ExitCode::from(1),
+        Ok(Outcome::Refused) => ExitCode::from(3),
         Err(err) => {
             eprintln!("memctl: {}", Chain(&err));
             ExitCode::from(2)
