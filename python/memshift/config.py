@@ -41,6 +41,10 @@ class AgentConfig:
     """Most connections the PostgreSQL pool opens."""
     connect_timeout: float = 10.0
     """Seconds to wait for a PostgreSQL connection before failing."""
+    stage_poll: float = 2.0
+    """The dual backend follows the stages held centrally in PostgreSQL (``memctl stage
+    set``), listening for changes and reading them again this often (seconds); ``0``
+    keeps ``memory_stage`` for the process's life."""
 
     def __post_init__(self) -> None:
         # The library's own check, so the message (listing the valid names) is the same
@@ -51,7 +55,7 @@ class AgentConfig:
     def from_env(cls, name: str) -> AgentConfig:
         """The configuration of agent ``name`` from the environment, read exactly as the
         Rust library reads it: ``MEMORY_BACKEND``, ``MEMORY_STAGE``, ``DATABASE_URL``,
-        ``AGENTS_PATH``, ``MEMORY_ENABLED``.
+        ``AGENTS_PATH``, ``MEMORY_ENABLED``, ``MEMORY_STAGE_POLL``.
 
         Raises :class:`memshift.ConfigError` for an unknown backend or stage, or an
         unreadable ``MEMORY_ENABLED``.

@@ -18,7 +18,8 @@ use crate::errors::{self, IntoPy};
 
 /// The configuration read from any object with the fields of `memshift.AgentConfig`
 /// (`name`, `memory_enabled`, `memory_backend`, `database_url`, `agents_path`,
-/// `memory_stage`, and optionally `max_connections` and `connect_timeout` in seconds),
+/// `memory_stage`, and optionally `max_connections`, and `connect_timeout` and `stage_poll`
+/// in seconds),
 /// so an agent's own config class works as it is.
 pub(crate) fn read_config(config: &Bound<'_, PyAny>) -> PyResult<AgentConfig> {
     let mut out = AgentConfig::new(
@@ -60,6 +61,16 @@ pub(crate) fn read_config(config: &Bound<'_, PyAny>) -> PyResult<AgentConfig> {
         out.connect_timeout = Duration::try_from_secs_f64(seconds).map_err(|_| {
             errors::config(format!(
                 "the config's `connect_timeout` {seconds} is not a duration"
+            ))
+        })?;
+    }
+    if let Some(poll) = field(config, "stage_poll")? {
+        let seconds: f64 = poll.extract().map_err(|_| {
+            errors::config("the config's `stage_poll` is not a number of seconds".into())
+        })?;
+        out.stage_poll = Duration::try_from_secs_f64(seconds).map_err(|_| {
+            errors::config(format!(
+                "the config's `stage_poll` {seconds} is not a duration"
             ))
         })?;
     }
@@ -481,6 +492,7 @@ pub(crate) fn config_from_env<'py>(py: Python<'py>, name: String) -> PyResult<Bo
     out.set_item("database_url", &config.database_url)?;
     out.set_item("agents_path", config.agents_path.to_string_lossy())?;
     out.set_item("memory_stage", config.memory_stage.as_str())?;
+    out.set_item("stage_poll", config.stage_poll.as_secs_f64())?;
     Ok(out)
 }
 
