@@ -292,13 +292,15 @@ class AgentMemory:
 
     @property
     def stage(self) -> str:
-        """The dual backend's stage (``memshift.STAGES``); :class:`InvalidInputError`
-        on another backend."""
+        """The agent's stage in the dual backend (``memshift.STAGES``): the one held
+        centrally in PostgreSQL (``memctl stage set``) when there is one;
+        :class:`InvalidInputError` on another backend."""
         return self._native.stage
 
     def set_stage(self, stage: str) -> None:
-        """Moves the dual backend to ``stage``, forward or back; calls already running
-        finish by the stage they started in."""
+        """Moves the agent to ``stage`` in this process, forward or back; calls already
+        running finish by the stage they started in. A stage held centrally for the
+        agent (``memctl stage set``) wins over this."""
         self._native.set_stage(stage)
 
     async def repair(self, *, retry_parked: bool = False) -> dict[str, int]:

@@ -422,13 +422,17 @@ impl NativeMemory {
 
     /// The dual backend's stage.
     #[getter]
+    /// The agent's stage now (its central row's, when PostgreSQL holds one).
     fn stage(&self) -> PyResult<&'static str> {
-        Ok(self.dual("stage")?.stage().as_str())
+        let agent = self.handle()?.memory.agent().clone();
+        Ok(self.dual("stage")?.stage_of(&agent).as_str())
     }
 
+    /// Puts the agent at `stage` in this process (a central row still wins).
     fn set_stage(&self, stage: &str) -> PyResult<()> {
         let stage: Stage = stage.parse().py_err()?;
-        self.dual("set_stage")?.set_stage(stage);
+        let agent = self.handle()?.memory.agent().clone();
+        self.dual("set_stage")?.set_agent_stage(&agent, Some(stage));
         Ok(())
     }
 
@@ -452,11 +456,14 @@ impl NativeMemory {
     /// the whole call failing.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let dual = self.dual("stats")?;
+        let agent = self.handle()?.memory.agent().clone();
         future_into_py(py, async move {
-            let stats = match dual.stats_with_pending().await {
+            let mut stats = match dual.stats_with_pending().await {
                 Ok(stats) => stats,
                 Err(_) => dual.stats(),
             };
+            // The stage of this memory's agent, which may be its own.
+            stats.stage = dual.stage_of(&agent);
             record_text(&stats)
         })
     }

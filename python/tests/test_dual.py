@@ -9,6 +9,7 @@ import json
 import sqlite3
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import closing
 from pathlib import Path
@@ -341,3 +342,27 @@ def test_a_store_while_postgres_is_down_reaches_it_after_repair(
             assert (await memory.stats())["owed_pending"] == 0
 
     asyncio.run(work())
+
+
+def test_a_dual_memory_follows_its_central_stage(database: str, agents: Path) -> None:
+    """A stage set centrally (as ``memctl stage set`` does: the row, then a notify) moves a
+    running Python memory within seconds, without a restart."""
+
+    async def scenario() -> None:
+        config = dual("steered", database, agents, stage="dualwrite", stage_poll=30)
+        async with await AgentMemory.open(config) as memory:
+            assert memory.stage == "dualwrite"
+            with psycopg.connect(database, autocommit=True) as conn:
+                conn.execute(
+                    "insert into agent_memory.stages (agent, stage) values ('steered', 'shadow')"
+                )
+                conn.execute("select pg_notify('agent_memory_stages', 'steered')")
+            deadline = time.monotonic() + 5
+            while memory.stage != "shadow":
+                assert time.monotonic() < deadline, "the change never arrived"
+                await asyncio.sleep(0.01)
+            # A central row wins over a stage set in code.
+            memory.set_stage("sqlite")
+            assert memory.stage == "shadow"
+
+    asyncio.run(scenario())
