@@ -210,6 +210,9 @@ async fn migrations_create_exactly_the_contract_tables() {
             "memory_tombstones",
             "owed_writes",
             "schema_migrations",
+            "stage_counters",
+            "stage_history",
+            "stages",
             "tool_tombstones"
         ],
         "the library's own tables live in its schema"

@@ -305,12 +305,29 @@ async fn cohorts_by_pattern_and_by_a_stable_percentage() {
     for name in &names {
         std::fs::create_dir(dir.path().join(name)).unwrap();
     }
+    // One agent's legacy file, brought into PostgreSQL by a backfill.
+    common::legacy_file(
+        &dir.path().join("crawler-03").join("legacy.db"),
+        &common::memory_table(3),
+    )
+    .await;
+    let options = memshift::backfill::BackfillOptions::new(dir.path());
+    let report = memshift::backfill::run(&db.url, &options, &())
+        .await
+        .unwrap();
+    assert!(report.succeeded(), "{report:#?}");
     let agents = dir.path().to_str().unwrap();
     let env = [
         ("DATABASE_URL", db.url.as_str()),
         ("AGENTS_PATH", agents),
         ("MEMORY_STAGE", "dualwrite"),
     ];
+    let out = memctl(&env, &["stage", "--json"]);
+    let view: Vec<Value> = serde_json::from_str(&stdout(&out)).unwrap();
+    for agent in &view {
+        let caught_up = !agent["last_catch_up"].is_null();
+        assert_eq!(caught_up, agent["agent"] == "crawler-03", "{agent}");
+    }
     let stages = || -> BTreeMap<String, (String, String)> {
         let out = memctl(&env, &["stage", "--json"]);
         assert!(out.status.success(), "{out:?}");
