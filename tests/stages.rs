@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::agent_process::{Process, assert_acknowledged, epoch_ms, pause, resume};
+use common::agent_process::{Process, assert_acknowledged, changed_at, pause, resume};
 use common::{memctl, stdout};
 use memshift::backend::DualBackend;
 use memshift::backend::dual::{Cohort, StageRequest, in_percent};
@@ -498,9 +498,6 @@ async fn two_processes_follow_the_stage_through_the_walk_and_lose_nothing() {
             .unwrap();
             assert!(killed >= 2, "both processes listen ({killed} listeners)");
         }
-        // Measured from before memctl starts, so each figure is an upper bound (it holds
-        // memctl's start, its drain and its commit too).
-        let changed = epoch_ms();
         let out = memctl(
             &env,
             &[
@@ -515,6 +512,8 @@ async fn two_processes_follow_the_stage_through_the_walk_and_lose_nothing() {
         );
         assert!(out.status.success(), "step to {stage}: {out:?}");
         assert!(stdout(&out).contains("moved"), "{}", stdout(&out));
+        // Measured from the change's transaction (its history row's time).
+        let changed = changed_at(postgres.pool(), "shared-agent").await;
         for (i, process) in processes.iter_mut().enumerate() {
             let delay = process.follows(stage, changed);
             assert!(

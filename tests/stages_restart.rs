@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::agent_process::{Process, assert_acknowledged, epoch_ms, pause, resume};
+use common::agent_process::{Process, assert_acknowledged, changed_at, pause, resume};
 use common::{RestartOnDrop, memctl, pg, stdout};
 use memshift::testing::postgres::TestDatabase;
 use memshift::{AgentId, MemoryBackend, SqliteBackend};
@@ -46,7 +46,6 @@ async fn stages_hold_while_postgres_is_down_and_follow_once_it_is_back() {
         pg("start-existing");
     }
 
-    let changed = epoch_ms();
     let set = memctl(
         &env,
         &["stage", "set", "shadow", "kept", "--reason", "back up"],
@@ -57,6 +56,8 @@ async fn stages_hold_while_postgres_is_down_and_follow_once_it_is_back() {
         "{}",
         stdout(&set)
     );
+    let postgres = db.backend().await;
+    let changed = changed_at(postgres.pool(), "kept").await;
     for (i, process) in processes.iter_mut().enumerate() {
         let delay = process.follows("shadow", changed);
         assert!(
@@ -71,7 +72,6 @@ async fn stages_hold_while_postgres_is_down_and_follow_once_it_is_back() {
     let repaired = memctl(&env, &["--agent", "kept", "repair"]);
     assert!(repaired.status.success(), "{repaired:?}");
     let sqlite = SqliteBackend::new(dir.path());
-    let postgres = db.backend().await;
     let sides = [&sqlite as &dyn MemoryBackend, &postgres];
     let agent = AgentId::new("kept").unwrap();
     assert_acknowledged(&processes, &agent, &sides, "after the restart").await;

@@ -156,6 +156,21 @@ pub async fn assert_acknowledged(
     }
 }
 
+/// When the last change of `agent`'s stage was made (its history row's time: its
+/// transaction's start), in ms since the epoch, the clock `agent_process` stamps stages
+/// with (the test server runs on the same machine).
+pub async fn changed_at(pool: &sqlx::PgPool, agent: &str) -> u128 {
+    let at: f64 = sqlx::query_scalar(
+        "select (extract(epoch from at) * 1000)::float8 from agent_memory.stage_history
+         where agent = $1 order by id desc limit 1",
+    )
+    .bind(agent)
+    .fetch_one(pool)
+    .await
+    .expect("the change is recorded");
+    at as u128
+}
+
 /// Milliseconds since the Unix epoch, the clock `agent_process` stamps stages with.
 pub fn epoch_ms() -> u128 {
     std::time::SystemTime::now()
