@@ -95,16 +95,17 @@ impl Drop for Follower {
 }
 
 impl DualBackend {
-    /// Follows the central stages in `pool`'s database from now on: reads them once
-    /// before returning (so the first call already runs under them; PostgreSQL not
-    /// answering leaves the stages as they are), then listens for changes and reads them
-    /// again every `poll`. The stage the backend has now stays the default until a
-    /// default row exists. Also saves what each agent's reads met (see
-    /// [`take_agent_counts`](Self::take_agent_counts)) with every periodic read.
-    /// `agents_path`, when given, names agents too (its folders), for cohorts and the
-    /// stage view.
-    /// With `read_now` false (PostgreSQL was just found unreachable) the first read is
-    /// left to the task, so opening does not wait for a connection timeout.
+    /// Follows the central stages in `pool`'s database from now on: listens for changes,
+    /// reads them once before returning (so the first call already runs under them),
+    /// then again after each change and every `poll`. Also saves what each agent's reads
+    /// met (see [`take_agent_counts`](Self::take_agent_counts)) every `poll`.
+    ///
+    /// `agents_path`, when given, names agents too (its folders, for cohorts and the
+    /// stage view) and holds the cache of the stages last read: when they cannot be
+    /// read now (PostgreSQL down), the cached ones apply until they can. With `read_now`
+    /// false (PostgreSQL was just found unreachable) the first read is left to the
+    /// background task, so opening does not wait out a connection timeout. Stages set
+    /// in code hold wherever the table has no row.
     pub async fn follow_central_stages(
         &self,
         pool: PgPool,
