@@ -23,7 +23,9 @@ use serde_json::{Value, json};
 /// A dual backend over faultable sides that follows the central stages of `db`.
 struct Fixture {
     dual: DualBackend,
+    sqlite_faults: Arc<FaultyBackend>,
     postgres_faults: Arc<FaultyBackend>,
+    sqlite: Arc<dyn Replica>,
     postgres: Arc<dyn Replica>,
     agent: AgentId,
     _dir: tempfile::TempDir,
@@ -39,12 +41,15 @@ impl Fixture {
         let pool = postgres_backend.pool().clone();
         let postgres: Arc<dyn Replica> = Arc::new(postgres_backend);
         let postgres_faults = Arc::new(FaultyBackend::new(postgres.clone()));
-        let dual = DualBackend::new(sqlite, postgres_faults.clone(), start);
+        let sqlite_faults = Arc::new(FaultyBackend::new(sqlite.clone()));
+        let dual = DualBackend::new(sqlite_faults.clone(), postgres_faults.clone(), start);
         dual.follow_central_stages(pool, Duration::from_millis(200), None, true)
             .await;
         Fixture {
             dual,
+            sqlite_faults,
             postgres_faults,
+            sqlite,
             postgres,
             agent: AgentId::new("steered").unwrap(),
             _dir: dir,
@@ -226,6 +231,46 @@ async fn handing_authority_to_postgres_first_drains_the_owed_writes() {
         assert_eq!(found.map(|m| m.content), Some(Json::from(json!(i))));
     }
     assert_eq!(fx.dual.owed_pending().await.unwrap(), 0);
+
+    // Back to shadow: SQLite leads again, so what it missed meanwhile is replayed first.
+    fx.sqlite_faults.set_writes_failing(true);
+    fx.put("missed-by-sqlite", json!("live")).await;
+    fx.sqlite_faults.set_writes_failing(false);
+    let back = fx.move_to(Stage::Shadow, &request("back")).await;
+    assert_eq!((back.outcome, back.drained), ("moved", Some(1)), "{back:?}");
+    let found = fx
+        .sqlite
+        .get_memory(&fx.agent, "missed-by-sqlite")
+        .await
+        .unwrap();
+    assert_eq!(found.map(|m| m.content), Some(Json::from(json!("live"))));
+
+    // A step back is never refused, even when its drain cannot finish.
+    fx.followed(Stage::Shadow).await;
+    fx.move_to(Stage::Live, &request("")).await;
+    fx.followed(Stage::Live).await;
+    fx.sqlite_faults.set_writes_failing(true);
+    fx.put("missed-again", json!(2)).await;
+    let back = fx.move_to(Stage::Shadow, &request("back again")).await;
+    assert_eq!(back.outcome, "moved", "{back:?}");
+    assert!(
+        back.why
+            .as_deref()
+            .unwrap()
+            .contains("without a full drain"),
+        "{back:?}"
+    );
+    fx.sqlite_faults.set_writes_failing(false);
+    fx.dual.repair(&fx.agent).await.expect("repair");
+    let found = fx
+        .sqlite
+        .get_memory(&fx.agent, "missed-again")
+        .await
+        .unwrap();
+    assert!(
+        found.is_some(),
+        "journaled, and replayed by the next repair"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -610,8 +610,10 @@ impl DualBackend {
             }
             overridden.push(why);
         }
-        if forward && from.authoritative() != to.authoritative() {
-            // Drain: what the side about to lead missed is replayed first.
+        if from.authoritative() != to.authoritative() {
+            // Drain: what the side about to lead missed is replayed first. Stepping back
+            // drains too, so the side taking the lead again reads complete, but is never
+            // refused: what the drain could not replay stays journaled for repair.
             let drained = match agent {
                 Some(agent) => self
                     .repair(agent)
@@ -646,13 +648,19 @@ impl DualBackend {
                 )),
                 Err(why) => Some(format!("{why}; the side about to lead may miss writes")),
             };
-            if let Some(why) = why {
-                if !request.force {
-                    return Ok(refused(agent, from, to, why));
+            match why {
+                Some(why) if !forward => {
+                    tracing::warn!(from = %from, to = %to, why, "stepping back without a full drain");
+                    moved.why = Some(format!("stepped back without a full drain: {why}"));
                 }
-                overridden.push(why);
+                Some(why) if !request.force => return Ok(refused(agent, from, to, why)),
+                Some(why) => overridden.push(why),
+                None => {}
             }
-            let mismatches = self.mismatches_at(pool, agent, from).await?;
+            let mismatches = match forward {
+                true => self.mismatches_at(pool, agent, from).await?,
+                false => 0, // nothing holds a step back
+            };
             if mismatches > 0 && request.mismatches_explained.is_none() {
                 let why = format!(
                     "{mismatches} shadow mismatches at {from} are unexplained (memctl stats \
