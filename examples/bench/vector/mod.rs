@@ -13,7 +13,11 @@
 //! 5. Times `--queries` searches through the index (one client, after a warm-up), and
 //!    `--exact-queries` exact searches on PostgreSQL and on SQLite; reports queries/s
 //!    and p50/p99 latency, and recall@k of every kind of search against the truth.
+//! 6. Times the same exact queries through SQLite's baselines (see `baselines`):
+//!    sqlite-vec's brute force and the in-memory floor, with SQLite exact search's
+//!    ratios to each.
 
+mod baselines;
 mod saved;
 
 pub use saved::summary;
@@ -191,10 +195,13 @@ fn truth(vectors: &[Vec<f32>], query: &[f32], k: usize) -> Vec<String> {
 
 /// Share of `truth` found.
 fn recall(found: &[Neighbor], truth: &[String]) -> f64 {
-    let hits = found
-        .iter()
-        .filter(|h| h.memory.key.as_ref().is_some_and(|k| truth.contains(k)))
-        .count();
+    let keys: Vec<String> = found.iter().filter_map(|h| h.memory.key.clone()).collect();
+    recall_keys(&keys, truth)
+}
+
+/// Share of `truth` among the keys `found`.
+fn recall_keys(found: &[String], truth: &[String]) -> f64 {
+    let hits = found.iter().filter(|k| truth.contains(k)).count();
     hits as f64 / truth.len().max(1) as f64
 }
 
@@ -337,6 +344,20 @@ pub async fn run(env: &Env, args: &Args) -> Result<Value> {
         mapped.search_memories(&agent, &exact[0].0).await?;
         results.push(measure("sqlite exact, mmap", &mapped, &agent, &exact).await?);
     }
+    // The baselines of SQLite exact search, on the same queries.
+    let mut sqlite_vec_load_s = None;
+    if !exact.is_empty() {
+        let n = exact.len();
+        let (queries, truths) = (&query_vectors[..n], &truths[..n]);
+        let (measured, load_s) =
+            baselines::sqlite_vec(env.agents_path(), &vectors, queries, truths, args.k).await?;
+        eprintln!("  sqlite-vec loaded in {load_s:.1} s");
+        sqlite_vec_load_s = Some(load_s);
+        results.push(measured);
+        results.push(baselines::in_memory_floor(
+            &vectors, queries, truths, args.k,
+        ));
+    }
 
     let rows: Vec<Vec<String>> = results
         .iter()
@@ -395,9 +416,34 @@ pub async fn run(env: &Env, args: &Args) -> Result<Value> {
             lite.latency.p50_us / pg.latency.p50_us
         );
     }
+    let p50 = |name: &str| {
+        results
+            .iter()
+            .find(|m| m.name == name)
+            .map(|m| m.latency.p50_us)
+    };
+    let search_targets = match (
+        p50("sqlite exact"),
+        p50("sqlite-vec brute force"),
+        p50("in-memory floor"),
+    ) {
+        (Some(lite), Some(vec0), Some(floor)) => {
+            let (over_floor, ahead_of_vec0) = (lite / floor, vec0 / lite);
+            let verdict = |pass: bool| if pass { "PASS" } else { "MISS" };
+            println!(
+                "SQLite exact p50 is {over_floor:.1}x the in-memory floor (target at most 2: {}) \
+                 and {ahead_of_vec0:.2}x as fast as sqlite-vec's brute force (target at least 3: {})",
+                verdict(over_floor <= 2.0),
+                verdict(ahead_of_vec0 >= 3.0)
+            );
+            json!({ "sqlite_exact_over_floor": over_floor, "sqlite_vec_over_sqlite_exact": ahead_of_vec0 })
+        }
+        _ => Value::Null,
+    };
     let results = json!({
         "args": args,
-        "load_seconds": { "postgres": load_postgres_s, "sqlite": load_sqlite_s },
+        "search_ratios": search_targets,
+        "load_seconds": { "postgres": load_postgres_s, "sqlite": load_sqlite_s, "sqlite_vec": sqlite_vec_load_s },
         "index": built,
         "searches": results,
         "target": { "recall_at_k": 0.95, "measured": default.recall_at_k, "pass": default.recall_at_k >= 0.95 },

@@ -18,6 +18,15 @@ struct Saved {
     /// The default search first: HNSW with the default `ef_search`.
     searches: Vec<Measured>,
     target: Target,
+    /// SQLite exact search against its baselines (absent from earlier runs).
+    #[serde(default)]
+    search_ratios: Option<SearchRatios>,
+}
+
+#[derive(Debug, Deserialize)]
+struct SearchRatios {
+    sqlite_exact_over_floor: f64,
+    sqlite_vec_over_sqlite_exact: f64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -56,9 +65,26 @@ pub fn summary(results: &Value) -> Result<Summary> {
         saved.target.recall_at_k,
         true,
     );
+    let mut targets = vec![target];
+    if let Some(ratios) = &saved.search_ratios {
+        targets.push(Ratio::new(
+            "sqlite_exact_over_floor",
+            "SQLite exact p50 / in-memory matrix-vector floor p50",
+            Some(ratios.sqlite_exact_over_floor),
+            2.0,
+            false,
+        ));
+        targets.push(Ratio::new(
+            "sqlite_vec_over_sqlite_exact",
+            "sqlite-vec brute force p50 / SQLite exact p50",
+            Some(ratios.sqlite_vec_over_sqlite_exact),
+            3.0,
+            true,
+        ));
+    }
     Ok(Summary {
         chart: chart(&saved),
-        targets: vec![target],
+        targets,
         markdown: markdown(&saved),
     })
 }
