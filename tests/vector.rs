@@ -18,7 +18,7 @@ use memshift::testing::unique_agent;
 use memshift::vector::{Embedder, FillOptions, HashEmbedder, fill_embeddings, missing_embeddings};
 use memshift::{
     AgentId, DistanceMetric, Error, Memory, MemoryBackend, PostgresBackend, SqliteBackend,
-    VectorIndex, VectorQuery,
+    SqliteOptions, VectorIndex, VectorQuery,
 };
 use serde_json::json;
 use sqlx::{Connection, PgConnection};
@@ -203,6 +203,140 @@ async fn exact_search_is_the_same_on_sqlite_and_postgres() {
         1e-5
     };
     assert!(worst <= allowed, "distances differ by up to {worst}");
+}
+
+/// SQLite's search from the copy of the embeddings in memory answers exactly as the scan
+/// of the file: the same memories, the same distances bit for bit, ties broken by id,
+/// memories without a defined distance left out, also with k beyond the count and when
+/// the copy would exceed its limit (then the scan answers).
+#[tokio::test]
+async fn sqlite_search_from_memory_answers_exactly_as_the_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let with_limit = |bytes: u64| {
+        let options = SqliteOptions {
+            search_cache_bytes: bytes,
+            ..SqliteOptions::default()
+        };
+        SqliteBackend::with_options(dir.path(), options)
+    };
+    let (cached, scan, small) = (
+        SqliteBackend::new(dir.path()),
+        with_limit(0),
+        with_limit(1000),
+    );
+    let agent = unique_agent("cache");
+    store_all(&[&cached], &agent, 300, 24, 3).await;
+    // Ties (the same vector under several keys, and its negation), a zero vector (no
+    // cosine distance), and embeddings of another dimension.
+    let mut vectors = Vectors(5);
+    let twin = vectors.vector(24);
+    for (i, v) in [
+        twin.clone(),
+        twin.clone(),
+        twin.iter().map(|x| -x).collect(),
+        vec![0.0; 24],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let memory = Memory::new(format!("tie/{i}"), json!(i)).with_embedding(v);
+        cached.put_memory(&agent, &memory).await.unwrap();
+    }
+    for i in 0..5 {
+        let memory = Memory::new(format!("other/{i}"), json!(i)).with_embedding(vectors.vector(8));
+        cached.put_memory(&agent, &memory).await.unwrap();
+    }
+    let mut queries: Vec<Vec<f32>> = (0..6).map(|_| vectors.vector(24)).collect();
+    queries.push(twin.clone());
+    queries.push(vec![0.0; 24]);
+    for metric in DistanceMetric::ALL {
+        for query in &queries {
+            for k in [1, 10, 400] {
+                let query = VectorQuery::new(query.clone(), k).metric(metric).exact();
+                let Ok(want) = scan.search_memories(&agent, &query).await else {
+                    // A zero query has no cosine direction: refused by both.
+                    assert!(cached.search_memories(&agent, &query).await.is_err());
+                    continue;
+                };
+                for backend in [&cached, &small] {
+                    let got = backend.search_memories(&agent, &query).await.unwrap();
+                    assert_eq!(got.len(), want.len(), "{metric} k={k}");
+                    for (g, w) in got.iter().zip(&want) {
+                        assert_eq!(g.memory, w.memory, "{metric} k={k}");
+                        assert_eq!(g.distance.to_bits(), w.distance.to_bits(), "{metric} k={k}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The copy in memory follows every write to the file: through the same backend, and
+/// from another process (memctl), a store, a changed embedding and a delete each show
+/// in the next search.
+#[tokio::test]
+async fn sqlite_search_from_memory_follows_writes_of_other_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = SqliteBackend::new(dir.path());
+    let agent = unique_agent("follow");
+    store_all(&[&backend], &agent, 200, 16, 9).await;
+    let target = Vectors(77).vector(16);
+    let query = VectorQuery::new(target.clone(), 3).exact();
+    let first = |found: Vec<memshift::Neighbor>| found[0].memory.key.clone().unwrap();
+    let before = first(backend.search_memories(&agent, &query).await.unwrap());
+    assert!(before.starts_with("v/"));
+
+    let agents = dir.path().to_str().unwrap();
+    let env = [("AGENTS_PATH", agents)];
+    let embedding = serde_json::to_string(&target).unwrap();
+    let run = |args: &[&str]| {
+        let out = memctl(&env, args);
+        assert!(out.status.success(), "{out:?}");
+    };
+    run(&[
+        "--agent",
+        agent.as_str(),
+        "store",
+        "near",
+        "1",
+        "--embedding",
+        &embedding,
+    ]);
+    let found = backend.search_memories(&agent, &query).await.unwrap();
+    assert_eq!(
+        (first(found.clone()), found[0].distance),
+        ("near".into(), 0.0)
+    );
+
+    // Its embedding moves away (another process again): it is no longer the nearest.
+    let far: Vec<f32> = target.iter().map(|x| -x).collect();
+    let far = serde_json::to_string(&far).unwrap();
+    run(&[
+        "--agent",
+        agent.as_str(),
+        "store",
+        "near",
+        "2",
+        "--embedding",
+        &far,
+    ]);
+    assert_eq!(
+        first(backend.search_memories(&agent, &query).await.unwrap()),
+        before
+    );
+
+    // Back through this backend, then deleted by the other process.
+    let memory = Memory::new("near", json!(3)).with_embedding(target.clone());
+    backend.put_memory(&agent, &memory).await.unwrap();
+    assert_eq!(
+        first(backend.search_memories(&agent, &query).await.unwrap()),
+        "near"
+    );
+    run(&["--agent", agent.as_str(), "delete", "near"]);
+    assert_eq!(
+        first(backend.search_memories(&agent, &query).await.unwrap()),
+        before
+    );
 }
 
 /// Whether this CPU runs pgvector's AVX-512 + FMA code, whose order of sums the

@@ -48,6 +48,8 @@ pub mod fill;
 pub(crate) mod postgres;
 #[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
+#[cfg(feature = "sqlite")]
+pub(crate) mod sqlite_cache;
 
 pub use distance::distance;
 pub use embed::{Embedder, HashEmbedder};

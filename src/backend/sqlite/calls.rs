@@ -61,6 +61,19 @@ impl MemoryBackend for SqliteBackend {
         let Some(pool) = self.reader(agent).await? else {
             return Ok(Vec::new());
         };
+        let cached = crate::vector::sqlite_cache::search(
+            &self.search_cache,
+            self.options.search_cache_bytes,
+            &pool,
+            agent,
+            query,
+            |row| memory_from_row(row, &of_agent(agent)),
+            |e| self.fail(|| format!("search memories of agent {agent:?}"))(e),
+        )
+        .await?;
+        if let Some(found) = cached {
+            return Ok(found);
+        }
         crate::vector::sqlite::search(
             &pool,
             agent,

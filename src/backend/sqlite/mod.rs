@@ -50,6 +50,12 @@ pub struct SqliteOptions {
     /// memory: a failing disk or a file cut short by another program ends the process
     /// with a signal instead of returning an error.
     pub mmap_size: u64,
+    /// Most bytes of embeddings of one agent and dimension kept in memory for exact
+    /// vector search (a copy, checked against the file before every search, so every
+    /// answer is that of a scan of the file); an agent with more is searched by scanning
+    /// its file. 256 MiB by default, about 170,000 embeddings of 384 dimensions; 0 keeps
+    /// none.
+    pub search_cache_bytes: u64,
 }
 
 impl Default for SqliteOptions {
@@ -58,6 +64,7 @@ impl Default for SqliteOptions {
             busy_timeout: Duration::from_secs(30),
             max_connections: 4,
             mmap_size: 0,
+            search_cache_bytes: 256 << 20,
         }
     }
 }
@@ -74,6 +81,7 @@ pub struct SqliteBackend {
     root: PathBuf,
     options: SqliteOptions,
     pools: Mutex<HashMap<AgentId, Arc<OnceCell<SqlitePool>>>>,
+    search_cache: crate::vector::sqlite_cache::SearchCache,
 }
 
 impl SqliteBackend {
@@ -89,6 +97,7 @@ impl SqliteBackend {
             root: agents_path.as_ref().to_path_buf(),
             options,
             pools: Mutex::new(HashMap::new()),
+            search_cache: Default::default(),
         }
     }
 
@@ -129,6 +138,7 @@ impl SqliteBackend {
 
     /// Closes every open file, waiting for running statements to finish.
     pub async fn close(&self) {
+        self.search_cache.clear().await;
         let cells: Vec<_> = self.lock_pools().drain().map(|(_, cell)| cell).collect();
         for cell in cells {
             if let Some(pool) = cell.get() {
