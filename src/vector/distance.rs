@@ -77,6 +77,7 @@ fn sum(
     s
 }
 
+#[cfg(feature = "sqlite")]
 /// [`sum`] of `R` rows against one `b` at once: each row's sum in exactly `sum`'s order
 /// (so the same bits), the rows interleaved so the processor works on `R` independent
 /// chains of additions instead of waiting on one. Every row has `b`'s length.
@@ -127,6 +128,7 @@ fn sum_rows<const R: usize>(
     out
 }
 
+#[cfg(feature = "sqlite")]
 /// [`Sums`] of `R` rows against a query whose `|b|^2` is known, and the rows' `|a|^2`
 /// (`norms`, for cosine: a row's own sum, the same bits whatever it is compared with).
 macro_rules! sums_rows_body {
@@ -161,6 +163,7 @@ macro_rules! sums_rows_body {
     }};
 }
 
+#[cfg(feature = "sqlite")]
 fn sums_rows_plain<const R: usize>(
     metric: DistanceMetric,
     rows: [&[f32]; R],
@@ -210,7 +213,9 @@ fn sums_plain(metric: DistanceMetric, a: &[f32], b: &[f32]) -> Sums {
 
 #[cfg(target_arch = "x86_64")]
 mod fused {
-    use super::{DistanceMetric, Sums, sum, sum_rows};
+    #[cfg(feature = "sqlite")]
+    use super::sum_rows;
+    use super::{DistanceMetric, Sums, sum};
 
     #[inline(always)]
     fn madd(x: f32, y: f32, acc: f32) -> f32 {
@@ -226,6 +231,7 @@ mod fused {
 
     /// # Safety
     /// The CPU must have FMA and AVX.
+    #[cfg(feature = "sqlite")]
     #[target_feature(enable = "avx,fma")]
     pub(super) unsafe fn sums_rows<const R: usize>(
         metric: DistanceMetric,
