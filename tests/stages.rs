@@ -233,6 +233,7 @@ async fn handing_authority_to_postgres_first_drains_the_owed_writes() {
     assert_eq!(fx.dual.owed_pending().await.unwrap(), 0);
 
     // Back to shadow: SQLite leads again, so what it missed meanwhile is replayed first.
+    fx.followed(Stage::Live).await;
     fx.sqlite_faults.set_writes_failing(true);
     fx.put("missed-by-sqlite", json!("live")).await;
     fx.sqlite_faults.set_writes_failing(false);
