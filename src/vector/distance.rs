@@ -60,7 +60,22 @@ fn sum(
         }
         s = reduce(acc);
     }
-    let mut i = wide;
+    sum_rest(a, b, wide, s, fused_tail, &term, &madd)
+}
+
+/// What [`sum`] adds after its 16-element blocks (summed into `s`, up to `from`): one
+/// block of 8 lanes, then the last elements one at a time.
+#[inline(always)]
+fn sum_rest(
+    a: &[f32],
+    b: &[f32],
+    from: usize,
+    mut s: f32,
+    fused_tail: bool,
+    term: &impl Fn(f32, f32) -> (f32, f32),
+    madd: &impl Fn(f32, f32, f32) -> f32,
+) -> f32 {
+    let (n, mut i) = (a.len().min(b.len()), from);
     if n - i >= 8 {
         let mut acc = [0f32; 8];
         for l in 0..8 {
@@ -70,7 +85,7 @@ fn sum(
         i += 8;
         s += reduce(acc);
     }
-    for (x, y) in a[i..].iter().zip(&b[i..]) {
+    for (x, y) in a[i..n].iter().zip(&b[i..n]) {
         let (x, y) = term(*x, *y);
         s = if fused_tail { madd(x, y, s) } else { s + x * y };
     }
@@ -109,21 +124,7 @@ fn sum_rows<const R: usize>(
         }
     }
     for r in 0..R {
-        let (a, mut i, mut s) = (rows[r], wide, out[r]);
-        if n - i >= 8 {
-            let mut acc = [0f32; 8];
-            for l in 0..8 {
-                let (x, y) = term(a[i + l], b[i + l]);
-                acc[l] = madd(x, y, acc[l]);
-            }
-            i += 8;
-            s += reduce(acc);
-        }
-        for (x, y) in a[i..].iter().zip(&b[i..]) {
-            let (x, y) = term(*x, *y);
-            s = if fused_tail { madd(x, y, s) } else { s + x * y };
-        }
-        out[r] = s;
+        out[r] = sum_rest(rows[r], b, wide, out[r], fused_tail, &term, &madd);
     }
     out
 }

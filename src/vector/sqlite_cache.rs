@@ -178,36 +178,31 @@ pub(crate) async fn search(
 }
 
 /// The agent's embeddings of `dims` dimensions in row order, or `None` when they take
-/// more than `limit_bytes`.
+/// more than `limit_bytes` (read as a stream: at most the limit is ever held, and an
+/// agent over it costs one partial read per change of its file).
 async fn load(
     conn: &mut SqliteConnection,
     dims: usize,
     limit_bytes: u64,
 ) -> sqlx::Result<Option<Matrix>> {
-    let width = (dims * 4) as i64;
-    let count: i64 = sqlx::query_scalar(
-        "select count(*) from agent_memories where embedding is not null and length(embedding) = ?",
-    )
-    .bind(width)
-    .fetch_one(&mut *conn)
-    .await?;
-    if (count as u64).saturating_mul(width as u64) > limit_bytes {
-        return Ok(None);
-    }
-    let rows = sqlx::query(
+    use futures_util::TryStreamExt;
+    let width = dims * 4;
+    let mut matrix = Matrix {
+        rowids: Vec::new(),
+        ids: Vec::new(),
+        data: Vec::new(),
+        norms: Vec::new(),
+    };
+    let mut rows = sqlx::query(
         "select rowid, id, embedding from agent_memories
          where embedding is not null and length(embedding) = ? order by rowid",
     )
-    .bind(width)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut matrix = Matrix {
-        rowids: Vec::with_capacity(rows.len()),
-        ids: Vec::with_capacity(rows.len()),
-        data: Vec::with_capacity(rows.len() * dims),
-        norms: Vec::with_capacity(rows.len()),
-    };
-    for row in &rows {
+    .bind(width as i64)
+    .fetch(&mut *conn);
+    while let Some(row) = rows.try_next().await? {
+        if ((matrix.rowids.len() + 1) * width) as u64 > limit_bytes {
+            return Ok(None);
+        }
         // An id that is not text (a file written by something else) orders otherwise
         // in SQLite: such a file is searched by the statement.
         let (Ok(rowid), Ok(id), Ok(bytes)) = (
@@ -217,7 +212,7 @@ async fn load(
         ) else {
             return Ok(None);
         };
-        if bytes.len() != dims * 4 {
+        if bytes.len() != width {
             continue;
         }
         matrix.rowids.push(rowid);

@@ -499,7 +499,7 @@ impl DualBackend {
         .fetch_optional(pool)
         .await
         .map_err(db("read a central stage"))?;
-        let start = self.start_stage();
+        let start = self.local_stage();
         Ok(match row {
             None => (start, "start", None),
             Some(row) => {
@@ -514,24 +514,29 @@ impl DualBackend {
         })
     }
 
-    /// The stage processes start with when the central table has no row for them.
-    fn start_stage(&self) -> Stage {
-        self.local_stage()
+    /// Owed writes of every agent with any, in both journals: pending and parked.
+    async fn owed_by_agent(&self) -> Result<BTreeMap<AgentId, (u64, u64)>> {
+        let mut owed: BTreeMap<AgentId, (u64, u64)> = BTreeMap::new();
+        for side in [Side::Sqlite, Side::Postgres] {
+            for count in self.journal_counts(side).await? {
+                let entry = owed.entry(count.agent).or_default();
+                entry.0 += count.pending;
+                entry.1 += count.parked;
+            }
+        }
+        Ok(owed)
     }
 
     /// Owed writes of `agent` (every agent when `None`) in both journals: pending and
     /// parked.
     async fn owed_of(&self, agent: Option<&AgentId>) -> Result<(u64, u64)> {
-        let (mut pending, mut parked) = (0, 0);
-        for side in [Side::Sqlite, Side::Postgres] {
-            for count in self.journal_counts(side).await? {
-                if agent.is_none_or(|a| *a == count.agent) {
-                    pending += count.pending;
-                    parked += count.parked;
-                }
-            }
-        }
-        Ok((pending, parked))
+        let owed = self.owed_by_agent().await?;
+        Ok(owed
+            .iter()
+            .filter(|(a, _)| agent.is_none_or(|agent| agent == *a))
+            .fold((0, 0), |(p, k), (_, (pending, parked))| {
+                (p + pending, k + parked)
+            }))
     }
 
     /// Moves `cohort` to stage `to` in the central table, agent by agent, with the guard
@@ -725,7 +730,7 @@ impl DualBackend {
             .clone()
             .or_else(|| row_of(DEFAULT_ROW))
             .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| self.start_stage());
+            .unwrap_or_else(|| self.local_stage());
         if current != from {
             return Err(Error::invalid(
                 "stage",
@@ -800,17 +805,23 @@ impl DualBackend {
     /// Every agent known to the workspace: PostgreSQL's `agents`, the central table's
     /// rows, the journals' agents, and the folders under the agents path.
     pub async fn known_agents(&self, pool: &PgPool) -> Result<Vec<AgentId>> {
+        // A journal that cannot be read only hides its agents from the list.
+        let owed = self.owed_by_agent().await.unwrap_or_default();
+        self.known_agents_with(pool, &owed).await
+    }
+
+    /// [`known_agents`](Self::known_agents), with the journals' agents already read.
+    async fn known_agents_with(
+        &self,
+        pool: &PgPool,
+        owed: &BTreeMap<AgentId, (u64, u64)>,
+    ) -> Result<Vec<AgentId>> {
         let mut names: Vec<String> = sqlx::query_scalar(
             "select name from agents union select agent from agent_memory.stages where agent <> ''",
         )
         .fetch_all(pool)
         .await
         .map_err(db("list the agents"))?;
-        for side in [Side::Sqlite, Side::Postgres] {
-            if let Ok(counts) = self.journal_counts(side).await {
-                names.extend(counts.into_iter().map(|c| c.agent.as_str().to_owned()));
-            }
-        }
         let agents_path = lock(&self.inner.follower)
             .as_ref()
             .and_then(|f| f.agents_path.clone());
@@ -826,6 +837,7 @@ impl DualBackend {
         let mut agents: Vec<AgentId> = names
             .into_iter()
             .filter_map(|n| AgentId::new(n).ok())
+            .chain(owed.keys().cloned())
             .collect();
         agents.sort();
         agents.dedup();
@@ -864,22 +876,15 @@ impl DualBackend {
         .map_err(db("read the last catch-ups"))?
         .into_iter()
         .collect();
-        let mut owed: BTreeMap<AgentId, (u64, u64)> = BTreeMap::new();
-        for side in [Side::Sqlite, Side::Postgres] {
-            for count in self.journal_counts(side).await? {
-                let entry = owed.entry(count.agent).or_default();
-                entry.0 += count.pending;
-                entry.1 += count.parked;
-            }
-        }
+        let owed = self.owed_by_agent().await?;
         let mut view = Vec::new();
-        for agent in self.known_agents(&pool).await? {
+        for agent in self.known_agents_with(&pool, &owed).await? {
             let name = agent.as_str();
             let (stage, source, changed_at) = match central.agents.get(&agent) {
                 Some(stage) => (*stage, "agent", changed.get(name).copied()),
                 None => match central.default {
                     Some(stage) => (stage, "default", changed.get(DEFAULT_ROW).copied()),
-                    None => (self.start_stage(), "start", None),
+                    None => (self.local_stage(), "start", None),
                 },
             };
             let mut counts = AgentCounts::default();
