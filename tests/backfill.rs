@@ -1365,3 +1365,94 @@ async fn key_conflicts_keep_the_newest_whatever_the_batches() {
     }
     assert_eq!(winners[0], winners[1]);
 }
+
+/// A file no run has loaded goes straight into the contract table, batch by batch, until
+/// a batch holds a key deleted through the library or one a row already holds: those
+/// batches, and the table's batches after them, settle their keys the long way, with the
+/// same outcome as a run that never took the short one.
+#[tokio::test]
+async fn batches_that_conflict_leave_the_fast_path_with_the_same_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    // Rowids 1024 apart: a chunk of the catch-up bookkeeping each, so batches of 10.
+    let mut sql = String::from(
+        "create table memory (id integer primary key, key text, content text, created_at text);",
+    );
+    for n in 0..60 {
+        let key = match n {
+            33 => "gone".to_string(),
+            47 => "held".to_string(),
+            _ => format!("k{n:02}"),
+        };
+        sql.push_str(&format!(
+            "insert into memory values ({}, '{key}', 'legacy {n}', '2024-01-01 00:00:{n:02}');",
+            (n + 1) * 1024
+        ));
+    }
+    legacy_file(&dir.path().join("alpha/main.db"), &sql).await;
+    let db = TestDatabase::migrated().await;
+    let backend = db.backend().await;
+    let alpha = AgentId::new("alpha").unwrap();
+    backend
+        .apply_memory(&alpha, &Memory::new("gone", json!("stored, then deleted")))
+        .await
+        .unwrap();
+    assert!(backend.delete_memory(&alpha, "gone").await.unwrap());
+    backend
+        .apply_memory(&alpha, &Memory::new("held", json!("the agent's own")))
+        .await
+        .unwrap();
+
+    let mut options = BackfillOptions::new(dir.path());
+    options.read.batch_size = 10;
+    let report = backfill::run(&db.url, &options, &()).await.unwrap();
+    assert!(report.succeeded(), "{report:#?}");
+    let table = table_report(&report, "alpha/main.db", "memory");
+    assert_eq!(table.read, 60);
+    assert_eq!(
+        table.inserted, 59,
+        "every row but the deleted key's: {table:#?}"
+    );
+    assert_eq!(table.outranked, 1, "{table:#?}");
+
+    let mut conn = connect(&db).await;
+    let keys_held = "select key from agent_memories where key is not null order by key";
+    let keys: Vec<String> = sqlx::query_scalar(keys_held)
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        keys.len(),
+        59,
+        "58 legacy keys and the agent's own: {keys:?}"
+    );
+    assert!(!keys.iter().any(|k| k == "gone"), "a deleted key came back");
+    assert!(keys.iter().any(|k| k == "k59"), "{keys:?}");
+    assert_eq!(
+        backend
+            .get_memory(&alpha, "held")
+            .await
+            .unwrap()
+            .unwrap()
+            .content,
+        json!("the agent's own")
+    );
+    let (key_conflict, content): (String, String) = sqlx::query_as(
+        "select metadata->>'key_conflict', content from agent_memories
+         where metadata ? 'key_conflict'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(key_conflict, "held");
+    assert!(content.contains("legacy 47"), "{content}");
+    // Run again: nothing changes, nothing is duplicated.
+    let again = backfill::run(&db.url, &options, &()).await.unwrap();
+    assert!(again.succeeded(), "{again:#?}");
+    assert_eq!(again.totals.inserted, 0, "{again:#?}");
+    let count = "select count(*) from agent_memories";
+    let rows: i64 = sqlx::query_scalar(count)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(rows, 60, "59 legacy rows and the agent's own");
+}

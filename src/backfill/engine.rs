@@ -8,7 +8,7 @@ use chrono::Utc;
 use sqlx::{Connection, PgConnection};
 
 use super::catchup::{self, ChunkBuf};
-use super::load::{Batch, ChunkRecord, Synced, TableKey, prepare, sync_batch};
+use super::load::{Batch, ChunkRecord, Columns, Synced, TableKey, prepare, sync_batch};
 use super::report::{Failure, FileReport, Report, TableReport, rate};
 use super::{BackfillOptions, Progress};
 use crate::backend::agent_rows::AgentRowError;
@@ -67,6 +67,9 @@ impl Attempt {
 /// The catch-up record of a file of the library's own layout, which moves whole.
 const OWN_FILE: &str = "(library records)";
 
+/// Rows converted between two yields of the reading side to the loading side.
+const YIELD_EVERY: usize = 4;
+
 /// What a table's loads share.
 struct Sync<'a> {
     target: Target,
@@ -81,6 +84,10 @@ struct Pending {
     deletes: Vec<uuid::Uuid>,
     chunks: Vec<ChunkRecord>,
     gone: Vec<i64>,
+    /// Some rows come from chunks an earlier run loaded: they are likely there already.
+    known: bool,
+    /// The rows as the loading statements take them, made on the reading side.
+    columns: Option<Columns>,
 }
 
 impl Pending {
@@ -101,6 +108,7 @@ impl Pending {
         force: bool,
         out: &mut TableReport,
     ) {
+        self.known |= recorded.is_some();
         let settled = done.settle(recorded.as_ref(), force, id_of);
         out.unchanged_rows += settled.unchanged;
         self.deletes.extend(settled.deletes);
@@ -130,6 +138,8 @@ pub(crate) struct Db<'a> {
     pub(crate) target: &'a PgTarget,
     pub(crate) backend: &'a PostgresBackend,
     pub(crate) conn: PgConnection,
+    /// Agents' row ids by name, of rows a committed batch found or made.
+    pub(crate) agent_ids: std::collections::BTreeMap<String, String>,
 }
 
 impl Run<'_> {
@@ -449,93 +459,125 @@ impl Run<'_> {
             )
         };
         let migrated_at = crate::record::now();
-        let mut pending = Pending::default();
-        let mut current: Option<ChunkBuf> = None;
-        let mut read_all = true;
-        let mut batches = source.rows(table);
         let sync = Sync { target, key, force };
-        loop {
-            // A stop requested ends the table between batches: what was read is loaded,
-            // and the table is read whole again next time.
-            if options.stop.is_requested() {
-                read_all = false;
-                break;
-            }
-            let batch = match batches.next_batch().await {
-                Ok(Some(batch)) => batch,
-                Ok(None) => break,
-                Err(err) => {
-                    out.failed
-                        .push(Failure::table(format!("reading stopped: {}", Chain(&err))));
+        let progress = self.progress;
+        let run = self.report.run_id.clone();
+        // Reading and converting go on while the batch before is loading: the reader
+        // hands over one batch at a time, so at most three are held (one being read, one
+        // waiting, one loading) and memory stays flat.
+        let (handover, mut handed) = tokio::sync::mpsc::channel::<Pending>(1);
+        let read = async {
+            let mut pending = Pending::default();
+            let mut current: Option<ChunkBuf> = None;
+            let mut read_all = true;
+            let mut batches = source.rows(table);
+            loop {
+                // A stop requested ends the table between batches: what was read is
+                // loaded, and the table is read whole again next time.
+                if options.stop.is_requested() {
                     read_all = false;
                     break;
                 }
-            };
-            for row in &batch {
-                let chunk = catchup::chunk_of(row.rowid);
-                if current.as_ref().is_some_and(|c| c.chunk != chunk)
-                    && let Some(done) = current.take()
-                {
+                let batch = match batches.next_batch().await {
+                    Ok(Some(batch)) => batch,
+                    Ok(None) => break,
+                    Err(err) => {
+                        out.failed
+                            .push(Failure::table(format!("reading stopped: {}", Chain(&err))));
+                        read_all = false;
+                        break;
+                    }
+                };
+                for (n, row) in batch.iter().enumerate() {
+                    let chunk = catchup::chunk_of(row.rowid);
+                    if current.as_ref().is_some_and(|c| c.chunk != chunk)
+                        && let Some(done) = current.take()
+                    {
+                        let recorded = chunks.remove(&done.chunk);
+                        pending.chunk(done, recorded, id_of, force, out);
+                    }
+                    let buf = current.get_or_insert_with(|| ChunkBuf::new(chunk));
+                    match convert_row(&origin, table, spec, row, migrated_at) {
+                        Ok(mut converted) => {
+                            if let Some(problem) = &converted.time_problem {
+                                out.unreadable_times += 1;
+                                if out.unreadable_example.is_none() {
+                                    out.unreadable_example =
+                                        Some(format!("{}: {problem}", place(row.rowid)));
+                                }
+                            }
+                            count_future(&converted, converted.record.created_at(), out);
+                            if options.legacy_embeddings {
+                                take_embedding(table, row, &mut converted, out);
+                            }
+                            buf.push(row.rowid, converted);
+                        }
+                        Err(err) => {
+                            buf.push_failed(row.rowid);
+                            out.failed.push(Failure {
+                                rowids: row.rowid.map(|r| (r, r)),
+                                rows: 1,
+                                reason: Chain(&err).to_string(),
+                            });
+                        }
+                    }
+                    // A WITHOUT ROWID table is one chunk: its rows load as they come.
+                    if buf.chunk == catchup::WHOLE_TABLE
+                        && buf.pending_rows() >= options.read.batch_size.max(1)
+                    {
+                        pending.known |= chunks.contains_key(&buf.chunk);
+                        pending.rows.extend(buf.spill());
+                    }
+                    if pending.rows.len() >= options.read.batch_size.max(1) {
+                        pending.columns = Some(Columns::new(&pending.rows, &run));
+                        let _ = handover.send(std::mem::take(&mut pending)).await;
+                    }
+                    // Lets the loading side go on with its next statement as soon as the
+                    // server answers, instead of after the whole batch's conversion.
+                    if n % YIELD_EVERY == YIELD_EVERY - 1 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                out.read += batch.len() as u64;
+                progress.rows(batch.len() as u64);
+            }
+            if let Some(mut done) = current.take() {
+                if read_all {
                     let recorded = chunks.remove(&done.chunk);
                     pending.chunk(done, recorded, id_of, force, out);
-                }
-                let buf = current.get_or_insert_with(|| ChunkBuf::new(chunk));
-                match convert_row(&origin, table, spec, row, migrated_at) {
-                    Ok(mut converted) => {
-                        if let Some(problem) = &converted.time_problem {
-                            out.unreadable_times += 1;
-                            if out.unreadable_example.is_none() {
-                                out.unreadable_example =
-                                    Some(format!("{}: {problem}", place(row.rowid)));
-                            }
-                        }
-                        count_future(&converted, converted.record.created_at(), out);
-                        if options.legacy_embeddings {
-                            take_embedding(table, row, &mut converted, out);
-                        }
-                        buf.push(row.rowid, converted);
-                    }
-                    Err(err) => {
-                        buf.push_failed(row.rowid);
-                        out.failed.push(Failure {
-                            rowids: row.rowid.map(|r| (r, r)),
-                            rows: 1,
-                            reason: Chain(&err).to_string(),
-                        });
-                    }
-                }
-                // A WITHOUT ROWID table is one chunk: its rows load as they come.
-                if buf.chunk == catchup::WHOLE_TABLE
-                    && buf.pending_rows() >= options.read.batch_size.max(1)
-                {
-                    pending.rows.extend(buf.spill());
-                }
-                if pending.rows.len() >= options.read.batch_size.max(1) {
-                    self.sync(&sync, &mut pending, out).await;
+                } else {
+                    // Reading stopped inside this chunk: what was read loads, but the rows
+                    // after it are unknown, so nothing is deleted and the chunk's record
+                    // stays as it was (the next run loads the chunk again).
+                    pending.known |= chunks.contains_key(&done.chunk);
+                    pending.rows.extend(done.spill());
                 }
             }
-            out.read += batch.len() as u64;
-            self.progress.rows(batch.len() as u64);
-        }
-        if let Some(mut done) = current.take() {
             if read_all {
-                let recorded = chunks.remove(&done.chunk);
-                pending.chunk(done, recorded, id_of, force, out);
-            } else {
-                // Reading stopped inside this chunk: what was read loads, but the rows
-                // after it are unknown, so nothing is deleted and the chunk's record
-                // stays as it was (the next run loads the chunk again).
-                pending.rows.extend(done.spill());
+                // Chunks the source no longer has at all: every row of theirs was
+                // deleted.
+                for (chunk, recorded) in std::mem::take(&mut chunks) {
+                    pending.deletes.extend(catchup::all_ids(&recorded, id_of));
+                    pending.gone.push(chunk);
+                }
             }
-        }
-        if read_all {
-            // Chunks the source no longer has at all: every row of theirs was deleted.
-            for (chunk, recorded) in std::mem::take(&mut chunks) {
-                pending.deletes.extend(catchup::all_ids(&recorded, id_of));
-                pending.gone.push(chunk);
+            pending.columns = Some(Columns::new(&pending.rows, &run));
+            let _ = handover.send(pending).await;
+            drop(handover);
+            read_all
+        };
+        let load = async {
+            let mut loaded = TableReport::default();
+            // The fast path stays on until a batch of the table conflicts.
+            let mut direct = true;
+            while let Some(mut pending) = handed.recv().await {
+                self.sync(&sync, &mut pending, &mut loaded, &mut direct)
+                    .await;
             }
-        }
-        self.sync(&sync, &mut pending, out).await;
+            loaded
+        };
+        let (read_all, loaded) = tokio::join!(read, load);
+        out.absorb(loaded);
         if read_all && out.failed.is_empty() {
             let run = self.report.run_id.clone();
             let (spec_json, rows) = (&spec_json, out.read);
@@ -577,22 +619,33 @@ impl Run<'_> {
 
     /// Loads what `pending` holds, with retries on transient errors; reports it failed
     /// otherwise. Empties `pending` either way.
-    async fn sync(&mut self, sync: &Sync<'_>, pending: &mut Pending, out: &mut TableReport) {
+    async fn sync(
+        &mut self,
+        sync: &Sync<'_>,
+        pending: &mut Pending,
+        out: &mut TableReport,
+        direct: &mut bool,
+    ) {
         let taken = std::mem::take(pending);
         if taken.is_empty() || self.db.is_none() {
             return;
         }
         let run = self.report.run_id.clone();
+        let columns = match taken.columns {
+            Some(columns) => columns,
+            None => Columns::new(&taken.rows, &run),
+        };
         let batch = Batch {
             target: sync.target,
             table: sync.key,
             rows: &taken.rows,
+            columns: &columns,
             deletes: &taken.deletes,
             chunks: &taken.chunks,
             gone: &taken.gone,
-            run: &run,
             force: sync.force,
             timeout: self.options.timeout,
+            direct: *direct && !sync.force && !taken.known,
         };
         let mut tried = false;
         let attempt = attempts(|this| {
@@ -611,6 +664,7 @@ impl Run<'_> {
             .await;
         match loaded {
             Ok(done) => {
+                *direct &= !done.fell_back;
                 out.inserted += done.inserted;
                 out.updated += done.updated;
                 out.already_present += done.unchanged;
@@ -664,11 +718,15 @@ impl Run<'_> {
             return Ok(Synced::default());
         };
         let target = batch.target;
-        let loading = sync_batch(&mut db.conn, batch);
+        let loading = sync_batch(&mut db.conn, batch, &mut db.agent_ids);
         // The server stops a statement at the timeout itself (see `Batch::timeout`) and
         // says so on the connection, which stays usable; the client gives up a moment
         // later, for a batch whose statements are each quick but together too slow.
-        match tokio::time::timeout(self.options.timeout + CLIENT_GRACE, loading).await {
+        let loaded = tokio::time::timeout(self.options.timeout + CLIENT_GRACE, loading).await;
+        if !matches!(loaded, Ok(Ok(_))) {
+            db.agent_ids.clear();
+        }
+        match loaded {
             Ok(Ok(done)) => Ok(done),
             // The server stopped a statement at the batch's timeout (a lock held
             // elsewhere, say): tried again like a batch the client gave up on.

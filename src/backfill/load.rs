@@ -7,6 +7,7 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 use crate::backend::agent_rows::{AgentRowError, agent_row_id};
 use crate::legacy::{ContractRecord, ContractRow, Target};
+use crate::record::AgentId;
 
 /// The per-connection staging table every batch is copied into (emptied at commit).
 /// `agent_id` is the id of the agent's `agents` row, `agent_name` its name.
@@ -18,18 +19,68 @@ const STAGE: &str = "create temp table if not exists am_stage (
         embedding vector
     ) on commit delete rows";
 
-/// Fills the staging table from one array per column, in a single protocol message.
+/// A batch's rows as one array per column, and the columns' names: what the staging
+/// insert and the direct insert read their rows from, in a single protocol message.
 /// (sqlx 0.9.0's COPY sends its data and its end in two writes without TCP_NODELAY, so
 /// every batch waited out the server's delayed acknowledgement: about 40 ms.)
-const STAGE_ROWS: &str = "insert into am_stage (id, agent_id, agent_name, key, name, value,
+macro_rules! unnest_rows {
+    () => {
+        " from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[],
+                $6::float8[], $7::text[], $8::text[], $9::text[], $10::timestamptz[],
+                $11::timestamptz[], $12::text[], $13::int8[], $14::vector[])
+         as t(id, agent_id, agent_name, key, name, value, status, content, metadata,
+              created_at, updated_at, source_db, source_rowid, embedding)"
+    };
+}
+
+/// Fills the staging table from the batch's column arrays.
+const STAGE_ROWS: &str = concat!(
+    "insert into am_stage (id, agent_id, agent_name, key, name, value,
         status, content, metadata, created_at, updated_at, source_db, source_rowid, embedding)
     select id, agent_id, agent_name, key, name, value, status, content, metadata::jsonb,
-           created_at, updated_at, source_db, source_rowid, embedding
-    from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::float8[],
-                $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::timestamptz[],
-                $12::text[], $13::int8[], $14::vector[])
-         as t(id, agent_id, agent_name, key, name, value, status, content, metadata,
-              created_at, updated_at, source_db, source_rowid, embedding)";
+           created_at, updated_at, source_db, source_rowid, embedding",
+    unnest_rows!()
+);
+
+/// The fast path: a batch that conflicts with nothing goes straight into its contract
+/// table. A row whose id, memory key or tool name is taken fails the statement on the
+/// table's unique index, and the batch takes the staging path instead. Rows whose memory
+/// key or tool name was deleted through the library are left out (tombstones matched as
+/// in `MEMORY_DELETED`).
+fn direct_insert(target: Target) -> &'static str {
+    match target {
+        Target::Memories => concat!(
+            "insert into agent_memories
+                (id, agent_id, key, content, metadata, embedding, created_at, updated_at)
+            select id, agent_id, key, content, metadata::jsonb, embedding, created_at,
+                   updated_at",
+            unnest_rows!(),
+            " where t.key is null
+                or not exists (select 1 from agent_memory.memory_tombstones d
+                               where d.agent_id in (t.agent_id, t.agent_name)
+                                 and d.key = t.key)"
+        ),
+        Target::Tools => concat!(
+            "insert into agent_tools
+                (id, agent_id, name, content, metadata, created_at, updated_at)
+            select id, agent_id, name, content, metadata::jsonb, created_at, updated_at",
+            unnest_rows!(),
+            " where not exists (select 1 from agent_memory.tool_tombstones d
+                               where d.agent_id in (t.agent_id, t.agent_name)
+                                 and d.name = t.name)"
+        ),
+        Target::Metrics => concat!(
+            "insert into agent_metrics (id, agent_id, name, value, content, metadata, created_at)
+            select id, agent_id, name, value, content, metadata::jsonb, created_at",
+            unnest_rows!()
+        ),
+        Target::Executions => concat!(
+            "insert into agent_executions (id, agent_id, status, content, metadata, created_at)
+            select id, agent_id, status, content, metadata::jsonb, created_at",
+            unnest_rows!()
+        ),
+    }
+}
 
 /// The one rule for which of several legacy rows of an agent keeps a key (or a tool
 /// name): the greatest `(created_at, source_db, source_rowid, id)`, that is the newest,
@@ -311,6 +362,8 @@ pub(crate) struct Batch<'a> {
     pub(crate) table: TableKey<'a>,
     /// The source's current rows (of some chunks).
     pub(crate) rows: &'a [ContractRow],
+    /// The same rows as column arrays.
+    pub(crate) columns: &'a Columns,
     /// Ids of rows the source no longer has.
     pub(crate) deletes: &'a [uuid::Uuid],
     /// Chunks now loaded, recorded with the rows.
@@ -318,7 +371,6 @@ pub(crate) struct Batch<'a> {
     /// Chunks recorded before that the source no longer has (forgotten unless in
     /// `chunks`).
     pub(crate) gone: &'a [i64],
-    pub(crate) run: &'a str,
     /// Replace every copy, also of rows whose data is the same (the table's map
     /// changed, so its typed columns or times may have).
     pub(crate) force: bool,
@@ -327,6 +379,10 @@ pub(crate) struct Batch<'a> {
     /// up on instead of leaving it waiting (on a lock, say) on the connection the next
     /// attempt uses.
     pub(crate) timeout: std::time::Duration,
+    /// Try the fast path first: rows inserted straight into the contract table, the
+    /// staging path only if they conflict. For rows that are most likely not there yet
+    /// (chunks no earlier run loaded).
+    pub(crate) direct: bool,
 }
 
 /// What one batch did to PostgreSQL.
@@ -342,6 +398,9 @@ pub(crate) struct Synced {
     pub(crate) outranked: u64,
     /// Rows deleted because the source deleted them.
     pub(crate) deleted: u64,
+    /// The fast path was tried and a row's id, key or name was taken: the batch took the
+    /// staging path.
+    pub(crate) fell_back: bool,
 }
 
 /// Prepares `conn` for loading: its staging table.
@@ -366,29 +425,62 @@ pub(crate) async fn prepare(conn: &mut PgConnection) -> Result<(), sqlx::Error> 
 pub(crate) async fn sync_batch(
     conn: &mut PgConnection,
     batch: &Batch<'_>,
+    known: &mut BTreeMap<String, String>,
 ) -> Result<Synced, AgentRowError> {
     let target = batch.target;
     let mut done = Synced::default();
-    let mut tx = conn.begin().await?;
     let timeout_ms = batch.timeout.as_millis().clamp(1, i32::MAX as u128);
-    sqlx::raw_sql(AssertSqlSafe(format!(
-        "set local statement_timeout = {timeout_ms}"
-    )))
-    .execute(&mut *tx)
-    .await?;
+    let direct_rows = batch.direct && !batch.rows.is_empty();
+    let mut agents: Vec<&AgentId> = batch.rows.iter().map(|row| &row.source.agent).collect();
+    agents.dedup();
+    let all_known = agents
+        .iter()
+        .all(|agent| known.contains_key(agent.as_str()));
+    // One round trip: the transaction, its timeout, and the fast path's savepoint when
+    // no agent's row is to be made (a row made after it would be undone with the rows).
+    let savepoint = direct_rows && all_known;
+    let mut tx = conn
+        .begin_with(AssertSqlSafe(format!(
+            "begin; set local statement_timeout = {timeout_ms};{}",
+            if savepoint { " savepoint direct" } else { "" }
+        )))
+        .await?;
     let mut agent_ids = BTreeMap::new();
-    for row in batch.rows {
-        let agent = &row.source.agent;
-        if !agent_ids.contains_key(agent.as_str()) {
-            let id = agent_row_id(&mut tx, agent, true)
-                .await?
-                .unwrap_or_default();
-            agent_ids.insert(agent.as_str().to_string(), id);
+    for agent in agents {
+        if agent_ids.contains_key(agent.as_str()) {
+            continue;
         }
+        let id = match known.get(agent.as_str()) {
+            Some(id) => id.clone(),
+            None => agent_row_id(&mut tx, agent, true)
+                .await?
+                .unwrap_or_default(),
+        };
+        agent_ids.insert(agent.as_str().to_string(), id);
     }
     let mut keys_left: Vec<(String, String)> = Vec::new();
-    if !batch.rows.is_empty() {
-        stage(&mut tx, batch.rows, &agent_ids, batch.run).await?;
+    // Rows name their agent; the agent's row may have another id (the admin application
+    // registered it).
+    let renamed;
+    let columns = if agent_ids.iter().any(|(name, id)| name != id) {
+        renamed = batch.columns.with_agent_ids(&agent_ids);
+        &renamed
+    } else {
+        batch.columns
+    };
+    let direct = if direct_rows {
+        direct(&mut tx, target, columns, !savepoint).await?
+    } else {
+        None
+    };
+    done.fell_back = direct.is_none() && direct_rows;
+    if let Some(inserted) = direct {
+        done.inserted += inserted;
+        // The rows it left out hold a memory key or tool name deleted through the
+        // library.
+        done.outranked += batch.rows.len() as u64 - inserted;
+    } else if !batch.rows.is_empty() {
+        columns.insert(&mut tx, STAGE_ROWS).await?;
         // Statistics for the staging table, so the statements below join it to the
         // growing contract tables through their indexes instead of scanning them.
         sqlx::raw_sql("analyze am_stage").execute(&mut *tx).await?;
@@ -494,81 +586,144 @@ pub(crate) async fn sync_batch(
             .await?;
     }
     tx.commit().await?;
+    // Their rows are there now; a batch that fails forgets them (the caller clears
+    // `known`), in case a row was removed meanwhile.
+    known.extend(agent_ids);
     Ok(done)
 }
 
-/// Puts `rows` into the staging table, with `migration_run` added to each row's metadata
-/// and `agent_id` the agent's row id from `agent_ids` (by name).
-async fn stage(
-    conn: &mut PgConnection,
-    rows: &[ContractRow],
-    agent_ids: &BTreeMap<String, String>,
-    run: &str,
-) -> Result<(), sqlx::Error> {
-    let n = rows.len();
-    let mut ids = Vec::with_capacity(n);
-    let mut agents = Vec::with_capacity(n);
-    let mut agent_names = Vec::with_capacity(n);
-    let mut keys = Vec::with_capacity(n);
-    let mut names = Vec::with_capacity(n);
-    let mut values = Vec::with_capacity(n);
-    let mut statuses = Vec::with_capacity(n);
-    let mut contents = Vec::with_capacity(n);
-    let mut metadatas = Vec::with_capacity(n);
-    let mut created = Vec::with_capacity(n);
-    let mut updated = Vec::with_capacity(n);
-    let mut source_dbs = Vec::with_capacity(n);
-    let mut rowids = Vec::with_capacity(n);
-    let mut embeddings: Vec<Option<pgvector::Vector>> = Vec::with_capacity(n);
-    for row in rows {
-        let mut metadata = row.record.metadata().clone();
-        metadata.insert("migration_run".into(), run.into());
-        let (key, name, value, status, updated_at) = match &row.record {
-            ContractRecord::Memory(m) => (m.key.clone(), None, None, None, m.updated_at),
-            ContractRecord::Tool(t) => (None, Some(t.name.clone()), None, None, t.updated_at),
-            ContractRecord::Metric(m) => (None, Some(m.name.clone()), m.value, None, m.created_at),
-            ContractRecord::Execution(e) => (None, None, None, e.status.clone(), e.created_at),
-        };
-        ids.push(row.record.id());
-        let agent = row.source.agent.as_str();
-        agents.push(
-            agent_ids
-                .get(agent)
-                .cloned()
-                .unwrap_or_else(|| agent.to_string()),
-        );
-        agent_names.push(agent.to_string());
-        keys.push(key);
-        names.push(name);
-        values.push(value);
-        statuses.push(status);
-        contents.push(row.record.content().to_string());
-        metadatas.push(serde_json::Value::Object(metadata).to_string());
-        created.push(row.record.created_at());
-        updated.push(updated_at);
-        source_dbs.push(row.source.source_db.clone());
-        rowids.push(row.source.rowid);
-        embeddings.push(match &row.record {
-            ContractRecord::Memory(m) => m.embedding.clone().map(pgvector::Vector::from),
-            _ => None,
-        });
+/// The fast path: the batch's rows inserted straight into the contract table, but for
+/// rows whose memory key or tool name was deleted through the library (left out, as the
+/// staging path leaves them out); the number inserted. `None` when a row conflicts with
+/// one there (its id, key or name taken: the unique index refuses it, and what the
+/// statement did is undone to the savepoint `direct`, made here when `savepoint`); the
+/// batch then takes the staging path.
+async fn direct(
+    tx: &mut PgConnection,
+    target: Target,
+    columns: &Columns,
+    savepoint: bool,
+) -> Result<Option<u64>, sqlx::Error> {
+    // After the agents' rows are made: those stay.
+    if savepoint {
+        sqlx::raw_sql("savepoint direct").execute(&mut *tx).await?;
     }
-    sqlx::query(STAGE_ROWS)
-        .bind(ids)
-        .bind(agents)
-        .bind(agent_names)
-        .bind(keys)
-        .bind(names)
-        .bind(values)
-        .bind(statuses)
-        .bind(contents)
-        .bind(metadatas)
-        .bind(created)
-        .bind(updated)
-        .bind(source_dbs)
-        .bind(rowids)
-        .bind(embeddings)
-        .execute(conn)
-        .await
-        .map(drop)
+    match columns.insert(tx, direct_insert(target)).await {
+        Ok(inserted) => Ok(Some(inserted)),
+        Err(sqlx::Error::Database(err)) if err.code().as_deref() == Some("23505") => {
+            sqlx::raw_sql("rollback to savepoint direct")
+                .execute(&mut *tx)
+                .await?;
+            Ok(None)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// A batch's rows as the column arrays of `unnest_rows!`, with `migration_run` added to
+/// each row's metadata; made while the batch before loads. `agent_id` is the agent's
+/// name until [`Columns::with_agent_ids`] says otherwise.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Columns {
+    ids: Vec<uuid::Uuid>,
+    agents: Vec<String>,
+    agent_names: Vec<String>,
+    keys: Vec<Option<String>>,
+    names: Vec<Option<String>>,
+    values: Vec<Option<f64>>,
+    statuses: Vec<Option<String>>,
+    contents: Vec<String>,
+    metadatas: Vec<String>,
+    created: Vec<chrono::DateTime<chrono::Utc>>,
+    updated: Vec<chrono::DateTime<chrono::Utc>>,
+    source_dbs: Vec<String>,
+    rowids: Vec<Option<i64>>,
+    embeddings: Vec<Option<pgvector::Vector>>,
+}
+
+impl Columns {
+    pub(crate) fn new(rows: &[ContractRow], run: &str) -> Self {
+        let n = rows.len();
+        let mut c = Columns {
+            ids: Vec::with_capacity(n),
+            agents: Vec::with_capacity(n),
+            agent_names: Vec::with_capacity(n),
+            keys: Vec::with_capacity(n),
+            names: Vec::with_capacity(n),
+            values: Vec::with_capacity(n),
+            statuses: Vec::with_capacity(n),
+            contents: Vec::with_capacity(n),
+            metadatas: Vec::with_capacity(n),
+            created: Vec::with_capacity(n),
+            updated: Vec::with_capacity(n),
+            source_dbs: Vec::with_capacity(n),
+            rowids: Vec::with_capacity(n),
+            embeddings: Vec::with_capacity(n),
+        };
+        for row in rows {
+            let mut metadata = row.record.metadata().clone();
+            metadata.insert("migration_run".into(), run.into());
+            let (key, name, value, status, updated_at) = match &row.record {
+                ContractRecord::Memory(m) => (m.key.clone(), None, None, None, m.updated_at),
+                ContractRecord::Tool(t) => (None, Some(t.name.clone()), None, None, t.updated_at),
+                ContractRecord::Metric(m) => {
+                    (None, Some(m.name.clone()), m.value, None, m.created_at)
+                }
+                ContractRecord::Execution(e) => (None, None, None, e.status.clone(), e.created_at),
+            };
+            c.ids.push(row.record.id());
+            let agent = row.source.agent.as_str();
+            c.agents.push(agent.to_string());
+            c.agent_names.push(agent.to_string());
+            c.keys.push(key);
+            c.names.push(name);
+            c.values.push(value);
+            c.statuses.push(status);
+            c.contents.push(row.record.content().to_string());
+            c.metadatas
+                .push(serde_json::Value::Object(metadata).to_string());
+            c.created.push(row.record.created_at());
+            c.updated.push(updated_at);
+            c.source_dbs.push(row.source.source_db.clone());
+            c.rowids.push(row.source.rowid);
+            c.embeddings.push(match &row.record {
+                ContractRecord::Memory(m) => m.embedding.clone().map(pgvector::Vector::from),
+                _ => None,
+            });
+        }
+        c
+    }
+
+    /// The same rows, each with `agent_id` the id of its agent's row (by name).
+    fn with_agent_ids(&self, agent_ids: &BTreeMap<String, String>) -> Self {
+        let mut renamed = self.clone();
+        for (id, name) in renamed.agents.iter_mut().zip(&self.agent_names) {
+            if let Some(row_id) = agent_ids.get(name) {
+                id.clone_from(row_id);
+            }
+        }
+        renamed
+    }
+
+    /// Runs `sql` (reading `unnest_rows!`) with the arrays bound.
+    async fn insert(&self, conn: &mut PgConnection, sql: &'static str) -> Result<u64, sqlx::Error> {
+        sqlx::query(sql)
+            .bind(&self.ids)
+            .bind(&self.agents)
+            .bind(&self.agent_names)
+            .bind(&self.keys)
+            .bind(&self.names)
+            .bind(&self.values)
+            .bind(&self.statuses)
+            .bind(&self.contents)
+            .bind(&self.metadatas)
+            .bind(&self.created)
+            .bind(&self.updated)
+            .bind(&self.source_dbs)
+            .bind(&self.rowids)
+            .bind(&self.embeddings)
+            .execute(conn)
+            .await
+            .map(|done| done.rows_affected())
+    }
 }

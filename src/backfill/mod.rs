@@ -270,6 +270,7 @@ pub async fn run(url: &str, options: &BackfillOptions, progress: &dyn Progress) 
             target: &target,
             backend: &backend,
             conn: engine::Run::connect(&target).await?,
+            agent_ids: Default::default(),
         }),
         report,
         progress,

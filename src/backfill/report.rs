@@ -125,6 +125,19 @@ pub struct TableReport {
     pub moved_from: Option<String>,
 }
 
+impl TableReport {
+    /// Adds what the loading side of a table did (`loaded`) to what its reading side
+    /// counted.
+    pub(crate) fn absorb(&mut self, loaded: TableReport) {
+        self.inserted += loaded.inserted;
+        self.updated += loaded.updated;
+        self.already_present += loaded.already_present;
+        self.outranked += loaded.outranked;
+        self.deleted += loaded.deleted;
+        self.failed.extend(loaded.failed);
+    }
+}
+
 /// Rows that could not be migrated.
 #[derive(Debug, Clone, Serialize)]
 pub struct Failure {
