@@ -5,7 +5,7 @@
 //! scripts/bench dual [--ops N] [--concurrency C] [--value-bytes B] [--reps R] [--out DIR]
 //! scripts/bench backfill [--rows N] [--batch-size B] [--try-batch-sizes B1,B2] [--out DIR]
 //! scripts/bench vector [--memories N] [--dims D] [--queries Q] [--ef-search E1,E2] [--out DIR]
-//! scripts/bench python [--calls N] [--keys K] [--reps R] [--python PATH] [--out DIR]
+//! scripts/bench peers [--calls N] [--keys K] [--reps R] [--python PATH] [--out DIR]
 //! scripts/bench all [--out DIR]        # every suite above with its defaults
 //! scripts/bench report [--out DIR]     # RESULTS.md and the charts again, from the JSON
 //! cargo run --release --example bench -- ops ...     # with DATABASE_URL set
@@ -71,11 +71,13 @@ enum Suite {
     /// against exact search, and queries/s and latency of HNSW, PostgreSQL exact and
     /// SQLite exact, with the index's build time.
     Vector(vector::Args),
-    /// The Python package's store and retrieve against the same calls from Rust and
-    /// against LangGraph's SqliteStore and PostgresStore (async and sync), on SQLite and
-    /// PostgreSQL: latency and the ratios. Needs a Python with the package and LangGraph's
-    /// stores, which scripts/bench installs.
-    Python(python::Args),
+    /// The store agent developers already use: the library's store and retrieve, from Rust
+    /// and from the Python package, against LangGraph's SqliteStore and PostgresStore
+    /// (async and sync) on the same values, settings and server: latency and the ratios.
+    /// Needs a Python with the package and LangGraph's stores, which scripts/bench
+    /// installs. (Formerly `python`, still accepted.)
+    #[command(alias = "python")]
+    Peers(python::Args),
     /// Every suite, one after another, each with its defaults and its own database.
     All,
     /// Writes RESULTS.md and each suite's chart again from the `<suite>.json` files in
@@ -107,8 +109,8 @@ const ALL: [results::Suite; 5] = [
         summary: vector::summary,
     },
     results::Suite {
-        name: "python",
-        heading: "Python package",
+        name: "peers",
+        heading: "Against LangGraph's stores",
         summary: python::summary,
     },
 ];
@@ -120,7 +122,7 @@ impl Suite {
             Suite::Dual(_) => "dual",
             Suite::Backfill(_) => "backfill",
             Suite::Vector(_) => "vector",
-            Suite::Python(_) => "python",
+            Suite::Peers(_) => "peers",
             Suite::All => "all",
             Suite::Report => "report",
         }
@@ -138,7 +140,7 @@ async fn run_suite(suite: &Suite, out: &Path) -> harness::Result<()> {
         Suite::Dual(args) => dual::run(&env, args).await,
         Suite::Backfill(args) => backfill::run(&env, args).await,
         Suite::Vector(args) => vector::run(&env, args).await,
-        Suite::Python(args) => python::run(&env, args).await,
+        Suite::Peers(args) => python::run(&env, args).await,
         Suite::All | Suite::Report => Err(format!("`{name}` is not a single suite").into()),
     };
     let machine = env.machine.clone();

@@ -55,8 +55,8 @@ pub struct Args {
     /// Keys each run cycles over.
     #[arg(long, default_value_t = 200)]
     pub keys: usize,
-    /// Approximate size of the larger value, in bytes.
-    #[arg(long, default_value_t = 4096)]
+    /// Approximate size of the larger value, in bytes: the targets' value.
+    #[arg(long, default_value_t = 1024)]
     pub large_bytes: usize,
     /// Repetitions; medians are reported.
     #[arg(long, default_value_t = 7)]
@@ -163,6 +163,10 @@ pub(super) struct Run {
 const PYTHON_OVER_RUST_LIMIT: f64 = 1.3;
 /// The target of the Python call against LangGraph's faster store: no slower.
 const PYTHON_OVER_LANGGRAPH_LIMIT: f64 = 1.0;
+/// The target of the Rust call against LangGraph's faster store: no slower.
+const RUST_OVER_LANGGRAPH_LIMIT: f64 = 1.0;
+/// The value the targets are judged on: the larger one, of about `--large-bytes`.
+pub(super) const TARGET_SIZE: Size = Size::Large;
 
 /// Key number `index` as every client names it (driver.py names them the same).
 fn key_name(index: usize) -> String {
@@ -610,47 +614,55 @@ pub(super) fn langgraph_best(p50: impl Fn(Client) -> Option<f64>) -> Option<f64>
     }
 }
 
-/// The targets, on the small value: the Python call over the Rust call, and over
-/// LangGraph's faster store, per backend and call; each the ratio of the medians, with
-/// the ratio within each repetition beside it.
+/// The targets, on the value of about `--large-bytes`: the Rust and the Python call over
+/// LangGraph's faster store, and the Python call over the Rust call, per backend and
+/// call; each the ratio of the medians, with the ratio within each repetition beside it.
 fn ratios(args: &Args, runs: &[Run]) -> Vec<Ratio> {
-    let size = Size::Small;
+    let size = TARGET_SIZE;
     let mut out = Vec::new();
     for backend in Backend::ALL {
         for call in Call::ALL {
             let med = |client| median_of(runs, client, backend, size, call, |l| l.p50_us);
             let rep = |client, rep| p50(runs, client, backend, size, call, rep);
-            let reps = 1..=args.reps;
             let (b, c) = (backend.name(), call.name());
-
-            let mut ratio = Ratio::new(
-                format!("python_vs_rust_{b}_{c}"),
-                format!("{b} {c} p50, Python / Rust"),
-                med(Client::Python)
-                    .zip(med(Client::Rust))
-                    .map(|(p, r)| p / r),
-                PYTHON_OVER_RUST_LIMIT,
-                false,
-            );
-            ratio.per_repetition = reps
-                .clone()
-                .filter_map(|n| Some(rep(Client::Python, n)? / rep(Client::Rust, n)?))
-                .collect();
-            out.push(ratio);
-
-            let mut ratio = Ratio::new(
-                format!("python_vs_langgraph_{b}_{c}"),
-                format!("{b} {c} p50, Python / LangGraph's faster store"),
-                med(Client::Python)
-                    .zip(langgraph_best(med))
-                    .map(|(p, l)| p / l),
+            let versus = |ours: Client, name: &str, label: &str, best: bool, limit: f64| {
+                let theirs = |at: &dyn Fn(Client) -> Option<f64>| match best {
+                    true => langgraph_best(at),
+                    false => at(Client::Rust),
+                };
+                let mut ratio = Ratio::new(
+                    format!("{}_vs_{name}_{b}_{c}", ours.name()),
+                    format!("{b} {c} p50, {label}"),
+                    med(ours).zip(theirs(&med)).map(|(o, t)| o / t),
+                    limit,
+                    false,
+                );
+                ratio.per_repetition = (1..=args.reps)
+                    .filter_map(|n| Some(rep(ours, n)? / theirs(&|c| rep(c, n))?))
+                    .collect();
+                ratio
+            };
+            out.push(versus(
+                Client::Rust,
+                "langgraph",
+                "Rust / LangGraph's faster store",
+                true,
+                RUST_OVER_LANGGRAPH_LIMIT,
+            ));
+            out.push(versus(
+                Client::Python,
+                "langgraph",
+                "Python / LangGraph's faster store",
+                true,
                 PYTHON_OVER_LANGGRAPH_LIMIT,
+            ));
+            out.push(versus(
+                Client::Python,
+                "rust",
+                "Python / Rust",
                 false,
-            );
-            ratio.per_repetition = reps
-                .filter_map(|n| Some(rep(Client::Python, n)? / langgraph_best(|c| rep(c, n))?))
-                .collect();
-            out.push(ratio);
+                PYTHON_OVER_RUST_LIMIT,
+            ));
         }
     }
     out
@@ -715,11 +727,13 @@ mod tests {
     fn targets_compare_python_with_rust_and_the_faster_langgraph_store() -> Result<()> {
         let results = made_up(3);
         let summary = summary(&results)?;
-        assert_eq!(summary.targets.len(), 8);
+        assert_eq!(summary.targets.len(), 12);
         for ratio in &summary.targets {
-            let expected = match ratio.name.starts_with("python_vs_rust_") {
-                true => 2.0,
-                false => 2.0 / 3.0,
+            let expected = match ratio.name.split('_').take(3).collect::<Vec<_>>()[..] {
+                ["python", "vs", "rust"] => 2.0,
+                ["python", "vs", "langgraph"] => 2.0 / 3.0,
+                ["rust", "vs", "langgraph"] => 1.0 / 3.0,
+                _ => return Err(format!("unexpected target {}", ratio.name).into()),
             };
             let value = ratio.value.ok_or("not measured")?;
             assert!((value - expected).abs() < 1e-9, "{ratio:?}");

@@ -165,7 +165,7 @@ pub(super) fn print(results: &Value) -> Result<()> {
         saved.ratio_table().text()
     );
     println!("\nLangGraph's SQLite: {}", saved.sqlite_settings_text());
-    println!("\ntargets (value of {})", saved.size_label(Size::Small));
+    println!("\ntargets (value of {})", saved.size_label(super::TARGET_SIZE));
     for ratio in &saved.ratios {
         println!("{}", line(ratio));
     }
@@ -201,7 +201,7 @@ fn chart(saved: &Saved) -> Chart {
             .collect()
     };
     Chart {
-        title: "python: the Python package against Rust and LangGraph's stores".into(),
+        title: "peers: memshift from Rust and Python against LangGraph's stores".into(),
         panels: Call::ALL
             .iter()
             .map(|&call| Panel {
