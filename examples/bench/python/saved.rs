@@ -165,7 +165,10 @@ pub(super) fn print(results: &Value) -> Result<()> {
         saved.ratio_table().text()
     );
     println!("\nLangGraph's SQLite: {}", saved.sqlite_settings_text());
-    println!("\ntargets (value of {})", saved.size_label(super::TARGET_SIZE));
+    println!(
+        "\ntargets (value of {})",
+        saved.size_label(super::TARGET_SIZE)
+    );
     for ratio in &saved.ratios {
         println!("{}", line(ratio));
     }
