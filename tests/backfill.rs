@@ -1456,3 +1456,57 @@ async fn batches_that_conflict_leave_the_fast_path_with_the_same_outcome() {
         .unwrap();
     assert_eq!(rows, 60, "59 legacy rows and the agent's own");
 }
+
+/// Batches of new rows load two at a time, on two connections. When both hold the same
+/// keys, the key still goes to the newest row, as when every row loads in one batch.
+#[tokio::test]
+async fn batches_loading_at_once_settle_shared_keys_by_the_same_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    // Rowids 1024 apart: a chunk each, so batches of 1 row each; two rows in a row share
+    // a key, so batches loading together hold the same key; times out of order.
+    let mut sql = String::from(
+        "create table memory (id integer primary key, key text, content text, created_at text);",
+    );
+    let mut newest = std::collections::BTreeMap::new();
+    for n in 0..48i64 {
+        let key = format!("k{}", (n / 2) % 4);
+        let second = (n * 37) % 48;
+        sql.push_str(&format!(
+            "insert into memory values ({}, '{key}', 'row {n}', '2024-01-01 00:00:{second:02}');",
+            (n + 1) * 1024
+        ));
+        let entry = newest.entry(key).or_insert((second, n));
+        if (second, n) > *entry {
+            *entry = (second, n);
+        }
+    }
+    legacy_file(&dir.path().join("alpha/main.db"), &sql).await;
+    let expected: Vec<(String, String)> = newest
+        .into_iter()
+        .map(|(key, (_, n))| (key, format!("row {n}")))
+        .collect();
+    for batch_size in [1, 3, 1000] {
+        let db = TestDatabase::migrated().await;
+        let mut options = BackfillOptions::new(dir.path());
+        options.read.batch_size = batch_size;
+        let report = backfill::run(&db.url, &options, &()).await.unwrap();
+        assert!(report.succeeded(), "{report:#?}");
+        assert_eq!(report.totals.inserted, 48, "batches of {batch_size}");
+        let mut conn = connect(&db).await;
+        let held: Vec<(String, String)> = sqlx::query_as(
+            "select key, content::jsonb->>'content' from agent_memories
+             where key is not null order by key",
+        )
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(held, expected, "batches of {batch_size}");
+        let conflicts: i64 = sqlx::query_scalar(
+            "select count(*) from agent_memories where metadata ? 'key_conflict'",
+        )
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(conflicts, 44, "batches of {batch_size}");
+    }
+}

@@ -67,6 +67,69 @@ impl Attempt {
 /// The catch-up record of a file of the library's own layout, which moves whole.
 const OWN_FILE: &str = "(library records)";
 
+/// Whether a batch may load beside another: new rows only (of chunks no earlier run
+/// loaded), no deletes, a map that did not change.
+fn alongside(pending: &Pending, force: bool) -> bool {
+    !force
+        && !pending.known
+        && !pending.rows.is_empty()
+        && pending.deletes.is_empty()
+        && pending.gone.is_empty()
+}
+
+/// Adds what a batch did to the table's report; a batch that conflicted takes the fast
+/// path off for the rest of the table.
+fn absorb_synced(done: Synced, out: &mut TableReport, direct: &mut bool) {
+    *direct &= !done.fell_back;
+    out.inserted += done.inserted;
+    out.updated += done.updated;
+    out.already_present += done.unchanged;
+    out.outranked += done.outranked;
+    out.deleted += done.deleted;
+}
+
+/// The run's second loading connection, for batches of new rows loading beside the
+/// batch on the run's own connection (which holds the claims). Made on first use.
+#[derive(Default)]
+pub(crate) struct Beside {
+    conn: Option<PgConnection>,
+    /// As [`Db::agent_ids`], of this connection's batches.
+    agent_ids: std::collections::BTreeMap<String, String>,
+    /// It could not be made: batches load one at a time.
+    broken: bool,
+}
+
+impl Beside {
+    /// One attempt at `batch`, without retries; `None` when it failed (nothing of it is
+    /// written then), and the batch is to be loaded on the run's connection.
+    async fn load(&mut self, target: &PgTarget, batch: &Batch<'_>) -> Option<Synced> {
+        if self.conn.is_none() {
+            match Run::connect(target).await {
+                Ok(conn) => self.conn = Some(conn),
+                Err(err) => {
+                    tracing::warn!(error = %Chain(&err), "could not open a second connection to load with; loading one batch at a time");
+                    self.broken = true;
+                    return None;
+                }
+            }
+        }
+        let conn = self.conn.as_mut()?;
+        let loading = sync_batch(conn, batch, &mut self.agent_ids);
+        match tokio::time::timeout(batch.timeout + CLIENT_GRACE, loading).await {
+            Ok(Ok(done)) => Some(done),
+            failed => {
+                if let Ok(Err(err)) = failed {
+                    tracing::debug!(error = %Chain(&err), "a batch loading beside another failed; loading it again on the run's connection");
+                }
+                // A fresh connection next time: this one may be mid-statement.
+                self.conn = None;
+                self.agent_ids.clear();
+                None
+            }
+        }
+    }
+}
+
 /// Rows converted between two yields of the reading side to the loading side.
 const YIELD_EVERY: usize = 4;
 
@@ -140,6 +203,8 @@ pub(crate) struct Db<'a> {
     pub(crate) conn: PgConnection,
     /// Agents' row ids by name, of rows a committed batch found or made.
     pub(crate) agent_ids: std::collections::BTreeMap<String, String>,
+    /// The second loading connection.
+    pub(crate) beside: Beside,
 }
 
 impl Run<'_> {
@@ -570,9 +635,65 @@ impl Run<'_> {
             let mut loaded = TableReport::default();
             // The fast path stays on until a batch of the table conflicts.
             let mut direct = true;
-            while let Some(mut pending) = handed.recv().await {
-                self.sync(&sync, &mut pending, &mut loaded, &mut direct)
-                    .await;
+            let mut next: Option<Pending> = None;
+            loop {
+                let first = match next.take() {
+                    Some(pending) => Some(pending),
+                    None => handed.recv().await,
+                };
+                let Some(mut first) = first else { break };
+                if !(direct && alongside(&first, force)) {
+                    self.sync(&sync, &mut first, &mut loaded, &mut direct).await;
+                    continue;
+                }
+                // Two batches of new rows load at once, the second on a connection of
+                // its own, so that the server works on one while the client sends the
+                // other, and commits overlap.
+                let second = handed.recv().await;
+                let beside = self
+                    .db
+                    .as_mut()
+                    .map(|db| (db.target, std::mem::take(&mut db.beside)));
+                let (Some(mut second), Some((target, mut beside))) = (second, beside) else {
+                    self.sync(&sync, &mut first, &mut loaded, &mut direct).await;
+                    continue;
+                };
+                if !alongside(&second, force) || beside.broken {
+                    self.put_beside(beside);
+                    self.sync(&sync, &mut first, &mut loaded, &mut direct).await;
+                    next = Some(second);
+                    continue;
+                }
+                let columns = second
+                    .columns
+                    .take()
+                    .unwrap_or_else(|| Columns::new(&second.rows, &run));
+                let batch = Batch {
+                    target: sync.target,
+                    table: sync.key,
+                    rows: &second.rows,
+                    columns: &columns,
+                    deletes: &second.deletes,
+                    chunks: &second.chunks,
+                    gone: &second.gone,
+                    force: false,
+                    timeout: options.timeout,
+                    direct: true,
+                };
+                let (_, done) = tokio::join!(
+                    self.sync(&sync, &mut first, &mut loaded, &mut direct),
+                    beside.load(target, &batch)
+                );
+                self.put_beside(beside);
+                match done {
+                    Some(done) => absorb_synced(done, &mut loaded, &mut direct),
+                    // Loaded on the run's connection instead, with its retries.
+                    None => {
+                        second.columns = Some(columns);
+                        self.sync(&sync, &mut second, &mut loaded, &mut direct)
+                            .await;
+                    }
+                }
             }
             loaded
         };
@@ -663,14 +784,7 @@ impl Run<'_> {
             .when(|failed: &Attempt| failed.retry)
             .await;
         match loaded {
-            Ok(done) => {
-                *direct &= !done.fell_back;
-                out.inserted += done.inserted;
-                out.updated += done.updated;
-                out.already_present += done.unchanged;
-                out.outranked += done.outranked;
-                out.deleted += done.deleted;
-            }
+            Ok(done) => absorb_synced(done, out, direct),
             Err(failed) => {
                 let first = taken.rows.first().and_then(|r| r.source.rowid);
                 let end = taken.rows.last().and_then(|r| r.source.rowid);
@@ -680,6 +794,13 @@ impl Run<'_> {
                     reason: failed.reason,
                 });
             }
+        }
+    }
+
+    /// Gives the second loading connection back to the run.
+    fn put_beside(&mut self, beside: Beside) {
+        if let Some(db) = self.db.as_mut() {
+            db.beside = beside;
         }
     }
 

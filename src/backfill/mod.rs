@@ -271,6 +271,7 @@ pub async fn run(url: &str, options: &BackfillOptions, progress: &dyn Progress) 
             backend: &backend,
             conn: engine::Run::connect(&target).await?,
             agent_ids: Default::default(),
+            beside: Default::default(),
         }),
         report,
         progress,
