@@ -3,7 +3,10 @@
 use async_trait::async_trait;
 
 use super::SqliteBackend;
-use super::rows::{execution_from_row, memory_from_row, metric_from_row, of_agent, tool_from_row};
+use super::rows::{
+    execution_from_row, memory_from_columns, memory_from_row, metric_from_row, of_agent,
+    tool_from_row,
+};
 use super::sql::GET_MEMORY;
 use crate::backend::MemoryBackend;
 use crate::backend::listing::{Kind, key_of};
@@ -44,6 +47,20 @@ impl MemoryBackend for SqliteBackend {
         let Some(pool) = self.reader(agent).await? else {
             return Ok(None);
         };
+        if self.options.quick_reads {
+            let quick = self.quick.get_memory(
+                agent,
+                &self.file_of(agent),
+                self.options.mmap_size,
+                self.options.max_connections as usize,
+                key,
+            );
+            if let Some(found) = quick {
+                return found
+                    .map(|columns| memory_from_columns(columns, &of_agent(agent)))
+                    .transpose();
+            }
+        }
         sqlx::query(GET_MEMORY)
             .bind(key)
             .fetch_optional(&pool)

@@ -3,6 +3,7 @@
 use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 
+use super::quick::MemoryColumns;
 use crate::backend::codec::{bytes_embedding, parse_json, parse_metadata, parse_time};
 use crate::error::{Error, Result};
 use crate::record::{AgentId, Execution, Memory, Metric, Tool};
@@ -74,17 +75,34 @@ impl<'r> Columns<'r> {
 /// A memory as the SQLite backend stores it.
 pub(crate) fn memory_from_row(row: &SqliteRow, whose: &str) -> Result<Memory> {
     let (key, c) = Columns::named::<Option<String>>(row, "memory", "key", whose)?;
-    let embedding: Option<Vec<u8>> = c.get("embedding")?;
-    Ok(Memory {
-        id: c.id()?,
-        content: c.content()?,
-        metadata: c.metadata()?,
-        embedding: embedding
-            .map(|b| bytes_embedding(&b, c.what()))
-            .transpose()?,
-        created_at: c.time("created_at")?,
-        updated_at: c.time("updated_at")?,
+    let columns = MemoryColumns {
+        id: c.get("id")?,
         key,
+        content: c.get("content")?,
+        metadata: c.get("metadata")?,
+        embedding: c.get("embedding")?,
+        created_at: c.get("created_at")?,
+        updated_at: c.get("updated_at")?,
+    };
+    memory_from_columns(columns, whose)
+}
+
+/// A memory from its columns as the SQLite backend stores them (read by the pool or
+/// by a quick read).
+pub(super) fn memory_from_columns(c: MemoryColumns, whose: &str) -> Result<Memory> {
+    let what = || format!("memory {:?} {whose}", c.key);
+    Ok(Memory {
+        id: parse_id(&c.id, what)?,
+        content: parse_json(&c.content, what)?,
+        metadata: parse_metadata(&c.metadata, what)?,
+        embedding: c
+            .embedding
+            .as_deref()
+            .map(|b| bytes_embedding(b, what))
+            .transpose()?,
+        created_at: parse_time(&c.created_at, what)?,
+        updated_at: parse_time(&c.updated_at, what)?,
+        key: c.key,
     })
 }
 
