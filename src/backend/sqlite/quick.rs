@@ -16,6 +16,7 @@ use std::ffi::{CString, c_int};
 use std::path::Path;
 use std::ptr::{self, NonNull};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use libsqlite3_sys as ffi;
 
@@ -34,10 +35,45 @@ pub(super) struct MemoryColumns {
     pub(super) updated_at: String,
 }
 
-/// Idle read connections, per agent.
+/// How long a read connection stays open unused: as long as the pool's connections.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How often idle connections are looked over for ones unused that long.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Idle read connections, per agent, each with when it was last used.
 #[derive(Debug, Default)]
 pub(super) struct QuickReads {
-    idle: Mutex<HashMap<AgentId, Vec<ReadConn>>>,
+    idle: Mutex<Idle>,
+}
+
+#[derive(Debug, Default)]
+struct Idle {
+    conns: HashMap<AgentId, Vec<(ReadConn, Instant)>>,
+    swept: Option<Instant>,
+}
+
+impl Idle {
+    /// Puts `conn` back (unless `keep` are idle already), and closes the connections of
+    /// every agent that went unused for `IDLE_TIMEOUT`, so that a process touching many
+    /// agents once does not keep their files open.
+    fn put_back(&mut self, agent: &AgentId, conn: ReadConn, keep: usize) {
+        let now = Instant::now();
+        let kept = self.conns.entry(agent.clone()).or_default();
+        if kept.len() < keep {
+            kept.push((conn, now));
+        }
+        if self
+            .swept
+            .is_none_or(|at| now.duration_since(at) >= SWEEP_EVERY)
+        {
+            self.swept = Some(now);
+            self.conns.retain(|_, conns| {
+                conns.retain(|(_, used)| now.duration_since(*used) < IDLE_TIMEOUT);
+                !conns.is_empty()
+            });
+        }
+    }
 }
 
 impl QuickReads {
@@ -51,18 +87,14 @@ impl QuickReads {
         keep: usize,
         key: &str,
     ) -> Option<Option<MemoryColumns>> {
-        let idle = self.lock().get_mut(agent).and_then(Vec::pop);
+        let idle = self.lock().conns.get_mut(agent).and_then(Vec::pop);
         let conn = match idle {
-            Some(conn) => conn,
+            Some((conn, _)) => conn,
             None => ReadConn::open(path, mmap_size)?,
         };
         let found = conn.get_memory(key);
         if found.is_some() {
-            let mut idle = self.lock();
-            let kept = idle.entry(agent.clone()).or_default();
-            if kept.len() < keep {
-                kept.push(conn);
-            }
+            self.lock().put_back(agent, conn, keep);
         }
         // A connection whose read failed is closed (dropped): the next one is new.
         found
@@ -70,10 +102,10 @@ impl QuickReads {
 
     /// Closes every idle connection.
     pub(super) fn clear(&self) {
-        self.lock().clear();
+        self.lock().conns.clear();
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<AgentId, Vec<ReadConn>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Idle> {
         // A panic while holding this lock cannot leave the map half-changed.
         self.idle
             .lock()
