@@ -527,9 +527,9 @@ impl Run<'_> {
         let sync = Sync { target, key, force };
         let progress = self.progress;
         let run = self.report.run_id.clone();
-        // Reading and converting go on while the batch before is loading: the reader
-        // hands over one batch at a time, so at most three are held (one being read, one
-        // waiting, one loading) and memory stays flat.
+        // Reading and converting go on while batches before load: the reader hands over
+        // one batch at a time, so at most four are held (one being read, one waiting,
+        // two loading) and memory stays flat.
         let (handover, mut handed) = tokio::sync::mpsc::channel::<Pending>(1);
         let read = async {
             let mut pending = Pending::default();
