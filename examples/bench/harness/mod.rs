@@ -11,7 +11,7 @@ pub use env::Env;
 pub use machine::{Machine, quiet_down};
 pub use table::{Table, markdown_table, ms, table};
 pub use timing::{Latency, Samples, concurrently, median, settle, timed};
-pub use workload::{AgentLoad, Rng, memory_value};
+pub use workload::{AgentLoad, Rng, Values, memory_value};
 
 /// Any failure; the bench prints it with its causes and exits.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
