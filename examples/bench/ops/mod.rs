@@ -25,7 +25,6 @@ mod raw;
 mod report;
 mod saved;
 mod scale;
-mod wire;
 mod workload;
 
 use std::sync::Arc;
@@ -36,14 +35,13 @@ use memshift::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::harness::{Env, Result, Values, ms, settle};
+use crate::harness::{Env, Result, Values, ms, relay, settle, through_relay};
 
 use cpu::postmaster_of;
 use floor::{FLOOR_BLOCKS, floor};
 use raw::Raw;
 use report::report;
 use scale::scale;
-use wire::relay;
 use workload::{Step, mixed};
 
 pub use saved::summary;
@@ -147,21 +145,6 @@ async fn compression(pool: &sqlx::PgPool) -> Result<Compression> {
         rows_2k,
         ratio_2k: text_2k.zip(stored_2k).map(|(t, s)| t / s),
     })
-}
-
-/// `url` with its host and port replaced by the local relay's port (`None`: a URL
-/// the relay cannot stand in for, such as a Unix socket's), and the server's address.
-fn through_relay(url: &str) -> Option<(String, impl Fn(u16) -> String)> {
-    let options: sqlx::postgres::PgConnectOptions = url.parse().ok()?;
-    let (host, port) = (options.get_host().to_string(), options.get_port());
-    let at = format!("@{host}:{port}/");
-    if host.starts_with('/') || url.matches(&at).count() != 1 {
-        return None;
-    }
-    let url = url.to_string();
-    Some((format!("{host}:{port}"), move |relay: u16| {
-        url.replace(&at, &format!("@127.0.0.1:{relay}/"))
-    }))
 }
 
 /// The backends measured.

@@ -4,10 +4,9 @@ use serde_json::{Value, json};
 
 use super::floor::{FLOOR_BYTES, Floor, floor_table};
 use super::scale::{Scale, scale_table};
-use super::wire::Wire;
 use super::workload::Step;
 use super::{Args, Compression, Kind};
-use crate::harness::{ms, table};
+use crate::harness::{Wire, ms, table};
 use crate::results::Ratio;
 
 /// A target's line in the printed list of targets.

@@ -7,11 +7,10 @@ use serde_json::Value;
 use super::floor::{FLOOR_BYTES, Floor, floor_table};
 use super::report::per_repetition;
 use super::scale::{HOT_KEYS, Scale, scale_table};
-use super::wire::Wire;
 use super::workload::Step;
 use super::{Args, Compression, Kind};
 use crate::chart::{Chart, Panel, Series, thousands};
-use crate::harness::{Result, Values, markdown_table, median};
+use crate::harness::{Result, Values, Wire, markdown_table, median};
 use crate::results::{Ratio, Summary, ms_text, repetitions};
 
 /// The suite's results as `report` saves them.

@@ -8,9 +8,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::cpu::{process_cpu, server_cpu};
-use super::wire::{Counters, Wire};
 use super::{Args, Kind};
-use crate::harness::{Latency, Result, Rng, Samples, Values, concurrently, median, settle, timed};
+use crate::harness::{
+    Counters, Latency, Result, Rng, Samples, Values, Wire, concurrently, median, settle, timed,
+};
 
 /// The kinds of call in the mixed workload, with their share of the calls in percent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use crate::harness::Result;
 
 /// The client's messages and bytes seen so far, over every relayed connection.
 #[derive(Debug, Default)]
-pub(super) struct Counters {
+pub struct Counters {
     syncs: AtomicU64,
     queries: AtomicU64,
     executes: AtomicU64,
@@ -27,7 +27,7 @@ pub(super) struct Counters {
 
 /// A snapshot of [`Counters`].
 #[derive(Debug, Clone, Copy, Default)]
-pub(super) struct Counts {
+pub struct Counts {
     syncs: u64,
     queries: u64,
     executes: u64,
@@ -36,7 +36,7 @@ pub(super) struct Counts {
 }
 
 impl Counters {
-    pub(super) fn snapshot(&self) -> Counts {
+    pub fn snapshot(&self) -> Counts {
         let get = |c: &AtomicU64| c.load(Ordering::SeqCst);
         Counts {
             syncs: get(&self.syncs),
@@ -50,21 +50,21 @@ impl Counters {
 
 /// What the client sent and received per call, between two snapshots.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub(super) struct Wire {
+pub struct Wire {
     /// Calls counted.
-    pub(super) calls: usize,
+    pub calls: usize,
     /// Statements executed (`Execute` and simple `Query` messages) per call.
-    pub(super) statements_per_call: f64,
+    pub statements_per_call: f64,
     /// Round trips (`Sync` and simple `Query` messages) per call.
-    pub(super) round_trips_per_call: f64,
+    pub round_trips_per_call: f64,
     /// Bytes the client sent per call.
-    pub(super) bytes_to_server_per_call: f64,
+    pub bytes_to_server_per_call: f64,
     /// Bytes the server sent per call.
-    pub(super) bytes_to_client_per_call: f64,
+    pub bytes_to_client_per_call: f64,
 }
 
 impl Wire {
-    pub(super) fn between(before: Counts, after: Counts, calls: usize) -> Wire {
+    pub fn between(before: Counts, after: Counts, calls: usize) -> Wire {
         let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / calls.max(1) as f64;
         Wire {
             calls,
@@ -135,7 +135,7 @@ impl Reader {
 
 /// A relay on a local port to the server at `server` (`host:port`), counting into the
 /// returned counters; it runs until the process ends.
-pub(super) async fn relay(server: String) -> Result<(u16, Arc<Counters>)> {
+pub async fn relay(server: String) -> Result<(u16, Arc<Counters>)> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let counters = Arc::new(Counters::default());
@@ -196,6 +196,21 @@ async fn pass(client: TcpStream, server: TcpStream, counters: Arc<Counters>) {
         let _ = client_write.shutdown().await;
     };
     tokio::join!(up, down);
+}
+
+/// `url` with its host and port replaced by the local relay's port (`None`: a URL
+/// the relay cannot stand in for, such as a Unix socket's), and the server's address.
+pub fn through_relay(url: &str) -> Option<(String, impl Fn(u16) -> String)> {
+    let options: sqlx::postgres::PgConnectOptions = url.parse().ok()?;
+    let (host, port) = (options.get_host().to_string(), options.get_port());
+    let at = format!("@{host}:{port}/");
+    if host.starts_with('/') || url.matches(&at).count() != 1 {
+        return None;
+    }
+    let url = url.to_string();
+    Some((format!("{host}:{port}"), move |relay: u16| {
+        url.replace(&at, &format!("@127.0.0.1:{relay}/"))
+    }))
 }
 
 #[cfg(test)]
