@@ -7,10 +7,15 @@
 //!    `agent_id`), is given `--preload` keys first (not counted), then makes its share of
 //!    `--calls` calls one after another: 50% retrieve of a stored key, 20% store of a new
 //!    key, 20% overwrite of a stored key, 10% list keys. Values are generated JSON of
-//!    200 B to 20 KB (log-uniform, so most are small), built before the clock starts.
-//!    Reported: calls/s of wall time, p50/p99 per kind of call and over all calls, and
-//!    CPU time per call of this process and of the PostgreSQL server (when it runs on
-//!    this machine); each the median over `--reps` repetitions on fresh agents.
+//!    200 B to 20 KB (log-uniform, so most are small), built before the clock starts;
+//!    `--values` says what text they hold (by default text that compresses like agents'
+//!    own). Reported: calls/s of wall time, p50/p99 per kind of call and over all calls,
+//!    and CPU time per call of this process and of the PostgreSQL server (when it runs on
+//!    this machine); each the median over `--reps` repetitions on fresh agents. The
+//!    target, PostgreSQL's calls/s at least SQLite's, is judged at every number of agents
+//!    on the lowest repetition. Afterwards: how much PostgreSQL compressed the stored
+//!    values (`octet_length` over `pg_column_size`), and a pass of the mix through a relay
+//!    that counts statements, round trips and bytes per call (not timed).
 //! 2. Floor: one task, a single store (new key) and a single retrieve of values of about
 //!    2 KB, by the library and by the very statements the library issues, bound and
 //!    decoded by hand through sqlx on a pool with the library's settings. The two
