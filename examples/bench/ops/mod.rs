@@ -96,7 +96,7 @@ pub struct Args {
     #[arg(long)]
     #[serde(default)]
     pub no_content_compression: bool,
-    /// The values stored: `text` compresses like agents' real text (pglz about 1.8x),
+    /// The values stored: `text` compresses like agents' real text (pglz about 2x),
     /// `vocab` (the values of results saved before this option) 4-5x.
     #[arg(long, value_enum, default_value_t = Values::Text)]
     #[serde(default = "vocab")]
