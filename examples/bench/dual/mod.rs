@@ -545,6 +545,14 @@ fn report(
         derived.dualwrite_vs_slower_without_disk,
         range(|d| d.dualwrite_vs_slower_without_disk),
     );
+    let each: Vec<String> = disks
+        .iter()
+        .map(|d| format!("{:.2}", d.concurrency_ratio()))
+        .collect();
+    println!(
+        "  two syncs at once, each / one alone, per repetition                         {}",
+        each.join(" ")
+    );
     println!(
         "  dualwrite store p50 / the same two writes made by hand one after the other  {:>5.2}  {}",
         derived.dualwrite_vs_parts,
@@ -560,6 +568,8 @@ fn report(
             "median": disk,
             "repetitions": disks,
             "concurrency_ratio": disk.concurrency_ratio(),
+            "concurrency_ratio_per_repetition":
+                disks.iter().map(Disk::concurrency_ratio).collect::<Vec<_>>(),
             "same_filesystem_as_postgres": same_disk,
         },
         "derived": {"median": derived, "repetitions": per_rep_derived},
