@@ -11,9 +11,20 @@
 //! 2. throughput pass: `--concurrency` tasks on distinct agents, `--ops` calls in all,
 //!    stores then retrieves; calls per second of wall time.
 //!
+//! 3. parts (each repetition, after the configurations): the two writes a `dualwrite`
+//!    store makes, made by hand through the sides' `Replica` calls one after the other
+//!    and each timed (`parts.rs`); and the disk alone: one small write with its
+//!    `fdatasync`, two at once from two threads to two files, and two one after the
+//!    other, in the agents folder (`disk.rs`).
+//!
 //! Every figure reported is the median over the repetitions.
 
+mod disk;
+mod parts;
 mod saved;
+
+use disk::Disk;
+use parts::{Parts, StoreWire};
 
 pub use saved::summary;
 
@@ -142,6 +153,11 @@ struct Run {
     dual: Option<DualStats>,
 }
 
+/// The store p50s of `sqlite`, `postgres` and `dualwrite` among the `medians`.
+fn medians_of(medians: &[Figures]) -> [f64; 3] {
+    [Config::Sqlite, Config::Postgres, Config::DualWrite].map(|c| medians[c.index()].store_p50_us)
+}
+
 /// A ratio the project targets.
 struct Target {
     name: &'static str,
@@ -194,6 +210,7 @@ pub async fn run(env: &Env, args: &Args) -> Result<Value> {
         ),
     };
     let mut runs: Vec<Vec<Run>> = Config::ALL.iter().map(|_| Vec::new()).collect();
+    let (mut parts, mut disks) = (Vec::new(), Vec::new());
     // Round 0, a quarter the size, only warms the server, the disk and the caches.
     let warm_up = Args {
         ops: (args.ops / 4).max(1),
@@ -219,10 +236,57 @@ pub async fn run(env: &Env, args: &Args) -> Result<Value> {
                 runs[config.index()].push(run);
             }
         }
+        if round == 0 {
+            continue;
+        }
+        let part = parts::measure(
+            &sides.sqlite,
+            &sides.postgres,
+            &format!("bench-parts-r{round}"),
+            args.ops,
+            args.value_bytes,
+            round as u64 * 1000,
+        )
+        .await?;
+        sides.sqlite.close().await;
+        settle().await;
+        let disk = disk::measure(env.agents_path(), args.ops).await?;
+        eprintln!(
+            "  {label:<8} parts: sqlite outbox {} + postgres apply {} = {} ms; disk: sync alone \
+             {} ms, two at once {} ms each, two in a row {} ms",
+            ms(part.sqlite_outbox_p50_us),
+            ms(part.postgres_apply_p50_us),
+            ms(part.both_p50_us),
+            ms(disk.alone_p50_us),
+            ms(disk.concurrent_each_p50_us),
+            ms(disk.sequential_both_p50_us),
+        );
+        parts.push(part);
+        disks.push(disk);
+        settle().await;
     }
+    let wire = parts::store_wire(
+        &sides.sqlite,
+        &env.url,
+        PostgresOptions {
+            max_connections: u32::try_from(args.concurrency * 2 + 4)?,
+            ..PostgresOptions::default()
+        },
+        args.ops.min(500),
+        args.value_bytes,
+    )
+    .await?;
     sides.postgres.close().await;
     sides.sqlite.close().await;
-    Ok(report(args, &runs))
+    let same_disk = env.machine.postgres_filesystem == env.machine.sqlite_filesystem;
+    Ok(report(
+        args,
+        &runs,
+        &parts,
+        &disks,
+        same_disk,
+        wire.as_ref(),
+    ))
 }
 
 /// One round of one configuration, on agents of its own.
@@ -327,8 +391,51 @@ fn check_dual(config: Config, stats: &DualStats) -> Result<()> {
     }
 }
 
+/// Figures derived from the medians, beside the targets: how far the `dualwrite` store
+/// is from the two writes it makes, and from the slower side once the disk's own time
+/// is taken out.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Derived {
+    /// dualwrite store p50 / (sqlite store p50 + postgres store p50).
+    dualwrite_vs_sum_of_sides: f64,
+    /// dualwrite store p50 / the p50 of its two writes made by hand one after the other.
+    dualwrite_vs_parts: f64,
+    /// (dualwrite store p50 - two syncs in a row) / (slower side's store p50 - one sync):
+    /// the target's ratio with the disk's time taken out of both.
+    dualwrite_vs_slower_without_disk: f64,
+    /// (dualwrite store p50 - two syncs at once, both done) / (slower side's store p50 -
+    /// one sync): the same, were the two syncs issued together.
+    dualwrite_vs_slower_without_concurrent_disk: f64,
+}
+
+impl Derived {
+    fn of(of: &dyn Fn(Config) -> Figures, parts: &Parts, disk: &Disk) -> Derived {
+        let dual = of(Config::DualWrite).store_p50_us;
+        let (lite, pg) = (
+            of(Config::Sqlite).store_p50_us,
+            of(Config::Postgres).store_p50_us,
+        );
+        let slower = lite.max(pg);
+        Derived {
+            dualwrite_vs_sum_of_sides: dual / (lite + pg),
+            dualwrite_vs_parts: dual / parts.both_p50_us,
+            dualwrite_vs_slower_without_disk: (dual - disk.sequential_both_p50_us)
+                / (slower - disk.alone_p50_us),
+            dualwrite_vs_slower_without_concurrent_disk: (dual - disk.concurrent_both_p50_us)
+                / (slower - disk.alone_p50_us),
+        }
+    }
+}
+
 /// Prints the tables and ratios, and returns everything as JSON.
-fn report(args: &Args, runs: &[Vec<Run>]) -> Value {
+fn report(
+    args: &Args,
+    runs: &[Vec<Run>],
+    parts: &[Parts],
+    disks: &[Disk],
+    same_disk: bool,
+    wire: Option<&StoreWire>,
+) -> Value {
     let medians: Vec<Figures> = runs
         .iter()
         .map(|r| Figures::median(&r.iter().map(|run| run.figures).collect::<Vec<_>>()))
@@ -411,5 +518,61 @@ fn report(args: &Args, runs: &[Vec<Run>]) -> Value {
         })
         .collect();
 
-    json!({"args": args, "configs": configs, "ratios": ratios})
+    let (part, disk) = (Parts::median(parts), Disk::median(disks));
+    let derived = Derived::of(&|c| medians[c.index()], &part, &disk);
+    let per_rep_derived: Vec<Derived> = (0..args.reps.min(parts.len()).min(disks.len()))
+        .map(|rep| Derived::of(&|c| runs[c.index()][rep].figures, &parts[rep], &disks[rep]))
+        .collect();
+    println!(
+        "\n{}",
+        saved::parts_text(&part, &disk, &medians_of(&medians), &derived, same_disk)
+    );
+    if let Some(w) = wire {
+        println!("{}", saved::wire_text(w));
+    }
+    let range = |f: fn(&Derived) -> f64| {
+        let values: Vec<f64> = per_rep_derived.iter().map(f).collect();
+        match (
+            values.iter().copied().reduce(f64::min),
+            values.iter().copied().reduce(f64::max),
+        ) {
+            (Some(low), Some(high)) => format!("(repetitions {low:.2}-{high:.2})"),
+            _ => String::new(),
+        }
+    };
+    println!(
+        "  dualwrite store p50 / slower side's, the disk's time taken out of both      {:>5.2}  {}",
+        derived.dualwrite_vs_slower_without_disk,
+        range(|d| d.dualwrite_vs_slower_without_disk),
+    );
+    let each: Vec<String> = disks
+        .iter()
+        .map(|d| format!("{:.2}", d.concurrency_ratio()))
+        .collect();
+    println!(
+        "  two syncs at once, each / one alone, per repetition                         {}",
+        each.join(" ")
+    );
+    println!(
+        "  dualwrite store p50 / the same two writes made by hand one after the other  {:>5.2}  {}",
+        derived.dualwrite_vs_parts,
+        range(|d| d.dualwrite_vs_parts),
+    );
+
+    json!({
+        "args": args,
+        "configs": configs,
+        "ratios": ratios,
+        "parts": {"median": part, "repetitions": parts},
+        "disk": {
+            "median": disk,
+            "repetitions": disks,
+            "concurrency_ratio": disk.concurrency_ratio(),
+            "concurrency_ratio_per_repetition":
+                disks.iter().map(Disk::concurrency_ratio).collect::<Vec<_>>(),
+            "same_filesystem_as_postgres": same_disk,
+        },
+        "derived": {"median": derived, "repetitions": per_rep_derived},
+        "wire": wire,
+    })
 }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use memshift::{AgentId, MemoryBackend};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{Result, timed};
@@ -87,6 +88,145 @@ pub fn memory_value(bytes: usize, rng: &mut Rng) -> Value {
         "confidence": rng.below(1000) as f64 / 1000.0,
         "resolved": rng.below(2) == 1,
         "tags": [WORDS[rng.below(WORDS.len())], WORDS[rng.below(WORDS.len())]],
+        "messages": messages,
+    })
+}
+
+/// Which values a workload stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Values {
+    /// Text like agents' own: words of a 5,000-word vocabulary in Zipf's proportions
+    /// (exponent 1.1), sentences of 4 to 17 words, one word in a hundred a number and
+    /// one an 8-digit hex identifier. PostgreSQL's pglz compresses these values of
+    /// 2 KB and more about 2x (2.1x over a full `ops` run's 26,000; real agent texts
+    /// 1.7-2x).
+    #[default]
+    Text,
+    /// Messages of a 24-word vocabulary: they compress 4-5x, far more than real text.
+    Vocab,
+}
+
+impl Values {
+    /// Its name, as the option takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Values::Text => "text",
+            Values::Vocab => "vocab",
+        }
+    }
+
+    /// A value of about `bytes` bytes of JSON text.
+    pub fn value(self, bytes: usize, rng: &mut Rng) -> Value {
+        match self {
+            Values::Text => text_value(bytes, rng),
+            Values::Vocab => memory_value(bytes, rng),
+        }
+    }
+}
+
+/// Words of the text values' vocabulary.
+const TEXT_WORDS: usize = 5000;
+/// Zipf's exponent of the text values' word frequencies.
+const ZIPF: f64 = 1.1;
+
+/// The text values' vocabulary, most frequent word first, with the cumulative weights
+/// of Zipf's law over it; the same on every run (a fixed seed).
+fn vocabulary() -> &'static (Vec<String>, Vec<f64>) {
+    static VOCABULARY: std::sync::OnceLock<(Vec<String>, Vec<f64>)> = std::sync::OnceLock::new();
+    VOCABULARY.get_or_init(|| {
+        let mut syllables: Vec<String> = Vec::new();
+        for c in "bcdfghklmnprstvwz".chars() {
+            for v in "aeiou".chars() {
+                syllables.push(format!("{c}{v}"));
+            }
+        }
+        syllables.extend(["th", "st", "er", "an", "in", "on", "re"].map(String::from));
+        let mut rng = Rng::new(0x5EED_7E47);
+        let words = (0..TEXT_WORDS)
+            .map(|_| {
+                // 1 to 4 syllables, shorter words likelier.
+                let count = 1 + (0..3).take_while(|_| rng.below(100) < 37).count();
+                (0..count)
+                    .map(|_| syllables[rng.below(syllables.len())].as_str())
+                    .collect::<String>()
+            })
+            .collect();
+        let mut total = 0.0;
+        let cumulative = (1..=TEXT_WORDS)
+            .map(|rank| {
+                total += (rank as f64).powf(-ZIPF);
+                total
+            })
+            .collect();
+        (words, cumulative)
+    })
+}
+
+/// A word of the vocabulary, in Zipf's proportions.
+fn text_word(rng: &mut Rng) -> &'static str {
+    let (words, cumulative) = vocabulary();
+    let total = cumulative.last().copied().unwrap_or(1.0);
+    let at = unit(rng) * total;
+    let rank = cumulative.partition_point(|&c| c < at).min(words.len() - 1);
+    &words[rank]
+}
+
+/// A number in `0..1`.
+fn unit(rng: &mut Rng) -> f64 {
+    (rng.next() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// A sentence: 4 to 17 words (now and then a number or a hex identifier), capitalized,
+/// ending in punctuation.
+fn sentence(rng: &mut Rng, text: &mut String) {
+    let words = 4 + rng.below(14);
+    let start = text.len();
+    for i in 0..words {
+        if i > 0 {
+            text.push(' ');
+        }
+        match rng.below(100) {
+            0 => text.push_str(&format!("{:08x}", rng.next() as u32)),
+            1 => text.push_str(&rng.below(100_000).to_string()),
+            _ => text.push_str(text_word(rng)),
+        }
+    }
+    if let Some(first) = text[start..].chars().next() {
+        let upper = first.to_ascii_uppercase();
+        text.replace_range(start..start + first.len_utf8(), &upper.to_string());
+    }
+    text.push_str([".", ".", ".", "?", ",", ":"][rng.below(6)]);
+}
+
+/// A JSON value like an agent's conversation memory, about `bytes` bytes long as text,
+/// whose messages read like real text to a compressor (see [`Values::Text`]).
+pub fn text_value(bytes: usize, rng: &mut Rng) -> Value {
+    let mut messages = Vec::new();
+    let mut size = 160; // the fixed fields below, as text
+    while size < bytes {
+        let limit = [80, 200, 400, 800][rng.below(4)].min(bytes.saturating_sub(size).max(8));
+        let mut text = String::new();
+        while text.len() < limit {
+            if !text.is_empty() {
+                text.push(' ');
+            }
+            sentence(rng, &mut text);
+        }
+        let role = if messages.len() % 2 == 0 {
+            "user"
+        } else {
+            "assistant"
+        };
+        size += text.len() + 32;
+        messages.push(json!({"role": role, "text": text}));
+    }
+    json!({
+        "topic": format!("ticket #{}", rng.below(1_000_000)),
+        "turns": messages.len(),
+        "confidence": rng.below(1000) as f64 / 1000.0,
+        "resolved": rng.below(2) == 1,
+        "tags": [text_word(rng), text_word(rng)],
         "messages": messages,
     })
 }

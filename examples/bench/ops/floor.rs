@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::raw::Raw;
 use super::{Args, Kind};
-use crate::harness::{Latency, Result, Rng, Samples, Table, memory_value, ms, timed};
+use crate::harness::{Latency, Result, Rng, Samples, Table, ms, timed};
 
 /// Library and sqlx latencies of a single store and a single retrieve on one backend.
 #[derive(Debug, Serialize, Deserialize)]
@@ -46,9 +46,15 @@ pub(super) async fn floor(
     let mut keys: Vec<String> = Vec::new();
     // Warm-up, not counted: statements prepared on every pooled connection, pages cached.
     for i in 0..per_block.min(50) {
-        let memory = Memory::new(format!("warm/{i}"), memory_value(FLOOR_BYTES, &mut rng));
+        let memory = Memory::new(
+            format!("warm/{i}"),
+            args.values.value(FLOOR_BYTES, &mut rng),
+        );
         backend.put_memory(agent, &memory).await?;
-        let raw_memory = Memory::new(format!("warm/raw/{i}"), memory_value(FLOOR_BYTES, &mut rng));
+        let raw_memory = Memory::new(
+            format!("warm/raw/{i}"),
+            args.values.value(FLOOR_BYTES, &mut rng),
+        );
         raw.store(agent, &raw_memory).await?;
         backend.get_memory(agent, &format!("warm/{i}")).await?;
         raw.retrieve(agent, &format!("warm/raw/{i}")).await?;
@@ -58,7 +64,7 @@ pub(super) async fn floor(
             let library = (block + turn) % 2 == 0;
             for _ in 0..per_block {
                 let key = format!("floor/{:06}", keys.len());
-                let memory = Memory::new(key.clone(), memory_value(FLOOR_BYTES, &mut rng));
+                let memory = Memory::new(key.clone(), args.values.value(FLOOR_BYTES, &mut rng));
                 if library {
                     let (stored, took) = timed(backend.put_memory(agent, &memory)).await;
                     stored?;

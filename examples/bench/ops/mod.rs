@@ -7,10 +7,15 @@
 //!    `agent_id`), is given `--preload` keys first (not counted), then makes its share of
 //!    `--calls` calls one after another: 50% retrieve of a stored key, 20% store of a new
 //!    key, 20% overwrite of a stored key, 10% list keys. Values are generated JSON of
-//!    200 B to 20 KB (log-uniform, so most are small), built before the clock starts.
-//!    Reported: calls/s of wall time, p50/p99 per kind of call and over all calls, and
-//!    CPU time per call of this process and of the PostgreSQL server (when it runs on
-//!    this machine); each the median over `--reps` repetitions on fresh agents.
+//!    200 B to 20 KB (log-uniform, so most are small), built before the clock starts;
+//!    `--values` says what text they hold (by default text that compresses like agents'
+//!    own). Reported: calls/s of wall time, p50/p99 per kind of call and over all calls,
+//!    and CPU time per call of this process and of the PostgreSQL server (when it runs on
+//!    this machine); each the median over `--reps` repetitions on fresh agents. The
+//!    target, PostgreSQL's calls/s at least SQLite's, is judged at every number of agents
+//!    on the lowest repetition. Afterwards: how much PostgreSQL compressed the stored
+//!    values (`octet_length` over `pg_column_size`), and a pass of the mix through a relay
+//!    that counts statements, round trips and bytes per call (not timed).
 //! 2. Floor: one task, a single store (new key) and a single retrieve of values of about
 //!    2 KB, by the library and by the very statements the library issues, bound and
 //!    decoded by hand through sqlx on a pool with the library's settings. The two
@@ -35,7 +40,7 @@ use memshift::{
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::harness::{Env, Result, ms, settle};
+use crate::harness::{Env, Result, Values, ms, relay, settle, through_relay};
 
 use cpu::postmaster_of;
 use floor::{FLOOR_BLOCKS, floor};
@@ -91,6 +96,60 @@ pub struct Args {
     #[arg(long)]
     #[serde(default)]
     pub no_content_compression: bool,
+    /// The values stored: `text` compresses like agents' real text (pglz about 2x),
+    /// `vocab` (the values of results saved before this option) 4-5x.
+    #[arg(long, value_enum, default_value_t = Values::Text)]
+    #[serde(default = "vocab")]
+    pub values: Values,
+    /// Agents of the pass that counts statements, round trips and bytes per PostgreSQL
+    /// call through a relay (0: no such pass).
+    #[arg(long, default_value_t = 4)]
+    #[serde(default)]
+    pub wire_agents: usize,
+}
+
+/// The values of results saved before `--values`.
+fn vocab() -> Values {
+    Values::Vocab
+}
+
+/// How much PostgreSQL compressed the values the mixed workload stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Compression {
+    /// Values stored (the last version of each key, over every repetition).
+    rows: i64,
+    /// Their JSON text over what PostgreSQL stores of them (`pg_column_size`).
+    ratio: f64,
+    /// Values of 2,048 bytes and more, which PostgreSQL compresses (smaller ones stay
+    /// inline as they are).
+    rows_2k: i64,
+    ratio_2k: Option<f64>,
+}
+
+/// The compression of the PostgreSQL rows of the mixed workload.
+async fn compression(pool: &sqlx::PgPool) -> Result<Compression> {
+    let (rows, text, stored, rows_2k, text_2k, stored_2k): (
+        i64,
+        f64,
+        f64,
+        i64,
+        Option<f64>,
+        Option<f64>,
+    ) = sqlx::query_as(
+        "select count(*), sum(octet_length(content))::float8, sum(pg_column_size(content))::float8,
+                count(*) filter (where octet_length(content) >= 2048),
+                sum(octet_length(content)) filter (where octet_length(content) >= 2048)::float8,
+                sum(pg_column_size(content)) filter (where octet_length(content) >= 2048)::float8
+           from agent_memories where agent_id like 'ops\\_postgres\\_%'",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Compression {
+        rows,
+        ratio: text / stored,
+        rows_2k,
+        ratio_2k: text_2k.zip(stored_2k).map(|(t, s)| t / s),
+    })
 }
 
 /// The backends measured.
@@ -144,7 +203,7 @@ pub async fn run(env: &Env, args: &Args) -> Result<Value> {
         "plan:       mixed workload (50% retrieve, 20% store, 20% overwrite, 10% list keys; \
          values {}..{} B) at {:?} concurrent agents, {} calls each step after {} stored keys \
          per agent, {} repetitions; floor: {} stores + {} retrieves each by the library and by sqlx; scale: \
-         retrieves at {} and {} keys; PostgreSQL pool of {} connections",
+         retrieves at {} and {} keys; PostgreSQL pool of {} connections; values: {}",
         args.min_bytes,
         args.max_bytes,
         args.agents,
@@ -156,9 +215,10 @@ pub async fn run(env: &Env, args: &Args) -> Result<Value> {
         args.scale_small,
         args.scale_keys,
         pg_options.max_connections,
+        args.values.name(),
     );
     let sqlite = Arc::new(SqliteBackend::new(env.agents_path()));
-    let postgres = Arc::new(PostgresBackend::connect_with(&env.url, pg_options).await?);
+    let postgres = Arc::new(PostgresBackend::connect_with(&env.url, pg_options.clone()).await?);
     if args.no_content_compression {
         postgres.set_content_compression(false).await?;
         println!(
@@ -180,7 +240,7 @@ pub async fn run(env: &Env, args: &Args) -> Result<Value> {
             // The order alternates, so neither backend always runs on a warmer machine.
             for k in 0..Kind::ALL.len() {
                 let kind = Kind::ALL[(i + k + rep) % Kind::ALL.len()];
-                let step = mixed(backend(kind), kind, agents, rep, args, server).await?;
+                let step = mixed(backend(kind), kind, agents, rep, args, server, None).await?;
                 eprintln!(
                     "  rep {}/{} {:<8} {agents:>3} agents: {:>8.0} calls/s in {:.1} s, \
                      p50 {} ms, p99 {} ms",
@@ -210,6 +270,50 @@ pub async fn run(env: &Env, args: &Args) -> Result<Value> {
             Step::median(&reps)
         })
         .collect();
+
+    let compressed = compression(postgres.pool()).await?;
+    eprintln!(
+        "  postgres compression: {:.2}x over {} values, {}x over the {} of 2 KB and more",
+        compressed.ratio,
+        compressed.rows,
+        compressed
+            .ratio_2k
+            .map_or("-".into(), |r| format!("{r:.2}")),
+        compressed.rows_2k,
+    );
+    let wire = match (args.wire_agents, through_relay(&env.url)) {
+        (0, _) => None,
+        (_, None) => {
+            eprintln!("  postgres wire counts: not measured (the server's URL is not host:port)");
+            None
+        }
+        (agents, Some((server_addr, url_to))) => {
+            let (port, counters) = relay(server_addr).await?;
+            let relayed = Arc::new(PostgresBackend::connect_with(&url_to(port), pg_options).await?);
+            // Fresh agents (a repetition number past the timed ones), as in a timed step.
+            let step = mixed(
+                relayed.clone(),
+                Kind::Postgres,
+                agents,
+                args.reps,
+                args,
+                None,
+                Some(&counters),
+            )
+            .await?;
+            relayed.close().await;
+            step.wire
+        }
+    };
+    if let Some(w) = &wire {
+        eprintln!(
+            "  postgres wire, per call: {:.2} statements, {:.2} round trips, {:.0} B sent, {:.0} B received",
+            w.statements_per_call,
+            w.round_trips_per_call,
+            w.bytes_to_server_per_call,
+            w.bytes_to_client_per_call,
+        );
+    }
 
     let mut floors = Vec::new();
     let mut scales = Vec::new();
@@ -264,5 +368,13 @@ pub async fn run(env: &Env, args: &Args) -> Result<Value> {
         sqlite.close().await;
     }
     postgres.close().await;
-    Ok(report(args, &steps, &runs, &floors, &scales))
+    Ok(report(
+        args,
+        &steps,
+        &runs,
+        &floors,
+        &scales,
+        Some(&compressed),
+        wire.as_ref(),
+    ))
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::cpu::{process_cpu, server_cpu};
 use super::{Args, Kind};
 use crate::harness::{
-    Latency, Result, Rng, Samples, concurrently, median, memory_value, settle, timed,
+    Counters, Latency, Result, Rng, Samples, Values, Wire, concurrently, median, settle, timed,
 };
 
 /// The kinds of call in the mixed workload, with their share of the calls in percent.
@@ -61,6 +61,7 @@ struct OpsAgent {
     rng: Rng,
     min_bytes: usize,
     max_bytes: usize,
+    values: Values,
     samples: Vec<Samples>,
 }
 
@@ -73,13 +74,14 @@ impl OpsAgent {
             rng: Rng::new(seed),
             min_bytes: args.min_bytes,
             max_bytes: args.max_bytes,
+            values: args.values,
             samples: Op::ALL.iter().map(|_| Samples::default()).collect(),
         })
     }
 
     fn value(&mut self) -> Value {
         let bytes = value_size(&mut self.rng, self.min_bytes, self.max_bytes);
-        memory_value(bytes, &mut self.rng)
+        self.values.value(bytes, &mut self.rng)
     }
 
     /// Stores a new key; returns how long the call took.
@@ -156,10 +158,14 @@ pub(super) struct Step {
     pub(super) overwrite: Latency,
     pub(super) retrieve: Latency,
     pub(super) list_keys: Latency,
+    /// What the client sent per call, when the step ran through the counting relay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) wire: Option<Wire>,
 }
 
 /// Runs the mixed workload of `agents` fresh agents on `backend`; `server` is the
-/// postmaster whose CPU time counts as the server's.
+/// postmaster whose CPU time counts as the server's; `wire`, the relay's counters when
+/// the backend's connections go through it.
 pub(super) async fn mixed(
     backend: Arc<dyn MemoryBackend>,
     kind: Kind,
@@ -167,6 +173,7 @@ pub(super) async fn mixed(
     rep: usize,
     args: &Args,
     server: Option<u32>,
+    wire: Option<&Counters>,
 ) -> Result<Step> {
     let per_agent = (args.calls / agents).max(10);
     let loads = (0..agents)
@@ -188,6 +195,7 @@ pub(super) async fn mixed(
     })
     .await?;
     settle().await;
+    let wire_before = wire.map(Counters::snapshot);
     let cpu_before = (process_cpu(std::process::id()), server_cpu(server));
     let (loads, wall) = concurrently(loads, move |mut load| async move {
         for _ in 0..per_agent {
@@ -197,6 +205,10 @@ pub(super) async fn mixed(
     })
     .await?;
     let cpu_after = (process_cpu(std::process::id()), server_cpu(server));
+    let calls = per_agent * agents;
+    let wire = wire
+        .zip(wire_before)
+        .map(|(counters, before)| Wire::between(before, counters.snapshot(), calls));
     let mut by_op: Vec<Samples> = Op::ALL.iter().map(|_| Samples::default()).collect();
     let mut all = Samples::default();
     for load in loads {
@@ -208,7 +220,6 @@ pub(super) async fn mixed(
     let mut by_op = by_op.into_iter().map(Samples::summary);
     let mut next = || by_op.next().unwrap_or_default();
     let (retrieve, store, overwrite, list_keys) = (next(), next(), next(), next());
-    let calls = per_agent * agents;
     let per_call = |before: Option<f64>, after: Option<f64>| {
         Some((after? - before?) / calls as f64 * 1e6).filter(|us| *us >= 0.0)
     };
@@ -225,6 +236,7 @@ pub(super) async fn mixed(
         overwrite,
         retrieve,
         list_keys,
+        wire,
     })
 }
 
@@ -255,6 +267,7 @@ impl Step {
             overwrite: latency(&|s| s.overwrite),
             retrieve: latency(&|s| s.retrieve),
             list_keys: latency(&|s| s.list_keys),
+            wire: None,
         }
     }
 }
