@@ -1510,3 +1510,76 @@ async fn batches_loading_at_once_settle_shared_keys_by_the_same_rule() {
         assert_eq!(conflicts, 44, "batches of {batch_size}");
     }
 }
+
+/// The second loading connection dies in the middle of a batch (its server process is
+/// ended): that batch is loaded again on the run's own connection, and every row arrives
+/// once.
+#[tokio::test]
+async fn a_batch_whose_second_connection_dies_is_loaded_on_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sql = String::from(
+        "create table memory (id integer primary key, key text, content text, created_at text);",
+    );
+    for n in 0..12i64 {
+        sql.push_str(&format!(
+            "insert into memory values ({}, 'k{n}', 'row {n}', '2024-01-01 00:00:{n:02}');",
+            (n + 1) * 1024
+        ));
+    }
+    legacy_file(&dir.path().join("alpha/main.db"), &sql).await;
+    let db = TestDatabase::migrated().await;
+    let mut conn = connect(&db).await;
+    // The second connection's inserts take a while, so there is time to end one.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "create function slow_second() returns trigger language plpgsql as $$
+         begin
+             if current_setting('application_name') = '{}' then
+                 perform pg_sleep(0.3);
+             end if;
+             return null;
+         end $$;
+         create trigger slow_second before insert on agent_memories
+             for each statement execute function slow_second();",
+        backfill::SECOND_CONNECTION
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let killer = {
+        let mut conn = connect(&db).await;
+        tokio::spawn(async move {
+            for _ in 0..500 {
+                let ended: Vec<bool> = sqlx::query_scalar(
+                    "select pg_terminate_backend(pid) from pg_stat_activity
+                     where application_name = $1 and state = 'active'
+                       and query ilike 'insert into agent_memories%'",
+                )
+                .bind(backfill::SECOND_CONNECTION)
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+                if ended.contains(&true) {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            false
+        })
+    };
+    let mut options = BackfillOptions::new(dir.path());
+    options.read.batch_size = 1;
+    let report = backfill::run(&db.url, &options, &()).await.unwrap();
+    assert!(
+        killer.await.unwrap(),
+        "the second connection was never seen inserting"
+    );
+    assert!(report.succeeded(), "{report:#?}");
+    assert_eq!(report.totals.inserted, 12, "{report:#?}");
+    let keys: Vec<String> =
+        sqlx::query_scalar("select key from agent_memories order by created_at")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    let expected: Vec<String> = (0..12).map(|n| format!("k{n}")).collect();
+    assert_eq!(keys, expected);
+}

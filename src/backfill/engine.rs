@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, RetryableWithContext};
 use chrono::Utc;
-use sqlx::{Connection, PgConnection};
+use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 use super::catchup::{self, ChunkBuf};
 use super::load::{Batch, ChunkRecord, Columns, Synced, TableKey, prepare, sync_batch};
@@ -88,6 +88,10 @@ fn absorb_synced(done: Synced, out: &mut TableReport, direct: &mut bool) {
     out.deleted += done.deleted;
 }
 
+/// The `application_name` of the second loading connection, as `pg_stat_activity`
+/// shows it.
+pub const SECOND_CONNECTION: &str = "memshift backfill (second connection)";
+
 /// The run's second loading connection, for batches of new rows loading beside the
 /// batch on the run's own connection (which holds the claims). Made on first use.
 #[derive(Default)]
@@ -104,7 +108,20 @@ impl Beside {
     /// written then), and the batch is to be loaded on the run's connection.
     async fn load(&mut self, target: &PgTarget, batch: &Batch<'_>) -> Option<Synced> {
         if self.conn.is_none() {
-            match Run::connect(target).await {
+            let named = |mut conn: PgConnection| async move {
+                sqlx::raw_sql(AssertSqlSafe(format!(
+                    "set application_name = '{SECOND_CONNECTION}'"
+                )))
+                .execute(&mut conn)
+                .await
+                .map_err(|e| db_error(target, "name the second connection", e))?;
+                Ok::<_, Error>(conn)
+            };
+            let connected = match Run::connect(target).await {
+                Ok(conn) => named(conn).await,
+                Err(err) => Err(err),
+            };
+            match connected {
                 Ok(conn) => self.conn = Some(conn),
                 Err(err) => {
                     tracing::warn!(error = %Chain(&err), "could not open a second connection to load with; loading one batch at a time");

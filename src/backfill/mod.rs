@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+pub use engine::SECOND_CONNECTION;
 pub use follow::{Following, Round, follow};
 pub use report::{Failure, FileReport, Report, TableReport, Totals, check_report_dir};
 pub use sources::check_source;
