@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, RetryableWithContext};
 use chrono::Utc;
-use sqlx::{AssertSqlSafe, Connection, PgConnection};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection};
 
 use super::catchup::{self, ChunkBuf};
 use super::load::{Batch, ChunkRecord, Columns, Synced, TableKey, prepare, sync_batch};
@@ -108,20 +109,8 @@ impl Beside {
     /// written then), and the batch is to be loaded on the run's connection.
     async fn load(&mut self, target: &PgTarget, batch: &Batch<'_>) -> Option<Synced> {
         if self.conn.is_none() {
-            let named = |mut conn: PgConnection| async move {
-                sqlx::raw_sql(AssertSqlSafe(format!(
-                    "set application_name = '{SECOND_CONNECTION}'"
-                )))
-                .execute(&mut conn)
-                .await
-                .map_err(|e| db_error(target, "name the second connection", e))?;
-                Ok::<_, Error>(conn)
-            };
-            let connected = match Run::connect(target).await {
-                Ok(conn) => named(conn).await,
-                Err(err) => Err(err),
-            };
-            match connected {
+            let options = target.options.clone().application_name(SECOND_CONNECTION);
+            match Run::connect_with(target, &options).await {
                 Ok(conn) => self.conn = Some(conn),
                 Err(err) => {
                     tracing::warn!(error = %Chain(&err), "could not open a second connection to load with; loading one batch at a time");
@@ -171,6 +160,36 @@ struct Pending {
 }
 
 impl Pending {
+    /// The rows as column arrays: the ones the reading side made, or made now.
+    fn columns(&mut self, run: &str) -> Columns {
+        self.columns
+            .take()
+            .unwrap_or_else(|| Columns::new(&self.rows, run))
+    }
+
+    /// The batch that loads these rows, laid out as `columns`; `direct` tries the fast
+    /// path first.
+    fn batch<'b>(
+        &'b self,
+        sync: &Sync<'b>,
+        columns: &'b Columns,
+        timeout: Duration,
+        direct: bool,
+    ) -> Batch<'b> {
+        Batch {
+            target: sync.target,
+            table: sync.key,
+            rows: &self.rows,
+            columns,
+            deletes: &self.deletes,
+            chunks: &self.chunks,
+            gone: &self.gone,
+            force: sync.force,
+            timeout,
+            direct,
+        }
+    }
+
     fn is_empty(&self) -> bool {
         self.rows.is_empty()
             && self.deletes.is_empty()
@@ -227,7 +246,12 @@ pub(crate) struct Db<'a> {
 impl Run<'_> {
     /// Connects the worker's own connection, with its staging table.
     pub(crate) async fn connect(target: &PgTarget) -> Result<PgConnection> {
-        let mut conn = connect_to(target).await?;
+        Self::connect_with(target, &target.options).await
+    }
+
+    /// [`Run::connect`] with other connect options for the same target.
+    async fn connect_with(target: &PgTarget, options: &PgConnectOptions) -> Result<PgConnection> {
+        let mut conn = connect_as(target, options).await?;
         prepare(&mut conn)
             .await
             .map_err(|e| db_error(target, "prepare the staging table", e))?;
@@ -681,22 +705,8 @@ impl Run<'_> {
                     next = Some(second);
                     continue;
                 }
-                let columns = second
-                    .columns
-                    .take()
-                    .unwrap_or_else(|| Columns::new(&second.rows, &run));
-                let batch = Batch {
-                    target: sync.target,
-                    table: sync.key,
-                    rows: &second.rows,
-                    columns: &columns,
-                    deletes: &second.deletes,
-                    chunks: &second.chunks,
-                    gone: &second.gone,
-                    force: false,
-                    timeout: options.timeout,
-                    direct: true,
-                };
+                let columns = second.columns(&run);
+                let batch = second.batch(&sync, &columns, options.timeout, true);
                 let (_, done) = tokio::join!(
                     self.sync(&sync, &mut first, &mut loaded, &mut direct),
                     beside.load(target, &batch)
@@ -764,27 +774,13 @@ impl Run<'_> {
         out: &mut TableReport,
         direct: &mut bool,
     ) {
-        let taken = std::mem::take(pending);
+        let mut taken = std::mem::take(pending);
         if taken.is_empty() || self.db.is_none() {
             return;
         }
-        let run = self.report.run_id.clone();
-        let columns = match taken.columns {
-            Some(columns) => columns,
-            None => Columns::new(&taken.rows, &run),
-        };
-        let batch = Batch {
-            target: sync.target,
-            table: sync.key,
-            rows: &taken.rows,
-            columns: &columns,
-            deletes: &taken.deletes,
-            chunks: &taken.chunks,
-            gone: &taken.gone,
-            force: sync.force,
-            timeout: self.options.timeout,
-            direct: *direct && !sync.force && !taken.known,
-        };
+        let columns = taken.columns(&self.report.run_id);
+        let fast = *direct && !sync.force && !taken.known;
+        let batch = taken.batch(sync, &columns, self.options.timeout, fast);
         let mut tried = false;
         let attempt = attempts(|this| {
             let retrying = std::mem::replace(&mut tried, true);
@@ -1063,7 +1059,12 @@ pub(crate) async fn connect(url: &str) -> Result<PgConnection> {
 
 /// One connection to `target`, with errors that never show its password.
 pub(crate) async fn connect_to(target: &PgTarget) -> Result<PgConnection> {
-    PgConnection::connect_with(&target.options)
+    connect_as(target, &target.options).await
+}
+
+/// A connection to `target` made with `options` (its own, or those with a change).
+async fn connect_as(target: &PgTarget, options: &PgConnectOptions) -> Result<PgConnection> {
+    PgConnection::connect_with(options)
         .await
         .map_err(|e| Error::connect(&target.url, e))
 }

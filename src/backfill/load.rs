@@ -1,6 +1,7 @@
 //! Loading one batch of contract rows into PostgreSQL: into a staging table, settle
 //! key and name conflicts, insert what is not there yet, all in one transaction.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
@@ -459,17 +460,9 @@ pub(crate) async fn sync_batch(
         agent_ids.insert(agent.as_str().to_string(), id);
     }
     let mut keys_left: Vec<(String, String)> = Vec::new();
-    // Rows name their agent; the agent's row may have another id (the admin application
-    // registered it).
-    let renamed;
-    let columns = if agent_ids.iter().any(|(name, id)| name != id) {
-        renamed = batch.columns.with_agent_ids(&agent_ids);
-        &renamed
-    } else {
-        batch.columns
-    };
+    let columns = batch.columns.for_agents(&agent_ids);
     let direct = if direct_rows {
-        direct(&mut tx, target, columns, !savepoint).await?
+        direct(&mut tx, target, &columns, !savepoint).await?
     } else {
         None
     };
@@ -601,7 +594,7 @@ pub(crate) async fn sync_batch(
 async fn direct(
     tx: &mut PgConnection,
     target: Target,
-    columns: &Columns,
+    columns: &AgentColumns<'_>,
     savepoint: bool,
 ) -> Result<Option<u64>, sqlx::Error> {
     // After the agents' rows are made: those stay.
@@ -621,12 +614,11 @@ async fn direct(
 }
 
 /// A batch's rows as the column arrays of `unnest_rows!`, with `migration_run` added to
-/// each row's metadata; made while the batch before loads. `agent_id` is the agent's
-/// name until [`Columns::with_agent_ids`] says otherwise.
-#[derive(Debug, Clone, Default)]
+/// each row's metadata; made while the batch before loads. Rows name their agent;
+/// [`Columns::for_agents`] binds the ids of the agents' rows as `agent_id`.
+#[derive(Debug, Default)]
 pub(crate) struct Columns {
     ids: Vec<uuid::Uuid>,
-    agents: Vec<String>,
     agent_names: Vec<String>,
     keys: Vec<Option<String>>,
     names: Vec<Option<String>>,
@@ -646,7 +638,6 @@ impl Columns {
         let n = rows.len();
         let mut c = Columns {
             ids: Vec::with_capacity(n),
-            agents: Vec::with_capacity(n),
             agent_names: Vec::with_capacity(n),
             keys: Vec::with_capacity(n),
             names: Vec::with_capacity(n),
@@ -672,9 +663,7 @@ impl Columns {
                 ContractRecord::Execution(e) => (None, None, None, e.status.clone(), e.created_at),
             };
             c.ids.push(row.record.id());
-            let agent = row.source.agent.as_str();
-            c.agents.push(agent.to_string());
-            c.agent_names.push(agent.to_string());
+            c.agent_names.push(row.source.agent.as_str().to_string());
             c.keys.push(key);
             c.names.push(name);
             c.values.push(value);
@@ -694,34 +683,52 @@ impl Columns {
         c
     }
 
-    /// The same rows, each with `agent_id` the id of its agent's row (by name).
-    fn with_agent_ids(&self, agent_ids: &BTreeMap<String, String>) -> Self {
-        let mut renamed = self.clone();
-        for (id, name) in renamed.agents.iter_mut().zip(&self.agent_names) {
-            if let Some(row_id) = agent_ids.get(name) {
-                id.clone_from(row_id);
-            }
+    /// The same rows with `agent_id` the id of each agent's row (by name): only that
+    /// column is made again, and only when an id is not the agent's name (the admin
+    /// application registered the agent).
+    fn for_agents(&self, agent_ids: &BTreeMap<String, String>) -> AgentColumns<'_> {
+        let agents = if agent_ids.iter().any(|(name, id)| name != id) {
+            Cow::Owned(
+                self.agent_names
+                    .iter()
+                    .map(|name| agent_ids.get(name).unwrap_or(name).clone())
+                    .collect(),
+            )
+        } else {
+            Cow::Borrowed(self.agent_names.as_slice())
+        };
+        AgentColumns {
+            columns: self,
+            agents,
         }
-        renamed
     }
+}
 
+/// A batch's [`Columns`] with the `agent_id` column its statements bind.
+struct AgentColumns<'c> {
+    columns: &'c Columns,
+    agents: Cow<'c, [String]>,
+}
+
+impl AgentColumns<'_> {
     /// Runs `sql` (reading `unnest_rows!`) with the arrays bound.
     async fn insert(&self, conn: &mut PgConnection, sql: &'static str) -> Result<u64, sqlx::Error> {
+        let c = self.columns;
         sqlx::query(sql)
-            .bind(&self.ids)
-            .bind(&self.agents)
-            .bind(&self.agent_names)
-            .bind(&self.keys)
-            .bind(&self.names)
-            .bind(&self.values)
-            .bind(&self.statuses)
-            .bind(&self.contents)
-            .bind(&self.metadatas)
-            .bind(&self.created)
-            .bind(&self.updated)
-            .bind(&self.source_dbs)
-            .bind(&self.rowids)
-            .bind(&self.embeddings)
+            .bind(&c.ids)
+            .bind(self.agents.as_ref())
+            .bind(&c.agent_names)
+            .bind(&c.keys)
+            .bind(&c.names)
+            .bind(&c.values)
+            .bind(&c.statuses)
+            .bind(&c.contents)
+            .bind(&c.metadatas)
+            .bind(&c.created)
+            .bind(&c.updated)
+            .bind(&c.source_dbs)
+            .bind(&c.rowids)
+            .bind(&c.embeddings)
             .execute(conn)
             .await
             .map(|done| done.rows_affected())

@@ -50,7 +50,7 @@ impl MemoryBackend for SqliteBackend {
         if self.options.quick_reads {
             let quick = self.quick.get_memory(
                 agent,
-                &self.file_of(agent),
+                || self.file_of(agent),
                 self.options.mmap_size,
                 self.options.max_connections as usize,
                 key,

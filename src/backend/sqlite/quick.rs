@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{CString, c_int};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::ptr::{self, NonNull};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -77,12 +77,13 @@ impl Idle {
 }
 
 impl QuickReads {
-    /// The memory under `key` in the agent's file at `path`: `Some(None)` when there is
-    /// none, `None` when the pool must answer.
+    /// The memory under `key` in the agent's file (at `path()`, asked only when a
+    /// connection is to be opened): `Some(None)` when there is none, `None` when the pool
+    /// must answer.
     pub(super) fn get_memory(
         &self,
         agent: &AgentId,
-        path: &Path,
+        path: impl FnOnce() -> PathBuf,
         mmap_size: u64,
         keep: usize,
         key: &str,
@@ -90,7 +91,7 @@ impl QuickReads {
         let idle = self.lock().conns.get_mut(agent).and_then(Vec::pop);
         let conn = match idle {
             Some((conn, _)) => conn,
-            None => ReadConn::open(path, mmap_size)?,
+            None => ReadConn::open(&path(), mmap_size)?,
         };
         let found = conn.get_memory(key);
         if found.is_some() {
@@ -249,34 +250,36 @@ unsafe fn memory_columns(stmt: *mut ffi::sqlite3_stmt) -> Option<MemoryColumns> 
 
 /// A TEXT column of valid UTF-8.
 unsafe fn text(stmt: *mut ffi::sqlite3_stmt, column: c_int) -> Option<String> {
-    // SAFETY: as `memory_columns`; the pointer is read before any other call on `stmt`.
-    unsafe {
-        if ffi::sqlite3_column_type(stmt, column) != ffi::SQLITE_TEXT {
-            return None;
-        }
-        let ptr = ffi::sqlite3_column_text(stmt, column);
-        let len = usize::try_from(ffi::sqlite3_column_bytes(stmt, column)).ok()?;
-        if ptr.is_null() {
-            return (len == 0).then(String::new);
-        }
-        let bytes = std::slice::from_raw_parts(ptr, len);
-        std::str::from_utf8(bytes).ok().map(str::to_string)
-    }
+    // SAFETY: as `memory_columns`.
+    let bytes = unsafe { bytes(stmt, column, ffi::SQLITE_TEXT)? };
+    std::str::from_utf8(bytes).ok().map(str::to_string)
 }
 
 /// A BLOB column.
 unsafe fn blob(stmt: *mut ffi::sqlite3_stmt, column: c_int) -> Option<Vec<u8>> {
-    // SAFETY: as `text`.
+    // SAFETY: as `memory_columns`.
+    unsafe { bytes(stmt, column, ffi::SQLITE_BLOB) }.map(<[u8]>::to_vec)
+}
+
+/// The bytes of a column of type `kind` (SQLITE_TEXT or SQLITE_BLOB), valid until the
+/// next call on `stmt`; `None` for a column of another type.
+unsafe fn bytes<'s>(stmt: *mut ffi::sqlite3_stmt, column: c_int, kind: c_int) -> Option<&'s [u8]> {
+    // SAFETY: as `memory_columns`; the pointer is taken before its length, as SQLite
+    // asks, and both before any other call on `stmt`.
     unsafe {
-        if ffi::sqlite3_column_type(stmt, column) != ffi::SQLITE_BLOB {
+        if ffi::sqlite3_column_type(stmt, column) != kind {
             return None;
         }
-        let ptr = ffi::sqlite3_column_blob(stmt, column);
+        let ptr: *const u8 = if kind == ffi::SQLITE_TEXT {
+            ffi::sqlite3_column_text(stmt, column)
+        } else {
+            ffi::sqlite3_column_blob(stmt, column).cast()
+        };
         let len = usize::try_from(ffi::sqlite3_column_bytes(stmt, column)).ok()?;
         if ptr.is_null() {
-            return (len == 0).then(Vec::new);
+            return (len == 0).then_some(&[][..]);
         }
-        Some(std::slice::from_raw_parts(ptr.cast::<u8>(), len).to_vec())
+        Some(std::slice::from_raw_parts(ptr, len))
     }
 }
 
