@@ -64,16 +64,35 @@ const WORDS: [&str; 24] = [
 /// A JSON value like an agent's conversation memory, about `bytes` bytes long as text:
 /// a few scalar fields, tags, and messages of generated words.
 pub fn memory_value(bytes: usize, rng: &mut Rng) -> Value {
+    conversation(
+        bytes,
+        rng,
+        |rng, room| {
+            let mut text = String::new();
+            while text.len() < 100.min(room) {
+                if !text.is_empty() {
+                    text.push(' ');
+                }
+                text.push_str(WORDS[rng.below(WORDS.len())]);
+            }
+            text
+        },
+        |rng| WORDS[rng.below(WORDS.len())],
+    )
+}
+
+/// A conversation of about `bytes` bytes as JSON text: messages from `message` (given
+/// the room left, at least 8) until the size is reached, tags from `tag`.
+fn conversation(
+    bytes: usize,
+    rng: &mut Rng,
+    mut message: impl FnMut(&mut Rng, usize) -> String,
+    mut tag: impl FnMut(&mut Rng) -> &'static str,
+) -> Value {
     let mut messages = Vec::new();
     let mut size = 160; // the fixed fields below, as text
     while size < bytes {
-        let mut text = String::new();
-        while text.len() < 100.min(bytes.saturating_sub(size).max(8)) {
-            if !text.is_empty() {
-                text.push(' ');
-            }
-            text.push_str(WORDS[rng.below(WORDS.len())]);
-        }
+        let text = message(rng, bytes.saturating_sub(size).max(8));
         let role = if messages.len() % 2 == 0 {
             "user"
         } else {
@@ -87,7 +106,7 @@ pub fn memory_value(bytes: usize, rng: &mut Rng) -> Value {
         "turns": messages.len(),
         "confidence": rng.below(1000) as f64 / 1000.0,
         "resolved": rng.below(2) == 1,
-        "tags": [WORDS[rng.below(WORDS.len())], WORDS[rng.below(WORDS.len())]],
+        "tags": [tag(rng), tag(rng)],
         "messages": messages,
     })
 }
@@ -202,33 +221,22 @@ fn sentence(rng: &mut Rng, text: &mut String) {
 /// A JSON value like an agent's conversation memory, about `bytes` bytes long as text,
 /// whose messages read like real text to a compressor (see [`Values::Text`]).
 pub fn text_value(bytes: usize, rng: &mut Rng) -> Value {
-    let mut messages = Vec::new();
-    let mut size = 160; // the fixed fields below, as text
-    while size < bytes {
-        let limit = [80, 200, 400, 800][rng.below(4)].min(bytes.saturating_sub(size).max(8));
-        let mut text = String::new();
-        while text.len() < limit {
-            if !text.is_empty() {
-                text.push(' ');
+    conversation(
+        bytes,
+        rng,
+        |rng, room| {
+            let limit = [80, 200, 400, 800][rng.below(4)].min(room);
+            let mut text = String::new();
+            while text.len() < limit {
+                if !text.is_empty() {
+                    text.push(' ');
+                }
+                sentence(rng, &mut text);
             }
-            sentence(rng, &mut text);
-        }
-        let role = if messages.len() % 2 == 0 {
-            "user"
-        } else {
-            "assistant"
-        };
-        size += text.len() + 32;
-        messages.push(json!({"role": role, "text": text}));
-    }
-    json!({
-        "topic": format!("ticket #{}", rng.below(1_000_000)),
-        "turns": messages.len(),
-        "confidence": rng.below(1000) as f64 / 1000.0,
-        "resolved": rng.below(2) == 1,
-        "tags": [text_word(rng), text_word(rng)],
-        "messages": messages,
-    })
+            text
+        },
+        text_word,
+    )
 }
 
 /// One agent's stream of calls: stores alternate between fresh keys and overwrites of a

@@ -52,6 +52,33 @@ pub(super) fn per_repetition(runs: &[Step], agents: usize) -> Vec<f64> {
         .collect()
 }
 
+/// The columns of the table of each repetition's ratio.
+pub(super) const REPETITION_COLUMNS: [&str; 5] =
+    ["agents", "repetitions", "lowest", "median", "highest"];
+
+/// That table's rows, one per number of agents: each repetition's ratio (joined by
+/// `sep`), the lowest, the median and the highest.
+pub(super) fn repetition_rows(runs: &[Step], agents: &[usize], sep: &str) -> Vec<Vec<String>> {
+    agents
+        .iter()
+        .map(|&agents| {
+            let reps = per_repetition(runs, agents);
+            let text = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+            let fold = |f: fn(f64, f64) -> f64| text(reps.iter().copied().reduce(f));
+            vec![
+                agents.to_string(),
+                reps.iter()
+                    .map(|r| format!("{r:.2}"))
+                    .collect::<Vec<_>>()
+                    .join(sep),
+                fold(f64::min),
+                text((!reps.is_empty()).then(|| crate::harness::median(reps.clone()))),
+                fold(f64::max),
+            ]
+        })
+        .collect()
+}
+
 /// The target at `agents`: PostgreSQL at least as fast as SQLite in every repetition,
 /// so the lowest ratio is the one judged.
 pub(super) fn postgres_vs_sqlite(agents: usize, per_rep: Vec<f64>) -> Ratio {
@@ -132,26 +159,8 @@ pub(super) fn report(
     println!(
         "\npostgres calls/s / sqlite calls/s in each repetition (the target: >= 1.00 in every one)\n{}",
         table(
-            &["agents", "repetitions", "lowest", "median", "highest"],
-            &args
-                .agents
-                .iter()
-                .map(|&agents| {
-                    let reps = per_repetition(runs, agents);
-                    let fold = |f: fn(f64, f64) -> f64| reps.iter().copied().reduce(f);
-                    let text = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
-                    vec![
-                        agents.to_string(),
-                        reps.iter()
-                            .map(|r| format!("{r:.2}"))
-                            .collect::<Vec<_>>()
-                            .join(" "),
-                        text(fold(f64::min)),
-                        text((!reps.is_empty()).then(|| crate::harness::median(reps.clone()))),
-                        text(fold(f64::max)),
-                    ]
-                })
-                .collect::<Vec<_>>(),
+            &REPETITION_COLUMNS,
+            &repetition_rows(runs, &args.agents, " ")
         )
     );
     if let Some(c) = compression {

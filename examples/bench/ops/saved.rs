@@ -5,12 +5,12 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::floor::{FLOOR_BYTES, Floor, floor_table};
-use super::report::per_repetition;
+use super::report::{REPETITION_COLUMNS, per_repetition, repetition_rows};
 use super::scale::{HOT_KEYS, Scale, scale_table};
 use super::workload::Step;
 use super::{Args, Compression, Kind};
 use crate::chart::{Chart, Panel, Series, thousands};
-use crate::harness::{Result, Values, Wire, markdown_table, median};
+use crate::harness::{Result, Values, Wire, markdown_table};
 use crate::results::{Ratio, Summary, ms_text, repetitions};
 
 /// The suite's results as `report` saves them.
@@ -160,33 +160,9 @@ fn markdown(saved: &Saved) -> String {
         "\nPostgreSQL's calls/s over SQLite's in each repetition, the two run back to back \
          (the target: at least 1.00 in every one).\n\n",
     );
-    let rows: Vec<Vec<String>> = saved
-        .args
-        .agents
-        .iter()
-        .map(|&agents| {
-            let reps = per_repetition(&saved.mixed_repetitions, agents);
-            let fold = |f: fn(f64, f64) -> f64| {
-                reps.iter()
-                    .copied()
-                    .reduce(f)
-                    .map_or("-".into(), |v| format!("{v:.2}"))
-            };
-            vec![
-                agents.to_string(),
-                reps.iter()
-                    .map(|r| format!("{r:.2}"))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                fold(f64::min),
-                format!("{:.2}", median(reps.clone())),
-                fold(f64::max),
-            ]
-        })
-        .collect();
     out.push_str(&markdown_table(
-        &["agents", "repetitions", "lowest", "median", "highest"],
-        &rows,
+        &REPETITION_COLUMNS,
+        &repetition_rows(&saved.mixed_repetitions, &saved.args.agents, ", "),
     ));
     if let Some(c) = &saved.compression {
         out.push_str(&format!(
