@@ -1366,6 +1366,22 @@ async fn key_conflicts_keep_the_newest_whatever_the_batches() {
     assert_eq!(winners[0], winners[1]);
 }
 
+/// A legacy file whose `memory` table holds `rows` (key, content, second of the row's
+/// time on 2024-01-01), their rowids 1,024 apart: each a chunk of the catch-up
+/// bookkeeping of its own, so that a batch of N rows holds N chunks.
+async fn a_chunk_a_row(path: &Path, rows: impl IntoIterator<Item = (String, String, i64)>) {
+    let mut sql = String::from(
+        "create table memory (id integer primary key, key text, content text, created_at text);",
+    );
+    for (n, (key, content, second)) in rows.into_iter().enumerate() {
+        sql.push_str(&format!(
+            "insert into memory values ({}, '{key}', '{content}', '2024-01-01 00:00:{second:02}');",
+            (n + 1) * 1024
+        ));
+    }
+    legacy_file(path, &sql).await;
+}
+
 /// A file no run has loaded goes straight into the contract table, batch by batch, until
 /// a batch holds a key deleted through the library or one a row already holds: those
 /// batches, and the table's batches after them, settle their keys the long way, with the
@@ -1373,22 +1389,15 @@ async fn key_conflicts_keep_the_newest_whatever_the_batches() {
 #[tokio::test]
 async fn batches_that_conflict_leave_the_fast_path_with_the_same_outcome() {
     let dir = tempfile::tempdir().unwrap();
-    // Rowids 1024 apart: a chunk of the catch-up bookkeeping each, so batches of 10.
-    let mut sql = String::from(
-        "create table memory (id integer primary key, key text, content text, created_at text);",
-    );
-    for n in 0..60 {
+    let rows = (0..60).map(|n| {
         let key = match n {
             33 => "gone".to_string(),
             47 => "held".to_string(),
             _ => format!("k{n:02}"),
         };
-        sql.push_str(&format!(
-            "insert into memory values ({}, '{key}', 'legacy {n}', '2024-01-01 00:00:{n:02}');",
-            (n + 1) * 1024
-        ));
-    }
-    legacy_file(&dir.path().join("alpha/main.db"), &sql).await;
+        (key, format!("legacy {n}"), n)
+    });
+    a_chunk_a_row(&dir.path().join("alpha/main.db"), rows).await;
     let db = TestDatabase::migrated().await;
     let backend = db.backend().await;
     let alpha = AgentId::new("alpha").unwrap();
@@ -1462,25 +1471,25 @@ async fn batches_that_conflict_leave_the_fast_path_with_the_same_outcome() {
 #[tokio::test]
 async fn batches_loading_at_once_settle_shared_keys_by_the_same_rule() {
     let dir = tempfile::tempdir().unwrap();
-    // Rowids 1024 apart: a chunk each, so batches of 1 row each; two rows in a row share
-    // a key, so batches loading together hold the same key; times out of order.
-    let mut sql = String::from(
-        "create table memory (id integer primary key, key text, content text, created_at text);",
-    );
+    // Two rows in a row share a key, so batches loading together hold the same key;
+    // times out of order.
+    let rows: Vec<(String, String, i64)> = (0..48i64)
+        .map(|n| {
+            (
+                format!("k{}", (n / 2) % 4),
+                format!("row {n}"),
+                (n * 37) % 48,
+            )
+        })
+        .collect();
     let mut newest = std::collections::BTreeMap::new();
-    for n in 0..48i64 {
-        let key = format!("k{}", (n / 2) % 4);
-        let second = (n * 37) % 48;
-        sql.push_str(&format!(
-            "insert into memory values ({}, '{key}', 'row {n}', '2024-01-01 00:00:{second:02}');",
-            (n + 1) * 1024
-        ));
-        let entry = newest.entry(key).or_insert((second, n));
-        if (second, n) > *entry {
-            *entry = (second, n);
+    for (n, (key, _, second)) in rows.iter().enumerate() {
+        let entry = newest.entry(key.clone()).or_insert((*second, n));
+        if (*second, n) > *entry {
+            *entry = (*second, n);
         }
     }
-    legacy_file(&dir.path().join("alpha/main.db"), &sql).await;
+    a_chunk_a_row(&dir.path().join("alpha/main.db"), rows).await;
     let expected: Vec<(String, String)> = newest
         .into_iter()
         .map(|(key, (_, n))| (key, format!("row {n}")))
@@ -1517,16 +1526,8 @@ async fn batches_loading_at_once_settle_shared_keys_by_the_same_rule() {
 #[tokio::test]
 async fn a_batch_whose_second_connection_dies_is_loaded_on_the_first() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sql = String::from(
-        "create table memory (id integer primary key, key text, content text, created_at text);",
-    );
-    for n in 0..12i64 {
-        sql.push_str(&format!(
-            "insert into memory values ({}, 'k{n}', 'row {n}', '2024-01-01 00:00:{n:02}');",
-            (n + 1) * 1024
-        ));
-    }
-    legacy_file(&dir.path().join("alpha/main.db"), &sql).await;
+    let rows = (0..12).map(|n| (format!("k{n}"), format!("row {n}"), n));
+    a_chunk_a_row(&dir.path().join("alpha/main.db"), rows).await;
     let db = TestDatabase::migrated().await;
     let mut conn = connect(&db).await;
     // The second connection's inserts take a while, so there is time to end one.
